@@ -1,0 +1,96 @@
+//! Opens the database and the queue the configuration names, once, at start.
+
+use crate::config::{DatabaseArgs, QueueArgs};
+use crate::identity;
+use crate::queue::azure::AzureQueueFactory;
+use crate::queue::connection_string::ConnectionString;
+use crate::queue::embedded::EmbeddedQueue;
+use crate::queue::{poison_name, QueueError, SharedQueue};
+use crate::store::sqlite::{self, SqliteStore};
+use crate::store::{SharedStore, StoreError};
+use sqlx::SqlitePool;
+use std::sync::Arc;
+
+/// A failure to start; the texts never hold a secret.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    /// The database.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The queue.
+    #[error(transparent)]
+    Queue(#[from] QueueError),
+}
+
+/// An opened, migrated database.
+#[derive(Clone, Debug)]
+pub enum Database {
+    /// A SQLite file.
+    Sqlite(SqlitePool),
+}
+
+impl Database {
+    /// Connects and applies the migrations.
+    pub async fn open(args: &DatabaseArgs) -> Result<Self, StoreError> {
+        let url = args.database_url.expose();
+        if url.starts_with("sqlite:") {
+            let pool = sqlite::connect(url).await?;
+            sqlite::migrate(&pool).await?;
+            Ok(Self::Sqlite(pool))
+        } else {
+            Err(StoreError::UnsupportedUrl)
+        }
+    }
+
+    /// The valid-codes table.
+    pub fn store(&self) -> SharedStore {
+        match self {
+            Self::Sqlite(pool) => Arc::new(SqliteStore::new(pool.clone())),
+        }
+    }
+
+    /// A queue inside this database.
+    pub fn embedded_queue(&self, name: &str) -> SharedQueue {
+        match self {
+            Self::Sqlite(pool) => Arc::new(EmbeddedQueue::new(pool.clone(), name)),
+        }
+    }
+}
+
+/// The queue and its poison queue, both created if missing.
+#[derive(Clone)]
+pub struct Queues {
+    /// Where codes are announced and re-armed.
+    pub main: SharedQueue,
+    /// Where unusable messages are set aside.
+    pub poison: SharedQueue,
+    /// Which backend, for the start-up log: `azure-url`, `azure-connection-string` or `embedded`.
+    pub backend: &'static str,
+}
+
+impl Queues {
+    /// Opens the queues the arguments name: the URL, else the connection string, else the embedded queue.
+    pub async fn open(args: &QueueArgs, database: &Database) -> Result<Self, StartupError> {
+        let (main, poison, backend): (SharedQueue, SharedQueue, _) =
+            if let Some(url) = &args.storage_queue_url {
+                let factory = AzureQueueFactory::from_queue_url(url.expose(), || {
+                    let (kind, credential) =
+                        identity::from_environment().map_err(|e| QueueError::Config(e.to_string()))?;
+                    tracing::info!(credential = ?kind, "authenticating to Azure Storage with Entra ID");
+                    Ok(credential)
+                })?;
+                let name = factory.default_queue().unwrap_or(&args.queue_name).to_owned();
+                (Arc::new(factory.queue(&name)?), Arc::new(factory.queue(&poison_name(&name))?), "azure-url")
+            } else if let Some(cs) = &args.storage_connection_string {
+                let factory = AzureQueueFactory::from_connection_string(&ConnectionString::parse(cs.expose())?)?;
+                let name = &args.queue_name;
+                (Arc::new(factory.queue(name)?), Arc::new(factory.queue(&poison_name(name))?), "azure-connection-string")
+            } else {
+                let name = &args.queue_name;
+                (database.embedded_queue(name), database.embedded_queue(&poison_name(name)), "embedded")
+            };
+        main.ensure_exists().await?;
+        poison.ensure_exists().await?;
+        Ok(Self { main, poison, backend })
+    }
+}

@@ -1,0 +1,189 @@
+//! Command-line flags; every flag is also an environment variable. Secrets are [`Secret`]s and their
+//! environment values are hidden from `--help`.
+
+use crate::message::MessageEncoding;
+use crate::secret::Secret;
+use crate::worker::WorkerSettings;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// codewatch: short-lived two-factor codes on Azure Queue Storage.
+#[derive(Debug, Parser)]
+#[command(name = "codewatch", version, about)]
+pub struct Cli {
+    /// Log line format.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
+    /// What to run.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Log line formats.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Everything in one process: the number API stand-in, the producer and the worker.
+    Up(UpArgs),
+    /// The producer: `GET /api/v1/getcode`.
+    Serve(ServeArgs),
+    /// The queue watcher that keeps the valid-codes table.
+    Worker(WorkerArgs),
+    /// The stand-in for the third-party random-number Azure Function.
+    NumberApi(NumberApiArgs),
+    /// Applies the database migrations and exits.
+    Migrate(DatabaseArgs),
+}
+
+/// Where the valid-codes table lives.
+#[derive(Clone, Debug, Args)]
+pub struct DatabaseArgs {
+    /// Database URL: `sqlite:<file>` (created if missing).
+    #[arg(long, env = "DATABASE_URL", default_value = "sqlite:codewatch.db", hide_env_values = true)]
+    pub database_url: Secret,
+}
+
+/// Which queue, and how to reach it. With neither URL nor connection string, the embedded queue in the
+/// SQLite database is used.
+#[derive(Clone, Debug, Args)]
+pub struct QueueArgs {
+    /// Queue URL, `https://<account>.queue.core.windows.net/<queue>`; Entra ID auth, or a SAS in the query.
+    #[arg(long, env = "STORAGE_QUEUE_URL", hide_env_values = true, conflicts_with = "storage_connection_string")]
+    pub storage_queue_url: Option<Secret>,
+    /// Storage connection string (`UseDevelopmentStorage=true` for Azurite on its default port).
+    #[arg(long, env = "AZURE_STORAGE_CONNECTION_STRING", hide_env_values = true)]
+    pub storage_connection_string: Option<Secret>,
+    /// Queue name, with a connection string or the embedded queue.
+    #[arg(long, env = "STORAGE_QUEUE_NAME", default_value = "code-requests")]
+    pub queue_name: String,
+    /// How messages are written: `text` (as the Python SDK) or `base64` (for Azure Functions). Reading detects both.
+    #[arg(long, env = "MESSAGE_ENCODING", value_enum, default_value_t = MessageEncoding::Text)]
+    pub message_encoding: MessageEncoding,
+}
+
+/// The third-party random-number API, as `serve` calls it.
+#[derive(Clone, Debug, Args)]
+pub struct NumberApiClientArgs {
+    /// URL of the random-number API (the sample's Azure Function).
+    #[arg(long, env = "THIRD_PARTY_API_ENDPOINT")]
+    pub third_party_api_endpoint: Option<url::Url>,
+    /// The function key sent in `x-functions-key`.
+    #[arg(long, env = "THIRD_PARTY_API_KEY", hide_env_values = true)]
+    pub third_party_api_key: Option<Secret>,
+    /// How long to wait for the API, in milliseconds.
+    #[arg(long, env = "THIRD_PARTY_API_TIMEOUT_MS", default_value_t = 5000)]
+    pub third_party_api_timeout_ms: u64,
+}
+
+/// `codewatch serve`.
+#[derive(Clone, Debug, Args)]
+pub struct ServeArgs {
+    /// Address the producer listens on (use 0.0.0.0:8080 in a container).
+    #[arg(long, env = "LISTEN_ADDR", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub number_api: NumberApiClientArgs,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub queue: QueueArgs,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub database: DatabaseArgs,
+}
+
+/// How the worker behaves.
+#[derive(Clone, Debug, Args)]
+pub struct WorkerTuning {
+    /// How long a code stays valid after it is issued, in seconds.
+    #[arg(long, env = "CODE_TTL_SECONDS", default_value_t = 600)]
+    pub code_ttl_seconds: u64,
+    /// Messages per receive (1–32).
+    #[arg(long, env = "WORKER_BATCH_SIZE", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=32))]
+    pub batch_size: u32,
+    /// Seconds a received message stays invisible while it is handled.
+    #[arg(long, env = "WORKER_LEASE_SECONDS", default_value_t = 30)]
+    pub lease_seconds: u64,
+    /// Receives after which a message that keeps failing goes to `<queue>-poison`.
+    #[arg(long, env = "MAX_DEQUEUE_COUNT", default_value_t = 5)]
+    pub max_dequeue_count: u32,
+    /// Poll loops per worker process.
+    #[arg(long, env = "WORKER_POLLERS", default_value_t = 2)]
+    pub pollers: usize,
+    /// Queue operations in flight at once within a batch.
+    #[arg(long, env = "WORKER_MAX_IN_FLIGHT", default_value_t = 32)]
+    pub max_in_flight: usize,
+    /// First wait after an empty receive, in milliseconds.
+    #[arg(long, env = "WORKER_MIN_POLL_INTERVAL_MS", default_value_t = 100)]
+    pub min_poll_interval_ms: u64,
+    /// Longest wait between receives of an idle queue, in milliseconds.
+    #[arg(long, env = "WORKER_MAX_POLL_INTERVAL_MS", default_value_t = 5000)]
+    pub max_poll_interval_ms: u64,
+    /// How often rows past their expiry are purged without waiting for their message, in seconds (0: never).
+    #[arg(long, env = "WORKER_SWEEP_INTERVAL_SECONDS", default_value_t = 60)]
+    pub sweep_interval_seconds: u64,
+}
+
+impl WorkerTuning {
+    /// The worker settings these flags describe.
+    pub fn settings(&self, encoding: MessageEncoding) -> WorkerSettings {
+        WorkerSettings {
+            code_ttl: Duration::from_secs(self.code_ttl_seconds),
+            batch_size: self.batch_size,
+            lease: Duration::from_secs(self.lease_seconds.max(1)),
+            max_dequeue_count: self.max_dequeue_count,
+            pollers: self.pollers.max(1),
+            max_in_flight: self.max_in_flight.max(1),
+            min_poll_interval: Duration::from_millis(self.min_poll_interval_ms),
+            max_poll_interval: Duration::from_millis(self.max_poll_interval_ms),
+            encoding,
+            sweep_interval: (self.sweep_interval_seconds > 0).then(|| Duration::from_secs(self.sweep_interval_seconds)),
+        }
+    }
+}
+
+/// `codewatch worker`.
+#[derive(Clone, Debug, Args)]
+pub struct WorkerArgs {
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub tuning: WorkerTuning,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub queue: QueueArgs,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub database: DatabaseArgs,
+}
+
+/// `codewatch number-api`.
+#[derive(Clone, Debug, Args)]
+pub struct NumberApiArgs {
+    /// Address the stand-in listens on.
+    #[arg(long = "listen", env = "NUMBER_API_LISTEN", default_value = "127.0.0.1:7071")]
+    pub listen: SocketAddr,
+    /// The key callers must send in `x-functions-key`.
+    #[arg(long = "key", env = "NUMBER_API_KEY", hide_env_values = true)]
+    pub key: Secret,
+}
+
+/// `codewatch up`: `serve`'s and the worker's flags; without `THIRD_PARTY_API_ENDPOINT` the stand-in
+/// number API runs in-process on a free port with a random key.
+#[derive(Clone, Debug, Args)]
+pub struct UpArgs {
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub serve: ServeArgs,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub tuning: WorkerTuning,
+}

@@ -1,0 +1,117 @@
+//! The message queue behind one trait: Azure Queue Storage ([`azure`]) or an embedded SQLite queue
+//! ([`embedded`]). Nothing outside this module imports the Azure SDK.
+
+pub mod azure;
+pub mod connection_string;
+pub mod embedded;
+mod sas;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The longest visibility timeout Azure Queue Storage accepts: 7 days.
+pub const MAX_VISIBILITY: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// Proof of a receive: what [`MessageQueue::delete`] and [`MessageQueue::release`] need.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Receipt {
+    /// The queue's id for the message.
+    pub message_id: String,
+    /// The receipt of the latest receive; a later receive by anyone makes it stale.
+    pub pop_receipt: String,
+}
+
+/// A message received under a lease (invisible to others until the lease ends or it is deleted).
+#[derive(Clone, Debug)]
+pub struct ReceivedMessage {
+    /// What deletes or releases it.
+    pub receipt: Receipt,
+    /// The message text exactly as stored.
+    pub body: String,
+    /// How many times it has been received, this time included.
+    pub dequeue_count: u32,
+    /// When it was first put on the queue.
+    pub inserted_at: DateTime<Utc>,
+}
+
+/// A message seen without receiving it.
+#[derive(Clone, Debug)]
+pub struct PeekedMessage {
+    /// The queue's id for the message.
+    pub message_id: String,
+    /// The message text exactly as stored.
+    pub body: String,
+    /// How many times it has been received.
+    pub dequeue_count: u32,
+    /// When it was first put on the queue.
+    pub inserted_at: DateTime<Utc>,
+}
+
+/// What went wrong talking to a queue. Texts never hold a key or signature.
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    /// The message is gone or its receipt is stale (another receive took it over). Not retryable for that receipt.
+    #[error("message not found or its pop receipt is stale")]
+    MessageGone,
+    /// The service answered, but refused (authentication, authorisation, bad request).
+    #[error("queue service refused the request: HTTP {status}{}", code.as_deref().map(|c| format!(" ({c})")).unwrap_or_default())]
+    Refused {
+        /// The HTTP status.
+        status: u16,
+        /// The storage error code, such as `AuthenticationFailed`.
+        code: Option<String>,
+    },
+    /// The service could not be reached or failed; worth retrying later.
+    #[error("queue service unavailable: {0}")]
+    Unavailable(String),
+    /// The configuration cannot work (bad URL, bad connection string).
+    #[error("queue configuration: {0}")]
+    Config(String),
+}
+
+/// A queue with visibility timeouts, dequeue counts and pop receipts, as Azure Queue Storage has them.
+/// Delivery is at least once and unordered.
+#[async_trait]
+pub trait MessageQueue: Send + Sync + 'static {
+    /// The queue's name.
+    fn name(&self) -> &str;
+
+    /// Creates the queue if it does not exist.
+    async fn ensure_exists(&self) -> Result<(), QueueError>;
+
+    /// Puts a message on the queue, invisible for `visible_after` (clamped to 7 days). It never expires.
+    async fn send(&self, body: &str, visible_after: Duration) -> Result<(), QueueError>;
+
+    /// Receives up to `max` (1–32) visible messages, each made invisible to others for `lease`.
+    async fn receive(&self, max: u32, lease: Duration) -> Result<Vec<ReceivedMessage>, QueueError>;
+
+    /// Deletes a received message. [`QueueError::MessageGone`] if the receipt is stale.
+    async fn delete(&self, receipt: &Receipt) -> Result<(), QueueError>;
+
+    /// Makes a received message visible again after `visible_after` (0 = at once).
+    async fn release(&self, receipt: &Receipt, visible_after: Duration) -> Result<(), QueueError>;
+
+    /// Up to `max` (1–32) messages at the front of the queue, without receiving them.
+    async fn peek(&self, max: u32) -> Result<Vec<PeekedMessage>, QueueError>;
+
+    /// The approximate number of messages, visible or not.
+    async fn approximate_len(&self) -> Result<u64, QueueError>;
+
+    /// Deletes every message.
+    async fn clear(&self) -> Result<(), QueueError>;
+}
+
+/// A shared queue handle.
+pub type SharedQueue = Arc<dyn MessageQueue>;
+
+/// The poison queue's name for a queue: `<queue>-poison`, as Azure Functions names it.
+pub fn poison_name(queue: &str) -> String {
+    format!("{queue}-poison")
+}
+
+/// Clamps a delay to what the service accepts (0 s to 7 days).
+pub fn clamp_visibility(delay: Duration) -> Duration {
+    delay.min(MAX_VISIBILITY)
+}

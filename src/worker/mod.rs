@@ -1,0 +1,356 @@
+//! The queue watcher: activates codes, re-arms each as an expiry message, and expires it when it returns.
+
+mod backoff;
+
+pub use backoff::Backoff;
+
+use crate::message::{CodeMessage, MessageEncoding};
+use crate::queue::{clamp_visibility, QueueError, ReceivedMessage, SharedQueue};
+use crate::store::{Activation, SharedStore, StoreError};
+use chrono::{DateTime, Utc};
+use futures::stream::{self, StreamExt};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// How the worker behaves; every field is a CLI flag.
+#[derive(Clone, Debug)]
+pub struct WorkerSettings {
+    /// How long a code stays valid after it was issued.
+    pub code_ttl: Duration,
+    /// Messages asked for per receive (1–32).
+    pub batch_size: u32,
+    /// How long a received message stays invisible to other workers while this one handles it.
+    pub lease: Duration,
+    /// Receives after which a message that still failed goes to the poison queue.
+    pub max_dequeue_count: u32,
+    /// Poll loops running at once (each handles one batch at a time).
+    pub pollers: usize,
+    /// Queue operations in flight at once within one batch.
+    pub max_in_flight: usize,
+    /// The first wait after an empty receive.
+    pub min_poll_interval: Duration,
+    /// The longest wait between receives of an idle queue.
+    pub max_poll_interval: Duration,
+    /// How expiry messages are written.
+    pub encoding: MessageEncoding,
+    /// How often rows past their expiry are purged even without an expiry message; `None` never.
+    pub sweep_interval: Option<Duration>,
+}
+
+impl Default for WorkerSettings {
+    fn default() -> Self {
+        Self {
+            code_ttl: Duration::from_secs(600),
+            batch_size: 32,
+            lease: Duration::from_secs(30),
+            max_dequeue_count: 5,
+            pollers: 2,
+            max_in_flight: 32,
+            min_poll_interval: Duration::from_millis(100),
+            max_poll_interval: Duration::from_secs(5),
+            encoding: MessageEncoding::Text,
+            sweep_interval: Some(Duration::from_secs(60)),
+        }
+    }
+}
+
+/// What one batch came to. `activated`, `duplicates` and `stale` say what the database did; `failed`
+/// counts messages left on the queue for another try, whatever step failed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BatchReport {
+    /// Messages received.
+    pub received: usize,
+    /// Activations that made a code valid and re-armed it for expiry.
+    pub activated: usize,
+    /// Activations of a code already valid (a duplicate delivery), re-armed again.
+    pub duplicates: usize,
+    /// Activations that arrived after the code's expiry: nothing made valid.
+    pub stale: usize,
+    /// Expiry messages processed (the code is gone, or was already).
+    pub expired: usize,
+    /// Expiry messages that came back before their time and were put back until then.
+    pub early: usize,
+    /// Messages moved to the poison queue.
+    pub poisoned: usize,
+    /// Messages left on the queue after a failure; they come back when their lease ends.
+    pub failed: usize,
+}
+
+/// What one poll found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PollOutcome {
+    /// The queue had no visible message.
+    Empty,
+    /// A batch was received and handled.
+    Processed(BatchReport),
+}
+
+/// A worker failure that stops one poll (the loop backs off and tries again).
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    /// The queue failed.
+    #[error(transparent)]
+    Queue(#[from] QueueError),
+    /// The database failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// The queue watcher. Cheap to share; run several with [`Worker::run`] or drive it with [`Worker::poll_once`].
+pub struct Worker {
+    queue: SharedQueue,
+    poison: SharedQueue,
+    store: SharedStore,
+    settings: WorkerSettings,
+}
+
+enum Outcome {
+    Done,
+    Failed,
+}
+
+/// Seconds until `at`, rounded up so that a message made visible then never arrives before it.
+fn until(at: DateTime<Utc>, now: DateTime<Utc>) -> Duration {
+    let ms = (at - now).num_milliseconds().max(0) as u64;
+    clamp_visibility(Duration::from_secs(ms.div_ceil(1000)))
+}
+
+impl Worker {
+    /// A worker on `queue`, setting poison messages aside on `poison`, keeping codes in `store`.
+    pub fn new(queue: SharedQueue, poison: SharedQueue, store: SharedStore, settings: WorkerSettings) -> Self {
+        Self { queue, poison, store, settings }
+    }
+
+    /// Receives one batch and handles it to the end. Never leaves a message half-handled.
+    pub async fn poll_once(&self) -> Result<PollOutcome, WorkerError> {
+        let batch = self.queue.receive(self.settings.batch_size, self.settings.lease).await?;
+        if batch.is_empty() {
+            return Ok(PollOutcome::Empty);
+        }
+        let report = self.process_batch(batch, Utc::now()).await;
+        if report.failed > 0 {
+            tracing::warn!(?report, "batch done with failures; failed messages will be retried");
+        } else {
+            tracing::info!(
+                received = report.received, activated = report.activated, duplicates = report.duplicates,
+                stale = report.stale, expired = report.expired, early = report.early, poisoned = report.poisoned,
+                "batch done"
+            );
+        }
+        Ok(PollOutcome::Processed(report))
+    }
+
+    /// Handles received messages. The order that loses nothing, for each message: write the database,
+    /// send the follow-up message, then delete the original. A crash anywhere redelivers the original,
+    /// and every step is idempotent.
+    pub async fn process_batch(&self, batch: Vec<ReceivedMessage>, now: DateTime<Utc>) -> BatchReport {
+        let mut report = BatchReport { received: batch.len(), ..Default::default() };
+        let mut activations = Vec::new();
+        let mut due = Vec::new();
+        let mut early = Vec::new();
+        let mut poison = Vec::new();
+        for message in batch {
+            if message.dequeue_count > self.settings.max_dequeue_count {
+                let reason = format!("received {} times without success", message.dequeue_count);
+                poison.push((message, reason));
+                continue;
+            }
+            match CodeMessage::decode(&message.body, message.inserted_at) {
+                Err(e) => poison.push((message, e.to_string())),
+                Ok(CodeMessage::Activate(issuance)) => {
+                    let expires_at = issuance.issued_at + self.settings.code_ttl;
+                    activations.push((message, Activation { issuance, expires_at }));
+                }
+                Ok(CodeMessage::Expire { issuance, expires_at }) if expires_at <= now => {
+                    due.push((message, issuance))
+                }
+                Ok(CodeMessage::Expire { expires_at, .. }) => early.push((message, expires_at)),
+            }
+        }
+
+        let (poisoned, failed) = self.set_aside(poison).await;
+        report.poisoned = poisoned;
+        report.failed += failed;
+
+        if !activations.is_empty() {
+            let rows: Vec<Activation> = activations.iter().map(|(_, a)| a.clone()).collect();
+            match self.store.activate(&rows, now).await {
+                Ok(db) => {
+                    report.activated = db.inserted as usize;
+                    report.duplicates = db.duplicates as usize;
+                    report.stale = db.stale as usize;
+                    report.failed += self.rearm(activations, now).await;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, count = activations.len(), "activations not stored; will retry");
+                    report.failed += activations.len();
+                }
+            }
+        }
+
+        if !due.is_empty() {
+            let ids: Vec<_> = due.iter().map(|(_, i)| i.id.clone()).collect();
+            match self.store.expire(&ids, now).await {
+                Ok(removed) => {
+                    tracing::debug!(removed, messages = due.len(), "codes expired");
+                    let failed = self.delete_all(due.into_iter().map(|(m, _)| m).collect()).await;
+                    report.expired = ids.len() - failed;
+                    report.failed += failed;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, count = due.len(), "expiries not stored; will retry");
+                    report.failed += due.len();
+                }
+            }
+        }
+
+        if !early.is_empty() {
+            let count = early.len();
+            let failed = self.put_back(early, now).await;
+            report.early = count - failed;
+            report.failed += failed;
+        }
+        report
+    }
+
+    /// Sends each live activation's expiry message, then deletes the activation.
+    async fn rearm(&self, activations: Vec<(ReceivedMessage, Activation)>, now: DateTime<Utc>) -> usize {
+        let results = stream::iter(activations)
+            .map(|(message, activation)| async move {
+                if activation.expires_at > now {
+                    let follow_up = CodeMessage::Expire { issuance: activation.issuance.clone(), expires_at: activation.expires_at };
+                    let delay = until(activation.expires_at, now);
+                    if let Err(e) = self.queue.send(&follow_up.encode(self.settings.encoding), delay).await {
+                        tracing::warn!(error = %e, issuance = %activation.issuance.id, "expiry message not sent; will retry");
+                        return Outcome::Failed;
+                    }
+                    tracing::debug!(issuance = %activation.issuance.id, expires_in_s = delay.as_secs(), "code activated");
+                } else {
+                    tracing::debug!(issuance = %activation.issuance.id, "activation arrived after expiry; nothing made valid");
+                }
+                self.delete_one(&message).await
+            })
+            .buffer_unordered(self.settings.max_in_flight.max(1))
+            .collect::<Vec<_>>()
+            .await;
+        results.iter().filter(|o| matches!(o, Outcome::Failed)).count()
+    }
+
+    /// Copies each message to the poison queue as it was, then deletes it. Returns (poisoned, failed).
+    async fn set_aside(&self, messages: Vec<(ReceivedMessage, String)>) -> (usize, usize) {
+        let results = stream::iter(messages)
+            .map(|(message, reason)| async move {
+                if let Err(e) = self.poison.send(&message.body, Duration::ZERO).await {
+                    tracing::warn!(error = %e, message_id = %message.receipt.message_id, "poison queue refused; will retry");
+                    return Outcome::Failed;
+                }
+                tracing::warn!(message_id = %message.receipt.message_id, %reason, poison_queue = self.poison.name(), "message set aside");
+                self.delete_one(&message).await
+            })
+            .buffer_unordered(self.settings.max_in_flight.max(1))
+            .collect::<Vec<_>>()
+            .await;
+        let failed = results.iter().filter(|o| matches!(o, Outcome::Failed)).count();
+        (results.len() - failed, failed)
+    }
+
+    /// Makes early expiry messages visible again when their code expires. Returns how many failed.
+    async fn put_back(&self, early: Vec<(ReceivedMessage, DateTime<Utc>)>, now: DateTime<Utc>) -> usize {
+        let results = stream::iter(early)
+            .map(|(message, expires_at)| async move {
+                match self.queue.release(&message.receipt, until(expires_at, now).max(Duration::from_secs(1))).await {
+                    Ok(()) | Err(QueueError::MessageGone) => Outcome::Done,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "early expiry message not put back; it returns after its lease");
+                        Outcome::Failed
+                    }
+                }
+            })
+            .buffer_unordered(self.settings.max_in_flight.max(1))
+            .collect::<Vec<_>>()
+            .await;
+        results.iter().filter(|o| matches!(o, Outcome::Failed)).count()
+    }
+
+    async fn delete_all(&self, messages: Vec<ReceivedMessage>) -> usize {
+        let results = stream::iter(messages)
+            .map(|m| async move { self.delete_one(&m).await })
+            .buffer_unordered(self.settings.max_in_flight.max(1))
+            .collect::<Vec<_>>()
+            .await;
+        results.iter().filter(|o| matches!(o, Outcome::Failed)).count()
+    }
+
+    async fn delete_one(&self, message: &ReceivedMessage) -> Outcome {
+        match self.queue.delete(&message.receipt).await {
+            Ok(()) => Outcome::Done,
+            // Another receive took it over after our lease ended; it will be handled again, idempotently.
+            Err(QueueError::MessageGone) => Outcome::Done,
+            Err(e) => {
+                tracing::warn!(error = %e, message_id = %message.receipt.message_id, "delete failed; message will be seen again");
+                Outcome::Failed
+            }
+        }
+    }
+
+    /// Runs the poll loops (and the sweeper) until `cancel` fires; each loop finishes its batch first.
+    pub async fn run(self: Arc<Self>, cancel: CancellationToken) {
+        let mut tasks = tokio::task::JoinSet::new();
+        for poller in 0..self.settings.pollers.max(1) {
+            let (worker, cancel) = (self.clone(), cancel.clone());
+            tasks.spawn(async move { worker.poll_loop(poller, cancel).await });
+        }
+        if let Some(interval) = self.settings.sweep_interval {
+            let (worker, cancel) = (self.clone(), cancel.clone());
+            tasks.spawn(async move { worker.sweep_loop(interval, cancel).await });
+        }
+        while tasks.join_next().await.is_some() {}
+    }
+
+    async fn poll_loop(&self, poller: usize, cancel: CancellationToken) {
+        let mut backoff = Backoff::new(self.settings.min_poll_interval, self.settings.max_poll_interval);
+        let mut failing = false;
+        while !cancel.is_cancelled() {
+            let result = self.poll_once().await;
+            if failing && result.is_ok() {
+                tracing::info!(poller, "queue reachable again");
+                failing = false;
+            }
+            let wait = match result {
+                Ok(PollOutcome::Processed(_)) => {
+                    backoff.reset();
+                    Duration::ZERO
+                }
+                Ok(PollOutcome::Empty) => backoff.next_delay(),
+                Err(e) => {
+                    if !failing {
+                        tracing::warn!(poller, error = %e, "receive failed; backing off");
+                    }
+                    failing = true;
+                    backoff.next_delay()
+                }
+            };
+            if !wait.is_zero() {
+                tokio::select! {
+                    _ = cancel.cancelled() => break,
+                    _ = tokio::time::sleep(wait) => {}
+                }
+            }
+        }
+    }
+
+    async fn sweep_loop(&self, interval: Duration, cancel: CancellationToken) {
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                _ = tokio::time::sleep(interval) => {}
+            }
+            match self.store.purge_expired(Utc::now()).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(purged = n, "purged rows past their expiry"),
+                Err(e) => tracing::warn!(error = %e, "purge failed"),
+            }
+        }
+    }
+}
