@@ -125,8 +125,8 @@ pub struct WorkerTuning {
     /// First wait after an empty receive, in milliseconds.
     #[arg(long, env = "WORKER_MIN_POLL_INTERVAL_MS", default_value_t = 100)]
     pub min_poll_interval_ms: u64,
-    /// Longest wait between receives of an idle queue, in milliseconds.
-    #[arg(long, env = "WORKER_MAX_POLL_INTERVAL_MS", default_value_t = 5000)]
+    /// Longest wait between receives of an idle queue, in milliseconds (bounds activation lag).
+    #[arg(long, env = "WORKER_MAX_POLL_INTERVAL_MS", default_value_t = 1000)]
     pub max_poll_interval_ms: u64,
     /// How often rows past their expiry are purged without waiting for their message, in seconds (0: never).
     #[arg(long, env = "WORKER_SWEEP_INTERVAL_SECONDS", default_value_t = 60)]

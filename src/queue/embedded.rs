@@ -5,19 +5,22 @@ use super::{clamp_visibility, MessageQueue, PeekedMessage, QueueError, Receipt, 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::{Row, SqlitePool};
+use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::Notify;
 
 /// One named queue in the `queue_messages` table.
 #[derive(Clone, Debug)]
 pub struct EmbeddedQueue {
     pool: SqlitePool,
     name: String,
+    sent: Arc<Notify>,
 }
 
 impl EmbeddedQueue {
     /// The queue `name` in a migrated database.
     pub fn new(pool: SqlitePool, name: impl Into<String>) -> Self {
-        Self { pool, name: name.into() }
+        Self { pool, name: name.into(), sent: Arc::new(Notify::new()) }
     }
 }
 
@@ -60,7 +63,12 @@ impl MessageQueue for EmbeddedQueue {
         .execute(&self.pool)
         .await
         .map_err(unavailable)?;
+        self.sent.notify_waiters();
         Ok(())
+    }
+
+    async fn sent_here(&self) {
+        self.sent.notified().await
     }
 
     async fn receive(&self, max: u32, lease: Duration) -> Result<Vec<ReceivedMessage>, QueueError> {

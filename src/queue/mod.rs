@@ -101,6 +101,12 @@ pub trait MessageQueue: Send + Sync + 'static {
 
     /// Deletes every message.
     async fn clear(&self) -> Result<(), QueueError>;
+
+    /// Resolves when this process may just have sent a message to this queue, so an idle poller can wake
+    /// early. The default never resolves: another process's sends are seen by polling.
+    async fn sent_here(&self) {
+        std::future::pending::<()>().await
+    }
 }
 
 /// A shared queue handle.

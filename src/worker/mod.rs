@@ -48,7 +48,7 @@ impl Default for WorkerSettings {
             pollers: 2,
             max_in_flight: 32,
             min_poll_interval: Duration::from_millis(100),
-            max_poll_interval: Duration::from_secs(5),
+            max_poll_interval: Duration::from_secs(1),
             encoding: MessageEncoding::Text,
             sweep_interval: Some(Duration::from_secs(60)),
         }
@@ -335,6 +335,7 @@ impl Worker {
                 tokio::select! {
                     _ = cancel.cancelled() => break,
                     _ = tokio::time::sleep(wait) => {}
+                    _ = self.queue.sent_here(), if !failing => {}
                 }
             }
         }

@@ -1,0 +1,179 @@
+//! Shared test helpers: a real Azurite (started once per test binary unless `scripts/test.sh` already
+//! did), a SQLite database per test, a queue per test, and the producer on a free port.
+#![allow(dead_code)]
+
+use codewatch::backends::{Database, Queues};
+use codewatch::config::DatabaseArgs;
+use codewatch::http::{self, AppState};
+use codewatch::message::MessageEncoding;
+use codewatch::number_api::{self, NumberApiClient};
+use codewatch::queue::azure::AzureQueueFactory;
+use codewatch::queue::connection_string::{ConnectionString, DEV_ACCOUNT_KEY};
+use codewatch::queue::{poison_name, SharedQueue};
+use codewatch::secret::Secret;
+use std::future::Future;
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+use tempfile::TempDir;
+use tokio_util::sync::CancellationToken;
+
+/// Set by `scripts/test.sh`: the queue endpoint of the Azurite it started.
+const AZURITE_ENV: &str = "CODEWATCH_TEST_AZURITE_QUEUE_ENDPOINT";
+
+/// The queue endpoint of a running Azurite, e.g. `http://127.0.0.1:40123/devstoreaccount1`.
+pub fn azurite_endpoint() -> &'static str {
+    static ENDPOINT: OnceLock<String> = OnceLock::new();
+    ENDPOINT.get_or_init(|| match std::env::var(AZURITE_ENV) {
+        Ok(endpoint) if !endpoint.is_empty() => endpoint,
+        _ => start_azurite(),
+    })
+}
+
+/// Starts Azurite's queue service from `tools/azurite` on a free loopback port, with disk persistence in
+/// a temporary folder; a watchdog stops it when this test process ends.
+fn start_azurite() -> String {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let bin = root.join("tools/azurite/node_modules/.bin/azurite-queue");
+    assert!(bin.exists(), "Azurite is not installed: run scripts/test.sh (or npm ci --prefix tools/azurite)");
+    let port = free_port();
+    let dir = std::env::temp_dir().join(format!("codewatch-azurite-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("azurite folder");
+    let script = format!(
+        "{bin} --queueHost 127.0.0.1 --queuePort {port} --location {dir} --disableTelemetry --skipApiVersionCheck --silent & \
+         child=$!; while kill -0 {parent} 2>/dev/null; do sleep 1; done; kill $child; rm -rf {dir}",
+        bin = bin.display(),
+        dir = dir.display(),
+        parent = std::process::id()
+    );
+    Command::new("sh").arg("-c").arg(script).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("start azurite");
+    wait_for_port(port, Duration::from_secs(60));
+    format!("http://127.0.0.1:{port}/devstoreaccount1")
+}
+
+/// A port that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+fn wait_for_port(port: u16, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "Azurite did not listen on {port} within {limit:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The Azurite connection string with the given account key.
+pub fn connection_string_with_key(key: &str) -> String {
+    format!(
+        "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey={key};QueueEndpoint={};",
+        azurite_endpoint()
+    )
+}
+
+/// The Azurite connection string.
+pub fn connection_string() -> String {
+    connection_string_with_key(DEV_ACCOUNT_KEY)
+}
+
+/// A queue name no other test uses.
+pub fn queue_name() -> String {
+    format!("t-{}", &uuid::Uuid::new_v4().simple().to_string()[..20])
+}
+
+/// A fresh queue and its poison queue in Azurite, created.
+pub async fn azure_queues() -> Queues {
+    azure_queues_named(&queue_name()).await
+}
+
+/// The named queue and its poison queue in Azurite, created.
+pub async fn azure_queues_named(name: &str) -> Queues {
+    let factory = AzureQueueFactory::from_connection_string(&ConnectionString::parse(&connection_string()).unwrap()).unwrap();
+    let main: SharedQueue = Arc::new(factory.queue(name).unwrap());
+    let poison: SharedQueue = Arc::new(factory.queue(&poison_name(name)).unwrap());
+    main.ensure_exists().await.unwrap();
+    poison.ensure_exists().await.unwrap();
+    Queues { main, poison, backend: "azure-connection-string" }
+}
+
+/// A migrated SQLite database in its own temporary folder.
+pub struct TestDb {
+    pub database: Database,
+    pub url: String,
+    _dir: TempDir,
+}
+
+/// A new SQLite database.
+pub async fn sqlite() -> TestDb {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite:{}", dir.path().join("codewatch.db").display());
+    let database = Database::open(&DatabaseArgs { database_url: Secret::new(url.clone()) }).await.unwrap();
+    TestDb { database, url, _dir: dir }
+}
+
+/// The embedded queue and its poison queue in `db`.
+pub fn embedded_queues(db: &Database) -> Queues {
+    let name = queue_name();
+    Queues { main: db.embedded_queue(&name), poison: db.embedded_queue(&poison_name(&name)), backend: "embedded" }
+}
+
+/// An HTTP server on a free port, stopped when dropped.
+pub struct Server {
+    pub addr: SocketAddr,
+    cancel: CancellationToken,
+}
+
+impl Server {
+    pub async fn start(router: axum::Router) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let cancel = CancellationToken::new();
+        codewatch::cli::spawn_http(listener, router, cancel.clone());
+        Self { addr, cancel }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}
+
+/// The real number API stand-in with `key`.
+pub async fn number_api(key: &str) -> Server {
+    Server::start(number_api::router(Secret::new(key))).await
+}
+
+/// The producer on a free port, calling `number_api_url` with `key`, writing to `queue`.
+pub async fn producer(number_api_url: &str, key: &str, queue: SharedQueue, encoding: MessageEncoding) -> Server {
+    producer_with_timeout(number_api_url, key, queue, encoding, Duration::from_secs(5)).await
+}
+
+/// [`producer`] with a number-API timeout.
+pub async fn producer_with_timeout(number_api_url: &str, key: &str, queue: SharedQueue, encoding: MessageEncoding, timeout: Duration) -> Server {
+    let client = NumberApiClient::new(number_api_url.parse().unwrap(), Secret::new(key), timeout);
+    Server::start(http::router(AppState { number_api: client, queue, encoding })).await
+}
+
+/// Polls `check` until it gives `Some`, or panics after `limit` saying what was awaited.
+pub async fn eventually<T, F, Fut>(what: &str, limit: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out after {limit:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -1,0 +1,150 @@
+//! One contract, two queues: Azure Queue Storage (against Azurite) and the embedded SQLite queue must
+//! behave the same way for everything the worker relies on.
+
+mod common;
+
+use codewatch::backends::Queues;
+use codewatch::queue::QueueError;
+use common::{eventually, TestDb};
+use std::time::Duration;
+
+const LONG: Duration = Duration::from_secs(30);
+
+struct Fixture {
+    queues: Queues,
+    _db: Option<TestDb>,
+}
+
+async fn azure() -> Fixture {
+    Fixture { queues: common::azure_queues().await, _db: None }
+}
+
+async fn embedded() -> Fixture {
+    let db = common::sqlite().await;
+    Fixture { queues: common::embedded_queues(&db.database), _db: Some(db) }
+}
+
+async fn a_sent_message_is_received_once_with_its_body(f: Fixture) {
+    let q = &f.queues.main;
+    q.send("hello", Duration::ZERO).await.unwrap();
+    let got = q.receive(32, LONG).await.unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].body, "hello");
+    assert_eq!(got[0].dequeue_count, 1);
+    assert!(q.receive(32, LONG).await.unwrap().is_empty(), "a leased message must be invisible");
+}
+
+async fn a_message_sent_with_a_delay_stays_invisible_until_then(f: Fixture) {
+    let q = &f.queues.main;
+    q.send("later", Duration::from_secs(2)).await.unwrap();
+    assert!(q.receive(32, LONG).await.unwrap().is_empty());
+    let got = eventually("the delayed message", Duration::from_secs(10), || async {
+        let got = q.receive(32, LONG).await.unwrap();
+        (!got.is_empty()).then_some(got)
+    })
+    .await;
+    assert_eq!(got[0].body, "later");
+}
+
+async fn an_undeleted_message_returns_after_its_lease_and_its_old_receipt_is_stale(f: Fixture) {
+    let q = &f.queues.main;
+    q.send("again", Duration::ZERO).await.unwrap();
+    let first = q.receive(1, Duration::from_secs(1)).await.unwrap().remove(0);
+    let second = eventually("the redelivery", Duration::from_secs(10), || async {
+        q.receive(1, LONG).await.unwrap().pop()
+    })
+    .await;
+    assert_eq!(second.body, "again");
+    assert_eq!(second.dequeue_count, 2);
+    assert!(matches!(q.delete(&first.receipt).await, Err(QueueError::MessageGone)));
+    q.delete(&second.receipt).await.unwrap();
+}
+
+async fn a_deleted_message_is_gone_and_deleting_twice_says_so(f: Fixture) {
+    let q = &f.queues.main;
+    q.send("once", Duration::ZERO).await.unwrap();
+    let m = q.receive(1, Duration::from_secs(1)).await.unwrap().remove(0);
+    q.delete(&m.receipt).await.unwrap();
+    assert!(matches!(q.delete(&m.receipt).await, Err(QueueError::MessageGone)));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(q.receive(32, LONG).await.unwrap().is_empty());
+    assert_eq!(q.approximate_len().await.unwrap(), 0);
+}
+
+async fn release_makes_a_message_visible_again_at_once(f: Fixture) {
+    let q = &f.queues.main;
+    q.send("back", Duration::ZERO).await.unwrap();
+    let m = q.receive(1, LONG).await.unwrap().remove(0);
+    q.release(&m.receipt, Duration::ZERO).await.unwrap();
+    let again = q.receive(1, LONG).await.unwrap();
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].dequeue_count, 2);
+}
+
+async fn receive_takes_at_most_the_batch_size(f: Fixture) {
+    let q = &f.queues.main;
+    for i in 0..5 {
+        q.send(&format!("m{i}"), Duration::ZERO).await.unwrap();
+    }
+    assert_eq!(q.receive(3, LONG).await.unwrap().len(), 3);
+    assert_eq!(q.receive(32, LONG).await.unwrap().len(), 2);
+}
+
+async fn peek_does_not_take_and_clear_empties_the_queue(f: Fixture) {
+    let q = &f.queues.main;
+    q.send("a", Duration::ZERO).await.unwrap();
+    q.send("b", Duration::ZERO).await.unwrap();
+    let mut peeked: Vec<String> = q.peek(32).await.unwrap().into_iter().map(|m| m.body).collect();
+    peeked.sort();
+    assert_eq!(peeked, ["a", "b"]);
+    assert_eq!(q.approximate_len().await.unwrap(), 2);
+    assert_eq!(q.receive(32, LONG).await.unwrap().len(), 2);
+    q.clear().await.unwrap();
+    assert_eq!(q.approximate_len().await.unwrap(), 0);
+}
+
+async fn bodies_with_markup_quotes_and_unicode_survive(f: Fixture) {
+    let q = &f.queues.main;
+    let body = r#"{"code":"<&>'\"", "note":"ünïcödé ✓"}"#;
+    q.send(body, Duration::ZERO).await.unwrap();
+    assert_eq!(q.receive(1, LONG).await.unwrap()[0].body, body);
+}
+
+async fn the_poison_queue_is_a_separate_queue(f: Fixture) {
+    f.queues.poison.send("bad", Duration::ZERO).await.unwrap();
+    assert!(f.queues.main.receive(32, LONG).await.unwrap().is_empty());
+    assert_eq!(f.queues.poison.receive(32, LONG).await.unwrap()[0].body, "bad");
+    assert!(f.queues.poison.name().ends_with("-poison"));
+}
+
+macro_rules! contract {
+    ($backend:ident: $($case:ident),* $(,)?) => {
+        mod $backend {
+            $(
+                #[tokio::test]
+                async fn $case() {
+                    super::$case(super::$backend().await).await;
+                }
+            )*
+        }
+    };
+}
+
+macro_rules! both {
+    ($($case:ident),* $(,)?) => {
+        contract!(azure: $($case),*);
+        contract!(embedded: $($case),*);
+    };
+}
+
+both!(
+    a_sent_message_is_received_once_with_its_body,
+    a_message_sent_with_a_delay_stays_invisible_until_then,
+    an_undeleted_message_returns_after_its_lease_and_its_old_receipt_is_stale,
+    a_deleted_message_is_gone_and_deleting_twice_says_so,
+    release_makes_a_message_visible_again_at_once,
+    receive_takes_at_most_the_batch_size,
+    peek_does_not_take_and_clear_empties_the_queue,
+    bodies_with_markup_quotes_and_unicode_survive,
+    the_poison_queue_is_a_separate_queue,
+);
