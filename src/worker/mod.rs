@@ -77,6 +77,19 @@ pub struct BatchReport {
     pub failed: usize,
 }
 
+impl std::ops::AddAssign for BatchReport {
+    fn add_assign(&mut self, other: Self) {
+        self.received += other.received;
+        self.activated += other.activated;
+        self.duplicates += other.duplicates;
+        self.stale += other.stale;
+        self.expired += other.expired;
+        self.early += other.early;
+        self.poisoned += other.poisoned;
+        self.failed += other.failed;
+    }
+}
+
 /// What one poll found.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PollOutcome {

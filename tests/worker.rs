@@ -1,0 +1,292 @@
+//! The worker against a real Azurite queue and a real SQLite database: activation, expiry, idempotency
+//! under redelivery, foreign message shapes, and the poison queue.
+
+mod common;
+
+use base64::Engine as _;
+use chrono::{Duration as ChronoDuration, Utc};
+use codewatch::backends::{Database, Queues};
+use codewatch::code::Code;
+use codewatch::message::{CodeMessage, Issuance, IssuanceId, MessageEncoding};
+use codewatch::store::SharedStore;
+use codewatch::timestamp;
+use codewatch::worker::{BatchReport, PollOutcome, Worker, WorkerSettings};
+use common::{eventually, TestDb};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+struct Rig {
+    queues: Queues,
+    db: TestDb,
+    store: SharedStore,
+}
+
+async fn rig() -> Rig {
+    let db = common::sqlite().await;
+    let store = db.database.store();
+    Rig { queues: common::azure_queues().await, db, store }
+}
+
+fn settings(ttl_secs: u64) -> WorkerSettings {
+    WorkerSettings {
+        code_ttl: Duration::from_secs(ttl_secs),
+        lease: Duration::from_secs(2),
+        min_poll_interval: Duration::from_millis(50),
+        max_poll_interval: Duration::from_millis(200),
+        ..WorkerSettings::default()
+    }
+}
+
+impl Rig {
+    fn worker(&self, settings: WorkerSettings) -> Worker {
+        Worker::new(self.queues.main.clone(), self.queues.poison.clone(), self.store.clone(), settings)
+    }
+
+    async fn send(&self, body: &str) {
+        self.queues.main.send(body, Duration::ZERO).await.unwrap();
+    }
+
+    async fn valid(&self, code: &str) -> usize {
+        self.store.find_valid(&Code::parse(code).unwrap(), Utc::now()).await.unwrap().len()
+    }
+
+    async fn rows(&self) -> usize {
+        self.store.list(1000).await.unwrap().len()
+    }
+}
+
+/// Polls until the queue has nothing visible; the sum of what the polls did.
+async fn drain(worker: &Worker) -> BatchReport {
+    let mut total = BatchReport::default();
+    while let PollOutcome::Processed(report) = worker.poll_once().await.unwrap() {
+        total += report;
+    }
+    total
+}
+
+fn issuance(code: &str, issued_at: chrono::DateTime<Utc>) -> Issuance {
+    Issuance { id: IssuanceId::random(), code: Code::parse(code).unwrap(), issued_at }
+}
+
+fn activation(i: &Issuance) -> String {
+    CodeMessage::Activate(i.clone()).encode(MessageEncoding::Text)
+}
+
+#[tokio::test]
+async fn a_code_issued_by_serve_becomes_valid_then_expires_after_its_ttl() {
+    let rig = rig().await;
+    let api = common::number_api("k").await;
+    let app = common::producer(&api.url("/api/RandomNumber"), "k", rig.queues.main.clone(), MessageEncoding::Text).await;
+    let cancel = CancellationToken::new();
+    let worker = Arc::new(rig.worker(settings(2)));
+    let running = tokio::spawn(worker.run(cancel.clone()));
+
+    let body: serde_json::Value = reqwest::get(app.url("/api/v1/getcode")).await.unwrap().json().await.unwrap();
+    let code = body["code"].as_str().unwrap().to_owned();
+    let issued_at = timestamp::parse(body["timestamp"].as_str().unwrap()).unwrap();
+    eventually("the code to become valid", Duration::from_secs(5), || async { (rig.valid(&code).await == 1).then_some(()) }).await;
+    let row = rig.store.list(10).await.unwrap().remove(0);
+    assert_eq!(row.expires_at, issued_at + ChronoDuration::seconds(2));
+    assert!(row.activated_at >= issued_at);
+
+    eventually("the row to be removed by its expiry message", Duration::from_secs(10), || async {
+        (rig.rows().await == 0).then_some(())
+    })
+    .await;
+    assert_eq!(rig.valid(&code).await, 0);
+    eventually("the queue to be empty", Duration::from_secs(5), || async {
+        (rig.queues.main.approximate_len().await.unwrap() == 0).then_some(())
+    })
+    .await;
+    cancel.cancel();
+    running.await.unwrap();
+}
+
+#[tokio::test]
+async fn validity_ends_at_expires_at_even_before_the_expiry_message_is_processed() {
+    let rig = rig().await;
+    let worker = rig.worker(settings(1));
+    rig.send(&activation(&issuance("abc-1-def", Utc::now()))).await;
+    drain(&worker).await;
+    assert_eq!(rig.valid("abc-1-def").await, 1);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    // No poll has run since: the row is still there, but the code is no longer valid.
+    assert_eq!(rig.rows().await, 1);
+    assert_eq!(rig.valid("abc-1-def").await, 0);
+}
+
+#[tokio::test]
+async fn the_same_activation_twice_makes_one_valid_code() {
+    let rig = rig().await;
+    let worker = rig.worker(settings(60));
+    let body = activation(&issuance("dup-1-Act", Utc::now()));
+    rig.send(&body).await;
+    rig.send(&body).await;
+    let report = drain(&worker).await;
+    assert_eq!((report.activated, report.duplicates, report.failed), (1, 1, 0));
+    assert_eq!(rig.rows().await, 1);
+    assert_eq!(rig.valid("dup-1-Act").await, 1);
+}
+
+#[tokio::test]
+async fn the_same_expiry_twice_is_harmless() {
+    let rig = rig().await;
+    let worker = rig.worker(settings(1));
+    let i = issuance("dup-2-Exp", Utc::now());
+    rig.send(&activation(&i)).await;
+    drain(&worker).await;
+    assert_eq!(rig.rows().await, 1);
+    let expiry = CodeMessage::Expire { expires_at: i.issued_at + ChronoDuration::seconds(1), issuance: i }.encode(MessageEncoding::Text);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    rig.send(&expiry).await;
+    rig.send(&expiry).await;
+    let mut total = BatchReport::default();
+    // Two copies sent here plus the one the worker re-armed.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while total.expired < 3 {
+        assert!(std::time::Instant::now() < deadline, "three expiries expected, saw {total:?}");
+        total += drain(&worker).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!((total.failed, total.poisoned), (0, 0));
+    assert_eq!(rig.rows().await, 0);
+}
+
+#[tokio::test]
+async fn an_activation_arriving_after_its_expiry_makes_nothing_valid() {
+    let rig = rig().await;
+    let worker = rig.worker(settings(600));
+    rig.send(&activation(&issuance("old-3-Act", Utc::now() - ChronoDuration::minutes(20)))).await;
+    let report = drain(&worker).await;
+    assert_eq!((report.stale, report.activated), (1, 0));
+    assert_eq!(rig.rows().await, 0);
+    assert_eq!(rig.queues.main.approximate_len().await.unwrap(), 0, "no expiry message for a stale activation");
+}
+
+#[tokio::test]
+async fn a_redelivered_activation_after_expiry_does_not_resurrect_the_code() {
+    let rig = rig().await;
+    let worker = rig.worker(settings(1));
+    let body = activation(&issuance("res-4-Urr", Utc::now()));
+    rig.send(&body).await;
+    drain(&worker).await;
+    eventually("the expiry to be processed", Duration::from_secs(10), || async {
+        drain(&worker).await;
+        (rig.rows().await == 0).then_some(())
+    })
+    .await;
+    rig.send(&body).await;
+    let report = drain(&worker).await;
+    assert_eq!(report.stale, 1);
+    assert_eq!(rig.rows().await, 0);
+    assert_eq!(rig.valid("res-4-Urr").await, 0);
+}
+
+#[tokio::test]
+async fn an_early_expiry_message_is_put_back_and_removes_nothing() {
+    let rig = rig().await;
+    let worker = rig.worker(settings(3));
+    let i = issuance("ear-5-Lyy", Utc::now());
+    rig.send(&activation(&i)).await;
+    drain(&worker).await;
+    let early = CodeMessage::Expire { expires_at: i.issued_at + ChronoDuration::seconds(3), issuance: i.clone() };
+    rig.send(&early.encode(MessageEncoding::Text)).await;
+    let report = drain(&worker).await;
+    assert_eq!(report.early, 1);
+    assert_eq!(rig.valid("ear-5-Lyy").await, 1);
+    eventually("expiry at its time", Duration::from_secs(10), || async {
+        drain(&worker).await;
+        (rig.rows().await == 0).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn every_foreign_message_shape_activates_its_code_once() {
+    let rig = rig().await;
+    let worker = rig.worker(settings(60));
+    let now = timestamp::format(Utc::now());
+    let json = format!(r#"{{"code": "Fjs-11-Onn", "timestamp": "{now}"}}"#);
+    let shapes = [
+        format!("{{'code': 'Pyt-12-Hon', 'timestamp': '{now}'}}"),
+        base64::engine::general_purpose::STANDARD.encode(format!(r#"{{"code": "Bas-13-Esx", "timestamp": "{now}"}}"#)),
+        "Bar-14-Eco".to_owned(),
+        json,
+    ];
+    for body in &shapes {
+        rig.send(body).await;
+    }
+    // The same foreign messages again, as a redelivery or a retrying producer would send them.
+    for body in &shapes[..2] {
+        rig.send(body).await;
+    }
+    rig.send(&shapes[3]).await;
+    let report = drain(&worker).await;
+    assert_eq!((report.activated, report.duplicates, report.poisoned, report.failed), (4, 3, 0, 0));
+    for code in ["Pyt-12-Hon", "Bas-13-Esx", "Bar-14-Eco", "Fjs-11-Onn"] {
+        assert_eq!(rig.valid(code).await, 1, "{code}");
+    }
+}
+
+#[tokio::test]
+async fn an_unusable_message_goes_to_the_poison_queue_unchanged_at_once() {
+    let rig = rig().await;
+    let worker = rig.worker(settings(60));
+    for body in ["hello world", r#"{"code":"not-a-code"}"#, r#"{"code":"ojE-161-pTv","action":"toggle"}"#] {
+        rig.send(body).await;
+    }
+    rig.send(&activation(&issuance("goo-6-Dok", Utc::now()))).await;
+    let report = drain(&worker).await;
+    assert_eq!((report.poisoned, report.activated, report.failed), (3, 1, 0));
+    let mut poisoned: Vec<String> = rig.queues.poison.peek(32).await.unwrap().into_iter().map(|m| m.body).collect();
+    poisoned.sort();
+    assert_eq!(poisoned, ["hello world", r#"{"code":"not-a-code"}"#, r#"{"code":"ojE-161-pTv","action":"toggle"}"#]);
+    assert_eq!(rig.valid("goo-6-Dok").await, 1);
+}
+
+#[tokio::test]
+async fn a_message_that_keeps_failing_goes_to_poison_after_the_dequeue_limit() {
+    let rig = rig().await;
+    let body = activation(&issuance("lim-7-Itt", Utc::now()));
+    rig.send(&body).await;
+    // Two receives that never finish, as from a worker that crashed twice mid-message.
+    for attempt in 1..=2 {
+        let got = eventually("the message to be visible", Duration::from_secs(10), || async {
+            rig.queues.main.receive(1, Duration::from_secs(1)).await.unwrap().pop()
+        })
+        .await;
+        assert_eq!(got.dequeue_count, attempt);
+    }
+    let worker = rig.worker(WorkerSettings { max_dequeue_count: 2, ..settings(60) });
+    let report = eventually("the third delivery", Duration::from_secs(10), || async {
+        let r = drain(&worker).await;
+        (r.received > 0).then_some(r)
+    })
+    .await;
+    assert_eq!(report.poisoned, 1);
+    assert_eq!(rig.queues.poison.peek(32).await.unwrap()[0].body, body);
+    assert_eq!(rig.rows().await, 0);
+}
+
+#[tokio::test]
+async fn a_database_failure_loses_nothing_the_message_is_retried() {
+    let rig = rig().await;
+    let i = issuance("dbf-8-Ail", Utc::now());
+    rig.send(&activation(&i)).await;
+    let broken = common::sqlite().await;
+    let Database::Sqlite(pool) = &broken.database;
+    pool.close().await;
+    let failing = Worker::new(rig.queues.main.clone(), rig.queues.poison.clone(), broken.database.store(), settings(60));
+    let report = failing.poll_once().await.unwrap();
+    assert_eq!(report, PollOutcome::Processed(BatchReport { received: 1, failed: 1, ..Default::default() }));
+    assert_eq!(rig.rows().await, 0);
+
+    let worker = rig.worker(settings(60));
+    eventually("the retried activation", Duration::from_secs(10), || async {
+        drain(&worker).await;
+        (rig.valid("dbf-8-Ail").await == 1).then_some(())
+    })
+    .await;
+    let _ = &rig.db;
+}
