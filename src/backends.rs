@@ -5,7 +5,7 @@ use crate::identity;
 use crate::queue::azure::AzureQueueFactory;
 use crate::queue::connection_string::ConnectionString;
 use crate::queue::embedded::EmbeddedQueue;
-use crate::queue::{poison_name, QueueError, SharedQueue};
+use crate::queue::{QueueError, SharedQueue, poison_name};
 use crate::store::sqlite::{self, SqliteStore};
 use crate::store::{SharedStore, StoreError};
 use sqlx::SqlitePool;
@@ -71,26 +71,47 @@ pub struct Queues {
 impl Queues {
     /// Opens the queues the arguments name: the URL, else the connection string, else the embedded queue.
     pub async fn open(args: &QueueArgs, database: &Database) -> Result<Self, StartupError> {
-        let (main, poison, backend): (SharedQueue, SharedQueue, _) =
-            if let Some(url) = &args.storage_queue_url {
-                let factory = AzureQueueFactory::from_queue_url(url.expose(), || {
-                    let (kind, credential) =
-                        identity::from_environment().map_err(|e| QueueError::Config(e.to_string()))?;
-                    tracing::info!(credential = ?kind, "authenticating to Azure Storage with Entra ID");
-                    Ok(credential)
-                })?;
-                let name = factory.default_queue().unwrap_or(&args.queue_name).to_owned();
-                (Arc::new(factory.queue(&name)?), Arc::new(factory.queue(&poison_name(&name))?), "azure-url")
-            } else if let Some(cs) = &args.storage_connection_string {
-                let factory = AzureQueueFactory::from_connection_string(&ConnectionString::parse(cs.expose())?)?;
-                let name = &args.queue_name;
-                (Arc::new(factory.queue(name)?), Arc::new(factory.queue(&poison_name(name))?), "azure-connection-string")
-            } else {
-                let name = &args.queue_name;
-                (database.embedded_queue(name), database.embedded_queue(&poison_name(name)), "embedded")
-            };
+        let (main, poison, backend): (SharedQueue, SharedQueue, _) = if let Some(url) =
+            &args.storage_queue_url
+        {
+            let factory = AzureQueueFactory::from_queue_url(url.expose(), || {
+                let (kind, credential) =
+                    identity::from_environment().map_err(|e| QueueError::Config(e.to_string()))?;
+                tracing::info!(credential = ?kind, "authenticating to Azure Storage with Entra ID");
+                Ok(credential)
+            })?;
+            let name = factory
+                .default_queue()
+                .unwrap_or(&args.queue_name)
+                .to_owned();
+            (
+                Arc::new(factory.queue(&name)?),
+                Arc::new(factory.queue(&poison_name(&name))?),
+                "azure-url",
+            )
+        } else if let Some(cs) = &args.storage_connection_string {
+            let factory =
+                AzureQueueFactory::from_connection_string(&ConnectionString::parse(cs.expose())?)?;
+            let name = &args.queue_name;
+            (
+                Arc::new(factory.queue(name)?),
+                Arc::new(factory.queue(&poison_name(name))?),
+                "azure-connection-string",
+            )
+        } else {
+            let name = &args.queue_name;
+            (
+                database.embedded_queue(name),
+                database.embedded_queue(&poison_name(name)),
+                "embedded",
+            )
+        };
         main.ensure_exists().await?;
         poison.ensure_exists().await?;
-        Ok(Self { main, poison, backend })
+        Ok(Self {
+            main,
+            poison,
+            backend,
+        })
     }
 }

@@ -1,7 +1,9 @@
 //! The subcommands: wire configuration to the library, run until a signal, report what started.
 
 use crate::backends::{Database, Queues};
-use crate::config::{Cli, Command, LogFormat, NumberApiArgs, ServeArgs, UpArgs, WorkerArgs, WorkerTuning};
+use crate::config::{
+    Cli, Command, LogFormat, NumberApiArgs, ServeArgs, UpArgs, WorkerArgs, WorkerTuning,
+};
 use crate::http::{self, AppState};
 use crate::number_api::{self, NumberApiClient};
 use crate::secret::Secret;
@@ -20,7 +22,9 @@ use tracing_subscriber::EnvFilter;
 /// Sets up logging: `RUST_LOG` for the level (default `info`), text or JSON lines on stderr.
 pub fn init_tracing(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().flatten_event(true).init(),
@@ -35,37 +39,82 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Worker(args) => worker(args).await,
         Command::NumberApi(args) => number_api(args).await,
         Command::Migrate(args) => {
-            Database::open(&args).await.context("migrating the database")?;
-            println!("migrations applied to {}", display_database_url(args.database_url.expose()));
+            Database::open(&args)
+                .await
+                .context("migrating the database")?;
+            println!(
+                "migrations applied to {}",
+                display_database_url(args.database_url.expose())
+            );
             Ok(())
         }
     }
 }
 
 /// Serves `router` on `listener` until `cancel` fires, then lets requests in flight finish.
-pub fn spawn_http(listener: TcpListener, router: Router, cancel: CancellationToken) -> JoinHandle<std::io::Result<()>> {
-    tokio::spawn(async move { axum::serve(listener, router).with_graceful_shutdown(cancel.cancelled_owned()).await })
+pub fn spawn_http(
+    listener: TcpListener,
+    router: Router,
+    cancel: CancellationToken,
+) -> JoinHandle<std::io::Result<()>> {
+    tokio::spawn(async move {
+        axum::serve(listener, router)
+            .with_graceful_shutdown(cancel.cancelled_owned())
+            .await
+    })
 }
 
 async fn bind(addr: SocketAddr, what: &str) -> Result<TcpListener> {
-    TcpListener::bind(addr).await.with_context(|| format!("binding the {what} to {addr}"))
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding the {what} to {addr}"))
 }
 
 fn number_api_client(args: &ServeArgs, endpoint: url::Url, key: Secret) -> NumberApiClient {
-    NumberApiClient::new(endpoint, key, Duration::from_millis(args.number_api.third_party_api_timeout_ms))
+    NumberApiClient::new(
+        endpoint,
+        key,
+        Duration::from_millis(args.number_api.third_party_api_timeout_ms),
+    )
 }
 
-fn worker_from(tuning: &WorkerTuning, queues: &Queues, database: &Database, encoding: crate::message::MessageEncoding) -> Arc<Worker> {
-    Arc::new(Worker::new(queues.main.clone(), queues.poison.clone(), database.store(), tuning.settings(encoding)))
+fn worker_from(
+    tuning: &WorkerTuning,
+    queues: &Queues,
+    database: &Database,
+    encoding: crate::message::MessageEncoding,
+) -> Arc<Worker> {
+    Arc::new(Worker::new(
+        queues.main.clone(),
+        queues.poison.clone(),
+        database.store(),
+        tuning.settings(encoding),
+    ))
 }
 
 async fn serve(args: ServeArgs) -> Result<()> {
-    let endpoint = args.number_api.third_party_api_endpoint.clone().context("THIRD_PARTY_API_ENDPOINT is not set")?;
-    let key = args.number_api.third_party_api_key.clone().context("THIRD_PARTY_API_KEY is not set")?;
-    let database = Database::open(&args.database).await.context("opening the database")?;
-    let queues = Queues::open(&args.queue, &database).await.context("opening the queue")?;
+    let endpoint = args
+        .number_api
+        .third_party_api_endpoint
+        .clone()
+        .context("THIRD_PARTY_API_ENDPOINT is not set")?;
+    let key = args
+        .number_api
+        .third_party_api_key
+        .clone()
+        .context("THIRD_PARTY_API_KEY is not set")?;
+    let database = Database::open(&args.database)
+        .await
+        .context("opening the database")?;
+    let queues = Queues::open(&args.queue, &database)
+        .await
+        .context("opening the queue")?;
     let cancel = shutdown::on_signal();
-    let state = AppState { number_api: number_api_client(&args, endpoint, key), queue: queues.main.clone(), encoding: args.queue.message_encoding };
+    let state = AppState {
+        number_api: number_api_client(&args, endpoint, key),
+        queue: queues.main.clone(),
+        encoding: args.queue.message_encoding,
+    };
     let listener = bind(args.listen, "producer").await?;
     tracing::info!(addr = %listener.local_addr()?, queue = queues.main.name(), backend = queues.backend, "producer listening");
     spawn_http(listener, http::router(state), cancel).await??;
@@ -73,11 +122,27 @@ async fn serve(args: ServeArgs) -> Result<()> {
 }
 
 async fn worker(args: WorkerArgs) -> Result<()> {
-    let database = Database::open(&args.database).await.context("opening the database")?;
-    let queues = Queues::open(&args.queue, &database).await.context("opening the queue")?;
+    let database = Database::open(&args.database)
+        .await
+        .context("opening the database")?;
+    let queues = Queues::open(&args.queue, &database)
+        .await
+        .context("opening the queue")?;
     let cancel = shutdown::on_signal();
-    tracing::info!(queue = queues.main.name(), backend = queues.backend, ttl_s = args.tuning.code_ttl_seconds, "worker started");
-    worker_from(&args.tuning, &queues, &database, args.queue.message_encoding).run(cancel).await;
+    tracing::info!(
+        queue = queues.main.name(),
+        backend = queues.backend,
+        ttl_s = args.tuning.code_ttl_seconds,
+        "worker started"
+    );
+    worker_from(
+        &args.tuning,
+        &queues,
+        &database,
+        args.queue.message_encoding,
+    )
+    .run(cancel)
+    .await;
     tracing::info!("worker stopped");
     Ok(())
 }
@@ -95,7 +160,11 @@ async fn up(args: UpArgs) -> Result<()> {
     let serve_args = &args.serve;
     let (endpoint, key, stand_in) = match &serve_args.number_api.third_party_api_endpoint {
         Some(endpoint) => {
-            let key = serve_args.number_api.third_party_api_key.clone().context("THIRD_PARTY_API_KEY is not set")?;
+            let key = serve_args
+                .number_api
+                .third_party_api_key
+                .clone()
+                .context("THIRD_PARTY_API_KEY is not set")?;
             (endpoint.clone(), key, None)
         }
         None => {
@@ -107,8 +176,12 @@ async fn up(args: UpArgs) -> Result<()> {
             (endpoint, key, Some(task))
         }
     };
-    let database = Database::open(&serve_args.database).await.context("opening the database")?;
-    let queues = Queues::open(&serve_args.queue, &database).await.context("opening the queue")?;
+    let database = Database::open(&serve_args.database)
+        .await
+        .context("opening the database")?;
+    let queues = Queues::open(&serve_args.queue, &database)
+        .await
+        .context("opening the queue")?;
     let state = AppState {
         number_api: number_api_client(serve_args, endpoint.clone(), key),
         queue: queues.main.clone(),
@@ -117,13 +190,31 @@ async fn up(args: UpArgs) -> Result<()> {
     let listener = bind(serve_args.listen, "producer").await?;
     let producer_addr = listener.local_addr()?;
     let producer = spawn_http(listener, http::router(state), cancel.clone());
-    let worker = tokio::spawn(worker_from(&args.tuning, &queues, &database, serve_args.queue.message_encoding).run(cancel.clone()));
+    let worker = tokio::spawn(
+        worker_from(
+            &args.tuning,
+            &queues,
+            &database,
+            serve_args.queue.message_encoding,
+        )
+        .run(cancel.clone()),
+    );
 
-    println!("codewatch is up (Ctrl-C to stop)");
-    println!("  number API  {endpoint}{}", if stand_in.is_some() { "  (in-process stand-in, random key)" } else { "" });
-    println!("  producer    http://{producer_addr}/api/v1/getcode");
-    println!("  worker      queue {} ({}), codes valid {} s", queues.main.name(), queues.backend, args.tuning.code_ttl_seconds);
-    println!("  database    {}  (SELECT * FROM active_codes;)", display_database_url(serve_args.database.database_url.expose()));
+    let banner = format!(
+        "codewatch is up (Ctrl-C to stop)\n  number API  {endpoint}{}\n  producer    http://{producer_addr}/api/v1/getcode\n  \
+         worker      queue {} ({}), codes valid {} s\n  database    {}  (SELECT * FROM active_codes;)\n",
+        if stand_in.is_some() {
+            "  (in-process stand-in, random key)"
+        } else {
+            ""
+        },
+        queues.main.name(),
+        queues.backend,
+        args.tuning.code_ttl_seconds,
+        display_database_url(serve_args.database.database_url.expose()),
+    );
+    // A closed stdout must not stop the service.
+    let _ = std::io::Write::write_all(&mut std::io::stdout(), banner.as_bytes());
 
     producer.await??;
     worker.await?;

@@ -71,8 +71,17 @@ mod tests {
     #[test]
     fn malformed_codes_are_rejected() {
         for bad in [
-            "", "ojE161pTv", "oj-161-pTv", "ojEE-161-pTv", "ojE--pTv", "ojE-16a-pTv",
-            "ojE-161-pT1", "ojE-161-pTv-", "ojE-1234567-pTv", "ój-161-pTv", " ojE-161-pTv",
+            "",
+            "ojE161pTv",
+            "oj-161-pTv",
+            "ojEE-161-pTv",
+            "ojE--pTv",
+            "ojE-16a-pTv",
+            "ojE-161-pT1",
+            "ojE-161-pTv-",
+            "ojE-1234567-pTv",
+            "ój-161-pTv",
+            " ojE-161-pTv",
         ] {
             assert_eq!(Code::parse(bad), Err(InvalidCode), "{bad:?}");
         }
@@ -84,14 +93,19 @@ mod tests {
         for number in [1, 161, 1000] {
             let code = Code::generate(number, &mut rng);
             assert_eq!(Code::parse(code.as_str()).as_ref(), Ok(&code));
-            assert_eq!(code.as_str().split('-').nth(1), Some(number.to_string().as_str()));
+            assert_eq!(
+                code.as_str().split('-').nth(1),
+                Some(number.to_string().as_str())
+            );
         }
     }
 
     #[test]
     fn generated_letters_cover_both_cases() {
         let mut rng = rand::rngs::StdRng::seed_from_u64(11);
-        let all: String = (0..200).map(|_| Code::generate(5, &mut rng).to_string()).collect();
+        let all: String = (0..200)
+            .map(|_| Code::generate(5, &mut rng).to_string())
+            .collect();
         assert!(all.bytes().any(|b| b.is_ascii_uppercase()));
         assert!(all.bytes().any(|b| b.is_ascii_lowercase()));
     }

@@ -48,7 +48,12 @@ pub enum Command {
 #[derive(Clone, Debug, Args)]
 pub struct DatabaseArgs {
     /// Database URL: `sqlite:<file>` (created if missing).
-    #[arg(long, env = "DATABASE_URL", default_value = "sqlite:codewatch.db", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "sqlite:codewatch.db",
+        hide_env_values = true
+    )]
     pub database_url: Secret,
 }
 
@@ -57,7 +62,12 @@ pub struct DatabaseArgs {
 #[derive(Clone, Debug, Args)]
 pub struct QueueArgs {
     /// Queue URL, `https://<account>.queue.core.windows.net/<queue>`; Entra ID auth, or a SAS in the query.
-    #[arg(long, env = "STORAGE_QUEUE_URL", hide_env_values = true, conflicts_with = "storage_connection_string")]
+    #[arg(
+        long,
+        env = "STORAGE_QUEUE_URL",
+        hide_env_values = true,
+        conflicts_with = "storage_connection_string"
+    )]
     pub storage_queue_url: Option<Secret>,
     /// Storage connection string (`UseDevelopmentStorage=true` for Azurite on its default port).
     #[arg(long, env = "AZURE_STORAGE_CONNECTION_STRING", hide_env_values = true)]
@@ -146,7 +156,8 @@ impl WorkerTuning {
             min_poll_interval: Duration::from_millis(self.min_poll_interval_ms),
             max_poll_interval: Duration::from_millis(self.max_poll_interval_ms),
             encoding,
-            sweep_interval: (self.sweep_interval_seconds > 0).then(|| Duration::from_secs(self.sweep_interval_seconds)),
+            sweep_interval: (self.sweep_interval_seconds > 0)
+                .then(|| Duration::from_secs(self.sweep_interval_seconds)),
         }
     }
 }
@@ -169,7 +180,11 @@ pub struct WorkerArgs {
 #[derive(Clone, Debug, Args)]
 pub struct NumberApiArgs {
     /// Address the stand-in listens on.
-    #[arg(long = "listen", env = "NUMBER_API_LISTEN", default_value = "127.0.0.1:7071")]
+    #[arg(
+        long = "listen",
+        env = "NUMBER_API_LISTEN",
+        default_value = "127.0.0.1:7071"
+    )]
     pub listen: SocketAddr,
     /// The key callers must send in `x-functions-key`.
     #[arg(long = "key", env = "NUMBER_API_KEY", hide_env_values = true)]

@@ -3,8 +3,8 @@
 
 use azure_core::credentials::TokenCredential;
 use azure_identity::{
-    DeveloperToolsCredential, ManagedIdentityCredential, ManagedIdentityCredentialOptions, UserAssignedId,
-    WorkloadIdentityCredential,
+    DeveloperToolsCredential, ManagedIdentityCredential, ManagedIdentityCredentialOptions,
+    UserAssignedId, WorkloadIdentityCredential,
 };
 use std::sync::Arc;
 
@@ -37,7 +37,10 @@ pub fn from_environment() -> Result<(CredentialKind, Arc<dyn TokenCredential>), 
     } else {
         CredentialKind::DeveloperTools
     };
-    let fail = |e: azure_core::Error| CredentialError { kind, message: e.to_string() };
+    let fail = |e: azure_core::Error| CredentialError {
+        kind,
+        message: e.to_string(),
+    };
     let credential: Arc<dyn TokenCredential> = match kind {
         CredentialKind::WorkloadIdentity => WorkloadIdentityCredential::new(None).map_err(fail)?,
         CredentialKind::ManagedIdentity => {

@@ -150,7 +150,9 @@ impl CodeMessage {
     pub fn decode(text: &str, inserted_at: DateTime<Utc>) -> Result<Self, MessageError> {
         match decode_plain(text.trim(), inserted_at) {
             Err(MessageError::Undecodable) => {
-                let bytes = BASE64.decode(text.trim()).map_err(|_| MessageError::Undecodable)?;
+                let bytes = BASE64
+                    .decode(text.trim())
+                    .map_err(|_| MessageError::Undecodable)?;
                 let inner = String::from_utf8(bytes).map_err(|_| MessageError::Undecodable)?;
                 decode_plain(inner.trim(), inserted_at)
             }
@@ -188,7 +190,8 @@ fn decode_plain(text: &str, inserted_at: DateTime<Utc>) -> Result<CodeMessage, M
 }
 
 fn from_wire(wire: Wire, inserted_at: DateTime<Utc>) -> Result<CodeMessage, MessageError> {
-    let code = Code::parse(wire.code.trim()).map_err(|_| MessageError::BadCode(wire.code.clone()))?;
+    let code =
+        Code::parse(wire.code.trim()).map_err(|_| MessageError::BadCode(wire.code.clone()))?;
     let issued_at = match &wire.timestamp {
         Some(t) => timestamp::parse(t).ok_or_else(|| MessageError::BadTimestamp(t.clone()))?,
         None => inserted_at,
@@ -197,13 +200,20 @@ fn from_wire(wire: Wire, inserted_at: DateTime<Utc>) -> Result<CodeMessage, Mess
         Some(id) if !id.trim().is_empty() => IssuanceId(id),
         _ => IssuanceId::derived(&code, issued_at),
     };
-    let issuance = Issuance { id, code, issued_at };
+    let issuance = Issuance {
+        id,
+        code,
+        issued_at,
+    };
     match wire.action.as_deref() {
         None | Some("activate") => Ok(CodeMessage::Activate(issuance)),
         Some("expire") => {
             let text = wire.expires_at.ok_or(MessageError::MissingExpiry)?;
             let expires_at = timestamp::parse(&text).ok_or(MessageError::BadTimestamp(text))?;
-            Ok(CodeMessage::Expire { issuance, expires_at })
+            Ok(CodeMessage::Expire {
+                issuance,
+                expires_at,
+            })
         }
         Some(other) => Err(MessageError::UnknownAction(other.to_owned())),
     }
@@ -293,21 +303,32 @@ mod tests {
     fn activation_round_trips_in_both_encodings() {
         let msg = CodeMessage::Activate(issuance());
         for enc in [MessageEncoding::Text, MessageEncoding::Base64] {
-            assert_eq!(CodeMessage::decode(&msg.encode(enc), inserted()), Ok(msg.clone()));
+            assert_eq!(
+                CodeMessage::decode(&msg.encode(enc), inserted()),
+                Ok(msg.clone())
+            );
         }
     }
 
     #[test]
     fn expiry_round_trips_with_its_expiry_time() {
         let i = issuance();
-        let msg = CodeMessage::Expire { expires_at: i.issued_at + chrono::Duration::seconds(600), issuance: i };
-        assert_eq!(CodeMessage::decode(&msg.encode(MessageEncoding::Base64), inserted()), Ok(msg));
+        let msg = CodeMessage::Expire {
+            expires_at: i.issued_at + chrono::Duration::seconds(600),
+            issuance: i,
+        };
+        assert_eq!(
+            CodeMessage::decode(&msg.encode(MessageEncoding::Base64), inserted()),
+            Ok(msg)
+        );
     }
 
     #[test]
     fn the_python_samples_dict_repr_is_an_activation() {
         let text = "{'code': 'ojE-161-pTv', 'timestamp': '2020-04-15 16:54:48.816549'}";
-        let CodeMessage::Activate(i) = CodeMessage::decode(text, inserted()).unwrap() else { panic!() };
+        let CodeMessage::Activate(i) = CodeMessage::decode(text, inserted()).unwrap() else {
+            panic!()
+        };
         assert_eq!(i.code.as_str(), "ojE-161-pTv");
         assert_eq!(timestamp::format(i.issued_at), "2020-04-15 16:54:48.816549");
         assert!(i.id.as_str().starts_with("derived-"));
@@ -320,22 +341,44 @@ mod tests {
         let b = CodeMessage::decode(text, inserted() + chrono::Duration::hours(1)).unwrap();
         assert_eq!(a.issuance().id, b.issuance().id);
         let dict = "{'code': 'ojE-161-pTv', 'timestamp': '2020-04-15 16:54:48.816549'}";
-        assert_eq!(CodeMessage::decode(dict, inserted()).unwrap().issuance().id, a.issuance().id);
+        assert_eq!(
+            CodeMessage::decode(dict, inserted()).unwrap().issuance().id,
+            a.issuance().id
+        );
     }
 
     #[test]
     fn a_bare_code_is_issued_at_its_insertion_time() {
-        let CodeMessage::Activate(i) = CodeMessage::decode(" ojE-161-pTv\n", inserted()).unwrap() else { panic!() };
+        let CodeMessage::Activate(i) = CodeMessage::decode(" ojE-161-pTv\n", inserted()).unwrap()
+        else {
+            panic!()
+        };
         assert_eq!(i.issued_at, inserted());
         let b64 = BASE64.encode("ojE-161-pTv");
-        assert_eq!(CodeMessage::decode(&b64, inserted()).unwrap().issuance().code.as_str(), "ojE-161-pTv");
+        assert_eq!(
+            CodeMessage::decode(&b64, inserted())
+                .unwrap()
+                .issuance()
+                .code
+                .as_str(),
+            "ojE-161-pTv"
+        );
     }
 
     #[test]
     fn unusable_messages_say_why() {
-        assert_eq!(CodeMessage::decode("hello world", inserted()), Err(MessageError::Undecodable));
-        assert_eq!(CodeMessage::decode("{not json", inserted()), Err(MessageError::Undecodable));
-        assert!(matches!(CodeMessage::decode(r#"{"code":"nope"}"#, inserted()), Err(MessageError::BadCode(_))));
+        assert_eq!(
+            CodeMessage::decode("hello world", inserted()),
+            Err(MessageError::Undecodable)
+        );
+        assert_eq!(
+            CodeMessage::decode("{not json", inserted()),
+            Err(MessageError::Undecodable)
+        );
+        assert!(matches!(
+            CodeMessage::decode(r#"{"code":"nope"}"#, inserted()),
+            Err(MessageError::BadCode(_))
+        ));
         assert!(matches!(
             CodeMessage::decode(r#"{"code":"ojE-161-pTv","timestamp":"soon"}"#, inserted()),
             Err(MessageError::BadTimestamp(_))
@@ -348,7 +391,10 @@ mod tests {
             CodeMessage::decode(r#"{"code":"ojE-161-pTv","action":"toggle"}"#, inserted()),
             Err(MessageError::UnknownAction(_))
         ));
-        assert_eq!(CodeMessage::decode(&BASE64.encode([0xff, 0xfe]), inserted()), Err(MessageError::Undecodable));
+        assert_eq!(
+            CodeMessage::decode(&BASE64.encode([0xff, 0xfe]), inserted()),
+            Err(MessageError::Undecodable)
+        );
     }
 
     #[test]

@@ -55,7 +55,9 @@ pub fn redact_url_secrets(text: &str) -> String {
         rest = &rest[pos + 4..];
         if boundary_ok {
             let end = rest
-                .find(|c: char| c == '&' || c == ' ' || c == ')' || c == '"' || c == '\'' || c.is_whitespace())
+                .find(|c: char| {
+                    c == '&' || c == ' ' || c == ')' || c == '"' || c == '\'' || c.is_whitespace()
+                })
                 .unwrap_or(rest.len());
             out.push_str("REDACTED");
             rest = &rest[end..];

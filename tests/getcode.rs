@@ -17,14 +17,26 @@ use std::time::Duration;
 const KEY: &str = "test-function-key";
 
 async fn peek_bodies(queue: &SharedQueue) -> Vec<String> {
-    queue.peek(32).await.unwrap().into_iter().map(|m| m.body).collect()
+    queue
+        .peek(32)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| m.body)
+        .collect()
 }
 
 #[tokio::test]
 async fn getcode_answers_the_samples_json_after_queueing_one_message() {
     let queues = common::azure_queues().await;
     let api = common::number_api(KEY).await;
-    let app = common::producer(&api.url("/api/RandomNumber"), KEY, queues.main.clone(), MessageEncoding::Text).await;
+    let app = common::producer(
+        &api.url("/api/RandomNumber"),
+        KEY,
+        queues.main.clone(),
+        MessageEncoding::Text,
+    )
+    .await;
 
     let response = reqwest::get(app.url("/api/v1/getcode")).await.unwrap();
     assert_eq!(response.status(), 200);
@@ -38,8 +50,14 @@ async fn getcode_answers_the_samples_json_after_queueing_one_message() {
 
     let bodies = peek_bodies(&queues.main).await;
     assert_eq!(bodies.len(), 1);
-    assert!(bodies[0].starts_with('{'), "text encoding writes plain JSON: {}", bodies[0]);
-    let CodeMessage::Activate(issuance) = CodeMessage::decode(&bodies[0], chrono::Utc::now()).unwrap() else {
+    assert!(
+        bodies[0].starts_with('{'),
+        "text encoding writes plain JSON: {}",
+        bodies[0]
+    );
+    let CodeMessage::Activate(issuance) =
+        CodeMessage::decode(&bodies[0], chrono::Utc::now()).unwrap()
+    else {
         panic!("not an activation")
     };
     assert_eq!(issuance.code, code);
@@ -50,19 +68,39 @@ async fn getcode_answers_the_samples_json_after_queueing_one_message() {
 async fn base64_encoding_writes_what_azure_functions_reads() {
     let queues = common::azure_queues().await;
     let api = common::number_api(KEY).await;
-    let app = common::producer(&api.url("/api/RandomNumber"), KEY, queues.main.clone(), MessageEncoding::Base64).await;
-    let body: Value = reqwest::get(app.url("/api/v1/getcode")).await.unwrap().json().await.unwrap();
+    let app = common::producer(
+        &api.url("/api/RandomNumber"),
+        KEY,
+        queues.main.clone(),
+        MessageEncoding::Base64,
+    )
+    .await;
+    let body: Value = reqwest::get(app.url("/api/v1/getcode"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     let bodies = peek_bodies(&queues.main).await;
     assert!(!bodies[0].starts_with('{'));
     let decoded = CodeMessage::decode(&bodies[0], chrono::Utc::now()).unwrap();
-    assert_eq!(decoded.issuance().code.as_str(), body["code"].as_str().unwrap());
+    assert_eq!(
+        decoded.issuance().code.as_str(),
+        body["code"].as_str().unwrap()
+    );
 }
 
 #[tokio::test]
 async fn a_wrong_function_key_gives_the_samples_answer_with_the_apis_status() {
     let queues = common::azure_queues().await;
     let api = common::number_api(KEY).await;
-    let app = common::producer(&api.url("/api/RandomNumber"), "wrong-key", queues.main.clone(), MessageEncoding::Text).await;
+    let app = common::producer(
+        &api.url("/api/RandomNumber"),
+        "wrong-key",
+        queues.main.clone(),
+        MessageEncoding::Text,
+    )
+    .await;
     let response = reqwest::get(app.url("/api/v1/getcode")).await.unwrap();
     assert_eq!(response.status(), 401);
     assert_eq!(response.text().await.unwrap(), "Could not get you a code.");
@@ -76,14 +114,28 @@ async fn stub(router: Router) -> Server {
 async fn getcode_via(stub_router: Router, timeout: Duration) -> (u16, String, SharedQueue) {
     let queues = common::azure_queues().await;
     let api = stub(stub_router).await;
-    let app = common::producer_with_timeout(&api.url("/n"), KEY, queues.main.clone(), MessageEncoding::Text, timeout).await;
+    let app = common::producer_with_timeout(
+        &api.url("/n"),
+        KEY,
+        queues.main.clone(),
+        MessageEncoding::Text,
+        timeout,
+    )
+    .await;
     let response = reqwest::get(app.url("/api/v1/getcode")).await.unwrap();
-    (response.status().as_u16(), response.text().await.unwrap(), queues.main)
+    (
+        response.status().as_u16(),
+        response.text().await.unwrap(),
+        queues.main,
+    )
 }
 
 #[tokio::test]
 async fn a_failing_number_api_passes_its_status_through_with_the_samples_body() {
-    let router = Router::new().route("/n", get(|| async { (AxumStatus::INTERNAL_SERVER_ERROR, "boom") }));
+    let router = Router::new().route(
+        "/n",
+        get(|| async { (AxumStatus::INTERNAL_SERVER_ERROR, "boom") }),
+    );
     let (status, body, queue) = getcode_via(router, Duration::from_secs(5)).await;
     assert_eq!((status, body.as_str()), (500, "Could not get you a code."));
     assert!(peek_bodies(&queue).await.is_empty());
@@ -91,7 +143,10 @@ async fn a_failing_number_api_passes_its_status_through_with_the_samples_body() 
 
 #[tokio::test]
 async fn a_garbage_answer_is_a_502_with_a_json_reason() {
-    let router = Router::new().route("/n", get(|| async { Json(serde_json::json!({"value": "seven"})) }));
+    let router = Router::new().route(
+        "/n",
+        get(|| async { Json(serde_json::json!({"value": "seven"})) }),
+    );
     let (status, body, queue) = getcode_via(router, Duration::from_secs(5)).await;
     assert_eq!(status, 502);
     let json: Value = serde_json::from_str(&body).unwrap();
@@ -111,7 +166,10 @@ async fn a_slow_number_api_is_a_504() {
     );
     let (status, body, _) = getcode_via(router, Duration::from_millis(300)).await;
     assert_eq!(status, 504);
-    assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["error"], "number_api_timeout");
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).unwrap()["error"],
+        "number_api_timeout"
+    );
 }
 
 #[tokio::test]
@@ -130,20 +188,30 @@ async fn a_queue_that_refuses_the_message_gives_503_and_no_code() {
     let name = common::queue_name();
     let good = common::azure_queues_named(&name).await;
     // The same queue, reached with a wrong account key: Azurite answers 403.
-    let wrong_key = codewatch::queue::connection_string::ConnectionString::parse(&common::connection_string_with_key(
-        "d3Jvbmcta2V5LXdyb25nLWtleS13cm9uZy1rZXk=",
-    ))
+    let wrong_key = codewatch::queue::connection_string::ConnectionString::parse(
+        &common::connection_string_with_key("d3Jvbmcta2V5LXdyb25nLWtleS13cm9uZy1rZXk="),
+    )
     .unwrap();
-    let factory = codewatch::queue::azure::AzureQueueFactory::from_connection_string(&wrong_key).unwrap();
+    let factory =
+        codewatch::queue::azure::AzureQueueFactory::from_connection_string(&wrong_key).unwrap();
     let refusing: SharedQueue = Arc::new(factory.queue(&name).unwrap());
     let api = common::number_api(KEY).await;
-    let app = common::producer(&api.url("/api/RandomNumber"), KEY, refusing, MessageEncoding::Text).await;
+    let app = common::producer(
+        &api.url("/api/RandomNumber"),
+        KEY,
+        refusing,
+        MessageEncoding::Text,
+    )
+    .await;
 
     let response = reqwest::get(app.url("/api/v1/getcode")).await.unwrap();
     assert_eq!(response.status(), 503);
     let json: Value = response.json().await.unwrap();
     assert_eq!(json["error"], "queue_unavailable");
-    assert!(json.get("code").is_none(), "no code may be handed out: {json}");
+    assert!(
+        json.get("code").is_none(),
+        "no code may be handed out: {json}"
+    );
     assert!(!json.to_string().contains("sig="), "{json}");
     assert!(peek_bodies(&good.main).await.is_empty());
 }
@@ -151,8 +219,19 @@ async fn a_queue_that_refuses_the_message_gives_503_and_no_code() {
 #[tokio::test]
 async fn the_home_page_links_to_the_endpoint() {
     let queues = common::azure_queues().await;
-    let app = common::producer("http://127.0.0.1:9/", KEY, queues.main, MessageEncoding::Text).await;
-    let page = reqwest::get(app.url("/")).await.unwrap().text().await.unwrap();
+    let app = common::producer(
+        "http://127.0.0.1:9/",
+        KEY,
+        queues.main,
+        MessageEncoding::Text,
+    )
+    .await;
+    let page = reqwest::get(app.url("/"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert!(page.contains("href=\"/api/v1/getcode\""), "{page}");
 }
 
@@ -160,12 +239,32 @@ async fn the_home_page_links_to_the_endpoint() {
 async fn the_number_api_stand_in_checks_the_function_key_on_get_and_post() {
     let api = common::number_api(KEY).await;
     let client = reqwest::Client::new();
-    for request in [client.get(api.url("/api/RandomNumber")), client.post(api.url("/api/RandomNumber"))] {
-        let ok = request.try_clone().unwrap().header("x-functions-key", KEY).send().await.unwrap();
+    for request in [
+        client.get(api.url("/api/RandomNumber")),
+        client.post(api.url("/api/RandomNumber")),
+    ] {
+        let ok = request
+            .try_clone()
+            .unwrap()
+            .header("x-functions-key", KEY)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(ok.status(), 200);
         let value = ok.json::<Value>().await.unwrap()["value"].as_u64().unwrap();
         assert!((1..=1000).contains(&value));
-        assert_eq!(request.try_clone().unwrap().send().await.unwrap().status(), 401);
-        assert_eq!(request.header("x-functions-key", "nope").send().await.unwrap().status(), 401);
+        assert_eq!(
+            request.try_clone().unwrap().send().await.unwrap().status(),
+            401
+        );
+        assert_eq!(
+            request
+                .header("x-functions-key", "nope")
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            401
+        );
     }
 }

@@ -5,7 +5,7 @@ mod common;
 
 use codewatch::backends::Queues;
 use codewatch::queue::QueueError;
-use common::{eventually, TestDb};
+use common::{TestDb, eventually};
 use std::time::Duration;
 
 const LONG: Duration = Duration::from_secs(30);
@@ -16,12 +16,18 @@ struct Fixture {
 }
 
 async fn azure() -> Fixture {
-    Fixture { queues: common::azure_queues().await, _db: None }
+    Fixture {
+        queues: common::azure_queues().await,
+        _db: None,
+    }
 }
 
 async fn embedded() -> Fixture {
     let db = common::sqlite().await;
-    Fixture { queues: common::embedded_queues(&db.database), _db: Some(db) }
+    Fixture {
+        queues: common::embedded_queues(&db.database),
+        _db: Some(db),
+    }
 }
 
 async fn a_sent_message_is_received_once_with_its_body(f: Fixture) {
@@ -31,7 +37,10 @@ async fn a_sent_message_is_received_once_with_its_body(f: Fixture) {
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].body, "hello");
     assert_eq!(got[0].dequeue_count, 1);
-    assert!(q.receive(32, LONG).await.unwrap().is_empty(), "a leased message must be invisible");
+    assert!(
+        q.receive(32, LONG).await.unwrap().is_empty(),
+        "a leased message must be invisible"
+    );
 }
 
 async fn a_message_sent_with_a_delay_stays_invisible_until_then(f: Fixture) {
@@ -49,23 +58,37 @@ async fn a_message_sent_with_a_delay_stays_invisible_until_then(f: Fixture) {
 async fn an_undeleted_message_returns_after_its_lease_and_its_old_receipt_is_stale(f: Fixture) {
     let q = &f.queues.main;
     q.send("again", Duration::ZERO).await.unwrap();
-    let first = q.receive(1, Duration::from_secs(1)).await.unwrap().remove(0);
+    let first = q
+        .receive(1, Duration::from_secs(1))
+        .await
+        .unwrap()
+        .remove(0);
     let second = eventually("the redelivery", Duration::from_secs(10), || async {
         q.receive(1, LONG).await.unwrap().pop()
     })
     .await;
     assert_eq!(second.body, "again");
     assert_eq!(second.dequeue_count, 2);
-    assert!(matches!(q.delete(&first.receipt).await, Err(QueueError::MessageGone)));
+    assert!(matches!(
+        q.delete(&first.receipt).await,
+        Err(QueueError::MessageGone)
+    ));
     q.delete(&second.receipt).await.unwrap();
 }
 
 async fn a_deleted_message_is_gone_and_deleting_twice_says_so(f: Fixture) {
     let q = &f.queues.main;
     q.send("once", Duration::ZERO).await.unwrap();
-    let m = q.receive(1, Duration::from_secs(1)).await.unwrap().remove(0);
+    let m = q
+        .receive(1, Duration::from_secs(1))
+        .await
+        .unwrap()
+        .remove(0);
     q.delete(&m.receipt).await.unwrap();
-    assert!(matches!(q.delete(&m.receipt).await, Err(QueueError::MessageGone)));
+    assert!(matches!(
+        q.delete(&m.receipt).await,
+        Err(QueueError::MessageGone)
+    ));
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert!(q.receive(32, LONG).await.unwrap().is_empty());
     assert_eq!(q.approximate_len().await.unwrap(), 0);
@@ -94,7 +117,13 @@ async fn peek_does_not_take_and_clear_empties_the_queue(f: Fixture) {
     let q = &f.queues.main;
     q.send("a", Duration::ZERO).await.unwrap();
     q.send("b", Duration::ZERO).await.unwrap();
-    let mut peeked: Vec<String> = q.peek(32).await.unwrap().into_iter().map(|m| m.body).collect();
+    let mut peeked: Vec<String> = q
+        .peek(32)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| m.body)
+        .collect();
     peeked.sort();
     assert_eq!(peeked, ["a", "b"]);
     assert_eq!(q.approximate_len().await.unwrap(), 2);
@@ -113,7 +142,10 @@ async fn bodies_with_markup_quotes_and_unicode_survive(f: Fixture) {
 async fn the_poison_queue_is_a_separate_queue(f: Fixture) {
     f.queues.poison.send("bad", Duration::ZERO).await.unwrap();
     assert!(f.queues.main.receive(32, LONG).await.unwrap().is_empty());
-    assert_eq!(f.queues.poison.receive(32, LONG).await.unwrap()[0].body, "bad");
+    assert_eq!(
+        f.queues.poison.receive(32, LONG).await.unwrap()[0].body,
+        "bad"
+    );
     assert!(f.queues.poison.name().ends_with("-poison"));
 }
 

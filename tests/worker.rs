@@ -11,7 +11,7 @@ use codewatch::message::{CodeMessage, Issuance, IssuanceId, MessageEncoding};
 use codewatch::store::SharedStore;
 use codewatch::timestamp;
 use codewatch::worker::{BatchReport, PollOutcome, Worker, WorkerSettings};
-use common::{eventually, TestDb};
+use common::{TestDb, eventually};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -25,7 +25,11 @@ struct Rig {
 async fn rig() -> Rig {
     let db = common::sqlite().await;
     let store = db.database.store();
-    Rig { queues: common::azure_queues().await, db, store }
+    Rig {
+        queues: common::azure_queues().await,
+        db,
+        store,
+    }
 }
 
 fn settings(ttl_secs: u64) -> WorkerSettings {
@@ -40,7 +44,12 @@ fn settings(ttl_secs: u64) -> WorkerSettings {
 
 impl Rig {
     fn worker(&self, settings: WorkerSettings) -> Worker {
-        Worker::new(self.queues.main.clone(), self.queues.poison.clone(), self.store.clone(), settings)
+        Worker::new(
+            self.queues.main.clone(),
+            self.queues.poison.clone(),
+            self.store.clone(),
+            settings,
+        )
     }
 
     async fn send(&self, body: &str) {
@@ -48,7 +57,11 @@ impl Rig {
     }
 
     async fn valid(&self, code: &str) -> usize {
-        self.store.find_valid(&Code::parse(code).unwrap(), Utc::now()).await.unwrap().len()
+        self.store
+            .find_valid(&Code::parse(code).unwrap(), Utc::now())
+            .await
+            .unwrap()
+            .len()
     }
 
     async fn rows(&self) -> usize {
@@ -66,7 +79,11 @@ async fn drain(worker: &Worker) -> BatchReport {
 }
 
 fn issuance(code: &str, issued_at: chrono::DateTime<Utc>) -> Issuance {
-    Issuance { id: IssuanceId::random(), code: Code::parse(code).unwrap(), issued_at }
+    Issuance {
+        id: IssuanceId::random(),
+        code: Code::parse(code).unwrap(),
+        issued_at,
+    }
 }
 
 fn activation(i: &Issuance) -> String {
@@ -77,22 +94,40 @@ fn activation(i: &Issuance) -> String {
 async fn a_code_issued_by_serve_becomes_valid_then_expires_after_its_ttl() {
     let rig = rig().await;
     let api = common::number_api("k").await;
-    let app = common::producer(&api.url("/api/RandomNumber"), "k", rig.queues.main.clone(), MessageEncoding::Text).await;
+    let app = common::producer(
+        &api.url("/api/RandomNumber"),
+        "k",
+        rig.queues.main.clone(),
+        MessageEncoding::Text,
+    )
+    .await;
     let cancel = CancellationToken::new();
     let worker = Arc::new(rig.worker(settings(2)));
     let running = tokio::spawn(worker.run(cancel.clone()));
 
-    let body: serde_json::Value = reqwest::get(app.url("/api/v1/getcode")).await.unwrap().json().await.unwrap();
+    let body: serde_json::Value = reqwest::get(app.url("/api/v1/getcode"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     let code = body["code"].as_str().unwrap().to_owned();
     let issued_at = timestamp::parse(body["timestamp"].as_str().unwrap()).unwrap();
-    eventually("the code to become valid", Duration::from_secs(5), || async { (rig.valid(&code).await == 1).then_some(()) }).await;
+    eventually(
+        "the code to become valid",
+        Duration::from_secs(5),
+        || async { (rig.valid(&code).await == 1).then_some(()) },
+    )
+    .await;
     let row = rig.store.list(10).await.unwrap().remove(0);
     assert_eq!(row.expires_at, issued_at + ChronoDuration::seconds(2));
     assert!(row.activated_at >= issued_at);
 
-    eventually("the row to be removed by its expiry message", Duration::from_secs(10), || async {
-        (rig.rows().await == 0).then_some(())
-    })
+    eventually(
+        "the row to be removed by its expiry message",
+        Duration::from_secs(10),
+        || async { (rig.rows().await == 0).then_some(()) },
+    )
     .await;
     assert_eq!(rig.valid(&code).await, 0);
     eventually("the queue to be empty", Duration::from_secs(5), || async {
@@ -107,7 +142,8 @@ async fn a_code_issued_by_serve_becomes_valid_then_expires_after_its_ttl() {
 async fn validity_ends_at_expires_at_even_before_the_expiry_message_is_processed() {
     let rig = rig().await;
     let worker = rig.worker(settings(1));
-    rig.send(&activation(&issuance("abc-1-def", Utc::now()))).await;
+    rig.send(&activation(&issuance("abc-1-def", Utc::now())))
+        .await;
     drain(&worker).await;
     assert_eq!(rig.valid("abc-1-def").await, 1);
     tokio::time::sleep(Duration::from_millis(1100)).await;
@@ -124,7 +160,10 @@ async fn the_same_activation_twice_makes_one_valid_code() {
     rig.send(&body).await;
     rig.send(&body).await;
     let report = drain(&worker).await;
-    assert_eq!((report.activated, report.duplicates, report.failed), (1, 1, 0));
+    assert_eq!(
+        (report.activated, report.duplicates, report.failed),
+        (1, 1, 0)
+    );
     assert_eq!(rig.rows().await, 1);
     assert_eq!(rig.valid("dup-1-Act").await, 1);
 }
@@ -137,7 +176,11 @@ async fn the_same_expiry_twice_is_harmless() {
     rig.send(&activation(&i)).await;
     drain(&worker).await;
     assert_eq!(rig.rows().await, 1);
-    let expiry = CodeMessage::Expire { expires_at: i.issued_at + ChronoDuration::seconds(1), issuance: i }.encode(MessageEncoding::Text);
+    let expiry = CodeMessage::Expire {
+        expires_at: i.issued_at + ChronoDuration::seconds(1),
+        issuance: i,
+    }
+    .encode(MessageEncoding::Text);
     tokio::time::sleep(Duration::from_millis(1100)).await;
     rig.send(&expiry).await;
     rig.send(&expiry).await;
@@ -145,7 +188,10 @@ async fn the_same_expiry_twice_is_harmless() {
     // Two copies sent here plus the one the worker re-armed.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while total.expired < 3 {
-        assert!(std::time::Instant::now() < deadline, "three expiries expected, saw {total:?}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "three expiries expected, saw {total:?}"
+        );
         total += drain(&worker).await;
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -157,11 +203,19 @@ async fn the_same_expiry_twice_is_harmless() {
 async fn an_activation_arriving_after_its_expiry_makes_nothing_valid() {
     let rig = rig().await;
     let worker = rig.worker(settings(600));
-    rig.send(&activation(&issuance("old-3-Act", Utc::now() - ChronoDuration::minutes(20)))).await;
+    rig.send(&activation(&issuance(
+        "old-3-Act",
+        Utc::now() - ChronoDuration::minutes(20),
+    )))
+    .await;
     let report = drain(&worker).await;
     assert_eq!((report.stale, report.activated), (1, 0));
     assert_eq!(rig.rows().await, 0);
-    assert_eq!(rig.queues.main.approximate_len().await.unwrap(), 0, "no expiry message for a stale activation");
+    assert_eq!(
+        rig.queues.main.approximate_len().await.unwrap(),
+        0,
+        "no expiry message for a stale activation"
+    );
 }
 
 #[tokio::test]
@@ -171,10 +225,14 @@ async fn a_redelivered_activation_after_expiry_does_not_resurrect_the_code() {
     let body = activation(&issuance("res-4-Urr", Utc::now()));
     rig.send(&body).await;
     drain(&worker).await;
-    eventually("the expiry to be processed", Duration::from_secs(10), || async {
-        drain(&worker).await;
-        (rig.rows().await == 0).then_some(())
-    })
+    eventually(
+        "the expiry to be processed",
+        Duration::from_secs(10),
+        || async {
+            drain(&worker).await;
+            (rig.rows().await == 0).then_some(())
+        },
+    )
     .await;
     rig.send(&body).await;
     let report = drain(&worker).await;
@@ -190,7 +248,10 @@ async fn an_early_expiry_message_is_put_back_and_removes_nothing() {
     let i = issuance("ear-5-Lyy", Utc::now());
     rig.send(&activation(&i)).await;
     drain(&worker).await;
-    let early = CodeMessage::Expire { expires_at: i.issued_at + ChronoDuration::seconds(3), issuance: i.clone() };
+    let early = CodeMessage::Expire {
+        expires_at: i.issued_at + ChronoDuration::seconds(3),
+        issuance: i.clone(),
+    };
     rig.send(&early.encode(MessageEncoding::Text)).await;
     let report = drain(&worker).await;
     assert_eq!(report.early, 1);
@@ -210,7 +271,8 @@ async fn every_foreign_message_shape_activates_its_code_once() {
     let json = format!(r#"{{"code": "Fjs-11-Onn", "timestamp": "{now}"}}"#);
     let shapes = [
         format!("{{'code': 'Pyt-12-Hon', 'timestamp': '{now}'}}"),
-        base64::engine::general_purpose::STANDARD.encode(format!(r#"{{"code": "Bas-13-Esx", "timestamp": "{now}"}}"#)),
+        base64::engine::general_purpose::STANDARD
+            .encode(format!(r#"{{"code": "Bas-13-Esx", "timestamp": "{now}"}}"#)),
         "Bar-14-Eco".to_owned(),
         json,
     ];
@@ -223,7 +285,15 @@ async fn every_foreign_message_shape_activates_its_code_once() {
     }
     rig.send(&shapes[3]).await;
     let report = drain(&worker).await;
-    assert_eq!((report.activated, report.duplicates, report.poisoned, report.failed), (4, 3, 0, 0));
+    assert_eq!(
+        (
+            report.activated,
+            report.duplicates,
+            report.poisoned,
+            report.failed
+        ),
+        (4, 3, 0, 0)
+    );
     for code in ["Pyt-12-Hon", "Bas-13-Esx", "Bar-14-Eco", "Fjs-11-Onn"] {
         assert_eq!(rig.valid(code).await, 1, "{code}");
     }
@@ -233,15 +303,38 @@ async fn every_foreign_message_shape_activates_its_code_once() {
 async fn an_unusable_message_goes_to_the_poison_queue_unchanged_at_once() {
     let rig = rig().await;
     let worker = rig.worker(settings(60));
-    for body in ["hello world", r#"{"code":"not-a-code"}"#, r#"{"code":"ojE-161-pTv","action":"toggle"}"#] {
+    for body in [
+        "hello world",
+        r#"{"code":"not-a-code"}"#,
+        r#"{"code":"ojE-161-pTv","action":"toggle"}"#,
+    ] {
         rig.send(body).await;
     }
-    rig.send(&activation(&issuance("goo-6-Dok", Utc::now()))).await;
+    rig.send(&activation(&issuance("goo-6-Dok", Utc::now())))
+        .await;
     let report = drain(&worker).await;
-    assert_eq!((report.poisoned, report.activated, report.failed), (3, 1, 0));
-    let mut poisoned: Vec<String> = rig.queues.poison.peek(32).await.unwrap().into_iter().map(|m| m.body).collect();
+    assert_eq!(
+        (report.poisoned, report.activated, report.failed),
+        (3, 1, 0)
+    );
+    let mut poisoned: Vec<String> = rig
+        .queues
+        .poison
+        .peek(32)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| m.body)
+        .collect();
     poisoned.sort();
-    assert_eq!(poisoned, ["hello world", r#"{"code":"not-a-code"}"#, r#"{"code":"ojE-161-pTv","action":"toggle"}"#]);
+    assert_eq!(
+        poisoned,
+        [
+            "hello world",
+            r#"{"code":"not-a-code"}"#,
+            r#"{"code":"ojE-161-pTv","action":"toggle"}"#
+        ]
+    );
     assert_eq!(rig.valid("goo-6-Dok").await, 1);
 }
 
@@ -252,13 +345,25 @@ async fn a_message_that_keeps_failing_goes_to_poison_after_the_dequeue_limit() {
     rig.send(&body).await;
     // Two receives that never finish, as from a worker that crashed twice mid-message.
     for attempt in 1..=2 {
-        let got = eventually("the message to be visible", Duration::from_secs(10), || async {
-            rig.queues.main.receive(1, Duration::from_secs(1)).await.unwrap().pop()
-        })
+        let got = eventually(
+            "the message to be visible",
+            Duration::from_secs(10),
+            || async {
+                rig.queues
+                    .main
+                    .receive(1, Duration::from_secs(1))
+                    .await
+                    .unwrap()
+                    .pop()
+            },
+        )
         .await;
         assert_eq!(got.dequeue_count, attempt);
     }
-    let worker = rig.worker(WorkerSettings { max_dequeue_count: 2, ..settings(60) });
+    let worker = rig.worker(WorkerSettings {
+        max_dequeue_count: 2,
+        ..settings(60)
+    });
     let report = eventually("the third delivery", Duration::from_secs(10), || async {
         let r = drain(&worker).await;
         (r.received > 0).then_some(r)
@@ -277,16 +382,32 @@ async fn a_database_failure_loses_nothing_the_message_is_retried() {
     let broken = common::sqlite().await;
     let Database::Sqlite(pool) = &broken.database;
     pool.close().await;
-    let failing = Worker::new(rig.queues.main.clone(), rig.queues.poison.clone(), broken.database.store(), settings(60));
+    let failing = Worker::new(
+        rig.queues.main.clone(),
+        rig.queues.poison.clone(),
+        broken.database.store(),
+        settings(60),
+    );
     let report = failing.poll_once().await.unwrap();
-    assert_eq!(report, PollOutcome::Processed(BatchReport { received: 1, failed: 1, ..Default::default() }));
+    assert_eq!(
+        report,
+        PollOutcome::Processed(BatchReport {
+            received: 1,
+            failed: 1,
+            ..Default::default()
+        })
+    );
     assert_eq!(rig.rows().await, 0);
 
     let worker = rig.worker(settings(60));
-    eventually("the retried activation", Duration::from_secs(10), || async {
-        drain(&worker).await;
-        (rig.valid("dbf-8-Ail").await == 1).then_some(())
-    })
+    eventually(
+        "the retried activation",
+        Duration::from_secs(10),
+        || async {
+            drain(&worker).await;
+            (rig.valid("dbf-8-Ail").await == 1).then_some(())
+        },
+    )
     .await;
     let _ = &rig.db;
 }

@@ -2,9 +2,9 @@
 
 use crate::number_api::NumberApiError;
 use crate::queue::QueueError;
+use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::Json;
 
 /// Everything a handler can answer with besides success.
 #[derive(Debug, thiserror::Error)]
@@ -26,20 +26,32 @@ impl IntoResponse for ApiError {
                 let status = StatusCode::from_u16(*code).unwrap_or(StatusCode::BAD_GATEWAY);
                 return (status, "Could not get you a code.").into_response();
             }
-            ApiError::NumberApi(NumberApiError::Timeout(_)) => {
-                (StatusCode::GATEWAY_TIMEOUT, "number_api_timeout", "The random-number API did not answer in time.")
-            }
-            ApiError::NumberApi(NumberApiError::Unreachable) => {
-                (StatusCode::BAD_GATEWAY, "number_api_unreachable", "The random-number API could not be reached.")
-            }
-            ApiError::NumberApi(NumberApiError::Garbage) => {
-                (StatusCode::BAD_GATEWAY, "number_api_bad_response", "The random-number API answered with something that is not a number.")
-            }
-            ApiError::Queue(_) => {
-                (StatusCode::SERVICE_UNAVAILABLE, "queue_unavailable", "The code could not be recorded; no code was issued. Try again.")
-            }
+            ApiError::NumberApi(NumberApiError::Timeout(_)) => (
+                StatusCode::GATEWAY_TIMEOUT,
+                "number_api_timeout",
+                "The random-number API did not answer in time.",
+            ),
+            ApiError::NumberApi(NumberApiError::Unreachable) => (
+                StatusCode::BAD_GATEWAY,
+                "number_api_unreachable",
+                "The random-number API could not be reached.",
+            ),
+            ApiError::NumberApi(NumberApiError::Garbage) => (
+                StatusCode::BAD_GATEWAY,
+                "number_api_bad_response",
+                "The random-number API answered with something that is not a number.",
+            ),
+            ApiError::Queue(_) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "queue_unavailable",
+                "The code could not be recorded; no code was issued. Try again.",
+            ),
         };
         tracing::warn!(error = %self, "request failed");
-        (status, Json(serde_json::json!({ "error": error, "reason": reason }))).into_response()
+        (
+            status,
+            Json(serde_json::json!({ "error": error, "reason": reason })),
+        )
+            .into_response()
     }
 }

@@ -4,8 +4,8 @@ use super::{ApiError, AppState};
 use crate::code::Code;
 use crate::message::{CodeMessage, Issuance, IssuanceId};
 use crate::timestamp;
-use axum::extract::State;
 use axum::Json;
+use axum::extract::State;
 use chrono::Utc;
 use serde::Serialize;
 use std::sync::Arc;
@@ -30,7 +30,13 @@ pub async fn get_code(State(state): State<Arc<AppState>>) -> Result<Json<CodeRes
         issued_at: Utc::now(),
     };
     let message = CodeMessage::Activate(issuance.clone());
-    state.queue.send(&message.encode(state.encoding), Duration::ZERO).await?;
+    state
+        .queue
+        .send(&message.encode(state.encoding), Duration::ZERO)
+        .await?;
     tracing::debug!(issuance = %issuance.id, "code issued");
-    Ok(Json(CodeResponse { code: issuance.code.to_string(), timestamp: timestamp::format(issuance.issued_at) }))
+    Ok(Json(CodeResponse {
+        code: issuance.code.to_string(),
+        timestamp: timestamp::format(issuance.issued_at),
+    }))
 }

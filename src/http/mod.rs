@@ -9,8 +9,8 @@ pub use error::ApiError;
 use crate::message::MessageEncoding;
 use crate::number_api::NumberApiClient;
 use crate::queue::SharedQueue;
-use axum::routing::get;
 use axum::Router;
+use axum::routing::get;
 use std::sync::Arc;
 
 /// What the handlers share.

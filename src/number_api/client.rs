@@ -43,7 +43,12 @@ pub struct NumberApiClient {
 impl NumberApiClient {
     /// A client for `endpoint` that sends `key` in `x-functions-key` and waits at most `timeout`.
     pub fn new(endpoint: url::Url, key: Secret, timeout: Duration) -> Self {
-        Self { http: reqwest::Client::new(), endpoint, key, timeout }
+        Self {
+            http: reqwest::Client::new(),
+            endpoint,
+            key,
+            timeout,
+        }
     }
 
     /// Asks for one random number, as the sample does: `GET` with the key and `Content-Type: application/json`.
@@ -61,7 +66,11 @@ impl NumberApiClient {
             return Err(NumberApiError::Status(response.status().as_u16()));
         }
         let body: NumberBody = response.json().await.map_err(|e| {
-            if e.is_timeout() { NumberApiError::Timeout(self.timeout) } else { NumberApiError::Garbage }
+            if e.is_timeout() {
+                NumberApiError::Timeout(self.timeout)
+            } else {
+                NumberApiError::Garbage
+            }
         })?;
         body.value
             .as_u64()
@@ -71,6 +80,10 @@ impl NumberApiClient {
     }
 
     fn classify(&self, e: &reqwest::Error) -> NumberApiError {
-        if e.is_timeout() { NumberApiError::Timeout(self.timeout) } else { NumberApiError::Unreachable }
+        if e.is_timeout() {
+            NumberApiError::Timeout(self.timeout)
+        } else {
+            NumberApiError::Unreachable
+        }
     }
 }

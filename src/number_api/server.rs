@@ -1,7 +1,7 @@
 //! The stand-in for the sample's `RandomNumber` Azure Function.
 
 use super::KEY_HEADER;
-use crate::secret::{constant_time_eq, Secret};
+use crate::secret::{Secret, constant_time_eq};
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -18,7 +18,10 @@ pub fn router(key: Secret) -> Router {
 }
 
 async fn random_number(State(key): State<Arc<Secret>>, headers: HeaderMap) -> Response {
-    let given = headers.get(KEY_HEADER).map(|v| v.as_bytes()).unwrap_or_default();
+    let given = headers
+        .get(KEY_HEADER)
+        .map(|v| v.as_bytes())
+        .unwrap_or_default();
     if !constant_time_eq(given, key.expose().as_bytes()) {
         return StatusCode::UNAUTHORIZED.into_response();
     }

@@ -2,15 +2,15 @@
 
 use super::connection_string::{Authorization, ConnectionString};
 use super::sas::SasPolicy;
-use super::{clamp_visibility, MessageQueue, PeekedMessage, QueueError, Receipt, ReceivedMessage};
+use super::{MessageQueue, PeekedMessage, QueueError, Receipt, ReceivedMessage, clamp_visibility};
 use crate::secret::redact_url_secrets;
 use async_trait::async_trait;
 use azure_core::credentials::TokenCredential;
 use azure_core::http::policies::Policy;
 use azure_core::http::{ClientOptions, ExponentialRetryOptions, RetryOptions, StatusCode, Url};
 use azure_storage_queue::models::{
-    QueueClientGetPropertiesResultHeaders, QueueClientPeekMessagesOptions, QueueClientReceiveMessagesOptions,
-    QueueClientSendMessageOptions, QueueMessage,
+    QueueClientGetPropertiesResultHeaders, QueueClientPeekMessagesOptions,
+    QueueClientReceiveMessagesOptions, QueueClientSendMessageOptions, QueueMessage,
 };
 use azure_storage_queue::{QueueClient, QueueClientOptions};
 use chrono::{DateTime, Utc};
@@ -32,7 +32,9 @@ pub struct AzureQueueFactory {
 
 impl std::fmt::Debug for AzureQueueFactory {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AzureQueueFactory").field("account_url", &self.account_url.as_str()).finish_non_exhaustive()
+        f.debug_struct("AzureQueueFactory")
+            .field("account_url", &self.account_url.as_str())
+            .finish_non_exhaustive()
     }
 }
 
@@ -51,21 +53,41 @@ impl AzureQueueFactory {
 
     /// From `STORAGE_QUEUE_URL` (`https://<account>.queue.core.windows.net/<queue>`). A URL that carries a
     /// SAS (`sig=`) is used as is; otherwise requests carry Entra ID tokens from `credential`.
-    pub fn from_queue_url(queue_url: &str, credential: impl FnOnce() -> Result<Arc<dyn TokenCredential>, QueueError>) -> Result<Self, QueueError> {
-        let mut url = Url::parse(queue_url).map_err(|_| QueueError::Config("STORAGE_QUEUE_URL is not a URL".into()))?;
-        let sas = url.query().filter(|q| q.contains("sig=")).map(str::to_owned);
+    pub fn from_queue_url(
+        queue_url: &str,
+        credential: impl FnOnce() -> Result<Arc<dyn TokenCredential>, QueueError>,
+    ) -> Result<Self, QueueError> {
+        let mut url = Url::parse(queue_url)
+            .map_err(|_| QueueError::Config("STORAGE_QUEUE_URL is not a URL".into()))?;
+        let sas = url
+            .query()
+            .filter(|q| q.contains("sig="))
+            .map(str::to_owned);
         url.set_query(None);
         let mut segments: Vec<String> = url
             .path_segments()
             .map(|s| s.filter(|p| !p.is_empty()).map(str::to_owned).collect())
             .unwrap_or_default();
-        let queue = segments.pop().ok_or_else(|| QueueError::Config("STORAGE_QUEUE_URL has no queue name in its path".into()))?;
+        let queue = segments.pop().ok_or_else(|| {
+            QueueError::Config("STORAGE_QUEUE_URL has no queue name in its path".into())
+        })?;
         url.set_path(&format!("{}/", segments.join("/")));
         let (credential, sas) = match sas {
-            Some(token) => (None, Some(SasPolicy::new(String::new(), Authorization::Sas(crate::secret::Secret::new(token))))),
+            Some(token) => (
+                None,
+                Some(SasPolicy::new(
+                    String::new(),
+                    Authorization::Sas(crate::secret::Secret::new(token)),
+                )),
+            ),
             None => (Some(credential()?), None),
         };
-        Ok(Self { account_url: url, default_queue: Some(queue), credential, sas })
+        Ok(Self {
+            account_url: url,
+            default_queue: Some(queue),
+            credential,
+            sas,
+        })
     }
 
     /// The queue named in the URL, if the factory came from one.
@@ -89,11 +111,20 @@ impl AzureQueueFactory {
             ..Default::default()
         };
         if let Some(sas) = &self.sas {
-            client_options.per_try_policies.push(sas.clone() as Arc<dyn Policy>);
+            client_options
+                .per_try_policies
+                .push(sas.clone() as Arc<dyn Policy>);
         }
-        let options = QueueClientOptions { client_options, ..Default::default() };
-        let client = QueueClient::new(url, self.credential.clone(), Some(options)).map_err(|e| QueueError::Config(clean(&e)))?;
-        Ok(AzureQueue { name: name.to_owned(), client })
+        let options = QueueClientOptions {
+            client_options,
+            ..Default::default()
+        };
+        let client = QueueClient::new(url, self.credential.clone(), Some(options))
+            .map_err(|e| QueueError::Config(clean(&e)))?;
+        Ok(AzureQueue {
+            name: name.to_owned(),
+            client,
+        })
     }
 }
 
@@ -110,20 +141,35 @@ fn clean(e: &azure_core::Error) -> String {
 fn map_error(e: azure_core::Error) -> QueueError {
     use azure_core::error::ErrorKind;
     match e.kind() {
-        ErrorKind::HttpResponse { status, error_code, .. } => {
+        ErrorKind::HttpResponse {
+            status, error_code, ..
+        } => {
             let code = error_code.clone();
             let gone = *status == StatusCode::NotFound
                 && matches!(code.as_deref(), Some("MessageNotFound") | None)
                 || matches!(code.as_deref(), Some("PopReceiptMismatch"));
             if gone {
                 QueueError::MessageGone
-            } else if u16::from(*status) >= 500 || *status == StatusCode::TooManyRequests || *status == StatusCode::RequestTimeout {
-                QueueError::Unavailable(format!("HTTP {}{}", u16::from(*status), code.map(|c| format!(" ({c})")).unwrap_or_default()))
+            } else if u16::from(*status) >= 500
+                || *status == StatusCode::TooManyRequests
+                || *status == StatusCode::RequestTimeout
+            {
+                QueueError::Unavailable(format!(
+                    "HTTP {}{}",
+                    u16::from(*status),
+                    code.map(|c| format!(" ({c})")).unwrap_or_default()
+                ))
             } else {
-                QueueError::Refused { status: u16::from(*status), code }
+                QueueError::Refused {
+                    status: u16::from(*status),
+                    code,
+                }
             }
         }
-        ErrorKind::Credential => QueueError::Refused { status: 401, code: Some(format!("credential: {}", clean(&e))) },
+        ErrorKind::Credential => QueueError::Refused {
+            status: 401,
+            code: Some(format!("credential: {}", clean(&e))),
+        },
         _ => QueueError::Unavailable(clean(&e)),
     }
 }
@@ -131,12 +177,15 @@ fn map_error(e: azure_core::Error) -> QueueError {
 async fn bounded<T>(op: impl Future<Output = azure_core::Result<T>>) -> Result<T, QueueError> {
     match tokio::time::timeout(OPERATION_TIMEOUT, op).await {
         Ok(result) => result.map_err(map_error),
-        Err(_) => Err(QueueError::Unavailable(format!("no answer within {OPERATION_TIMEOUT:?}"))),
+        Err(_) => Err(QueueError::Unavailable(format!(
+            "no answer within {OPERATION_TIMEOUT:?}"
+        ))),
     }
 }
 
 fn to_chrono(t: Option<azure_core::time::OffsetDateTime>) -> DateTime<Utc> {
-    t.and_then(|t| DateTime::from_timestamp(t.unix_timestamp(), t.nanosecond())).unwrap_or_else(Utc::now)
+    t.and_then(|t| DateTime::from_timestamp(t.unix_timestamp(), t.nanosecond()))
+        .unwrap_or_else(Utc::now)
 }
 
 fn seconds(d: Duration) -> i32 {
@@ -158,15 +207,21 @@ impl MessageQueue for AzureQueue {
     }
 
     async fn send(&self, body: &str, visible_after: Duration) -> Result<(), QueueError> {
-        let message = QueueMessage { message_text: Some(body.to_owned()) };
-        let content = message.try_into().map_err(|e: azure_core::Error| QueueError::Config(clean(&e)))?;
+        let message = QueueMessage {
+            message_text: Some(body.to_owned()),
+        };
+        let content = message
+            .try_into()
+            .map_err(|e: azure_core::Error| QueueError::Config(clean(&e)))?;
         let options = QueueClientSendMessageOptions {
             visibility_timeout: Some(seconds(visible_after)),
             // -1: never expire. The service default (7 days) would silently drop a backlog.
             message_time_to_live: Some(-1),
             ..Default::default()
         };
-        bounded(self.client.send_message(content, Some(options))).await.map(|_| ())
+        bounded(self.client.send_message(content, Some(options)))
+            .await
+            .map(|_| ())
     }
 
     async fn receive(&self, max: u32, lease: Duration) -> Result<Vec<ReceivedMessage>, QueueError> {
@@ -176,16 +231,22 @@ impl MessageQueue for AzureQueue {
             ..Default::default()
         };
         let response = bounded(self.client.receive_messages(Some(options))).await?;
-        let model = response.into_model().map_err(|e| QueueError::Unavailable(clean(&e)))?;
+        let model = response
+            .into_model()
+            .map_err(|e| QueueError::Unavailable(clean(&e)))?;
         Ok(model
             .items
             .unwrap_or_default()
             .into_iter()
             .filter_map(|m| {
                 Some(ReceivedMessage {
-                    receipt: Receipt { message_id: m.message_id?, pop_receipt: m.pop_receipt? },
+                    receipt: Receipt {
+                        message_id: m.message_id?,
+                        pop_receipt: m.pop_receipt?,
+                    },
                     body: m.message_text.unwrap_or_default(),
-                    dequeue_count: m.dequeue_count.unwrap_or(1).clamp(0, i64::from(u32::MAX)) as u32,
+                    dequeue_count: m.dequeue_count.unwrap_or(1).clamp(0, i64::from(u32::MAX))
+                        as u32,
                     inserted_at: to_chrono(m.insertion_time),
                 })
             })
@@ -193,18 +254,33 @@ impl MessageQueue for AzureQueue {
     }
 
     async fn delete(&self, receipt: &Receipt) -> Result<(), QueueError> {
-        bounded(self.client.delete_message(&receipt.message_id, &receipt.pop_receipt, None)).await.map(|_| ())
+        bounded(
+            self.client
+                .delete_message(&receipt.message_id, &receipt.pop_receipt, None),
+        )
+        .await
+        .map(|_| ())
     }
 
     async fn release(&self, receipt: &Receipt, visible_after: Duration) -> Result<(), QueueError> {
-        let op = self.client.update_message(&receipt.message_id, &receipt.pop_receipt, seconds(visible_after), None);
+        let op = self.client.update_message(
+            &receipt.message_id,
+            &receipt.pop_receipt,
+            seconds(visible_after),
+            None,
+        );
         bounded(op).await.map(|_| ())
     }
 
     async fn peek(&self, max: u32) -> Result<Vec<PeekedMessage>, QueueError> {
-        let options = QueueClientPeekMessagesOptions { number_of_messages: Some(max.clamp(1, 32) as i32), ..Default::default() };
+        let options = QueueClientPeekMessagesOptions {
+            number_of_messages: Some(max.clamp(1, 32) as i32),
+            ..Default::default()
+        };
         let response = bounded(self.client.peek_messages(Some(options))).await?;
-        let model = response.into_model().map_err(|e| QueueError::Unavailable(clean(&e)))?;
+        let model = response
+            .into_model()
+            .map_err(|e| QueueError::Unavailable(clean(&e)))?;
         Ok(model
             .items
             .unwrap_or_default()
@@ -220,7 +296,9 @@ impl MessageQueue for AzureQueue {
 
     async fn approximate_len(&self) -> Result<u64, QueueError> {
         let response = bounded(self.client.get_properties(None)).await?;
-        let count = response.approximate_messages_count().map_err(|e| QueueError::Unavailable(clean(&e)))?;
+        let count = response
+            .approximate_messages_count()
+            .map_err(|e| QueueError::Unavailable(clean(&e)))?;
         Ok(count.unwrap_or(0).max(0) as u64)
     }
 

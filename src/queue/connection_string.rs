@@ -1,7 +1,7 @@
 //! Azure Storage connection strings, including `UseDevelopmentStorage=true` for Azurite.
 
-use crate::secret::Secret;
 use super::QueueError;
+use crate::secret::Secret;
 use std::collections::HashMap;
 
 /// Azurite's well-known development account.
@@ -37,11 +37,20 @@ impl ConnectionString {
         let pairs: HashMap<String, String> = text
             .split(';')
             .filter(|p| !p.trim().is_empty())
-            .filter_map(|p| p.split_once('=').map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned())))
+            .filter_map(|p| {
+                p.split_once('=')
+                    .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+            })
             .collect();
-        let get = |k: &str| pairs.get(&k.to_ascii_lowercase()).filter(|v| !v.is_empty()).cloned();
+        let get = |k: &str| {
+            pairs
+                .get(&k.to_ascii_lowercase())
+                .filter(|v| !v.is_empty())
+                .cloned()
+        };
         if get("UseDevelopmentStorage").is_some_and(|v| v.eq_ignore_ascii_case("true")) {
-            let proxy = get("DevelopmentStorageProxyUri").unwrap_or_else(|| "http://127.0.0.1".into());
+            let proxy =
+                get("DevelopmentStorageProxyUri").unwrap_or_else(|| "http://127.0.0.1".into());
             return Ok(Self {
                 account: DEV_ACCOUNT.into(),
                 queue_endpoint: format!("{}:10001/{DEV_ACCOUNT}", proxy.trim_end_matches('/')),
@@ -53,7 +62,9 @@ impl ConnectionString {
         let queue_endpoint = match get("QueueEndpoint") {
             Some(e) => e.trim_end_matches('/').to_owned(),
             None => {
-                let account = account.clone().ok_or_else(|| missing("AccountName or QueueEndpoint"))?;
+                let account = account
+                    .clone()
+                    .ok_or_else(|| missing("AccountName or QueueEndpoint"))?;
                 let protocol = get("DefaultEndpointsProtocol").unwrap_or_else(|| "https".into());
                 let suffix = get("EndpointSuffix").unwrap_or_else(|| "core.windows.net".into());
                 format!("{protocol}://{account}.queue.{suffix}")
@@ -68,14 +79,21 @@ impl ConnectionString {
             (None, Some(sas)) => Authorization::Sas(Secret::new(sas.trim_start_matches('?'))),
             (None, None) => return Err(missing("AccountKey or SharedAccessSignature")),
         };
-        Ok(Self { account, queue_endpoint, authorization })
+        Ok(Self {
+            account,
+            queue_endpoint,
+            authorization,
+        })
     }
 }
 
 /// `https://acct.queue.core.windows.net` → `acct`; `http://127.0.0.1:10001/acct` → `acct`.
 fn account_from_endpoint(endpoint: &str) -> Option<String> {
     let url = url::Url::parse(endpoint).ok()?;
-    let path_account = url.path_segments()?.find(|s| !s.is_empty()).map(str::to_owned);
+    let path_account = url
+        .path_segments()?
+        .find(|s| !s.is_empty())
+        .map(str::to_owned);
     path_account.or_else(|| url.host_str()?.split('.').next().map(str::to_owned))
 }
 
@@ -108,17 +126,26 @@ mod tests {
         .unwrap();
         assert_eq!(cs.account, "devstoreaccount1");
         assert_eq!(cs.queue_endpoint, "http://127.0.0.1:5555/devstoreaccount1");
-        let Authorization::Sas(sas) = cs.authorization else { panic!() };
+        let Authorization::Sas(sas) = cs.authorization else {
+            panic!()
+        };
         assert_eq!(sas.expose(), "sv=1&sig=x");
     }
 
     #[test]
     fn errors_name_the_missing_part_but_never_the_key() {
-        let err = ConnectionString::parse("AccountName=acct;AccountKey=").unwrap_err().to_string();
+        let err = ConnectionString::parse("AccountName=acct;AccountKey=")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("has no AccountKey"), "{err}");
-        let err = ConnectionString::parse("AccountName=acct").unwrap_err().to_string();
+        let err = ConnectionString::parse("AccountName=acct")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("AccountKey or SharedAccessSignature"), "{err}");
-        let dbg = format!("{:?}", ConnectionString::parse("AccountName=a;AccountKey=c2VjcmV0").unwrap());
+        let dbg = format!(
+            "{:?}",
+            ConnectionString::parse("AccountName=a;AccountKey=c2VjcmV0").unwrap()
+        );
         assert!(!dbg.contains("c2VjcmV0"), "{dbg}");
     }
 }

@@ -1,7 +1,7 @@
 //! A queue inside the SQLite database with Azure's semantics (visibility timeout, dequeue count, pop
 //! receipts), so that `codewatch up` needs no other service.
 
-use super::{clamp_visibility, MessageQueue, PeekedMessage, QueueError, Receipt, ReceivedMessage};
+use super::{MessageQueue, PeekedMessage, QueueError, Receipt, ReceivedMessage, clamp_visibility};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::{Row, SqlitePool};
@@ -20,7 +20,11 @@ pub struct EmbeddedQueue {
 impl EmbeddedQueue {
     /// The queue `name` in a migrated database.
     pub fn new(pool: SqlitePool, name: impl Into<String>) -> Self {
-        Self { pool, name: name.into(), sent: Arc::new(Notify::new()) }
+        Self {
+            pool,
+            name: name.into(),
+            sent: Arc::new(Notify::new()),
+        }
     }
 }
 
@@ -91,9 +95,14 @@ impl MessageQueue for EmbeddedQueue {
         rows.iter()
             .map(|r| {
                 Ok(ReceivedMessage {
-                    receipt: Receipt { message_id: r.try_get("message_id")?, pop_receipt: r.try_get("pop_receipt")? },
+                    receipt: Receipt {
+                        message_id: r.try_get("message_id")?,
+                        pop_receipt: r.try_get("pop_receipt")?,
+                    },
                     body: r.try_get("body")?,
-                    dequeue_count: r.try_get::<i64, _>("dequeue_count")?.clamp(0, i64::from(u32::MAX)) as u32,
+                    dequeue_count: r
+                        .try_get::<i64, _>("dequeue_count")?
+                        .clamp(0, i64::from(u32::MAX)) as u32,
                     inserted_at: time(r.try_get("inserted_at")?),
                 })
             })
@@ -109,7 +118,11 @@ impl MessageQueue for EmbeddedQueue {
             .execute(&self.pool)
             .await
             .map_err(unavailable)?;
-        if result.rows_affected() == 0 { Err(QueueError::MessageGone) } else { Ok(()) }
+        if result.rows_affected() == 0 {
+            Err(QueueError::MessageGone)
+        } else {
+            Ok(())
+        }
     }
 
     async fn release(&self, receipt: &Receipt, visible_after: Duration) -> Result<(), QueueError> {
@@ -124,7 +137,11 @@ impl MessageQueue for EmbeddedQueue {
         .execute(&self.pool)
         .await
         .map_err(unavailable)?;
-        if result.rows_affected() == 0 { Err(QueueError::MessageGone) } else { Ok(()) }
+        if result.rows_affected() == 0 {
+            Err(QueueError::MessageGone)
+        } else {
+            Ok(())
+        }
     }
 
     async fn peek(&self, max: u32) -> Result<Vec<PeekedMessage>, QueueError> {
@@ -143,7 +160,9 @@ impl MessageQueue for EmbeddedQueue {
                 Ok(PeekedMessage {
                     message_id: r.try_get("message_id")?,
                     body: r.try_get("body")?,
-                    dequeue_count: r.try_get::<i64, _>("dequeue_count")?.clamp(0, i64::from(u32::MAX)) as u32,
+                    dequeue_count: r
+                        .try_get::<i64, _>("dequeue_count")?
+                        .clamp(0, i64::from(u32::MAX)) as u32,
                     inserted_at: time(r.try_get("inserted_at")?),
                 })
             })

@@ -31,7 +31,11 @@ pub(super) struct SasPolicy {
 
 impl SasPolicy {
     pub(super) fn new(account: String, authorization: Authorization) -> Arc<Self> {
-        Arc::new(Self { account, authorization, cached: Mutex::new(None) })
+        Arc::new(Self {
+            account,
+            authorization,
+            cached: Mutex::new(None),
+        })
     }
 
     fn token(&self) -> Result<String, azure_core::Error> {
@@ -40,13 +44,18 @@ impl SasPolicy {
             Authorization::AccountKey(key) => key,
         };
         let now = Utc::now();
-        let mut cached = self.cached.lock().map_err(|_| sas_error("SAS cache poisoned"))?;
-        if let Some((expiry, token)) = cached.as_ref() {
-            if *expiry - now > RENEW_BEFORE {
-                return Ok(token.clone());
-            }
+        let mut cached = self
+            .cached
+            .lock()
+            .map_err(|_| sas_error("SAS cache poisoned"))?;
+        if let Some((expiry, token)) = cached.as_ref()
+            && *expiry - now > RENEW_BEFORE
+        {
+            return Ok(token.clone());
         }
-        let key = BASE64.decode(key.expose()).map_err(|_| sas_error("account key is not base64"))?;
+        let key = BASE64
+            .decode(key.expose())
+            .map_err(|_| sas_error("account key is not base64"))?;
         let expiry = now + TOKEN_LIFETIME;
         let token = account_sas(&self.account, &key, now - CLOCK_SKEW, expiry)?;
         *cached = Some((expiry, token.clone()));
@@ -59,12 +68,19 @@ fn sas_error(message: &'static str) -> azure_core::Error {
 }
 
 /// Builds an account SAS query string for the queue service.
-fn account_sas(account: &str, key: &[u8], start: DateTime<Utc>, expiry: DateTime<Utc>) -> Result<String, azure_core::Error> {
+fn account_sas(
+    account: &str,
+    key: &[u8],
+    start: DateTime<Utc>,
+    expiry: DateTime<Utc>,
+) -> Result<String, azure_core::Error> {
     let fmt = |t: DateTime<Utc>| t.format("%Y-%m-%dT%H:%M:%SZ").to_string();
     let (st, se) = (fmt(start), fmt(expiry));
     let (ss, srt, spr) = ("q", "sco", "https,http");
-    let string_to_sign = format!("{account}\n{PERMISSIONS}\n{ss}\n{srt}\n{st}\n{se}\n\n{spr}\n{SAS_VERSION}\n\n");
-    let mut mac = Hmac::<Sha256>::new_from_slice(key).map_err(|_| sas_error("account key is empty"))?;
+    let string_to_sign =
+        format!("{account}\n{PERMISSIONS}\n{ss}\n{srt}\n{st}\n{se}\n\n{spr}\n{SAS_VERSION}\n\n");
+    let mut mac =
+        Hmac::<Sha256>::new_from_slice(key).map_err(|_| sas_error("account key is empty"))?;
     mac.update(string_to_sign.as_bytes());
     let sig = BASE64.encode(mac.finalize().into_bytes());
     Ok(url::form_urlencoded::Serializer::new(String::new())
@@ -81,7 +97,12 @@ fn account_sas(account: &str, key: &[u8], start: DateTime<Utc>, expiry: DateTime
 
 #[async_trait]
 impl Policy for SasPolicy {
-    async fn send(&self, ctx: &Context, request: &mut Request, next: &[Arc<dyn Policy>]) -> PolicyResult {
+    async fn send(
+        &self,
+        ctx: &Context,
+        request: &mut Request,
+        next: &[Arc<dyn Policy>],
+    ) -> PolicyResult {
         let token = self.token()?;
         let url = request.url_mut();
         let query = match url.query() {
@@ -102,9 +123,20 @@ mod tests {
     fn account_sas_carries_every_field_and_a_signature() {
         let t = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap();
         let token = account_sas("acct", b"key", t, t + Duration::hours(1)).unwrap();
-        for part in ["sv=2021-08-06", "ss=q", "srt=sco", "sp=rwdlacup", "st=2026-01-01T00%3A00%3A00Z", "spr=https%2Chttp", "sig="] {
+        for part in [
+            "sv=2021-08-06",
+            "ss=q",
+            "srt=sco",
+            "sp=rwdlacup",
+            "st=2026-01-01T00%3A00%3A00Z",
+            "spr=https%2Chttp",
+            "sig=",
+        ] {
             assert!(token.contains(part), "{part} missing from {token}");
         }
-        assert_eq!(token, account_sas("acct", b"key", t, t + Duration::hours(1)).unwrap());
+        assert_eq!(
+            token,
+            account_sas("acct", b"key", t, t + Duration::hours(1)).unwrap()
+        );
     }
 }

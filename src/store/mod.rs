@@ -3,7 +3,7 @@
 pub mod sqlite;
 
 use crate::code::Code;
-use crate::message::{IssuanceId, Issuance};
+use crate::message::{Issuance, IssuanceId};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use std::sync::Arc;
@@ -65,7 +65,11 @@ pub enum StoreError {
 pub trait CodeStore: Send + Sync + 'static {
     /// In one transaction: makes each activation with `expires_at > now` valid (a second activation of the
     /// same issuance changes nothing) and removes any row of those whose `expires_at <= now`.
-    async fn activate(&self, batch: &[Activation], now: DateTime<Utc>) -> Result<ActivateReport, StoreError>;
+    async fn activate(
+        &self,
+        batch: &[Activation],
+        now: DateTime<Utc>,
+    ) -> Result<ActivateReport, StoreError>;
 
     /// Removes the given issuances if their `expires_at <= now`; returns how many rows went.
     async fn expire(&self, ids: &[IssuanceId], now: DateTime<Utc>) -> Result<u64, StoreError>;
@@ -74,7 +78,11 @@ pub trait CodeStore: Send + Sync + 'static {
     async fn purge_expired(&self, now: DateTime<Utc>) -> Result<u64, StoreError>;
 
     /// The issuances of `code` that are valid at `now`.
-    async fn find_valid(&self, code: &Code, now: DateTime<Utc>) -> Result<Vec<ValidCode>, StoreError>;
+    async fn find_valid(
+        &self,
+        code: &Code,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<ValidCode>, StoreError>;
 
     /// Every row, valid or not, newest first (for inspection and tests).
     async fn list(&self, limit: u32) -> Result<Vec<ValidCode>, StoreError>;

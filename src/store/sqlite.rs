@@ -24,13 +24,27 @@ pub async fn connect(url: &str) -> Result<SqlitePool, StoreError> {
         .journal_mode(SqliteJournalMode::Wal)
         .synchronous(SqliteSynchronous::Normal)
         .busy_timeout(Duration::from_secs(10));
-    Ok(SqlitePoolOptions::new().max_connections(8).connect_with(options).await?)
+    Ok(SqlitePoolOptions::new()
+        .max_connections(8)
+        .connect_with(options)
+        .await?)
 }
 
-/// Applies the embedded migrations.
+/// Applies the embedded migrations. SQLite has no migration lock, so processes starting together may
+/// race: each migration runs in a transaction, the loser's rolls back, and it retries to find it applied.
 pub async fn migrate(pool: &SqlitePool) -> Result<(), StoreError> {
-    MIGRATOR.run(pool).await?;
-    Ok(())
+    let mut attempt = 0;
+    loop {
+        match MIGRATOR.run(pool).await {
+            Ok(()) => return Ok(()),
+            Err(e) if attempt < 5 => {
+                attempt += 1;
+                tracing::debug!(error = %e, attempt, "migration raced another process; retrying");
+                tokio::time::sleep(Duration::from_millis(100 * attempt)).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
 }
 
 /// The valid-codes table in SQLite.
@@ -63,10 +77,18 @@ fn row_to_code(row: &sqlx::sqlite::SqliteRow) -> Result<ValidCode, StoreError> {
 
 #[async_trait]
 impl CodeStore for SqliteStore {
-    async fn activate(&self, batch: &[Activation], now: DateTime<Utc>) -> Result<ActivateReport, StoreError> {
-        let (live, stale): (Vec<&Activation>, Vec<&Activation>) = batch.iter().partition(|a| a.expires_at > now);
+    async fn activate(
+        &self,
+        batch: &[Activation],
+        now: DateTime<Utc>,
+    ) -> Result<ActivateReport, StoreError> {
+        let (live, stale): (Vec<&Activation>, Vec<&Activation>) =
+            batch.iter().partition(|a| a.expires_at > now);
         let now_text = timestamp::format(now);
-        let mut report = ActivateReport { stale: stale.len() as u64, ..Default::default() };
+        let mut report = ActivateReport {
+            stale: stale.len() as u64,
+            ..Default::default()
+        };
         let mut tx = self.pool.begin().await?;
         for chunk in live.chunks(CHUNK) {
             let mut insert = QueryBuilder::<Sqlite>::new(
@@ -84,7 +106,8 @@ impl CodeStore for SqliteStore {
         }
         report.duplicates = live.len() as u64 - report.inserted;
         for chunk in stale.chunks(CHUNK) {
-            let mut delete = QueryBuilder::<Sqlite>::new("DELETE FROM valid_codes WHERE expires_at <= ");
+            let mut delete =
+                QueryBuilder::<Sqlite>::new("DELETE FROM valid_codes WHERE expires_at <= ");
             delete.push_bind(&now_text).push(" AND issuance_id IN (");
             let mut ids = delete.separated(", ");
             for a in chunk {
@@ -102,7 +125,8 @@ impl CodeStore for SqliteStore {
         let mut removed = 0;
         let mut tx = self.pool.begin().await?;
         for chunk in ids.chunks(CHUNK) {
-            let mut delete = QueryBuilder::<Sqlite>::new("DELETE FROM valid_codes WHERE expires_at <= ");
+            let mut delete =
+                QueryBuilder::<Sqlite>::new("DELETE FROM valid_codes WHERE expires_at <= ");
             delete.push_bind(&now_text).push(" AND issuance_id IN (");
             let mut sep = delete.separated(", ");
             for id in chunk {
@@ -123,7 +147,11 @@ impl CodeStore for SqliteStore {
         Ok(result.rows_affected())
     }
 
-    async fn find_valid(&self, code: &Code, now: DateTime<Utc>) -> Result<Vec<ValidCode>, StoreError> {
+    async fn find_valid(
+        &self,
+        code: &Code,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<ValidCode>, StoreError> {
         let rows = sqlx::query(
             "SELECT issuance_id, code, issued_at, expires_at, activated_at FROM valid_codes \
              WHERE code = ? AND expires_at > ? ORDER BY issued_at",

@@ -15,7 +15,11 @@ impl Backoff {
     /// A backoff starting at `min` and never above `max`.
     pub fn new(min: Duration, max: Duration) -> Self {
         let min = min.min(max);
-        Self { min, max, current: min }
+        Self {
+            min,
+            max,
+            current: min,
+        }
     }
 
     /// The next wait: the current step with jitter (between half and all of it); then the step doubles.

@@ -5,7 +5,7 @@ mod backoff;
 pub use backoff::Backoff;
 
 use crate::message::{CodeMessage, MessageEncoding};
-use crate::queue::{clamp_visibility, QueueError, ReceivedMessage, SharedQueue};
+use crate::queue::{QueueError, ReceivedMessage, SharedQueue, clamp_visibility};
 use crate::store::{Activation, SharedStore, StoreError};
 use chrono::{DateTime, Utc};
 use futures::stream::{self, StreamExt};
@@ -131,23 +131,44 @@ fn until(at: DateTime<Utc>, now: DateTime<Utc>) -> Duration {
 
 impl Worker {
     /// A worker on `queue`, setting poison messages aside on `poison`, keeping codes in `store`.
-    pub fn new(queue: SharedQueue, poison: SharedQueue, store: SharedStore, settings: WorkerSettings) -> Self {
-        Self { queue, poison, store, settings }
+    pub fn new(
+        queue: SharedQueue,
+        poison: SharedQueue,
+        store: SharedStore,
+        settings: WorkerSettings,
+    ) -> Self {
+        Self {
+            queue,
+            poison,
+            store,
+            settings,
+        }
     }
 
     /// Receives one batch and handles it to the end. Never leaves a message half-handled.
     pub async fn poll_once(&self) -> Result<PollOutcome, WorkerError> {
-        let batch = self.queue.receive(self.settings.batch_size, self.settings.lease).await?;
+        let batch = self
+            .queue
+            .receive(self.settings.batch_size, self.settings.lease)
+            .await?;
         if batch.is_empty() {
             return Ok(PollOutcome::Empty);
         }
         let report = self.process_batch(batch, Utc::now()).await;
         if report.failed > 0 {
-            tracing::warn!(?report, "batch done with failures; failed messages will be retried");
+            tracing::warn!(
+                ?report,
+                "batch done with failures; failed messages will be retried"
+            );
         } else {
             tracing::info!(
-                received = report.received, activated = report.activated, duplicates = report.duplicates,
-                stale = report.stale, expired = report.expired, early = report.early, poisoned = report.poisoned,
+                received = report.received,
+                activated = report.activated,
+                duplicates = report.duplicates,
+                stale = report.stale,
+                expired = report.expired,
+                early = report.early,
+                poisoned = report.poisoned,
                 "batch done"
             );
         }
@@ -157,8 +178,15 @@ impl Worker {
     /// Handles received messages. The order that loses nothing, for each message: write the database,
     /// send the follow-up message, then delete the original. A crash anywhere redelivers the original,
     /// and every step is idempotent.
-    pub async fn process_batch(&self, batch: Vec<ReceivedMessage>, now: DateTime<Utc>) -> BatchReport {
-        let mut report = BatchReport { received: batch.len(), ..Default::default() };
+    pub async fn process_batch(
+        &self,
+        batch: Vec<ReceivedMessage>,
+        now: DateTime<Utc>,
+    ) -> BatchReport {
+        let mut report = BatchReport {
+            received: batch.len(),
+            ..Default::default()
+        };
         let mut activations = Vec::new();
         let mut due = Vec::new();
         let mut early = Vec::new();
@@ -173,11 +201,18 @@ impl Worker {
                 Err(e) => poison.push((message, e.to_string())),
                 Ok(CodeMessage::Activate(issuance)) => {
                     let expires_at = issuance.issued_at + self.settings.code_ttl;
-                    activations.push((message, Activation { issuance, expires_at }));
+                    activations.push((
+                        message,
+                        Activation {
+                            issuance,
+                            expires_at,
+                        },
+                    ));
                 }
-                Ok(CodeMessage::Expire { issuance, expires_at }) if expires_at <= now => {
-                    due.push((message, issuance))
-                }
+                Ok(CodeMessage::Expire {
+                    issuance,
+                    expires_at,
+                }) if expires_at <= now => due.push((message, issuance)),
                 Ok(CodeMessage::Expire { expires_at, .. }) => early.push((message, expires_at)),
             }
         }
@@ -207,7 +242,9 @@ impl Worker {
             match self.store.expire(&ids, now).await {
                 Ok(removed) => {
                     tracing::debug!(removed, messages = due.len(), "codes expired");
-                    let failed = self.delete_all(due.into_iter().map(|(m, _)| m).collect()).await;
+                    let failed = self
+                        .delete_all(due.into_iter().map(|(m, _)| m).collect())
+                        .await;
                     report.expired = ids.len() - failed;
                     report.failed += failed;
                 }
@@ -228,7 +265,11 @@ impl Worker {
     }
 
     /// Sends each live activation's expiry message, then deletes the activation.
-    async fn rearm(&self, activations: Vec<(ReceivedMessage, Activation)>, now: DateTime<Utc>) -> usize {
+    async fn rearm(
+        &self,
+        activations: Vec<(ReceivedMessage, Activation)>,
+        now: DateTime<Utc>,
+    ) -> usize {
         let results = stream::iter(activations)
             .map(|(message, activation)| async move {
                 if activation.expires_at > now {
@@ -247,7 +288,10 @@ impl Worker {
             .buffer_unordered(self.settings.max_in_flight.max(1))
             .collect::<Vec<_>>()
             .await;
-        results.iter().filter(|o| matches!(o, Outcome::Failed)).count()
+        results
+            .iter()
+            .filter(|o| matches!(o, Outcome::Failed))
+            .count()
     }
 
     /// Copies each message to the poison queue as it was, then deletes it. Returns (poisoned, failed).
@@ -264,12 +308,19 @@ impl Worker {
             .buffer_unordered(self.settings.max_in_flight.max(1))
             .collect::<Vec<_>>()
             .await;
-        let failed = results.iter().filter(|o| matches!(o, Outcome::Failed)).count();
+        let failed = results
+            .iter()
+            .filter(|o| matches!(o, Outcome::Failed))
+            .count();
         (results.len() - failed, failed)
     }
 
     /// Makes early expiry messages visible again when their code expires. Returns how many failed.
-    async fn put_back(&self, early: Vec<(ReceivedMessage, DateTime<Utc>)>, now: DateTime<Utc>) -> usize {
+    async fn put_back(
+        &self,
+        early: Vec<(ReceivedMessage, DateTime<Utc>)>,
+        now: DateTime<Utc>,
+    ) -> usize {
         let results = stream::iter(early)
             .map(|(message, expires_at)| async move {
                 match self.queue.release(&message.receipt, until(expires_at, now).max(Duration::from_secs(1))).await {
@@ -283,7 +334,10 @@ impl Worker {
             .buffer_unordered(self.settings.max_in_flight.max(1))
             .collect::<Vec<_>>()
             .await;
-        results.iter().filter(|o| matches!(o, Outcome::Failed)).count()
+        results
+            .iter()
+            .filter(|o| matches!(o, Outcome::Failed))
+            .count()
     }
 
     async fn delete_all(&self, messages: Vec<ReceivedMessage>) -> usize {
@@ -292,7 +346,10 @@ impl Worker {
             .buffer_unordered(self.settings.max_in_flight.max(1))
             .collect::<Vec<_>>()
             .await;
-        results.iter().filter(|o| matches!(o, Outcome::Failed)).count()
+        results
+            .iter()
+            .filter(|o| matches!(o, Outcome::Failed))
+            .count()
     }
 
     async fn delete_one(&self, message: &ReceivedMessage) -> Outcome {
@@ -322,7 +379,10 @@ impl Worker {
     }
 
     async fn poll_loop(&self, poller: usize, cancel: CancellationToken) {
-        let mut backoff = Backoff::new(self.settings.min_poll_interval, self.settings.max_poll_interval);
+        let mut backoff = Backoff::new(
+            self.settings.min_poll_interval,
+            self.settings.max_poll_interval,
+        );
         let mut failing = false;
         while !cancel.is_cancelled() {
             let result = self.poll_once().await;

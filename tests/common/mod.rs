@@ -9,7 +9,7 @@ use codewatch::message::MessageEncoding;
 use codewatch::number_api::{self, NumberApiClient};
 use codewatch::queue::azure::AzureQueueFactory;
 use codewatch::queue::connection_string::{ConnectionString, DEV_ACCOUNT_KEY};
-use codewatch::queue::{poison_name, SharedQueue};
+use codewatch::queue::{SharedQueue, poison_name};
 use codewatch::secret::Secret;
 use std::future::Future;
 use std::net::{SocketAddr, TcpStream};
@@ -37,7 +37,10 @@ pub fn azurite_endpoint() -> &'static str {
 fn start_azurite() -> String {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let bin = root.join("tools/azurite/node_modules/.bin/azurite-queue");
-    assert!(bin.exists(), "Azurite is not installed: run scripts/test.sh (or npm ci --prefix tools/azurite)");
+    assert!(
+        bin.exists(),
+        "Azurite is not installed: run scripts/test.sh (or npm ci --prefix tools/azurite)"
+    );
     let port = free_port();
     let dir = std::env::temp_dir().join(format!("codewatch-azurite-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("azurite folder");
@@ -48,20 +51,35 @@ fn start_azurite() -> String {
         dir = dir.display(),
         parent = std::process::id()
     );
-    Command::new("sh").arg("-c").arg(script).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("start azurite");
+    // The watchdog shell outlives this function on purpose: it stops Azurite when this process exits.
+    #[allow(clippy::zombie_processes)]
+    Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start azurite");
     wait_for_port(port, Duration::from_secs(60));
     format!("http://127.0.0.1:{port}/devstoreaccount1")
 }
 
 /// A port that was free a moment ago.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
 }
 
 fn wait_for_port(port: u16, limit: Duration) {
     let deadline = Instant::now() + limit;
     while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "Azurite did not listen on {port} within {limit:?}");
+        assert!(
+            Instant::now() < deadline,
+            "Azurite did not listen on {port} within {limit:?}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -91,12 +109,19 @@ pub async fn azure_queues() -> Queues {
 
 /// The named queue and its poison queue in Azurite, created.
 pub async fn azure_queues_named(name: &str) -> Queues {
-    let factory = AzureQueueFactory::from_connection_string(&ConnectionString::parse(&connection_string()).unwrap()).unwrap();
+    let factory = AzureQueueFactory::from_connection_string(
+        &ConnectionString::parse(&connection_string()).unwrap(),
+    )
+    .unwrap();
     let main: SharedQueue = Arc::new(factory.queue(name).unwrap());
     let poison: SharedQueue = Arc::new(factory.queue(&poison_name(name)).unwrap());
     main.ensure_exists().await.unwrap();
     poison.ensure_exists().await.unwrap();
-    Queues { main, poison, backend: "azure-connection-string" }
+    Queues {
+        main,
+        poison,
+        backend: "azure-connection-string",
+    }
 }
 
 /// A migrated SQLite database in its own temporary folder.
@@ -110,14 +135,26 @@ pub struct TestDb {
 pub async fn sqlite() -> TestDb {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite:{}", dir.path().join("codewatch.db").display());
-    let database = Database::open(&DatabaseArgs { database_url: Secret::new(url.clone()) }).await.unwrap();
-    TestDb { database, url, _dir: dir }
+    let database = Database::open(&DatabaseArgs {
+        database_url: Secret::new(url.clone()),
+    })
+    .await
+    .unwrap();
+    TestDb {
+        database,
+        url,
+        _dir: dir,
+    }
 }
 
 /// The embedded queue and its poison queue in `db`.
 pub fn embedded_queues(db: &Database) -> Queues {
     let name = queue_name();
-    Queues { main: db.embedded_queue(&name), poison: db.embedded_queue(&poison_name(&name)), backend: "embedded" }
+    Queues {
+        main: db.embedded_queue(&name),
+        poison: db.embedded_queue(&poison_name(&name)),
+        backend: "embedded",
+    }
 }
 
 /// An HTTP server on a free port, stopped when dropped.
@@ -152,14 +189,30 @@ pub async fn number_api(key: &str) -> Server {
 }
 
 /// The producer on a free port, calling `number_api_url` with `key`, writing to `queue`.
-pub async fn producer(number_api_url: &str, key: &str, queue: SharedQueue, encoding: MessageEncoding) -> Server {
+pub async fn producer(
+    number_api_url: &str,
+    key: &str,
+    queue: SharedQueue,
+    encoding: MessageEncoding,
+) -> Server {
     producer_with_timeout(number_api_url, key, queue, encoding, Duration::from_secs(5)).await
 }
 
 /// [`producer`] with a number-API timeout.
-pub async fn producer_with_timeout(number_api_url: &str, key: &str, queue: SharedQueue, encoding: MessageEncoding, timeout: Duration) -> Server {
+pub async fn producer_with_timeout(
+    number_api_url: &str,
+    key: &str,
+    queue: SharedQueue,
+    encoding: MessageEncoding,
+    timeout: Duration,
+) -> Server {
     let client = NumberApiClient::new(number_api_url.parse().unwrap(), Secret::new(key), timeout);
-    Server::start(http::router(AppState { number_api: client, queue, encoding })).await
+    Server::start(http::router(AppState {
+        number_api: client,
+        queue,
+        encoding,
+    }))
+    .await
 }
 
 /// Polls `check` until it gives `Some`, or panics after `limit` saying what was awaited.
@@ -173,7 +226,10 @@ where
         if let Some(value) = check().await {
             return value;
         }
-        assert!(Instant::now() < deadline, "timed out after {limit:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

@@ -1,0 +1,233 @@
+//! The real binary: `codewatch up` on embedded defaults, and `number-api`, `serve` and `worker` as
+//! separate processes sharing one Azurite queue and one database.
+
+mod common;
+
+use codewatch::queue::connection_string::DEV_ACCOUNT_KEY;
+use common::eventually;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+const BIN: &str = env!("CARGO_BIN_EXE_codewatch");
+
+/// A child process that is stopped (SIGTERM) when dropped.
+struct Proc(Child);
+
+impl Proc {
+    fn terminate(&mut self) -> std::process::ExitStatus {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.0.id().to_string())
+            .status();
+        let deadline = std::time::Instant::now() + Duration::from_secs(25);
+        loop {
+            if let Some(status) = self.0.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "process did not stop after SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+    }
+}
+
+/// The binary with a clean environment: only what the test gives it.
+fn codewatch(dir: &Path, args: &[&str], env: &[(&str, String)], log: &str) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args)
+        .current_dir(dir)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.stdin(Stdio::null())
+        .stderr(std::fs::File::create(dir.join(log)).unwrap());
+    cmd
+}
+
+async fn active_codes(db: &Path) -> Vec<String> {
+    let url = format!("sqlite:{}", db.display());
+    let Ok(pool) = sqlx::SqlitePool::connect(&url).await else {
+        return vec![];
+    };
+    let codes = sqlx::query_scalar("SELECT code FROM active_codes")
+        .fetch_all(&pool)
+        .await
+        .unwrap_or_default();
+    pool.close().await;
+    codes
+}
+
+async fn row_count(db: &Path) -> i64 {
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite:{}", db.display()))
+        .await
+        .unwrap();
+    let n = sqlx::query_scalar("SELECT count(*) FROM valid_codes")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    n
+}
+
+#[tokio::test]
+async fn up_runs_everything_in_one_process_on_embedded_defaults() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = codewatch(
+        dir.path(),
+        &["up", "--listen", "127.0.0.1:0", "--code-ttl-seconds", "2"],
+        &[],
+        "up.log",
+    )
+    .stdout(Stdio::piped())
+    .spawn()
+    .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut proc = Proc(child);
+    let producer = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .find_map(|line| {
+            line.trim()
+                .strip_prefix("producer")
+                .map(|url| url.trim().to_owned())
+        })
+        .expect("up prints the producer's URL");
+    // Keep reading, so that the process never writes into a closed pipe.
+    std::thread::spawn(move || lines.for_each(drop));
+
+    let body: serde_json::Value = reqwest::get(&producer).await.unwrap().json().await.unwrap();
+    let code = body["code"].as_str().unwrap().to_owned();
+    let db = dir.path().join("codewatch.db");
+    eventually(
+        "the code in active_codes",
+        Duration::from_secs(5),
+        || async { active_codes(&db).await.contains(&code).then_some(()) },
+    )
+    .await;
+    eventually("the code to expire", Duration::from_secs(10), || async {
+        (row_count(&db).await == 0).then_some(())
+    })
+    .await;
+    assert!(proc.terminate().success());
+}
+
+#[tokio::test]
+async fn number_api_serve_and_worker_run_as_separate_processes_and_never_log_secrets() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = "function-key-that-must-not-leak".to_owned();
+    let (api_port, serve_port) = (common::free_port(), common::free_port());
+    let db = dir.path().join("shared.db");
+    let shared = [
+        (
+            "AZURE_STORAGE_CONNECTION_STRING",
+            common::connection_string(),
+        ),
+        ("STORAGE_QUEUE_NAME", common::queue_name()),
+        ("DATABASE_URL", format!("sqlite:{}", db.display())),
+        ("RUST_LOG", "debug".to_owned()),
+    ];
+    let with = |extra: Vec<(&'static str, String)>| {
+        shared.iter().cloned().chain(extra).collect::<Vec<_>>()
+    };
+    let mut api = Proc(
+        codewatch(
+            dir.path(),
+            &["number-api"],
+            &[
+                ("NUMBER_API_KEY", key.clone()),
+                ("NUMBER_API_LISTEN", format!("127.0.0.1:{api_port}")),
+            ],
+            "api.log",
+        )
+        .spawn()
+        .unwrap(),
+    );
+    let mut serve = Proc(
+        codewatch(
+            dir.path(),
+            &["serve"],
+            &with(vec![
+                (
+                    "THIRD_PARTY_API_ENDPOINT",
+                    format!("http://127.0.0.1:{api_port}/api/RandomNumber"),
+                ),
+                ("THIRD_PARTY_API_KEY", key.clone()),
+                ("LISTEN_ADDR", format!("127.0.0.1:{serve_port}")),
+            ]),
+            "serve.log",
+        )
+        .spawn()
+        .unwrap(),
+    );
+    let mut worker = Proc(
+        codewatch(
+            dir.path(),
+            &["worker"],
+            &with(vec![
+                ("CODE_TTL_SECONDS", "2".to_owned()),
+                ("LOG_FORMAT", "json".to_owned()),
+            ]),
+            "worker.log",
+        )
+        .spawn()
+        .unwrap(),
+    );
+
+    let url = format!("http://127.0.0.1:{serve_port}/api/v1/getcode");
+    let mut codes = Vec::new();
+    for _ in 0..3 {
+        let body: serde_json::Value =
+            eventually("serve to answer", Duration::from_secs(15), || async {
+                reqwest::get(&url).await.ok()?.json().await.ok()
+            })
+            .await;
+        codes.push(body["code"].as_str().unwrap().to_owned());
+    }
+    eventually("all codes active", Duration::from_secs(10), || async {
+        let active = active_codes(&db).await;
+        codes.iter().all(|c| active.contains(c)).then_some(())
+    })
+    .await;
+    eventually("all codes expired", Duration::from_secs(15), || async {
+        (row_count(&db).await == 0).then_some(())
+    })
+    .await;
+
+    for p in [&mut worker, &mut serve, &mut api] {
+        assert!(p.terminate().success());
+    }
+    let mut logs = String::new();
+    for name in ["api.log", "serve.log", "worker.log"] {
+        logs += &std::fs::read_to_string(dir.path().join(name)).unwrap();
+    }
+    assert!(logs.contains("batch done"), "the worker logged its batches");
+    for line in std::fs::read_to_string(dir.path().join("worker.log"))
+        .unwrap()
+        .lines()
+    {
+        serde_json::from_str::<serde_json::Value>(line)
+            .unwrap_or_else(|e| panic!("LOG_FORMAT=json line is not JSON ({e}): {line}"));
+    }
+    for secret in [key.as_str(), DEV_ACCOUNT_KEY, &DEV_ACCOUNT_KEY[..20]] {
+        assert!(!logs.contains(secret), "a secret appeared in the logs");
+    }
+    for (i, _) in logs.match_indices("sig=") {
+        assert!(
+            logs[i..].starts_with("sig=REDACTED"),
+            "a SAS signature appeared in the logs: {}",
+            &logs[i..i + 30]
+        );
+    }
+}
