@@ -2,7 +2,8 @@
 
 use crate::backends::{Database, Queues};
 use crate::config::{
-    Cli, Command, LogFormat, NumberApiArgs, ServeArgs, UpArgs, WorkerArgs, WorkerTuning,
+    Cli, Command, DatabaseArgs, LogFormat, NumberApiArgs, QueueArgs, ServeArgs, UpArgs, WorkerArgs,
+    WorkerTuning,
 };
 use crate::http::{self, AppState};
 use crate::number_api::{self, NumberApiClient};
@@ -92,23 +93,33 @@ fn worker_from(
     ))
 }
 
-async fn serve(args: ServeArgs) -> Result<()> {
-    let endpoint = args
-        .number_api
-        .third_party_api_endpoint
-        .clone()
-        .context("THIRD_PARTY_API_ENDPOINT is not set")?;
+async fn open_backends(database: &DatabaseArgs, queue: &QueueArgs) -> Result<(Database, Queues)> {
+    let database = Database::open(database)
+        .await
+        .context("opening the database")?;
+    let queues = Queues::open(queue, &database)
+        .await
+        .context("opening the queue")?;
+    Ok((database, queues))
+}
+
+/// The number API from the flags, if an endpoint is given; then its key is required.
+fn configured_number_api(args: &ServeArgs) -> Result<Option<(url::Url, Secret)>> {
+    let Some(endpoint) = args.number_api.third_party_api_endpoint.clone() else {
+        return Ok(None);
+    };
     let key = args
         .number_api
         .third_party_api_key
         .clone()
         .context("THIRD_PARTY_API_KEY is not set")?;
-    let database = Database::open(&args.database)
-        .await
-        .context("opening the database")?;
-    let queues = Queues::open(&args.queue, &database)
-        .await
-        .context("opening the queue")?;
+    Ok(Some((endpoint, key)))
+}
+
+async fn serve(args: ServeArgs) -> Result<()> {
+    let (endpoint, key) =
+        configured_number_api(&args)?.context("THIRD_PARTY_API_ENDPOINT is not set")?;
+    let (_database, queues) = open_backends(&args.database, &args.queue).await?;
     let cancel = shutdown::on_signal();
     let state = AppState {
         number_api: number_api_client(&args, endpoint, key),
@@ -122,12 +133,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
 }
 
 async fn worker(args: WorkerArgs) -> Result<()> {
-    let database = Database::open(&args.database)
-        .await
-        .context("opening the database")?;
-    let queues = Queues::open(&args.queue, &database)
-        .await
-        .context("opening the queue")?;
+    let (database, queues) = open_backends(&args.database, &args.queue).await?;
     let cancel = shutdown::on_signal();
     tracing::info!(
         queue = queues.main.name(),
@@ -158,15 +164,8 @@ async fn number_api(args: NumberApiArgs) -> Result<()> {
 async fn up(args: UpArgs) -> Result<()> {
     let cancel = shutdown::on_signal();
     let serve_args = &args.serve;
-    let (endpoint, key, stand_in) = match &serve_args.number_api.third_party_api_endpoint {
-        Some(endpoint) => {
-            let key = serve_args
-                .number_api
-                .third_party_api_key
-                .clone()
-                .context("THIRD_PARTY_API_KEY is not set")?;
-            (endpoint.clone(), key, None)
-        }
+    let (endpoint, key, stand_in) = match configured_number_api(serve_args)? {
+        Some((endpoint, key)) => (endpoint, key, None),
         None => {
             let key = Secret::new(uuid::Uuid::new_v4().simple().to_string());
             let listener = bind(SocketAddr::from(([127, 0, 0, 1], 0)), "number API").await?;
@@ -176,12 +175,7 @@ async fn up(args: UpArgs) -> Result<()> {
             (endpoint, key, Some(task))
         }
     };
-    let database = Database::open(&serve_args.database)
-        .await
-        .context("opening the database")?;
-    let queues = Queues::open(&serve_args.queue, &database)
-        .await
-        .context("opening the queue")?;
+    let (database, queues) = open_backends(&serve_args.database, &serve_args.queue).await?;
     let state = AppState {
         number_api: number_api_client(serve_args, endpoint.clone(), key),
         queue: queues.main.clone(),

@@ -264,55 +264,62 @@ impl Worker {
         report
     }
 
-    /// Sends each live activation's expiry message, then deletes the activation.
+    /// Runs `step` on every item with at most `max_in_flight` at once; returns how many failed.
+    async fn bounded<T, F, Fut>(&self, items: Vec<T>, step: F) -> usize
+    where
+        F: Fn(T) -> Fut,
+        Fut: std::future::Future<Output = Outcome>,
+    {
+        stream::iter(items)
+            .map(step)
+            .buffer_unordered(self.settings.max_in_flight.max(1))
+            .filter(|outcome| std::future::ready(matches!(outcome, Outcome::Failed)))
+            .count()
+            .await
+    }
+
+    /// Sends each live activation's expiry message, then deletes the activation. Returns how many failed.
     async fn rearm(
         &self,
         activations: Vec<(ReceivedMessage, Activation)>,
         now: DateTime<Utc>,
     ) -> usize {
-        let results = stream::iter(activations)
-            .map(|(message, activation)| async move {
-                if activation.expires_at > now {
-                    let follow_up = CodeMessage::Expire { issuance: activation.issuance.clone(), expires_at: activation.expires_at };
-                    let delay = until(activation.expires_at, now);
-                    if let Err(e) = self.queue.send(&follow_up.encode(self.settings.encoding), delay).await {
-                        tracing::warn!(error = %e, issuance = %activation.issuance.id, "expiry message not sent; will retry");
-                        return Outcome::Failed;
-                    }
-                    tracing::debug!(issuance = %activation.issuance.id, expires_in_s = delay.as_secs(), "code activated");
-                } else {
-                    tracing::debug!(issuance = %activation.issuance.id, "activation arrived after expiry; nothing made valid");
+        self.bounded(activations, |(message, activation)| async move {
+            let id = &activation.issuance.id;
+            if activation.expires_at > now {
+                let delay = until(activation.expires_at, now);
+                let follow_up = CodeMessage::Expire {
+                    expires_at: activation.expires_at,
+                    issuance: activation.issuance.clone(),
+                };
+                if let Err(e) = self.queue.send(&follow_up.encode(self.settings.encoding), delay).await {
+                    tracing::warn!(error = %e, issuance = %id, "expiry message not sent; will retry");
+                    return Outcome::Failed;
                 }
-                self.delete_one(&message).await
-            })
-            .buffer_unordered(self.settings.max_in_flight.max(1))
-            .collect::<Vec<_>>()
-            .await;
-        results
-            .iter()
-            .filter(|o| matches!(o, Outcome::Failed))
-            .count()
+                tracing::debug!(issuance = %id, expires_in_s = delay.as_secs(), "code activated");
+            } else {
+                tracing::debug!(issuance = %id, "activation arrived after expiry; nothing made valid");
+            }
+            self.delete_one(&message).await
+        })
+        .await
     }
 
     /// Copies each message to the poison queue as it was, then deletes it. Returns (poisoned, failed).
     async fn set_aside(&self, messages: Vec<(ReceivedMessage, String)>) -> (usize, usize) {
-        let results = stream::iter(messages)
-            .map(|(message, reason)| async move {
+        let count = messages.len();
+        let failed = self
+            .bounded(messages, |(message, reason)| async move {
+                let id = &message.receipt.message_id;
                 if let Err(e) = self.poison.send(&message.body, Duration::ZERO).await {
-                    tracing::warn!(error = %e, message_id = %message.receipt.message_id, "poison queue refused; will retry");
+                    tracing::warn!(error = %e, message_id = %id, "poison queue refused; will retry");
                     return Outcome::Failed;
                 }
-                tracing::warn!(message_id = %message.receipt.message_id, %reason, poison_queue = self.poison.name(), "message set aside");
+                tracing::warn!(message_id = %id, %reason, poison_queue = self.poison.name(), "message set aside");
                 self.delete_one(&message).await
             })
-            .buffer_unordered(self.settings.max_in_flight.max(1))
-            .collect::<Vec<_>>()
             .await;
-        let failed = results
-            .iter()
-            .filter(|o| matches!(o, Outcome::Failed))
-            .count();
-        (results.len() - failed, failed)
+        (count - failed, failed)
     }
 
     /// Makes early expiry messages visible again when their code expires. Returns how many failed.
@@ -321,35 +328,22 @@ impl Worker {
         early: Vec<(ReceivedMessage, DateTime<Utc>)>,
         now: DateTime<Utc>,
     ) -> usize {
-        let results = stream::iter(early)
-            .map(|(message, expires_at)| async move {
-                match self.queue.release(&message.receipt, until(expires_at, now).max(Duration::from_secs(1))).await {
-                    Ok(()) | Err(QueueError::MessageGone) => Outcome::Done,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "early expiry message not put back; it returns after its lease");
-                        Outcome::Failed
-                    }
+        self.bounded(early, |(message, expires_at)| async move {
+            let delay = until(expires_at, now).max(Duration::from_secs(1));
+            match self.queue.release(&message.receipt, delay).await {
+                Ok(()) | Err(QueueError::MessageGone) => Outcome::Done,
+                Err(e) => {
+                    tracing::warn!(error = %e, "early expiry message not put back; it returns after its lease");
+                    Outcome::Failed
                 }
-            })
-            .buffer_unordered(self.settings.max_in_flight.max(1))
-            .collect::<Vec<_>>()
-            .await;
-        results
-            .iter()
-            .filter(|o| matches!(o, Outcome::Failed))
-            .count()
+            }
+        })
+        .await
     }
 
     async fn delete_all(&self, messages: Vec<ReceivedMessage>) -> usize {
-        let results = stream::iter(messages)
-            .map(|m| async move { self.delete_one(&m).await })
-            .buffer_unordered(self.settings.max_in_flight.max(1))
-            .collect::<Vec<_>>()
-            .await;
-        results
-            .iter()
-            .filter(|o| matches!(o, Outcome::Failed))
-            .count()
+        self.bounded(messages, |m| async move { self.delete_one(&m).await })
+            .await
     }
 
     async fn delete_one(&self, message: &ReceivedMessage) -> Outcome {
