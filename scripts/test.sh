@@ -6,7 +6,9 @@ cd "$(dirname "$0")/.."
 
 work=$(mktemp -d)
 pids=()
+stop_pg() { :; }
 cleanup() {
+  stop_pg
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
   wait 2>/dev/null || true
   rm -rf "$work"
@@ -40,6 +42,32 @@ pids+=("$!")
 wait_for_port "$azurite_port" Azurite "$work/azurite.log"
 export CODEWATCH_TEST_AZURITE_QUEUE_ENDPOINT="http://127.0.0.1:$azurite_port/devstoreaccount1"
 echo "== Azurite $pinned on 127.0.0.1:$azurite_port"
+
+# --- PostgreSQL (Debian's package; a throwaway cluster in the temporary folder, trust auth on loopback) ---
+pg_bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1 || true)
+if [ -z "$pg_bin" ]; then
+  echo "== installing PostgreSQL from Debian"
+  sudo_=""; [ "$(id -u)" = 0 ] || sudo_="sudo"
+  $sudo_ apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo_ apt-get install -y -qq postgresql >/dev/null
+  pg_bin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1)
+fi
+as_pg=()
+if [ "$(id -u)" = 0 ]; then
+  # PostgreSQL refuses to run as root: run it as Debian's postgres user.
+  as_pg=(runuser -u postgres --)
+  chmod 755 "$work"
+fi
+pg_port=$(free_port)
+mkdir -p "$work/pg"
+[ "$(id -u)" = 0 ] && chown postgres "$work/pg"
+"${as_pg[@]}" "$pg_bin/initdb" -D "$work/pg/data" -U postgres --auth=trust -E UTF8 >"$work/initdb.log" 2>&1 \
+  || { cat "$work/initdb.log" >&2; exit 1; }
+"${as_pg[@]}" "$pg_bin/pg_ctl" -D "$work/pg/data" -l "$work/pg/server.log" -w -o \
+  "-p $pg_port -k $work/pg -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=400" start >/dev/null
+stop_pg() { "${as_pg[@]}" "$pg_bin/pg_ctl" -D "$work/pg/data" -m immediate stop >/dev/null 2>&1 || true; }
+export CODEWATCH_TEST_POSTGRES_URL="postgres://postgres@127.0.0.1:$pg_port/postgres"
+echo "== PostgreSQL $("$pg_bin/postgres" --version | awk '{print $3}') on 127.0.0.1:$pg_port"
 
 # --- checks and tests ---
 echo "== cargo fmt --check"

@@ -6,9 +6,10 @@ use crate::queue::azure::AzureQueueFactory;
 use crate::queue::connection_string::ConnectionString;
 use crate::queue::embedded::EmbeddedQueue;
 use crate::queue::{QueueError, SharedQueue, poison_name};
+use crate::store::postgres::{self, PostgresStore};
 use crate::store::sqlite::{self, SqliteStore};
 use crate::store::{SharedStore, StoreError};
-use sqlx::SqlitePool;
+use sqlx::{PgPool, SqlitePool};
 use std::sync::Arc;
 
 /// A failure to start; the texts never hold a secret.
@@ -27,6 +28,8 @@ pub enum StartupError {
 pub enum Database {
     /// A SQLite file.
     Sqlite(SqlitePool),
+    /// A PostgreSQL database.
+    Postgres(PgPool),
 }
 
 impl Database {
@@ -37,6 +40,10 @@ impl Database {
             let pool = sqlite::connect(url).await?;
             sqlite::migrate(&pool).await?;
             Ok(Self::Sqlite(pool))
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            let pool = postgres::connect(url).await?;
+            postgres::migrate(&pool).await?;
+            Ok(Self::Postgres(pool))
         } else {
             Err(StoreError::UnsupportedUrl)
         }
@@ -46,13 +53,19 @@ impl Database {
     pub fn store(&self) -> SharedStore {
         match self {
             Self::Sqlite(pool) => Arc::new(SqliteStore::new(pool.clone())),
+            Self::Postgres(pool) => Arc::new(PostgresStore::new(pool.clone())),
         }
     }
 
-    /// A queue inside this database.
-    pub fn embedded_queue(&self, name: &str) -> SharedQueue {
+    /// A queue inside this database (SQLite only).
+    pub fn embedded_queue(&self, name: &str) -> Result<SharedQueue, QueueError> {
         match self {
-            Self::Sqlite(pool) => Arc::new(EmbeddedQueue::new(pool.clone(), name)),
+            Self::Sqlite(pool) => Ok(Arc::new(EmbeddedQueue::new(pool.clone(), name))),
+            Self::Postgres(_) => Err(QueueError::Config(
+                "the embedded queue lives in a SQLite database; with PostgreSQL set STORAGE_QUEUE_URL or \
+                 AZURE_STORAGE_CONNECTION_STRING"
+                    .into(),
+            )),
         }
     }
 }
@@ -101,8 +114,8 @@ impl Queues {
         } else {
             let name = &args.queue_name;
             (
-                database.embedded_queue(name),
-                database.embedded_queue(&poison_name(name)),
+                database.embedded_queue(name)?,
+                database.embedded_queue(&poison_name(name))?,
                 "embedded",
             )
         };

@@ -42,12 +42,127 @@ pub enum Command {
     NumberApi(NumberApiArgs),
     /// Applies the database migrations and exits.
     Migrate(DatabaseArgs),
+    /// Inspects and revokes codes in the database.
+    Codes(CodesArgs),
+    /// Inspects and manages the queue and its poison queue.
+    Queue(QueueToolArgs),
+    /// Gets a code from a running `serve` and watches it become valid, as the sample's test.sh did.
+    Smoke(SmokeArgs),
+}
+
+/// `codewatch codes …`.
+#[derive(Debug, Args)]
+pub struct CodesArgs {
+    #[command(subcommand)]
+    #[allow(missing_docs)]
+    pub command: CodesCommand,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub database: DatabaseArgs,
+}
+
+/// Output formats for listings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    /// Aligned columns.
+    Table,
+    /// One JSON array.
+    Json,
+    /// Comma-separated values with a header line.
+    Csv,
+}
+
+/// The `codes` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum CodesCommand {
+    /// Lists the valid codes (soonest expiry first), or with --all every row (newest first).
+    List {
+        /// Every row: expired, redeemed and revoked too.
+        #[arg(long)]
+        all: bool,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
+        format: OutputFormat,
+        /// At most this many rows.
+        #[arg(long, default_value_t = 1000)]
+        limit: u32,
+    },
+    /// Shows every issuance of a code and its state.
+    Show {
+        /// The code, e.g. ojE-161-pTv.
+        code: String,
+    },
+    /// Revokes a code at once (idempotent), including issuances still on their way through the queue.
+    Revoke {
+        /// The code, e.g. ojE-161-pTv.
+        code: String,
+    },
+    /// Forgets a subject's failed checks, lifting its lock.
+    Unlock {
+        /// The subject, as given to getcode?subject=.
+        subject: String,
+    },
+}
+
+/// `codewatch queue …`.
+#[derive(Debug, Args)]
+pub struct QueueToolArgs {
+    #[command(subcommand)]
+    #[allow(missing_docs)]
+    pub command: QueueCommand,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub queue: QueueArgs,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub database: DatabaseArgs,
+}
+
+/// The `queue` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum QueueCommand {
+    /// Approximate number of messages in the queue and its poison queue.
+    Stats,
+    /// Shows visible messages, decoded, without taking them.
+    Peek {
+        /// How many (1–32).
+        #[arg(short = 'n', long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=32))]
+        count: u32,
+        /// Peek the poison queue instead.
+        #[arg(long)]
+        poison: bool,
+    },
+    /// Deletes every message (asks first unless --yes).
+    Clear {
+        /// Clear the poison queue instead.
+        #[arg(long)]
+        poison: bool,
+        /// Do not ask.
+        #[arg(long)]
+        yes: bool,
+    },
+    /// Moves every poison message back to the queue, after a fix.
+    RequeuePoison,
+}
+
+/// `codewatch smoke`.
+#[derive(Debug, Args)]
+pub struct SmokeArgs {
+    /// Base URL of a running `serve`.
+    #[arg(long, env = "CODEWATCH_URL", default_value = "http://127.0.0.1:8080")]
+    pub url: url::Url,
+    /// The verification API key of that `serve`.
+    #[arg(long, env = "VERIFY_API_KEY", hide_env_values = true)]
+    pub verify_api_key: Secret,
+    /// How long to wait for the code to become valid, in seconds.
+    #[arg(long, default_value_t = 10)]
+    pub timeout_seconds: u64,
 }
 
 /// Where the valid-codes table lives.
 #[derive(Clone, Debug, Args)]
 pub struct DatabaseArgs {
-    /// Database URL: `sqlite:<file>` (created if missing).
+    /// Database URL: `sqlite:<file>` (created if missing) or `postgres://user:password@host/db`.
     #[arg(
         long,
         env = "DATABASE_URL",
@@ -109,6 +224,29 @@ pub struct ServeArgs {
     #[command(flatten)]
     #[allow(missing_docs)]
     pub database: DatabaseArgs,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub verify: VerifyArgs,
+}
+
+/// The verification API for the sign-in service.
+#[derive(Clone, Debug, Args)]
+pub struct VerifyArgs {
+    /// Bearer key the sign-in service must send; without it the verification endpoints are off.
+    #[arg(long, env = "VERIFY_API_KEY", hide_env_values = true)]
+    pub verify_api_key: Option<Secret>,
+    /// Consecutive failed checks after which a subject's checks fail until reset or the window ends.
+    #[arg(long, env = "VERIFY_MAX_FAILED_CHECKS", default_value_t = 100)]
+    pub verify_max_failed_checks: u32,
+    /// How long a run of failed checks counts (and a lock lasts), in seconds.
+    #[arg(long, env = "VERIFY_LOCKOUT_WINDOW_SECONDS", default_value_t = 3600)]
+    pub verify_lockout_window_seconds: u64,
+    /// Verification requests per second allowed per client address.
+    #[arg(long, env = "VERIFY_RATE_LIMIT_PER_SECOND", default_value_t = 20.0)]
+    pub verify_rate_limit_per_second: f64,
+    /// Burst of verification requests allowed per client address.
+    #[arg(long, env = "VERIFY_RATE_LIMIT_BURST", default_value_t = 40)]
+    pub verify_rate_limit_burst: u32,
 }
 
 /// How the worker behaves.
@@ -138,9 +276,12 @@ pub struct WorkerTuning {
     /// Longest wait between receives of an idle queue, in milliseconds (bounds activation lag).
     #[arg(long, env = "WORKER_MAX_POLL_INTERVAL_MS", default_value_t = 1000)]
     pub max_poll_interval_ms: u64,
-    /// How often rows past their expiry are purged without waiting for their message, in seconds (0: never).
+    /// How often rows past their retention are deleted, in seconds (0: never).
     #[arg(long, env = "WORKER_SWEEP_INTERVAL_SECONDS", default_value_t = 60)]
     pub sweep_interval_seconds: u64,
+    /// How long a row is kept after its expiry for inspection, in seconds (never less than the TTL).
+    #[arg(long, env = "CODE_RETENTION_SECONDS", default_value_t = 86_400)]
+    pub retention_seconds: u64,
 }
 
 impl WorkerTuning {
@@ -156,6 +297,7 @@ impl WorkerTuning {
             min_poll_interval: Duration::from_millis(self.min_poll_interval_ms),
             max_poll_interval: Duration::from_millis(self.max_poll_interval_ms),
             encoding,
+            retention: Duration::from_secs(self.retention_seconds),
             sweep_interval: (self.sweep_interval_seconds > 0)
                 .then(|| Duration::from_secs(self.sweep_interval_seconds)),
         }

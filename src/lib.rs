@@ -16,5 +16,7 @@ pub mod queue;
 pub mod secret;
 pub mod shutdown;
 pub mod store;
+pub mod subject;
 pub mod timestamp;
+pub mod verify;
 pub mod worker;

@@ -1,6 +1,7 @@
 //! The queue message: what `serve` writes, what the worker re-arms for expiry, and the foreign shapes it accepts.
 
 use crate::code::Code;
+use crate::subject::Subject;
 use crate::timestamp;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
@@ -54,6 +55,8 @@ pub struct Issuance {
     pub code: Code,
     /// When `serve` handed it out; the TTL counts from here.
     pub issued_at: DateTime<Utc>,
+    /// The user the code is bound to, if any.
+    pub subject: Option<Subject>,
 }
 
 /// What a queue message asks the worker to do.
@@ -89,6 +92,9 @@ pub enum MessageError {
     /// A recognised shape without a usable code.
     #[error("message has no valid code: {0}")]
     BadCode(String),
+    /// A recognised shape with a subject that is not one.
+    #[error("message subject is not a valid subject")]
+    BadSubject,
     /// A recognised shape with a timestamp that cannot be read.
     #[error("message timestamp {0:?} is not a time")]
     BadTimestamp(String),
@@ -112,6 +118,8 @@ struct Wire {
     timestamp: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     expires_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    subject: Option<String>,
 }
 
 impl CodeMessage {
@@ -135,6 +143,7 @@ impl CodeMessage {
             code: issuance.code.to_string(),
             timestamp: Some(timestamp::format(issuance.issued_at)),
             expires_at,
+            subject: issuance.subject.as_ref().map(|s| s.to_string()),
         };
         // Serialising a struct of strings cannot fail.
         let json = serde_json::to_string(&wire).unwrap_or_default();
@@ -174,6 +183,7 @@ fn decode_plain(text: &str, inserted_at: DateTime<Utc>) -> Result<CodeMessage, M
                 code: field("code").ok_or_else(|| MessageError::BadCode("missing".into()))?,
                 timestamp: field("timestamp"),
                 expires_at: field("expires_at"),
+                subject: field("subject"),
             };
             return from_wire(wire, inserted_at);
         }
@@ -184,6 +194,7 @@ fn decode_plain(text: &str, inserted_at: DateTime<Utc>) -> Result<CodeMessage, M
             id: IssuanceId::derived(&code, inserted_at),
             code,
             issued_at: inserted_at,
+            subject: None,
         })),
         Err(_) => Err(MessageError::Undecodable),
     }
@@ -200,10 +211,15 @@ fn from_wire(wire: Wire, inserted_at: DateTime<Utc>) -> Result<CodeMessage, Mess
         Some(id) if !id.trim().is_empty() => IssuanceId(id),
         _ => IssuanceId::derived(&code, issued_at),
     };
+    let subject = match wire.subject.as_deref() {
+        None | Some("") => None,
+        Some(s) => Some(Subject::parse(s).map_err(|_| MessageError::BadSubject)?),
+    };
     let issuance = Issuance {
         id,
         code,
         issued_at,
+        subject,
     };
     match wire.action.as_deref() {
         None | Some("activate") => Ok(CodeMessage::Activate(issuance)),
@@ -296,6 +312,7 @@ mod tests {
             id: IssuanceId::random(),
             code: Code::parse("ojE-161-pTv").unwrap(),
             issued_at: timestamp::parse("2020-04-15 16:54:48.816549").unwrap(),
+            subject: Some(Subject::parse("alice").unwrap()),
         }
     }
 

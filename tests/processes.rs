@@ -73,7 +73,7 @@ async fn row_count(db: &Path) -> i64 {
     let pool = sqlx::SqlitePool::connect(&format!("sqlite:{}", db.display()))
         .await
         .unwrap();
-    let n = sqlx::query_scalar("SELECT count(*) FROM valid_codes")
+    let n = sqlx::query_scalar("SELECT count(*) FROM valid_codes WHERE expired_at IS NULL")
         .fetch_one(&pool)
         .await
         .unwrap();

@@ -1,35 +1,49 @@
-//! The valid-codes store on a real SQLite database: idempotent activation and expiry, and validity
-//! as `expires_at > now`.
+//! The valid-codes store, every case on both real SQLite and real PostgreSQL: idempotent activation and
+//! expiry, validity as `expires_at > now`, atomic redeem, revocation, subjects and failed-check counts.
 
 mod common;
 
-use chrono::{Duration, Utc};
+use chrono::{DateTime, Duration, Utc};
 use codewatch::backends::Database;
 use codewatch::code::Code;
 use codewatch::message::{Issuance, IssuanceId};
-use codewatch::store::{ActivateReport, Activation};
+use codewatch::store::{ActivateReport, Activation, SharedStore};
+use codewatch::subject::Subject;
+use common::TestDb;
+use std::slice::from_ref;
 
-fn activation(code: &str, ttl_secs: i64) -> Activation {
-    let issued_at = Utc::now();
+fn code(text: &str) -> Code {
+    Code::parse(text).unwrap()
+}
+
+fn subject(text: &str) -> Subject {
+    Subject::parse(text).unwrap()
+}
+
+fn activation_at(
+    text: &str,
+    issued_at: DateTime<Utc>,
+    ttl_secs: i64,
+    who: Option<&str>,
+) -> Activation {
     Activation {
         issuance: Issuance {
             id: IssuanceId::random(),
-            code: Code::parse(code).unwrap(),
+            code: code(text),
             issued_at,
+            subject: who.map(subject),
         },
         expires_at: issued_at + Duration::seconds(ttl_secs),
     }
 }
 
-#[tokio::test]
-async fn activating_twice_keeps_one_row_and_reports_the_duplicate() {
-    let db = common::sqlite().await;
-    let store = db.database.store();
+fn activation(text: &str, ttl_secs: i64) -> Activation {
+    activation_at(text, Utc::now(), ttl_secs, None)
+}
+
+async fn activating_twice_keeps_one_row_and_reports_the_duplicate(store: SharedStore) {
     let a = activation("abc-1-def", 60);
-    let first = store
-        .activate(std::slice::from_ref(&a), Utc::now())
-        .await
-        .unwrap();
+    let first = store.activate(from_ref(&a), Utc::now()).await.unwrap();
     let second = store
         .activate(&[a.clone(), a.clone()], Utc::now())
         .await
@@ -50,13 +64,10 @@ async fn activating_twice_keeps_one_row_and_reports_the_duplicate() {
             stale: 0
         }
     );
-    assert_eq!(store.list(10).await.unwrap().len(), 1);
+    assert_eq!(store.list(true, Utc::now(), 10).await.unwrap().len(), 1);
 }
 
-#[tokio::test]
-async fn two_issuances_of_the_same_code_are_two_rows() {
-    let db = common::sqlite().await;
-    let store = db.database.store();
+async fn two_issuances_of_the_same_code_are_two_rows(store: SharedStore) {
     store
         .activate(
             &[activation("abc-1-def", 60), activation("abc-1-def", 60)],
@@ -64,141 +75,290 @@ async fn two_issuances_of_the_same_code_are_two_rows() {
         )
         .await
         .unwrap();
-    assert_eq!(
-        store
-            .find_valid(&Code::parse("abc-1-def").unwrap(), Utc::now())
-            .await
-            .unwrap()
-            .len(),
-        2
-    );
+    assert_eq!(store.records(&code("abc-1-def")).await.unwrap().len(), 2);
+    assert_eq!(store.list(false, Utc::now(), 10).await.unwrap().len(), 2);
 }
 
-#[tokio::test]
-async fn an_activation_past_its_expiry_inserts_nothing_and_removes_a_leftover_row() {
-    let db = common::sqlite().await;
-    let store = db.database.store();
+async fn an_activation_past_its_expiry_makes_nothing_valid_and_marks_a_leftover_row(
+    store: SharedStore,
+) {
     let a = activation("abc-2-def", 1);
-    store
-        .activate(std::slice::from_ref(&a), Utc::now())
-        .await
-        .unwrap();
-    let later = a.expires_at + Duration::milliseconds(1);
-    let report = store
-        .activate(std::slice::from_ref(&a), later)
-        .await
-        .unwrap();
-    assert_eq!(
-        report,
-        ActivateReport {
-            inserted: 0,
-            duplicates: 0,
-            stale: 1
-        }
+    let late = a.expires_at + Duration::milliseconds(1);
+    assert_eq!(store.activate(from_ref(&a), late).await.unwrap().stale, 1);
+    assert!(
+        store.records(&a.issuance.code).await.unwrap().is_empty(),
+        "nothing inserted"
     );
-    assert!(store.list(10).await.unwrap().is_empty());
+    store.activate(from_ref(&a), Utc::now()).await.unwrap();
+    store.activate(from_ref(&a), late).await.unwrap();
+    let rows = store.records(&a.issuance.code).await.unwrap();
+    assert_eq!(rows[0].expired_at.map(|t| t.timestamp_micros()), Some(late.timestamp_micros()));
 }
 
-#[tokio::test]
-async fn expire_removes_only_rows_whose_time_has_come() {
-    let db = common::sqlite().await;
-    let store = db.database.store();
+async fn expire_marks_only_rows_whose_time_has_come_and_is_idempotent(store: SharedStore) {
     let a = activation("abc-3-def", 60);
-    store
-        .activate(std::slice::from_ref(&a), Utc::now())
-        .await
-        .unwrap();
+    let id = from_ref(&a.issuance.id);
+    store.activate(from_ref(&a), Utc::now()).await.unwrap();
+    assert_eq!(store.expire(id, Utc::now()).await.unwrap(), 0, "too early");
+    assert_eq!(store.expire(id, a.expires_at).await.unwrap(), 1);
     assert_eq!(
         store
-            .expire(std::slice::from_ref(&a.issuance.id), Utc::now())
-            .await
-            .unwrap(),
-        0,
-        "too early"
-    );
-    assert_eq!(
-        store
-            .expire(std::slice::from_ref(&a.issuance.id), a.expires_at)
-            .await
-            .unwrap(),
-        1
-    );
-    assert_eq!(
-        store
-            .expire(std::slice::from_ref(&a.issuance.id), a.expires_at)
+            .expire(id, a.expires_at + Duration::seconds(1))
             .await
             .unwrap(),
         0,
         "idempotent"
     );
+    assert_eq!(
+        store
+            .activate(from_ref(&a), a.expires_at)
+            .await
+            .unwrap()
+            .stale,
+        1,
+        "never resurrected"
+    );
+    assert!(
+        store
+            .find_valid(&a.issuance.code, None, a.expires_at - Duration::seconds(1))
+            .await
+            .unwrap()
+            .is_some()
+    );
 }
 
-#[tokio::test]
-async fn a_code_is_valid_strictly_before_expires_at() {
-    let db = common::sqlite().await;
-    let store = db.database.store();
+async fn a_code_is_valid_strictly_before_expires_at_and_case_sensitively(store: SharedStore) {
     let a = activation("abc-4-def", 60);
+    store.activate(from_ref(&a), Utc::now()).await.unwrap();
+    let c = &a.issuance.code;
+    let just_before = a.expires_at - Duration::microseconds(1);
+    assert!(
+        store
+            .find_valid(c, None, just_before)
+            .await
+            .unwrap()
+            .is_some()
+    );
+    assert!(
+        store
+            .find_valid(c, None, a.expires_at)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        store
+            .find_valid(&code("abc-4-DEF"), None, just_before)
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
+async fn a_bound_code_matches_only_its_subject(store: SharedStore) {
+    let now = Utc::now();
     store
-        .activate(std::slice::from_ref(&a), Utc::now())
+        .activate(&[activation_at("sub-5-Ect", now, 60, Some("alice"))], now)
         .await
         .unwrap();
-    let code = &a.issuance.code;
-    let just_before = a.expires_at - Duration::microseconds(1);
-    assert_eq!(store.find_valid(code, just_before).await.unwrap().len(), 1);
+    let c = code("sub-5-Ect");
     assert!(
         store
-            .find_valid(code, a.expires_at)
+            .find_valid(&c, Some(&subject("alice")), now)
             .await
             .unwrap()
-            .is_empty()
+            .is_some()
     );
     assert!(
         store
-            .find_valid(&Code::parse("abc-4-DEF").unwrap(), just_before)
+            .find_valid(&c, Some(&subject("bob")), now)
             .await
             .unwrap()
-            .is_empty(),
-        "case-sensitive"
+            .is_none()
+    );
+    assert!(
+        store.find_valid(&c, None, now).await.unwrap().is_none(),
+        "an unbound check never matches a bound code"
     );
 }
 
-#[tokio::test]
-async fn purge_removes_every_row_past_its_expiry() {
-    let db = common::sqlite().await;
-    let store = db.database.store();
-    let (short, long) = (activation("abc-5-def", 1), activation("abc-6-def", 60));
+async fn redeem_consumes_a_code_exactly_once_under_concurrency(store: SharedStore) {
+    let now = Utc::now();
+    store
+        .activate(&[activation_at("red-6-Eem", now, 60, Some("alice"))], now)
+        .await
+        .unwrap();
+    let c = code("red-6-Eem");
+    let alice = subject("alice");
+    let attempts = (0..16).map(|_| {
+        let (store, c, alice) = (store.clone(), c.clone(), alice.clone());
+        tokio::spawn(async move { store.redeem(&c, Some(&alice), Utc::now()).await.unwrap() })
+    });
+    let mut won = 0;
+    for attempt in attempts {
+        won += usize::from(attempt.await.unwrap().is_some());
+    }
+    assert_eq!(won, 1);
+    assert!(
+        store
+            .find_valid(&c, Some(&alice), Utc::now())
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let record = store.records(&c).await.unwrap().remove(0);
+    assert!(record.redeemed_at.is_some());
+    assert_eq!(store.list(false, Utc::now(), 10).await.unwrap().len(), 0);
+}
+
+async fn revoke_is_immediate_idempotent_and_catches_activations_still_queued(store: SharedStore) {
+    let now = Utc::now();
+    let active = activation_at("rev-7-Oke", now - Duration::seconds(2), 60, None);
+    let queued = activation_at("rev-7-Oke", now - Duration::seconds(1), 60, None);
+    store.activate(from_ref(&active), now).await.unwrap();
+    let c = code("rev-7-Oke");
+    assert_eq!(store.revoke(&c, now).await.unwrap(), 1);
+    assert_eq!(store.revoke(&c, now).await.unwrap(), 0, "idempotent");
+    assert!(store.find_valid(&c, None, now).await.unwrap().is_none());
+    // An issuance from before the revocation arrives afterwards: it is recorded, revoked.
+    store
+        .activate(from_ref(&queued), now + Duration::seconds(1))
+        .await
+        .unwrap();
+    assert!(
+        store
+            .find_valid(&c, None, now + Duration::seconds(1))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    // A new issuance of the same code after the revocation is valid.
+    let fresh = activation_at("rev-7-Oke", now + Duration::seconds(2), 60, None);
+    store
+        .activate(from_ref(&fresh), now + Duration::seconds(2))
+        .await
+        .unwrap();
+    assert!(
+        store
+            .find_valid(&c, None, now + Duration::seconds(3))
+            .await
+            .unwrap()
+            .is_some()
+    );
+    assert_eq!(
+        store
+            .records(&c)
+            .await
+            .unwrap()
+            .iter()
+            .filter(|r| r.revoked_at.is_some())
+            .count(),
+        2
+    );
+}
+
+async fn purge_deletes_rows_past_retention_only(store: SharedStore) {
+    let (short, long) = (activation("abc-8-def", 1), activation("abc-9-def", 60));
     store
         .activate(&[short.clone(), long], Utc::now())
         .await
         .unwrap();
-    assert_eq!(store.purge_expired(short.expires_at).await.unwrap(), 1);
-    assert_eq!(store.list(10).await.unwrap().len(), 1);
+    assert_eq!(store.purge(short.expires_at).await.unwrap(), 1);
+    assert_eq!(store.list(true, Utc::now(), 10).await.unwrap().len(), 1);
 }
 
-#[tokio::test]
-async fn the_active_codes_view_answers_plain_sql() {
-    let db = common::sqlite().await;
-    let store = db.database.store();
+async fn failed_checks_count_up_within_a_window_and_reset(store: SharedStore) {
+    let alice = subject("alice");
+    let now = Utc::now();
+    let window_start = now - Duration::hours(1);
+    for expected in 1..=3 {
+        assert_eq!(
+            store
+                .record_failure(&alice, now, window_start)
+                .await
+                .unwrap(),
+            expected
+        );
+    }
+    assert_eq!(store.failures(&alice, window_start).await.unwrap(), 3);
+    assert_eq!(
+        store.failures(&subject("bob"), window_start).await.unwrap(),
+        0
+    );
+    // An hour later the window has ended: the old count no longer holds, and the next failure starts anew.
+    let later = now + Duration::hours(1);
+    assert_eq!(
+        store
+            .failures(&alice, later - Duration::hours(1))
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(
+        store
+            .record_failure(&alice, later, later - Duration::hours(1))
+            .await
+            .unwrap(),
+        1
+    );
+    store.reset_failures(&alice).await.unwrap();
+    assert_eq!(store.failures(&alice, window_start).await.unwrap(), 0);
+}
+
+async fn the_active_codes_view_answers_plain_sql(db: &Database) {
+    let store = db.store();
     store
         .activate(
-            &[activation("sql-7-Vue", 60), activation("old-8-Vue", 1)],
+            &[activation("sql-1-Vue", 60), activation("old-2-Vue", 1)],
             Utc::now(),
         )
         .await
         .unwrap();
     tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
-    let Database::Sqlite(pool) = &db.database;
-    let codes: Vec<String> = sqlx::query_scalar("SELECT code FROM active_codes")
-        .fetch_all(pool)
-        .await
-        .unwrap();
-    assert_eq!(codes, ["sql-7-Vue"]);
-    let total: i64 = sqlx::query_scalar("SELECT count(*) FROM valid_codes")
-        .fetch_one(pool)
-        .await
-        .unwrap();
-    assert_eq!(
-        total, 2,
-        "the expired row stays until its expiry message, but is not active"
-    );
+    let query = "SELECT code FROM active_codes";
+    let codes: Vec<String> = match db {
+        Database::Sqlite(pool) => sqlx::query_scalar(query).fetch_all(pool).await.unwrap(),
+        Database::Postgres(pool) => sqlx::query_scalar(query).fetch_all(pool).await.unwrap(),
+    };
+    assert_eq!(codes, ["sql-1-Vue"]);
 }
+
+macro_rules! on {
+    ($backend:ident: $($case:ident),* $(,)?) => {
+        mod $backend {
+            $(
+                #[tokio::test]
+                async fn $case() {
+                    let db: super::TestDb = super::common::$backend().await;
+                    super::$case(db.database.store()).await;
+                }
+            )*
+
+            #[tokio::test]
+            async fn the_active_codes_view_answers_plain_sql() {
+                let db: super::TestDb = super::common::$backend().await;
+                super::the_active_codes_view_answers_plain_sql(&db.database).await;
+            }
+        }
+    };
+}
+
+macro_rules! both {
+    ($($case:ident),* $(,)?) => {
+        on!(sqlite: $($case),*);
+        on!(postgres: $($case),*);
+    };
+}
+
+both!(
+    activating_twice_keeps_one_row_and_reports_the_duplicate,
+    two_issuances_of_the_same_code_are_two_rows,
+    an_activation_past_its_expiry_makes_nothing_valid_and_marks_a_leftover_row,
+    expire_marks_only_rows_whose_time_has_come_and_is_idempotent,
+    a_code_is_valid_strictly_before_expires_at_and_case_sensitively,
+    a_bound_code_matches_only_its_subject,
+    redeem_consumes_a_code_exactly_once_under_concurrency,
+    revoke_is_immediate_idempotent_and_catches_activations_still_queued,
+    purge_deletes_rows_past_retention_only,
+    failed_checks_count_up_within_a_window_and_reset,
+);

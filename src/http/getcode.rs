@@ -3,31 +3,63 @@
 use super::{ApiError, AppState};
 use crate::code::Code;
 use crate::message::{CodeMessage, Issuance, IssuanceId};
+use crate::subject::Subject;
 use crate::timestamp;
 use axum::Json;
-use axum::extract::State;
+use axum::extract::{Query, State};
 use chrono::Utc;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use std::time::Duration;
+use utoipa::{IntoParams, ToSchema};
+
+/// Optional binding of the code to the user signing in.
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct GetCodeQuery {
+    /// The user the code is for; checks and redeems must then name the same subject.
+    pub subject: Option<String>,
+}
 
 /// The sample's response: `{"code": "ojE-161-pTv", "timestamp": "2020-04-15 16:54:48.816549"}`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct CodeResponse {
     /// The code.
     pub code: String,
-    /// When it was issued, UTC, in the sample's format.
+    /// When it was issued, UTC, in the sample's format `YYYY-MM-DD HH:MM:SS.ffffff`.
     pub timestamp: String,
 }
 
 /// Issues a code. It is answered only after the queue accepted the message, so every code handed out
 /// will become valid.
-pub async fn get_code(State(state): State<Arc<AppState>>) -> Result<Json<CodeResponse>, ApiError> {
+#[utoipa::path(
+    get,
+    path = "/api/v1/getcode",
+    params(GetCodeQuery),
+    responses(
+        (status = 200, description = "A code was issued and will become valid within about a second", body = CodeResponse),
+        (status = 400, description = "Not a valid subject", body = super::error::ErrorBody),
+        (status = 502, description = "The random-number API is unreachable or answered garbage", body = super::error::ErrorBody),
+        (status = 503, description = "The queue refused the message; no code was issued", body = super::error::ErrorBody),
+        (status = 504, description = "The random-number API did not answer in time", body = super::error::ErrorBody),
+        (status = "4XX", description = "The random-number API's own status, body `Could not get you a code.` (as the sample)"),
+    )
+)]
+pub async fn get_code(
+    State(state): State<Arc<AppState>>,
+    Query(query): Query<GetCodeQuery>,
+) -> Result<Json<CodeResponse>, ApiError> {
+    let subject = query
+        .subject
+        .as_deref()
+        .map(Subject::parse)
+        .transpose()
+        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
     let number = state.number_api.random_number().await?;
     let issuance = Issuance {
         id: IssuanceId::random(),
         code: Code::generate(number, &mut rand::rng()),
         issued_at: Utc::now(),
+        subject,
     };
     let message = CodeMessage::Activate(issuance.clone());
     state

@@ -1,20 +1,39 @@
-//! The producer's HTTP API: `GET /api/v1/getcode` and the home page.
+//! The producer's HTTP API: issuing codes, the sign-in service's verification endpoints, the OpenAPI
+//! document and the home page.
 
+mod codes;
 mod error;
 mod getcode;
+mod guard;
 mod home;
+mod openapi;
+pub mod rate_limit;
 
 pub use error::ApiError;
+pub use openapi::ApiDoc;
 
 use crate::message::MessageEncoding;
 use crate::number_api::NumberApiClient;
 use crate::queue::SharedQueue;
+use crate::secret::Secret;
+use crate::verify::Verifier;
 use axum::Router;
-use axum::routing::get;
+use axum::middleware;
+use axum::routing::{get, post};
+use rate_limit::RateLimiter;
 use std::sync::Arc;
 
+/// The verification endpoints' settings; without them those endpoints answer that they are off.
+pub struct Verification {
+    /// Answers checks and redeems.
+    pub verifier: Verifier,
+    /// The bearer key the sign-in service sends.
+    pub api_key: Secret,
+    /// Requests per client.
+    pub limiter: RateLimiter,
+}
+
 /// What the handlers share.
-#[derive(Clone)]
 pub struct AppState {
     /// The random-number API.
     pub number_api: NumberApiClient,
@@ -22,12 +41,24 @@ pub struct AppState {
     pub queue: SharedQueue,
     /// How message text is written.
     pub encoding: MessageEncoding,
+    /// The verification API, if `VERIFY_API_KEY` is set.
+    pub verification: Option<Verification>,
 }
 
 /// The producer's routes.
 pub fn router(state: AppState) -> Router {
+    let state = Arc::new(state);
+    let verification = Router::new()
+        .route("/api/v1/codes/{code}", get(codes::check))
+        .route("/api/v1/codes/{code}/redeem", post(codes::redeem))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            guard::verification_guard,
+        ));
     Router::new()
         .route("/", get(home::home))
         .route("/api/v1/getcode", get(getcode::get_code))
-        .with_state(Arc::new(state))
+        .route("/api/openapi.json", get(openapi::document))
+        .merge(verification)
+        .with_state(state)
 }

@@ -1,11 +1,14 @@
-//! The valid-codes table behind one trait, so that each database is one implementation.
+//! The valid-codes table behind one trait; one implementation per database ([`sqlite`], [`postgres`]).
 
+pub mod postgres;
 pub mod sqlite;
 
 use crate::code::Code;
 use crate::message::{Issuance, IssuanceId};
+use crate::subject::Subject;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use serde::Serialize;
 use std::sync::Arc;
 
 /// A code to make valid until `expires_at`.
@@ -17,19 +20,66 @@ pub struct Activation {
     pub expires_at: DateTime<Utc>,
 }
 
-/// A row of `valid_codes`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ValidCode {
+/// A row of `valid_codes`: one issuance and what became of it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct CodeRecord {
     /// Which issuance.
     pub issuance_id: IssuanceId,
     /// The code.
+    #[serde(serialize_with = "serialize_display")]
     pub code: Code,
+    /// The user it is bound to, if any.
+    #[serde(serialize_with = "serialize_opt_display")]
+    pub subject: Option<Subject>,
     /// When `serve` issued it.
     pub issued_at: DateTime<Utc>,
     /// When it stops being valid.
     pub expires_at: DateTime<Utc>,
     /// When the worker made it valid.
     pub activated_at: DateTime<Utc>,
+    /// When a sign-in consumed it.
+    pub redeemed_at: Option<DateTime<Utc>>,
+    /// When an operator revoked it.
+    pub revoked_at: Option<DateTime<Utc>>,
+    /// When its expiry message was processed.
+    pub expired_at: Option<DateTime<Utc>>,
+}
+
+fn serialize_display<S: serde::Serializer, T: std::fmt::Display>(
+    v: &T,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    s.collect_str(v)
+}
+
+fn serialize_opt_display<S: serde::Serializer, T: std::fmt::Display>(
+    v: &Option<T>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    match v {
+        Some(v) => s.collect_str(v),
+        None => s.serialize_none(),
+    }
+}
+
+impl CodeRecord {
+    /// Whether the code is valid at `now`: before its expiry, not redeemed, not revoked.
+    pub fn is_valid_at(&self, now: DateTime<Utc>) -> bool {
+        self.expires_at > now && self.redeemed_at.is_none() && self.revoked_at.is_none()
+    }
+
+    /// One word for the record's state at `now`.
+    pub fn state_at(&self, now: DateTime<Utc>) -> &'static str {
+        if self.revoked_at.is_some() {
+            "revoked"
+        } else if self.redeemed_at.is_some() {
+            "redeemed"
+        } else if self.expires_at <= now {
+            "expired"
+        } else {
+            "valid"
+        }
+    }
 }
 
 /// What [`CodeStore::activate`] did.
@@ -37,9 +87,9 @@ pub struct ValidCode {
 pub struct ActivateReport {
     /// Rows newly made valid.
     pub inserted: u64,
-    /// Activations that were already valid (a duplicate delivery).
+    /// Activations already recorded (a duplicate delivery): nothing changed.
     pub duplicates: u64,
-    /// Activations whose expiry had already passed: nothing made valid, any leftover row removed.
+    /// Activations whose expiry had already passed: nothing made valid.
     pub stale: u64,
 }
 
@@ -56,36 +106,81 @@ pub enum StoreError {
     #[error("database holds an unreadable {0}")]
     Corrupt(&'static str),
     /// The URL names a database codewatch does not support.
-    #[error("unsupported DATABASE_URL scheme (expected sqlite:)")]
+    #[error("unsupported DATABASE_URL (expected sqlite:<file> or postgres://…)")]
     UnsupportedUrl,
 }
 
-/// The valid-codes table. Every operation is idempotent, so redelivered messages leave it right.
+/// The valid-codes table. Every write is idempotent, so redelivered messages leave it right, and a code
+/// is valid exactly while `expires_at > now` and it is neither redeemed nor revoked.
+///
+/// `subject` arguments select codes bound to that subject; `None` selects only unbound codes.
 #[async_trait]
 pub trait CodeStore: Send + Sync + 'static {
-    /// In one transaction: makes each activation with `expires_at > now` valid (a second activation of the
-    /// same issuance changes nothing) and removes any row of those whose `expires_at <= now`.
+    /// In one transaction: records each activation whose `expires_at > now` (a second activation of the
+    /// same issuance changes nothing; one revoked before it arrived is recorded as revoked) and marks any
+    /// leftover row of the others expired.
     async fn activate(
         &self,
         batch: &[Activation],
         now: DateTime<Utc>,
     ) -> Result<ActivateReport, StoreError>;
 
-    /// Removes the given issuances if their `expires_at <= now`; returns how many rows went.
+    /// Marks the given issuances expired if their `expires_at <= now`; returns how many rows changed.
     async fn expire(&self, ids: &[IssuanceId], now: DateTime<Utc>) -> Result<u64, StoreError>;
 
-    /// Removes every row whose `expires_at <= now`; a safety net for expiry messages that never came.
-    async fn purge_expired(&self, now: DateTime<Utc>) -> Result<u64, StoreError>;
+    /// Deletes rows (and revocations) whose time is at or before `before`: the retention sweep.
+    async fn purge(&self, before: DateTime<Utc>) -> Result<u64, StoreError>;
 
-    /// The issuances of `code` that are valid at `now`.
+    /// A valid issuance of `code` for `subject` at `now`, if any.
     async fn find_valid(
         &self,
         code: &Code,
+        subject: Option<&Subject>,
         now: DateTime<Utc>,
-    ) -> Result<Vec<ValidCode>, StoreError>;
+    ) -> Result<Option<CodeRecord>, StoreError>;
 
-    /// Every row, valid or not, newest first (for inspection and tests).
-    async fn list(&self, limit: u32) -> Result<Vec<ValidCode>, StoreError>;
+    /// Atomically consumes a valid issuance of `code` for `subject`: of any number of concurrent calls,
+    /// exactly one gets it.
+    async fn redeem(
+        &self,
+        code: &Code,
+        subject: Option<&Subject>,
+        now: DateTime<Utc>,
+    ) -> Result<Option<CodeRecord>, StoreError>;
+
+    /// Revokes every issuance of `code` issued at or before `now`, including activations still to come.
+    /// Idempotent; returns how many recorded issuances it revoked now.
+    async fn revoke(&self, code: &Code, now: DateTime<Utc>) -> Result<u64, StoreError>;
+
+    /// Every recorded issuance of `code`, newest first.
+    async fn records(&self, code: &Code) -> Result<Vec<CodeRecord>, StoreError>;
+
+    /// The valid codes at `now` (soonest expiry first), or with `all` every row (newest first).
+    async fn list(
+        &self,
+        all: bool,
+        now: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<CodeRecord>, StoreError>;
+
+    /// Consecutive failed checks of `subject` in the window that started after `window_start`.
+    async fn failures(
+        &self,
+        subject: &Subject,
+        window_start: DateTime<Utc>,
+    ) -> Result<u32, StoreError>;
+
+    /// Counts one failed check of `subject`; a window that started at or before `window_start` starts
+    /// again at `now`. Returns the count after it.
+    async fn record_failure(
+        &self,
+        subject: &Subject,
+        now: DateTime<Utc>,
+        window_start: DateTime<Utc>,
+    ) -> Result<u32, StoreError>;
+
+    /// Forgets `subject`'s failed checks (after a success, or by an operator).
+    async fn reset_failures(&self, subject: &Subject) -> Result<(), StoreError>;
 
     /// Checks that the database answers.
     async fn ping(&self) -> Result<(), StoreError>;
@@ -93,3 +188,9 @@ pub trait CodeStore: Send + Sync + 'static {
 
 /// A shared store handle.
 pub type SharedStore = Arc<dyn CodeStore>;
+
+/// Reads an optional subject column.
+fn subject_from(text: Option<String>) -> Result<Option<Subject>, StoreError> {
+    text.map(|s| Subject::parse(&s).map_err(|_| StoreError::Corrupt("subject")))
+        .transpose()
+}

@@ -1,12 +1,15 @@
-//! The SQLite store: `valid_codes` with times as sortable UTC text.
+//! The SQLite store: times are sortable UTC text (`YYYY-MM-DD HH:MM:SS.ffffff`).
 
-use super::{ActivateReport, Activation, CodeStore, StoreError, ValidCode};
+use super::{ActivateReport, Activation, CodeRecord, CodeStore, StoreError, subject_from};
 use crate::code::Code;
 use crate::message::IssuanceId;
+use crate::subject::Subject;
 use crate::timestamp;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
+};
 use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
 use std::str::FromStr;
 use std::time::Duration;
@@ -16,6 +19,18 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqli
 
 /// Rows per statement; far below SQLite's limit on bound parameters.
 const CHUNK: usize = 200;
+
+macro_rules! columns {
+    () => {
+        "issuance_id, code, subject, issued_at, expires_at, activated_at, redeemed_at, revoked_at, expired_at"
+    };
+}
+
+macro_rules! valid_for {
+    () => {
+        "code = ? AND subject IS ? AND expires_at > ? AND redeemed_at IS NULL AND revoked_at IS NULL"
+    };
+}
 
 /// Opens (creating if missing) a SQLite database in WAL mode, so that several processes can share it.
 pub async fn connect(url: &str) -> Result<SqlitePool, StoreError> {
@@ -60,19 +75,58 @@ impl SqliteStore {
     }
 }
 
-fn row_to_code(row: &sqlx::sqlite::SqliteRow) -> Result<ValidCode, StoreError> {
-    let time = |col: &str| -> Result<DateTime<Utc>, StoreError> {
-        let text: String = row.try_get(col)?;
-        timestamp::parse(&text).ok_or(StoreError::Corrupt("timestamp"))
+fn t(time: DateTime<Utc>) -> String {
+    timestamp::format(time)
+}
+
+fn record(row: &SqliteRow) -> Result<CodeRecord, StoreError> {
+    let time = |col: &str| -> Result<Option<DateTime<Utc>>, StoreError> {
+        let text: Option<String> = row.try_get(col)?;
+        text.map(|t| timestamp::parse(&t).ok_or(StoreError::Corrupt("timestamp")))
+            .transpose()
     };
+    let required = |col: &str| time(col)?.ok_or(StoreError::Corrupt("timestamp"));
     let code: String = row.try_get("code")?;
-    Ok(ValidCode {
+    Ok(CodeRecord {
         issuance_id: IssuanceId::from_string(row.try_get("issuance_id")?),
         code: Code::parse(&code).map_err(|_| StoreError::Corrupt("code"))?,
-        issued_at: time("issued_at")?,
-        expires_at: time("expires_at")?,
-        activated_at: time("activated_at")?,
+        subject: subject_from(row.try_get("subject")?)?,
+        issued_at: required("issued_at")?,
+        expires_at: required("expires_at")?,
+        activated_at: required("activated_at")?,
+        redeemed_at: time("redeemed_at")?,
+        revoked_at: time("revoked_at")?,
+        expired_at: time("expired_at")?,
     })
+}
+
+/// `… AND issuance_id IN (?, ?, …)` for a chunk of ids.
+fn push_ids<'a>(query: &mut QueryBuilder<Sqlite>, ids: impl Iterator<Item = &'a str>) {
+    query.push(" AND issuance_id IN (");
+    let mut list = query.separated(", ");
+    for id in ids {
+        list.push_bind(id);
+    }
+    query.push(")");
+}
+
+/// Marks rows expired; shared by expiry and stale activations.
+async fn mark_expired(
+    conn: &mut sqlx::SqliteConnection,
+    ids: &[&str],
+    now: &str,
+) -> Result<u64, StoreError> {
+    let mut changed = 0;
+    for chunk in ids.chunks(CHUNK) {
+        let mut update = QueryBuilder::<Sqlite>::new("UPDATE valid_codes SET expired_at = ");
+        update
+            .push_bind(now)
+            .push(" WHERE expired_at IS NULL AND expires_at <= ")
+            .push_bind(now);
+        push_ids(&mut update, chunk.iter().copied());
+        changed += update.build().execute(&mut *conn).await?.rows_affected();
+    }
+    Ok(changed)
 }
 
 #[async_trait]
@@ -84,7 +138,7 @@ impl CodeStore for SqliteStore {
     ) -> Result<ActivateReport, StoreError> {
         let (live, stale): (Vec<&Activation>, Vec<&Activation>) =
             batch.iter().partition(|a| a.expires_at > now);
-        let now_text = timestamp::format(now);
+        let now_text = t(now);
         let mut report = ActivateReport {
             stale: stale.len() as u64,
             ..Default::default()
@@ -92,86 +146,212 @@ impl CodeStore for SqliteStore {
         let mut tx = self.pool.begin().await?;
         for chunk in live.chunks(CHUNK) {
             let mut insert = QueryBuilder::<Sqlite>::new(
-                "INSERT INTO valid_codes (issuance_id, code, issued_at, expires_at, activated_at) ",
+                "INSERT INTO valid_codes (issuance_id, code, subject, issued_at, expires_at, activated_at) ",
             );
             insert.push_values(chunk, |mut row, a| {
                 row.push_bind(a.issuance.id.as_str())
                     .push_bind(a.issuance.code.as_str())
-                    .push_bind(timestamp::format(a.issuance.issued_at))
-                    .push_bind(timestamp::format(a.expires_at))
+                    .push_bind(a.issuance.subject.as_ref().map(|s| s.as_str()))
+                    .push_bind(t(a.issuance.issued_at))
+                    .push_bind(t(a.expires_at))
                     .push_bind(&now_text);
             });
             insert.push(" ON CONFLICT (issuance_id) DO NOTHING");
             report.inserted += insert.build().execute(&mut *tx).await?.rows_affected();
+
+            // An operator may have revoked the code while this activation was on its way.
+            let mut revoked = QueryBuilder::<Sqlite>::new(
+                "UPDATE valid_codes SET revoked_at = (SELECT max(r.revoked_at) FROM code_revocations r \
+                 WHERE r.code = valid_codes.code AND r.revoked_at >= valid_codes.issued_at) \
+                 WHERE revoked_at IS NULL AND EXISTS (SELECT 1 FROM code_revocations r \
+                 WHERE r.code = valid_codes.code AND r.revoked_at >= valid_codes.issued_at)",
+            );
+            push_ids(&mut revoked, chunk.iter().map(|a| a.issuance.id.as_str()));
+            revoked.build().execute(&mut *tx).await?;
         }
         report.duplicates = live.len() as u64 - report.inserted;
-        for chunk in stale.chunks(CHUNK) {
-            let mut delete =
-                QueryBuilder::<Sqlite>::new("DELETE FROM valid_codes WHERE expires_at <= ");
-            delete.push_bind(&now_text).push(" AND issuance_id IN (");
-            let mut ids = delete.separated(", ");
-            for a in chunk {
-                ids.push_bind(a.issuance.id.as_str());
-            }
-            delete.push(")");
-            delete.build().execute(&mut *tx).await?;
-        }
+        let stale_ids: Vec<&str> = stale.iter().map(|a| a.issuance.id.as_str()).collect();
+        mark_expired(&mut tx, &stale_ids, &now_text).await?;
         tx.commit().await?;
         Ok(report)
     }
 
     async fn expire(&self, ids: &[IssuanceId], now: DateTime<Utc>) -> Result<u64, StoreError> {
-        let now_text = timestamp::format(now);
-        let mut removed = 0;
+        let now_text = t(now);
+        let ids: Vec<&str> = ids.iter().map(IssuanceId::as_str).collect();
         let mut tx = self.pool.begin().await?;
-        for chunk in ids.chunks(CHUNK) {
-            let mut delete =
-                QueryBuilder::<Sqlite>::new("DELETE FROM valid_codes WHERE expires_at <= ");
-            delete.push_bind(&now_text).push(" AND issuance_id IN (");
-            let mut sep = delete.separated(", ");
-            for id in chunk {
-                sep.push_bind(id.as_str());
-            }
-            delete.push(")");
-            removed += delete.build().execute(&mut *tx).await?.rows_affected();
-        }
+        let changed = mark_expired(&mut tx, &ids, &now_text).await?;
         tx.commit().await?;
-        Ok(removed)
+        Ok(changed)
     }
 
-    async fn purge_expired(&self, now: DateTime<Utc>) -> Result<u64, StoreError> {
-        let result = sqlx::query("DELETE FROM valid_codes WHERE expires_at <= ?")
-            .bind(timestamp::format(now))
-            .execute(&self.pool)
+    async fn purge(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let rows = sqlx::query("DELETE FROM valid_codes WHERE expires_at <= ?")
+            .bind(t(before))
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        sqlx::query("DELETE FROM code_revocations WHERE revoked_at <= ?")
+            .bind(t(before))
+            .execute(&mut *tx)
             .await?;
-        Ok(result.rows_affected())
+        tx.commit().await?;
+        Ok(rows)
     }
 
     async fn find_valid(
         &self,
         code: &Code,
+        subject: Option<&Subject>,
         now: DateTime<Utc>,
-    ) -> Result<Vec<ValidCode>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT issuance_id, code, issued_at, expires_at, activated_at FROM valid_codes \
-             WHERE code = ? AND expires_at > ? ORDER BY issued_at",
-        )
+    ) -> Result<Option<CodeRecord>, StoreError> {
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            columns!(),
+            " FROM valid_codes WHERE ",
+            valid_for!(),
+            " ORDER BY expires_at LIMIT 1"
+        ))
         .bind(code.as_str())
-        .bind(timestamp::format(now))
-        .fetch_all(&self.pool)
+        .bind(subject.map(Subject::as_str))
+        .bind(t(now))
+        .fetch_optional(&self.pool)
         .await?;
-        rows.iter().map(row_to_code).collect()
+        row.as_ref().map(record).transpose()
     }
 
-    async fn list(&self, limit: u32) -> Result<Vec<ValidCode>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT issuance_id, code, issued_at, expires_at, activated_at FROM valid_codes \
-             ORDER BY issued_at DESC LIMIT ?",
+    async fn redeem(
+        &self,
+        code: &Code,
+        subject: Option<&Subject>,
+        now: DateTime<Utc>,
+    ) -> Result<Option<CodeRecord>, StoreError> {
+        // One statement: SQLite runs one writer at a time, and `redeemed_at IS NULL` makes a second redeem miss.
+        let row = sqlx::query(concat!(
+            "UPDATE valid_codes SET redeemed_at = ? WHERE redeemed_at IS NULL AND issuance_id = \
+             (SELECT issuance_id FROM valid_codes WHERE ",
+            valid_for!(),
+            " ORDER BY expires_at LIMIT 1) RETURNING ",
+            columns!()
+        ))
+        .bind(t(now))
+        .bind(code.as_str())
+        .bind(subject.map(Subject::as_str))
+        .bind(t(now))
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(record).transpose()
+    }
+
+    async fn revoke(&self, code: &Code, now: DateTime<Utc>) -> Result<u64, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("INSERT INTO code_revocations (code, revoked_at) VALUES (?, ?)")
+            .bind(code.as_str())
+            .bind(t(now))
+            .execute(&mut *tx)
+            .await?;
+        let revoked = sqlx::query(
+            "UPDATE valid_codes SET revoked_at = ? \
+             WHERE code = ? AND revoked_at IS NULL AND issued_at <= ? AND expires_at > ?",
         )
-        .bind(i64::from(limit))
+        .bind(t(now))
+        .bind(code.as_str())
+        .bind(t(now))
+        .bind(t(now))
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        tx.commit().await?;
+        Ok(revoked)
+    }
+
+    async fn records(&self, code: &Code) -> Result<Vec<CodeRecord>, StoreError> {
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            columns!(),
+            " FROM valid_codes WHERE code = ? ORDER BY issued_at DESC"
+        ))
+        .bind(code.as_str())
         .fetch_all(&self.pool)
         .await?;
-        rows.iter().map(row_to_code).collect()
+        rows.iter().map(record).collect()
+    }
+
+    async fn list(
+        &self,
+        all: bool,
+        now: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<CodeRecord>, StoreError> {
+        let rows = if all {
+            sqlx::query(concat!(
+                "SELECT ",
+                columns!(),
+                " FROM valid_codes ORDER BY issued_at DESC LIMIT ?"
+            ))
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?
+        } else {
+            sqlx::query(concat!(
+                "SELECT ",
+                columns!(),
+                " FROM valid_codes WHERE expires_at > ? AND redeemed_at IS NULL \
+                 AND revoked_at IS NULL ORDER BY expires_at LIMIT ?"
+            ))
+            .bind(t(now))
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?
+        };
+        rows.iter().map(record).collect()
+    }
+
+    async fn failures(
+        &self,
+        subject: &Subject,
+        window_start: DateTime<Utc>,
+    ) -> Result<u32, StoreError> {
+        let n: Option<i64> = sqlx::query_scalar(
+            "SELECT failures FROM subject_failures WHERE subject = ? AND window_started_at > ?",
+        )
+        .bind(subject.as_str())
+        .bind(t(window_start))
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(n.unwrap_or(0).clamp(0, i64::from(u32::MAX)) as u32)
+    }
+
+    async fn record_failure(
+        &self,
+        subject: &Subject,
+        now: DateTime<Utc>,
+        window_start: DateTime<Utc>,
+    ) -> Result<u32, StoreError> {
+        let n: i64 = sqlx::query_scalar(
+            "INSERT INTO subject_failures (subject, failures, window_started_at) VALUES (?, 1, ?) \
+             ON CONFLICT (subject) DO UPDATE SET \
+               failures = CASE WHEN subject_failures.window_started_at <= ? THEN 1 ELSE subject_failures.failures + 1 END, \
+               window_started_at = CASE WHEN subject_failures.window_started_at <= ? \
+                                   THEN excluded.window_started_at ELSE subject_failures.window_started_at END \
+             RETURNING failures",
+        )
+        .bind(subject.as_str())
+        .bind(t(now))
+        .bind(t(window_start))
+        .bind(t(window_start))
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(n.clamp(0, i64::from(u32::MAX)) as u32)
+    }
+
+    async fn reset_failures(&self, subject: &Subject) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM subject_failures WHERE subject = ?")
+            .bind(subject.as_str())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -34,8 +34,10 @@ pub struct WorkerSettings {
     pub max_poll_interval: Duration,
     /// How expiry messages are written.
     pub encoding: MessageEncoding,
-    /// How often rows past their expiry are purged even without an expiry message; `None` never.
+    /// How often rows past their retention are deleted; `None` never.
     pub sweep_interval: Option<Duration>,
+    /// How long a row is kept after its expiry, for inspection (at least `code_ttl` is kept anyway).
+    pub retention: Duration,
 }
 
 impl Default for WorkerSettings {
@@ -51,6 +53,7 @@ impl Default for WorkerSettings {
             max_poll_interval: Duration::from_secs(1),
             encoding: MessageEncoding::Text,
             sweep_interval: Some(Duration::from_secs(60)),
+            retention: Duration::from_secs(24 * 3600),
         }
     }
 }
@@ -414,9 +417,13 @@ impl Worker {
                 _ = cancel.cancelled() => break,
                 _ = tokio::time::sleep(interval) => {}
             }
-            match self.store.purge_expired(Utc::now()).await {
+            // Revocations must outlive every activation they may still meet: at least one TTL.
+            let keep = self.settings.retention.max(self.settings.code_ttl);
+            let cutoff =
+                Utc::now() - chrono::Duration::from_std(keep).unwrap_or(chrono::Duration::MAX);
+            match self.store.purge(cutoff).await {
                 Ok(0) => {}
-                Ok(n) => tracing::info!(purged = n, "purged rows past their expiry"),
+                Ok(n) => tracing::info!(purged = n, "deleted rows past their retention"),
                 Err(e) => tracing::warn!(error = %e, "purge failed"),
             }
         }

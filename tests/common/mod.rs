@@ -124,11 +124,11 @@ pub async fn azure_queues_named(name: &str) -> Queues {
     }
 }
 
-/// A migrated SQLite database in its own temporary folder.
+/// A migrated database: SQLite in its own temporary folder, or a fresh PostgreSQL database.
 pub struct TestDb {
     pub database: Database,
     pub url: String,
-    _dir: TempDir,
+    _dir: Option<TempDir>,
 }
 
 /// A new SQLite database.
@@ -143,7 +143,40 @@ pub async fn sqlite() -> TestDb {
     TestDb {
         database,
         url,
-        _dir: dir,
+        _dir: Some(dir),
+    }
+}
+
+/// Set by `scripts/test.sh`: an administrator URL of the throwaway PostgreSQL server it started.
+const POSTGRES_ENV: &str = "CODEWATCH_TEST_POSTGRES_URL";
+
+/// A new, migrated PostgreSQL database on the test server.
+pub async fn postgres() -> TestDb {
+    let admin = std::env::var(POSTGRES_ENV).unwrap_or_else(|_| {
+        panic!("{POSTGRES_ENV} is not set: run the tests through scripts/test.sh")
+    });
+    let name = format!("t_{}", uuid::Uuid::new_v4().simple());
+    let pool = sqlx::PgPool::connect(&admin)
+        .await
+        .expect("connect to the test PostgreSQL server");
+    // A generated identifier, not input: CREATE DATABASE takes no bind parameters.
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    let mut url = url::Url::parse(&admin).unwrap();
+    url.set_path(&name);
+    let url = url.to_string();
+    let database = Database::open(&DatabaseArgs {
+        database_url: Secret::new(url.clone()),
+    })
+    .await
+    .unwrap();
+    TestDb {
+        database,
+        url,
+        _dir: None,
     }
 }
 
@@ -151,8 +184,8 @@ pub async fn sqlite() -> TestDb {
 pub fn embedded_queues(db: &Database) -> Queues {
     let name = queue_name();
     Queues {
-        main: db.embedded_queue(&name),
-        poison: db.embedded_queue(&poison_name(&name)),
+        main: db.embedded_queue(&name).unwrap(),
+        poison: db.embedded_queue(&poison_name(&name)).unwrap(),
         backend: "embedded",
     }
 }
@@ -211,8 +244,38 @@ pub async fn producer_with_timeout(
         number_api: client,
         queue,
         encoding,
+        verification: None,
     }))
     .await
+}
+
+/// The producer with the verification API on `store`, behind `api_key`.
+pub async fn producer_with_verification(
+    number_api_url: &str,
+    key: &str,
+    queue: SharedQueue,
+    store: codewatch::store::SharedStore,
+    api_key: &str,
+    throttle: codewatch::verify::Throttle,
+    rate: (f64, f64),
+) -> Server {
+    let client = NumberApiClient::new(
+        number_api_url.parse().unwrap(),
+        Secret::new(key),
+        Duration::from_secs(5),
+    );
+    let verification = codewatch::http::Verification {
+        verifier: codewatch::verify::Verifier::new(store, throttle),
+        api_key: Secret::new(api_key),
+        limiter: codewatch::http::rate_limit::RateLimiter::new(rate.0, rate.1),
+    };
+    let state = AppState {
+        number_api: client,
+        queue,
+        encoding: MessageEncoding::Text,
+        verification: Some(verification),
+    };
+    Server::start(http::router(state)).await
 }
 
 /// Polls `check` until it gives `Some`, or panics after `limit` saying what was awaited.

@@ -1,0 +1,174 @@
+//! `codewatch codes list | show | revoke | unlock`: SQL inspection for operators.
+
+use crate::backends::Database;
+use crate::code::Code;
+use crate::config::{CodesArgs, CodesCommand, OutputFormat};
+use crate::store::CodeRecord;
+use crate::subject::Subject;
+use crate::timestamp;
+use anyhow::{Context, Result, bail};
+use chrono::{DateTime, Utc};
+
+/// Runs a `codes` subcommand.
+pub async fn run(args: CodesArgs) -> Result<()> {
+    let store = Database::open(&args.database)
+        .await
+        .context("opening the database")?
+        .store();
+    let now = Utc::now();
+    match args.command {
+        CodesCommand::List { all, format, limit } => {
+            let records = store.list(all, now, limit).await?;
+            print!("{}", render(&records, format, now)?);
+        }
+        CodesCommand::Show { code } => {
+            let code = Code::parse(&code)?;
+            let records = store.records(&code).await?;
+            if records.is_empty() {
+                bail!("no issuance of {code} is recorded");
+            }
+            print!("{}", render(&records, OutputFormat::Table, now)?);
+        }
+        CodesCommand::Revoke { code } => {
+            let code = Code::parse(&code)?;
+            let revoked = store.revoke(&code, now).await?;
+            println!(
+                "{code}: revoked {revoked} valid issuance(s); any issued before now that is still on its way \
+                 through the queue is revoked on arrival"
+            );
+        }
+        CodesCommand::Unlock { subject } => {
+            let subject = Subject::parse(&subject)?;
+            store.reset_failures(&subject).await?;
+            println!("{subject}: failed checks forgotten");
+        }
+    }
+    Ok(())
+}
+
+fn time(t: Option<DateTime<Utc>>) -> String {
+    t.map(timestamp::format).unwrap_or_default()
+}
+
+const HEADER: [&str; 9] = [
+    "code",
+    "state",
+    "subject",
+    "issued_at",
+    "expires_at",
+    "activated_at",
+    "redeemed_at",
+    "revoked_at",
+    "issuance_id",
+];
+
+fn fields(r: &CodeRecord, now: DateTime<Utc>) -> [String; 9] {
+    [
+        r.code.to_string(),
+        r.state_at(now).to_owned(),
+        r.subject
+            .as_ref()
+            .map(ToString::to_string)
+            .unwrap_or_default(),
+        timestamp::format(r.issued_at),
+        timestamp::format(r.expires_at),
+        timestamp::format(r.activated_at),
+        time(r.redeemed_at),
+        time(r.revoked_at),
+        r.issuance_id.to_string(),
+    ]
+}
+
+/// Renders records as an aligned table, a JSON array, or CSV.
+fn render(records: &[CodeRecord], format: OutputFormat, now: DateTime<Utc>) -> Result<String> {
+    Ok(match format {
+        OutputFormat::Json => serde_json::to_string_pretty(records)? + "\n",
+        OutputFormat::Csv => {
+            let mut out = HEADER.join(",") + "\n";
+            for r in records {
+                out += &fields(r, now)
+                    .iter()
+                    .map(|f| csv_field(f))
+                    .collect::<Vec<_>>()
+                    .join(",");
+                out.push('\n');
+            }
+            out
+        }
+        OutputFormat::Table => {
+            let rows: Vec<[String; 9]> = records.iter().map(|r| fields(r, now)).collect();
+            let mut widths = HEADER.map(str::len);
+            for row in &rows {
+                for (w, f) in widths.iter_mut().zip(row) {
+                    *w = (*w).max(f.chars().count());
+                }
+            }
+            let line = |cells: &[String]| {
+                let padded: Vec<String> = cells
+                    .iter()
+                    .zip(widths)
+                    .map(|(c, w)| format!("{c:<w$}"))
+                    .collect();
+                padded.join("  ").trim_end().to_owned() + "\n"
+            };
+            let mut out = line(&HEADER.map(String::from));
+            for row in &rows {
+                out += &line(row);
+            }
+            out + &format!("({} rows)\n", rows.len())
+        }
+    })
+}
+
+fn csv_field(field: &str) -> String {
+    if field.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", field.replace('"', "\"\""))
+    } else {
+        field.to_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::IssuanceId;
+
+    fn record() -> CodeRecord {
+        let t = timestamp::parse("2026-11-28 09:10:52.123456").unwrap();
+        CodeRecord {
+            issuance_id: IssuanceId::from_string("id-1".into()),
+            code: Code::parse("ojE-161-pTv").unwrap(),
+            subject: Some(Subject::parse("bob, \"the\" user").unwrap()),
+            issued_at: t,
+            expires_at: t + chrono::Duration::seconds(600),
+            activated_at: t,
+            redeemed_at: None,
+            revoked_at: None,
+            expired_at: None,
+        }
+    }
+
+    #[test]
+    fn csv_quotes_fields_with_commas_and_quotes() {
+        let now = timestamp::parse("2026-11-28 09:11:00").unwrap();
+        let csv = render(&[record()], OutputFormat::Csv, now).unwrap();
+        let line = csv.lines().nth(1).unwrap();
+        assert!(
+            line.starts_with(
+                "ojE-161-pTv,valid,\"bob, \"\"the\"\" user\",2026-11-28 09:10:52.123456,"
+            ),
+            "{line}"
+        );
+    }
+
+    #[test]
+    fn table_and_json_carry_the_code_and_state() {
+        let later = timestamp::parse("2026-11-28 10:00:00").unwrap();
+        let table = render(&[record()], OutputFormat::Table, later).unwrap();
+        assert!(table.contains("ojE-161-pTv  expired"), "{table}");
+        assert!(table.ends_with("(1 rows)\n"));
+        let json: serde_json::Value =
+            serde_json::from_str(&render(&[record()], OutputFormat::Json, later).unwrap()).unwrap();
+        assert_eq!(json[0]["code"], "ojE-161-pTv");
+    }
+}

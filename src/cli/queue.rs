@@ -1,0 +1,116 @@
+//! `codewatch queue stats | peek | clear | requeue-poison`: the on-call engineer's view of the queue.
+
+use crate::backends::{Database, Queues};
+use crate::config::{QueueCommand, QueueToolArgs};
+use crate::message::CodeMessage;
+use crate::queue::SharedQueue;
+use crate::timestamp;
+use anyhow::{Context, Result, bail};
+use std::io::{BufRead, Write};
+use std::time::Duration;
+
+/// Runs a `queue` subcommand.
+pub async fn run(args: QueueToolArgs) -> Result<()> {
+    let database = Database::open(&args.database)
+        .await
+        .context("opening the database")?;
+    let queues = Queues::open(&args.queue, &database)
+        .await
+        .context("opening the queue")?;
+    match args.command {
+        QueueCommand::Stats => {
+            for queue in [&queues.main, &queues.poison] {
+                println!(
+                    "{:<40} ~{} messages",
+                    queue.name(),
+                    queue.approximate_len().await?
+                );
+            }
+        }
+        QueueCommand::Peek { count, poison } => {
+            peek(if poison { &queues.poison } else { &queues.main }, count).await?
+        }
+        QueueCommand::Clear { poison, yes } => {
+            let queue = if poison { &queues.poison } else { &queues.main };
+            if !yes && !confirm(&format!("Delete every message in {}?", queue.name()))? {
+                bail!("not cleared");
+            }
+            queue.clear().await?;
+            println!("{}: cleared", queue.name());
+        }
+        QueueCommand::RequeuePoison => {
+            let moved = requeue(&queues.poison, &queues.main).await?;
+            println!(
+                "moved {moved} message(s) from {} to {}",
+                queues.poison.name(),
+                queues.main.name()
+            );
+        }
+    }
+    Ok(())
+}
+
+async fn peek(queue: &SharedQueue, count: u32) -> Result<()> {
+    let messages = queue.peek(count).await?;
+    if messages.is_empty() {
+        println!(
+            "{}: no visible messages (re-armed expiry messages stay invisible until their time)",
+            queue.name()
+        );
+    }
+    for m in messages {
+        let what = match CodeMessage::decode(&m.body, m.inserted_at) {
+            Ok(CodeMessage::Activate(i)) => format!(
+                "activate {} issued {}{}",
+                i.code,
+                timestamp::format(i.issued_at),
+                i.subject.map(|s| format!(" for {s}")).unwrap_or_default()
+            ),
+            Ok(CodeMessage::Expire {
+                issuance,
+                expires_at,
+            }) => {
+                format!(
+                    "expire {} at {}",
+                    issuance.code,
+                    timestamp::format(expires_at)
+                )
+            }
+            Err(e) => format!(
+                "unusable ({e}): {:?}",
+                m.body.chars().take(200).collect::<String>()
+            ),
+        };
+        println!(
+            "{}  dequeued {}x  inserted {}  {what}",
+            m.message_id,
+            m.dequeue_count,
+            timestamp::format(m.inserted_at)
+        );
+    }
+    Ok(())
+}
+
+/// Moves every message from `from` to `to`: send the copy, then delete the original, so nothing is lost.
+pub async fn requeue(from: &SharedQueue, to: &SharedQueue) -> Result<usize> {
+    let mut moved = 0;
+    loop {
+        let batch = from.receive(32, Duration::from_secs(60)).await?;
+        if batch.is_empty() {
+            return Ok(moved);
+        }
+        for m in batch {
+            to.send(&m.body, Duration::ZERO).await?;
+            from.delete(&m.receipt).await?;
+            moved += 1;
+        }
+    }
+}
+
+fn confirm(question: &str) -> Result<bool> {
+    print!("{question} [y/N] ");
+    std::io::stdout().flush()?;
+    let mut answer = String::new();
+    std::io::stdin().lock().read_line(&mut answer)?;
+    Ok(matches!(answer.trim(), "y" | "Y" | "yes"))
+}

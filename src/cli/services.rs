@@ -1,0 +1,216 @@
+//! The long-running subcommands: `up`, `serve`, `worker`, `number-api`.
+
+use super::{display_database_url, spawn_http};
+use crate::backends::{Database, Queues};
+use crate::config::{
+    DatabaseArgs, NumberApiArgs, QueueArgs, ServeArgs, UpArgs, VerifyArgs, WorkerArgs, WorkerTuning,
+};
+use crate::http::rate_limit::RateLimiter;
+use crate::http::{self, AppState, Verification};
+use crate::message::MessageEncoding;
+use crate::number_api::{self, NumberApiClient};
+use crate::secret::Secret;
+use crate::shutdown;
+use crate::verify::{Throttle, Verifier};
+use crate::worker::Worker;
+use anyhow::{Context, Result};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+
+async fn bind(addr: SocketAddr, what: &str) -> Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding the {what} to {addr}"))
+}
+
+async fn open_backends(database: &DatabaseArgs, queue: &QueueArgs) -> Result<(Database, Queues)> {
+    let database = Database::open(database)
+        .await
+        .context("opening the database")?;
+    let queues = Queues::open(queue, &database)
+        .await
+        .context("opening the queue")?;
+    Ok((database, queues))
+}
+
+/// The number API from the flags, if an endpoint is given; then its key is required.
+fn configured_number_api(args: &ServeArgs) -> Result<Option<(url::Url, Secret)>> {
+    let Some(endpoint) = args.number_api.third_party_api_endpoint.clone() else {
+        return Ok(None);
+    };
+    let key = args
+        .number_api
+        .third_party_api_key
+        .clone()
+        .context("THIRD_PARTY_API_KEY is not set")?;
+    Ok(Some((endpoint, key)))
+}
+
+fn verification(
+    args: &VerifyArgs,
+    key: Option<Secret>,
+    database: &Database,
+) -> Option<Verification> {
+    let throttle = Throttle {
+        max_failures: args.verify_max_failed_checks,
+        window: Duration::from_secs(args.verify_lockout_window_seconds),
+    };
+    key.map(|api_key| Verification {
+        verifier: Verifier::new(database.store(), throttle),
+        api_key,
+        limiter: RateLimiter::new(
+            args.verify_rate_limit_per_second,
+            f64::from(args.verify_rate_limit_burst),
+        ),
+    })
+}
+
+fn app_state(
+    args: &ServeArgs,
+    endpoint: url::Url,
+    key: Secret,
+    verify_key: Option<Secret>,
+    database: &Database,
+    queues: &Queues,
+) -> AppState {
+    let timeout = Duration::from_millis(args.number_api.third_party_api_timeout_ms);
+    AppState {
+        number_api: NumberApiClient::new(endpoint, key, timeout),
+        queue: queues.main.clone(),
+        encoding: args.queue.message_encoding,
+        verification: verification(&args.verify, verify_key, database),
+    }
+}
+
+fn worker_from(
+    tuning: &WorkerTuning,
+    queues: &Queues,
+    database: &Database,
+    encoding: MessageEncoding,
+) -> Arc<Worker> {
+    Arc::new(Worker::new(
+        queues.main.clone(),
+        queues.poison.clone(),
+        database.store(),
+        tuning.settings(encoding),
+    ))
+}
+
+/// `codewatch serve`.
+pub async fn serve(args: ServeArgs) -> Result<()> {
+    let (endpoint, key) =
+        configured_number_api(&args)?.context("THIRD_PARTY_API_ENDPOINT is not set")?;
+    let (database, queues) = open_backends(&args.database, &args.queue).await?;
+    let cancel = shutdown::on_signal();
+    let verify_key = args.verify.verify_api_key.clone();
+    if verify_key.is_none() {
+        tracing::warn!("VERIFY_API_KEY is not set: the verification endpoints are off");
+    }
+    let state = app_state(&args, endpoint, key, verify_key, &database, &queues);
+    let listener = bind(args.listen, "producer").await?;
+    tracing::info!(addr = %listener.local_addr()?, queue = queues.main.name(), backend = queues.backend, "producer listening");
+    spawn_http(listener, http::router(state), cancel).await??;
+    Ok(())
+}
+
+/// `codewatch worker`.
+pub async fn worker(args: WorkerArgs) -> Result<()> {
+    let (database, queues) = open_backends(&args.database, &args.queue).await?;
+    let cancel = shutdown::on_signal();
+    tracing::info!(
+        queue = queues.main.name(),
+        backend = queues.backend,
+        ttl_s = args.tuning.code_ttl_seconds,
+        "worker started"
+    );
+    worker_from(
+        &args.tuning,
+        &queues,
+        &database,
+        args.queue.message_encoding,
+    )
+    .run(cancel)
+    .await;
+    tracing::info!("worker stopped");
+    Ok(())
+}
+
+/// `codewatch number-api`.
+pub async fn number_api(args: NumberApiArgs) -> Result<()> {
+    let cancel = shutdown::on_signal();
+    let listener = bind(args.listen, "number API").await?;
+    tracing::info!(addr = %listener.local_addr()?, "number API listening on /api/RandomNumber");
+    spawn_http(listener, number_api::router(args.key), cancel).await??;
+    Ok(())
+}
+
+/// `codewatch up`: the number API stand-in (unless an endpoint is configured), the producer and the worker.
+pub async fn up(args: UpArgs) -> Result<()> {
+    let cancel = shutdown::on_signal();
+    let serve_args = &args.serve;
+    let (endpoint, key, stand_in) = match configured_number_api(serve_args)? {
+        Some((endpoint, key)) => (endpoint, key, None),
+        None => {
+            let key = Secret::new(uuid::Uuid::new_v4().simple().to_string());
+            let listener = bind(SocketAddr::from(([127, 0, 0, 1], 0)), "number API").await?;
+            let addr = listener.local_addr()?;
+            let task = spawn_http(listener, number_api::router(key.clone()), cancel.clone());
+            let endpoint = url::Url::parse(&format!("http://{addr}/api/RandomNumber"))?;
+            (endpoint, key, Some(task))
+        }
+    };
+    let (verify_key, generated) = match &serve_args.verify.verify_api_key {
+        Some(key) => (key.clone(), false),
+        None => (Secret::new(uuid::Uuid::new_v4().simple().to_string()), true),
+    };
+    let (database, queues) = open_backends(&serve_args.database, &serve_args.queue).await?;
+    let state = app_state(
+        serve_args,
+        endpoint.clone(),
+        key,
+        Some(verify_key.clone()),
+        &database,
+        &queues,
+    );
+    let listener = bind(serve_args.listen, "producer").await?;
+    let producer_addr = listener.local_addr()?;
+    let producer = spawn_http(listener, http::router(state), cancel.clone());
+    let encoding = serve_args.queue.message_encoding;
+    let worker =
+        tokio::spawn(worker_from(&args.tuning, &queues, &database, encoding).run(cancel.clone()));
+
+    let stand_in_note = if stand_in.is_some() {
+        "  (in-process stand-in, random key)"
+    } else {
+        ""
+    };
+    // `up` is for a developer's machine: it prints the key it generated so that the checks can be tried.
+    let verify_note = if generated {
+        format!("  (generated key: {})", verify_key.expose())
+    } else {
+        String::new()
+    };
+    let banner = format!(
+        "codewatch is up (Ctrl-C to stop)\n\
+         \x20 number API  {endpoint}{stand_in_note}\n\
+         \x20 producer    http://{producer_addr}/api/v1/getcode\n\
+         \x20 verify      http://{producer_addr}/api/v1/codes/{{code}}{verify_note}\n\
+         \x20 worker      queue {} ({}), codes valid {} s\n\
+         \x20 database    {}  (SELECT * FROM active_codes;)\n",
+        queues.main.name(),
+        queues.backend,
+        args.tuning.code_ttl_seconds,
+        display_database_url(serve_args.database.database_url.expose()),
+    );
+    // A closed stdout must not stop the service.
+    let _ = std::io::Write::write_all(&mut std::io::stdout(), banner.as_bytes());
+
+    producer.await??;
+    worker.await?;
+    if let Some(task) = stand_in {
+        task.await??;
+    }
+    Ok(())
+}

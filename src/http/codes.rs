@@ -1,0 +1,141 @@
+//! `GET /api/v1/codes/{code}` and `POST /api/v1/codes/{code}/redeem`, for the sign-in service.
+
+use super::{ApiError, AppState};
+use crate::code::Code;
+use crate::store::CodeRecord;
+use crate::subject::Subject;
+use crate::verify::Verdict;
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+use utoipa::{IntoParams, ToSchema};
+
+/// The subject a check is for. Without it, only codes issued without a subject match.
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct SubjectQuery {
+    /// The user signing in, as given to `getcode?subject=`.
+    pub subject: Option<String>,
+}
+
+/// A valid code.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ValidCode {
+    /// The code, exactly as issued.
+    pub code: String,
+    /// Always `true`.
+    pub valid: bool,
+    /// The subject it is bound to, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
+    /// When it was issued (RFC 3339, UTC).
+    pub issued_at: DateTime<Utc>,
+    /// When it stops being valid (RFC 3339, UTC).
+    pub expires_at: DateTime<Utc>,
+    /// When it was consumed, for a redeem.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redeemed_at: Option<DateTime<Utc>>,
+}
+
+/// The one answer for a wrong, expired, redeemed, revoked or locked code.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct NotValid {
+    /// Always `false`.
+    pub valid: bool,
+}
+
+impl From<CodeRecord> for ValidCode {
+    fn from(r: CodeRecord) -> Self {
+        Self {
+            code: r.code.to_string(),
+            valid: true,
+            subject: r.subject.map(|s| s.to_string()),
+            issued_at: r.issued_at,
+            expires_at: r.expires_at,
+            redeemed_at: r.redeemed_at,
+        }
+    }
+}
+
+fn parse(code: &str, query: &SubjectQuery) -> Result<(Code, Option<Subject>), ApiError> {
+    let code = Code::parse(code).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let subject = query
+        .subject
+        .as_deref()
+        .map(Subject::parse)
+        .transpose()
+        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    Ok((code, subject))
+}
+
+fn answer(verdict: Verdict) -> Result<Json<ValidCode>, ApiError> {
+    match verdict {
+        Verdict::Valid(record) => Ok(Json(record.into())),
+        Verdict::Invalid(_) => Err(ApiError::NotValid),
+    }
+}
+
+fn verifier(state: &AppState) -> Result<&crate::verify::Verifier, ApiError> {
+    state
+        .verification
+        .as_ref()
+        .map(|v| &v.verifier)
+        .ok_or(ApiError::VerificationDisabled)
+}
+
+/// Is this code valid? Valid means issued, activated, before its expiry, not redeemed, not revoked.
+#[utoipa::path(
+    get,
+    path = "/api/v1/codes/{code}",
+    params(("code" = String, Path, description = "The code, e.g. ojE-161-pTv (case-sensitive)"), SubjectQuery),
+    responses(
+        (status = 200, description = "The code is valid", body = ValidCode),
+        (status = 404, description = "Not valid (wrong, expired, redeemed, revoked or locked: one answer)", body = NotValid),
+        (status = 400, description = "Not a well-formed code or subject", body = super::error::ErrorBody),
+        (status = 401, description = "Missing or wrong bearer key", body = super::error::ErrorBody),
+        (status = 429, description = "Too many requests from this client", body = super::error::ErrorBody),
+        (status = 503, description = "The verification API is off (no VERIFY_API_KEY)", body = super::error::ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn check(
+    State(state): State<Arc<AppState>>,
+    Path(code): Path<String>,
+    Query(query): Query<SubjectQuery>,
+) -> Result<Json<ValidCode>, ApiError> {
+    let (code, subject) = parse(&code, &query)?;
+    answer(
+        verifier(&state)?
+            .check(&code, subject.as_ref(), Utc::now())
+            .await?,
+    )
+}
+
+/// Consumes the code: of any number of concurrent redeems, exactly one gets 200.
+#[utoipa::path(
+    post,
+    path = "/api/v1/codes/{code}/redeem",
+    params(("code" = String, Path, description = "The code, e.g. ojE-161-pTv (case-sensitive)"), SubjectQuery),
+    responses(
+        (status = 200, description = "The code was valid and is now consumed", body = ValidCode),
+        (status = 404, description = "Not valid (wrong, expired, already redeemed, revoked or locked: one answer)", body = NotValid),
+        (status = 400, description = "Not a well-formed code or subject", body = super::error::ErrorBody),
+        (status = 401, description = "Missing or wrong bearer key", body = super::error::ErrorBody),
+        (status = 429, description = "Too many requests from this client", body = super::error::ErrorBody),
+        (status = 503, description = "The verification API is off (no VERIFY_API_KEY)", body = super::error::ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn redeem(
+    State(state): State<Arc<AppState>>,
+    Path(code): Path<String>,
+    Query(query): Query<SubjectQuery>,
+) -> Result<Json<ValidCode>, ApiError> {
+    let (code, subject) = parse(&code, &query)?;
+    answer(
+        verifier(&state)?
+            .redeem(&code, subject.as_ref(), Utc::now())
+            .await?,
+    )
+}

@@ -1,0 +1,310 @@
+//! The PostgreSQL store: `timestamptz` times, several workers (replicas) sharing one database.
+
+use super::{ActivateReport, Activation, CodeRecord, CodeStore, StoreError, subject_from};
+use crate::code::Code;
+use crate::message::IssuanceId;
+use crate::subject::Subject;
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
+use sqlx::{Postgres, QueryBuilder, Row};
+use std::time::Duration;
+
+/// The PostgreSQL migrations, embedded in the binary. sqlx takes an advisory lock while applying them,
+/// so replicas starting together are safe.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+
+/// Rows per INSERT; far below PostgreSQL's limit on bound parameters.
+const CHUNK: usize = 1000;
+
+macro_rules! columns {
+    () => {
+        "issuance_id, code, subject, issued_at, expires_at, activated_at, redeemed_at, revoked_at, expired_at"
+    };
+}
+
+macro_rules! valid_for {
+    () => {
+        "code = $1 AND subject IS NOT DISTINCT FROM $2 AND expires_at > $3 \
+         AND redeemed_at IS NULL AND revoked_at IS NULL"
+    };
+}
+
+/// Connects to PostgreSQL.
+pub async fn connect(url: &str) -> Result<PgPool, StoreError> {
+    Ok(PgPoolOptions::new()
+        .max_connections(10)
+        .acquire_timeout(Duration::from_secs(10))
+        .connect(url)
+        .await?)
+}
+
+/// Applies the embedded migrations.
+pub async fn migrate(pool: &PgPool) -> Result<(), StoreError> {
+    MIGRATOR.run(pool).await?;
+    Ok(())
+}
+
+/// The valid-codes table in PostgreSQL.
+#[derive(Clone, Debug)]
+pub struct PostgresStore {
+    pool: PgPool,
+}
+
+impl PostgresStore {
+    /// Wraps a migrated pool.
+    pub fn new(pool: PgPool) -> Self {
+        Self { pool }
+    }
+}
+
+fn record(row: &PgRow) -> Result<CodeRecord, StoreError> {
+    let code: String = row.try_get("code")?;
+    Ok(CodeRecord {
+        issuance_id: IssuanceId::from_string(row.try_get("issuance_id")?),
+        code: Code::parse(&code).map_err(|_| StoreError::Corrupt("code"))?,
+        subject: subject_from(row.try_get("subject")?)?,
+        issued_at: row.try_get("issued_at")?,
+        expires_at: row.try_get("expires_at")?,
+        activated_at: row.try_get("activated_at")?,
+        redeemed_at: row.try_get("redeemed_at")?,
+        revoked_at: row.try_get("revoked_at")?,
+        expired_at: row.try_get("expired_at")?,
+    })
+}
+
+const MARK_EXPIRED: &str = "UPDATE valid_codes SET expired_at = $1 \
+     WHERE expired_at IS NULL AND expires_at <= $1 AND issuance_id = ANY($2)";
+
+#[async_trait]
+impl CodeStore for PostgresStore {
+    async fn activate(
+        &self,
+        batch: &[Activation],
+        now: DateTime<Utc>,
+    ) -> Result<ActivateReport, StoreError> {
+        let (live, stale): (Vec<&Activation>, Vec<&Activation>) =
+            batch.iter().partition(|a| a.expires_at > now);
+        let mut report = ActivateReport {
+            stale: stale.len() as u64,
+            ..Default::default()
+        };
+        let mut tx = self.pool.begin().await?;
+        for chunk in live.chunks(CHUNK) {
+            let mut insert = QueryBuilder::<Postgres>::new(
+                "INSERT INTO valid_codes (issuance_id, code, subject, issued_at, expires_at, activated_at) ",
+            );
+            insert.push_values(chunk, |mut row, a| {
+                row.push_bind(a.issuance.id.as_str())
+                    .push_bind(a.issuance.code.as_str())
+                    .push_bind(a.issuance.subject.as_ref().map(|s| s.as_str()))
+                    .push_bind(a.issuance.issued_at)
+                    .push_bind(a.expires_at)
+                    .push_bind(now);
+            });
+            insert.push(" ON CONFLICT (issuance_id) DO NOTHING");
+            report.inserted += insert.build().execute(&mut *tx).await?.rows_affected();
+        }
+        report.duplicates = live.len() as u64 - report.inserted;
+        let live_ids: Vec<String> = live.iter().map(|a| a.issuance.id.to_string()).collect();
+        // An operator may have revoked the code while this activation was on its way.
+        sqlx::query(
+            "UPDATE valid_codes v SET revoked_at = r.revoked_at \
+             FROM (SELECT code, max(revoked_at) AS revoked_at FROM code_revocations GROUP BY code) r \
+             WHERE v.revoked_at IS NULL AND r.code = v.code AND r.revoked_at >= v.issued_at \
+               AND v.issuance_id = ANY($1)",
+        )
+        .bind(&live_ids)
+        .execute(&mut *tx)
+        .await?;
+        let stale_ids: Vec<String> = stale.iter().map(|a| a.issuance.id.to_string()).collect();
+        sqlx::query(MARK_EXPIRED)
+            .bind(now)
+            .bind(&stale_ids)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(report)
+    }
+
+    async fn expire(&self, ids: &[IssuanceId], now: DateTime<Utc>) -> Result<u64, StoreError> {
+        let ids: Vec<String> = ids.iter().map(IssuanceId::to_string).collect();
+        Ok(sqlx::query(MARK_EXPIRED)
+            .bind(now)
+            .bind(&ids)
+            .execute(&self.pool)
+            .await?
+            .rows_affected())
+    }
+
+    async fn purge(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let rows = sqlx::query("DELETE FROM valid_codes WHERE expires_at <= $1")
+            .bind(before)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        sqlx::query("DELETE FROM code_revocations WHERE revoked_at <= $1")
+            .bind(before)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(rows)
+    }
+
+    async fn find_valid(
+        &self,
+        code: &Code,
+        subject: Option<&Subject>,
+        now: DateTime<Utc>,
+    ) -> Result<Option<CodeRecord>, StoreError> {
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            columns!(),
+            " FROM valid_codes WHERE ",
+            valid_for!(),
+            " ORDER BY expires_at LIMIT 1"
+        ))
+        .bind(code.as_str())
+        .bind(subject.map(Subject::as_str))
+        .bind(now)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(record).transpose()
+    }
+
+    async fn redeem(
+        &self,
+        code: &Code,
+        subject: Option<&Subject>,
+        now: DateTime<Utc>,
+    ) -> Result<Option<CodeRecord>, StoreError> {
+        // A concurrent redeem of the same row waits for the first to commit, then re-checks
+        // `redeemed_at IS NULL` (READ COMMITTED) and misses.
+        let row = sqlx::query(concat!(
+            "UPDATE valid_codes SET redeemed_at = $3 WHERE redeemed_at IS NULL AND issuance_id = (SELECT issuance_id \
+             FROM valid_codes WHERE ",
+            valid_for!(),
+            " ORDER BY expires_at LIMIT 1) RETURNING ",
+            columns!()
+        ))
+        .bind(code.as_str())
+        .bind(subject.map(Subject::as_str))
+        .bind(now)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(record).transpose()
+    }
+
+    async fn revoke(&self, code: &Code, now: DateTime<Utc>) -> Result<u64, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("INSERT INTO code_revocations (code, revoked_at) VALUES ($1, $2)")
+            .bind(code.as_str())
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        let revoked = sqlx::query(
+            "UPDATE valid_codes SET revoked_at = $2 \
+             WHERE code = $1 AND revoked_at IS NULL AND issued_at <= $2 AND expires_at > $2",
+        )
+        .bind(code.as_str())
+        .bind(now)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        tx.commit().await?;
+        Ok(revoked)
+    }
+
+    async fn records(&self, code: &Code) -> Result<Vec<CodeRecord>, StoreError> {
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            columns!(),
+            " FROM valid_codes WHERE code = $1 ORDER BY issued_at DESC"
+        ))
+        .bind(code.as_str())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(record).collect()
+    }
+
+    async fn list(
+        &self,
+        all: bool,
+        now: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<CodeRecord>, StoreError> {
+        let rows = if all {
+            sqlx::query(concat!(
+                "SELECT ",
+                columns!(),
+                " FROM valid_codes ORDER BY issued_at DESC LIMIT $1"
+            ))
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?
+        } else {
+            sqlx::query(concat!(
+                "SELECT ",
+                columns!(),
+                " FROM valid_codes WHERE expires_at > $1 AND redeemed_at IS NULL AND revoked_at IS NULL \
+                 ORDER BY expires_at LIMIT $2"
+            ))
+            .bind(now)
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?
+        };
+        rows.iter().map(record).collect()
+    }
+
+    async fn failures(
+        &self,
+        subject: &Subject,
+        window_start: DateTime<Utc>,
+    ) -> Result<u32, StoreError> {
+        let n: Option<i32> = sqlx::query_scalar(
+            "SELECT failures FROM subject_failures WHERE subject = $1 AND window_started_at > $2",
+        )
+        .bind(subject.as_str())
+        .bind(window_start)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(n.unwrap_or(0).max(0) as u32)
+    }
+
+    async fn record_failure(
+        &self,
+        subject: &Subject,
+        now: DateTime<Utc>,
+        window_start: DateTime<Utc>,
+    ) -> Result<u32, StoreError> {
+        let n: i32 = sqlx::query_scalar(
+            "INSERT INTO subject_failures AS f (subject, failures, window_started_at) VALUES ($1, 1, $2) \
+             ON CONFLICT (subject) DO UPDATE SET \
+               failures = CASE WHEN f.window_started_at <= $3 THEN 1 ELSE f.failures + 1 END, \
+               window_started_at = CASE WHEN f.window_started_at <= $3 THEN excluded.window_started_at \
+                                   ELSE f.window_started_at END \
+             RETURNING failures",
+        )
+        .bind(subject.as_str())
+        .bind(now)
+        .bind(window_start)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(n.max(0) as u32)
+    }
+
+    async fn reset_failures(&self, subject: &Subject) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM subject_failures WHERE subject = $1")
+            .bind(subject.as_str())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+}
