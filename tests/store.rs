@@ -92,7 +92,10 @@ async fn an_activation_past_its_expiry_makes_nothing_valid_and_marks_a_leftover_
     store.activate(from_ref(&a), Utc::now()).await.unwrap();
     store.activate(from_ref(&a), late).await.unwrap();
     let rows = store.records(&a.issuance.code).await.unwrap();
-    assert_eq!(rows[0].expired_at.map(|t| t.timestamp_micros()), Some(late.timestamp_micros()));
+    assert_eq!(
+        rows[0].expired_at.map(|t| t.timestamp_micros()),
+        Some(late.timestamp_micros())
+    );
 }
 
 async fn expire_marks_only_rows_whose_time_has_come_and_is_idempotent(store: SharedStore) {
