@@ -5,56 +5,11 @@ mod common;
 
 use codewatch::queue::connection_string::DEV_ACCOUNT_KEY;
 use common::eventually;
+use common::process::{Proc, codewatch};
 use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
-
-const BIN: &str = env!("CARGO_BIN_EXE_codewatch");
-
-/// A child process that is stopped (SIGTERM) when dropped.
-struct Proc(Child);
-
-impl Proc {
-    fn terminate(&mut self) -> std::process::ExitStatus {
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.0.id().to_string())
-            .status();
-        let deadline = std::time::Instant::now() + Duration::from_secs(25);
-        loop {
-            if let Some(status) = self.0.try_wait().unwrap() {
-                return status;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "process did not stop after SIGTERM"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-    }
-}
-
-/// The binary with a clean environment: only what the test gives it.
-fn codewatch(dir: &Path, args: &[&str], env: &[(&str, String)], log: &str) -> Command {
-    let mut cmd = Command::new(BIN);
-    cmd.args(args)
-        .current_dir(dir)
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default());
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    cmd.stdin(Stdio::null())
-        .stderr(std::fs::File::create(dir.join(log)).unwrap());
-    cmd
-}
 
 async fn active_codes(db: &Path) -> Vec<String> {
     let url = format!("sqlite:{}", db.display());

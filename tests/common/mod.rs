@@ -2,6 +2,8 @@
 //! did), a SQLite database per test, a queue per test, and the producer on a free port.
 #![allow(dead_code)]
 
+pub mod process;
+
 use codewatch::backends::{Database, Queues};
 use codewatch::config::DatabaseArgs;
 use codewatch::http::{self, AppState};

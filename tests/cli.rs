@@ -1,0 +1,235 @@
+//! The operator and on-call commands, run as the real binary: `codes`, `queue`, `smoke`.
+
+mod common;
+
+use chrono::{Duration, Utc};
+use codewatch::code::Code;
+use codewatch::message::{CodeMessage, Issuance, IssuanceId, MessageEncoding};
+use codewatch::store::Activation;
+use codewatch::subject::Subject;
+use common::TestDb;
+use common::process::{Proc, codewatch, run};
+use std::io::{BufRead, BufReader};
+use std::process::{Output, Stdio};
+
+fn text(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn activation(
+    code: &str,
+    issued_secs_ago: i64,
+    ttl_secs: i64,
+    subject: Option<&str>,
+) -> Activation {
+    let issued_at = Utc::now() - Duration::seconds(issued_secs_ago);
+    Activation {
+        issuance: Issuance {
+            id: IssuanceId::random(),
+            code: Code::parse(code).unwrap(),
+            issued_at,
+            subject: subject.map(|s| Subject::parse(s).unwrap()),
+        },
+        expires_at: issued_at + Duration::seconds(ttl_secs),
+    }
+}
+
+async fn codes_list_show_revoke_and_unlock(db: TestDb) {
+    let store = db.database.store();
+    let valid = activation("Val-1-Idd", 10, 60, Some("alice"));
+    let expired = activation("Exp-2-Ird", 30, 20, None);
+    store
+        .activate(std::slice::from_ref(&valid), Utc::now())
+        .await
+        .unwrap();
+    store
+        .activate(std::slice::from_ref(&expired), expired.issuance.issued_at)
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let env = [("DATABASE_URL", db.url.clone())];
+    let codes = |args: &[&str]| run(dir.path(), &[&["codes"], args].concat(), &env, "");
+
+    let json: serde_json::Value =
+        serde_json::from_str(&text(&codes(&["list", "--format", "json"]))).unwrap();
+    assert_eq!(json.as_array().unwrap().len(), 1);
+    assert_eq!(
+        (json[0]["code"].as_str(), json[0]["subject"].as_str()),
+        (Some("Val-1-Idd"), Some("alice"))
+    );
+    let csv = text(&codes(&["list", "--all", "--format", "csv"]));
+    assert!(
+        csv.starts_with("code,state,subject,issued_at,expires_at"),
+        "{csv}"
+    );
+    assert!(
+        csv.contains("Val-1-Idd,valid,alice,") && csv.contains("Exp-2-Ird,expired,,"),
+        "{csv}"
+    );
+    let table = text(&codes(&["list"]));
+    assert!(
+        table.contains("Val-1-Idd") && !table.contains("Exp-2-Ird") && table.contains("(1 rows)"),
+        "{table}"
+    );
+
+    let shown = codes(&["show", "Exp-2-Ird"]);
+    assert!(shown.status.success() && text(&shown).contains("expired"));
+    assert!(!codes(&["show", "Non-3-Eee"]).status.success());
+    assert!(!codes(&["show", "not a code"]).status.success());
+
+    let revoked = codes(&["revoke", "Val-1-Idd"]);
+    assert!(
+        revoked.status.success() && text(&revoked).contains("revoked 1"),
+        "{}",
+        text(&revoked)
+    );
+    assert!(text(&codes(&["list"])).contains("(0 rows)"));
+    assert!(
+        text(&codes(&["revoke", "Val-1-Idd"])).contains("revoked 0"),
+        "idempotent"
+    );
+
+    let alice = Subject::parse("alice").unwrap();
+    let window = Utc::now() - Duration::hours(1);
+    store
+        .record_failure(&alice, Utc::now(), window)
+        .await
+        .unwrap();
+    assert!(codes(&["unlock", "alice"]).status.success());
+    assert_eq!(store.failures(&alice, window).await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn codes_commands_on_sqlite() {
+    codes_list_show_revoke_and_unlock(common::sqlite().await).await;
+}
+
+#[tokio::test]
+async fn codes_commands_on_postgres() {
+    codes_list_show_revoke_and_unlock(common::postgres().await).await;
+}
+
+#[tokio::test]
+async fn queue_stats_peek_clear_and_requeue_poison_on_azurite() {
+    let name = common::queue_name();
+    let queues = common::azure_queues_named(&name).await;
+    let issuance = Issuance {
+        id: IssuanceId::random(),
+        code: Code::parse("Pee-4-Kkk").unwrap(),
+        issued_at: Utc::now(),
+        subject: None,
+    };
+    let body = CodeMessage::Activate(issuance).encode(MessageEncoding::Base64);
+    for b in [body.as_str(), "garbage"] {
+        queues
+            .main
+            .send(b, std::time::Duration::ZERO)
+            .await
+            .unwrap();
+    }
+    for b in ["bad one", "bad two"] {
+        queues
+            .poison
+            .send(b, std::time::Duration::ZERO)
+            .await
+            .unwrap();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let env = [
+        (
+            "AZURE_STORAGE_CONNECTION_STRING",
+            common::connection_string(),
+        ),
+        ("STORAGE_QUEUE_NAME", name.clone()),
+        (
+            "DATABASE_URL",
+            format!("sqlite:{}", dir.path().join("q.db").display()),
+        ),
+    ];
+    let queue =
+        |args: &[&str], stdin: &str| run(dir.path(), &[&["queue"], args].concat(), &env, stdin);
+
+    let stats = text(&queue(&["stats"], ""));
+    assert!(
+        stats.contains(&format!("{name} ")) && stats.contains("~2 messages"),
+        "{stats}"
+    );
+    let peek = text(&queue(&["peek", "-n", "10"], ""));
+    assert!(peek.contains("activate Pee-4-Kkk issued"), "{peek}");
+    assert!(
+        peek.contains("unusable") && peek.contains("garbage"),
+        "{peek}"
+    );
+
+    let refused = queue(&["clear", "--poison"], "n\n");
+    assert!(!refused.status.success());
+    assert_eq!(
+        queues.poison.approximate_len().await.unwrap(),
+        2,
+        "nothing cleared without a yes"
+    );
+
+    let moved = queue(&["requeue-poison"], "");
+    assert!(text(&moved).contains("moved 2"), "{}", text(&moved));
+    assert_eq!(queues.poison.approximate_len().await.unwrap(), 0);
+    assert_eq!(queues.main.approximate_len().await.unwrap(), 4);
+
+    assert!(queue(&["clear", "--yes"], "").status.success());
+    assert_eq!(queues.main.approximate_len().await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn smoke_gets_a_code_from_a_running_serve_and_sees_it_become_valid() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = "smoke-test-key".to_owned();
+    let mut child = codewatch(
+        dir.path(),
+        &["up", "--listen", "127.0.0.1:0"],
+        &[("VERIFY_API_KEY", key.clone())],
+        "up.log",
+    )
+    .stdout(Stdio::piped())
+    .spawn()
+    .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut up = Proc(child);
+    let producer = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .find_map(|line| {
+            line.trim()
+                .strip_prefix("producer")
+                .map(|u| u.trim().trim_end_matches("/api/v1/getcode").to_owned())
+        })
+        .expect("up prints the producer's URL");
+    std::thread::spawn(move || lines.for_each(drop));
+
+    let smoke = run(
+        dir.path(),
+        &["smoke", "--url", &producer],
+        &[("VERIFY_API_KEY", key)],
+        "",
+    );
+    let out = text(&smoke);
+    assert!(
+        smoke.status.success(),
+        "{out}\n{}",
+        String::from_utf8_lossy(&smoke.stderr)
+    );
+    assert!(
+        out.contains("issued") && out.contains("valid    after"),
+        "{out}"
+    );
+
+    let wrong = run(
+        dir.path(),
+        &["smoke", "--url", &producer, "--timeout-seconds", "1"],
+        &[("VERIFY_API_KEY", "nope".into())],
+        "",
+    );
+    assert!(
+        !wrong.status.success(),
+        "a wrong key must fail the smoke test"
+    );
+    assert!(up.terminate().success());
+}
