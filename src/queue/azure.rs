@@ -112,7 +112,7 @@ impl AzureQueueFactory {
         };
         if let Some(sas) = &self.sas {
             client_options
-                .per_try_policies
+                .per_call_policies
                 .push(sas.clone() as Arc<dyn Policy>);
         }
         let options = QueueClientOptions {

@@ -21,7 +21,8 @@ const RENEW_BEFORE: Duration = Duration::minutes(15);
 /// Start a little in the past so that clock skew with the service does not reject a new token.
 const CLOCK_SKEW: Duration = Duration::minutes(15);
 
-/// An azure_core pipeline policy that appends a SAS to every request's query.
+/// An azure_core pipeline policy (per call, before the retry policy) that appends a SAS to every
+/// request's query.
 #[derive(Debug)]
 pub(super) struct SasPolicy {
     account: String,
@@ -105,7 +106,10 @@ impl Policy for SasPolicy {
     ) -> PolicyResult {
         let token = self.token()?;
         let url = request.url_mut();
+        // Appended once: a request that passes here again (a retry) must not carry the SAS twice, which
+        // the service reads as a different signature.
         let query = match url.query() {
+            Some(q) if q.contains(&token) => q.to_owned(),
             Some(q) if !q.is_empty() => format!("{q}&{token}"),
             _ => token,
         };

@@ -36,7 +36,7 @@ pub fn azurite_endpoint() -> &'static str {
 
 /// Starts Azurite's queue service from `tools/azurite` on a free loopback port, with disk persistence in
 /// a temporary folder; a watchdog stops it when this test process ends.
-fn start_azurite() -> String {
+pub fn start_azurite() -> String {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let bin = root.join("tools/azurite/node_modules/.bin/azurite-queue");
     assert!(
@@ -44,14 +44,20 @@ fn start_azurite() -> String {
         "Azurite is not installed: run scripts/test.sh (or npm ci --prefix tools/azurite)"
     );
     let port = free_port();
-    let dir = std::env::temp_dir().join(format!("codewatch-azurite-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!(
+        "codewatch-azurite-{}",
+        uuid::Uuid::new_v4().simple()
+    ));
     std::fs::create_dir_all(&dir).expect("azurite folder");
     let script = format!(
-        "{bin} --queueHost 127.0.0.1 --queuePort {port} --location {dir} --disableTelemetry --skipApiVersionCheck --silent & \
+        "{bin} --queueHost 127.0.0.1 --queuePort {port} --location {dir} --disableTelemetry --skipApiVersionCheck --silent {debug} & \
          child=$!; while kill -0 {parent} 2>/dev/null; do sleep 1; done; kill $child; rm -rf {dir}",
         bin = bin.display(),
         dir = dir.display(),
-        parent = std::process::id()
+        parent = std::process::id(),
+        debug = std::env::var("CODEWATCH_TEST_AZURITE_DEBUG")
+            .map(|f| format!("--debug {f}"))
+            .unwrap_or_default(),
     );
     // The watchdog shell outlives this function on purpose: it stops Azurite when this process exits.
     #[allow(clippy::zombie_processes)]
@@ -84,6 +90,13 @@ fn wait_for_port(port: u16, limit: Duration) {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// The connection string of the Azurite at `endpoint`.
+pub fn connection_string_at(endpoint: &str) -> String {
+    format!(
+        "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey={DEV_ACCOUNT_KEY};QueueEndpoint={endpoint};"
+    )
 }
 
 /// The Azurite connection string with the given account key.
