@@ -180,3 +180,25 @@ both!(
     bodies_with_markup_quotes_and_unicode_survive,
     the_poison_queue_is_a_separate_queue,
 );
+
+#[tokio::test]
+async fn a_queue_url_carrying_a_sas_works_without_a_key_or_credential() {
+    use codewatch::queue::azure::AzureQueueFactory;
+    use codewatch::queue::connection_string::ConnectionString;
+    let name = common::queue_name();
+    let keyed = common::azure_queues_named(&name).await;
+    let cs = ConnectionString::parse(&common::connection_string()).unwrap();
+    let sas = codewatch::queue::sas::account_sas_for(&cs, chrono::Duration::hours(1)).unwrap();
+    let url = format!("{}/{name}?{}", common::azurite_endpoint(), sas.expose());
+    let factory =
+        AzureQueueFactory::from_queue_url(&url, || panic!("a SAS URL needs no credential"))
+            .unwrap();
+    assert_eq!(factory.default_queue(), Some(name.as_str()));
+    let queue = factory.queue(&name).unwrap();
+    use codewatch::queue::MessageQueue;
+    queue.send("via sas", Duration::ZERO).await.unwrap();
+    assert_eq!(
+        keyed.main.receive(1, LONG).await.unwrap()[0].body,
+        "via sas"
+    );
+}

@@ -4,7 +4,7 @@
 pub mod azure;
 pub mod connection_string;
 pub mod embedded;
-mod sas;
+pub mod sas;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};

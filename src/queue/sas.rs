@@ -1,7 +1,7 @@
 //! Signs requests with an account SAS made from the account key, since the official queue crate has no
 //! shared-key support. The token is short-lived and re-signed before it expires.
 
-use super::connection_string::Authorization;
+use super::connection_string::{Authorization, ConnectionString};
 use async_trait::async_trait;
 use azure_core::http::policies::{Policy, PolicyResult};
 use azure_core::http::{Context, Request};
@@ -24,14 +24,14 @@ const CLOCK_SKEW: Duration = Duration::minutes(15);
 /// An azure_core pipeline policy (per call, before the retry policy) that appends a SAS to every
 /// request's query.
 #[derive(Debug)]
-pub(super) struct SasPolicy {
+pub(crate) struct SasPolicy {
     account: String,
     authorization: Authorization,
     cached: Mutex<Option<(DateTime<Utc>, String)>>,
 }
 
 impl SasPolicy {
-    pub(super) fn new(account: String, authorization: Authorization) -> Arc<Self> {
+    pub(crate) fn new(account: String, authorization: Authorization) -> Arc<Self> {
         Arc::new(Self {
             account,
             authorization,
@@ -62,6 +62,27 @@ impl SasPolicy {
         *cached = Some((expiry, token.clone()));
         Ok(token)
     }
+}
+
+/// A queue-service account SAS (a query string) signed with the connection string's account key, valid
+/// from a little before now for `lifetime`: for handing a SAS URL (`STORAGE_QUEUE_URL=…?<sas>`) to a
+/// process that must not hold the key.
+pub fn account_sas_for(
+    cs: &ConnectionString,
+    lifetime: Duration,
+) -> Result<crate::secret::Secret, super::QueueError> {
+    let Authorization::AccountKey(key) = &cs.authorization else {
+        return Err(super::QueueError::Config(
+            "the connection string has no AccountKey to sign with".into(),
+        ));
+    };
+    let key = BASE64
+        .decode(key.expose())
+        .map_err(|_| super::QueueError::Config("the account key is not base64".into()))?;
+    let now = Utc::now();
+    account_sas(&cs.account, &key, now - CLOCK_SKEW, now + lifetime)
+        .map(crate::secret::Secret::new)
+        .map_err(|_| super::QueueError::Config("the account key cannot sign".into()))
 }
 
 fn sas_error(message: &'static str) -> azure_core::Error {
