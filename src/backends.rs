@@ -1,7 +1,7 @@
 //! Opens the database and the queue the configuration names, once, at start.
 
 use crate::config::{DatabaseArgs, QueueArgs};
-use crate::identity;
+use crate::identity::AzureAuth;
 use crate::queue::azure::AzureQueueFactory;
 use crate::queue::connection_string::ConnectionString;
 use crate::queue::embedded::EmbeddedQueue;
@@ -82,16 +82,19 @@ pub struct Queues {
 }
 
 impl Queues {
-    /// Opens the queues the arguments name: the URL, else the connection string, else the embedded queue.
-    pub async fn open(args: &QueueArgs, database: &Database) -> Result<Self, StartupError> {
+    /// Opens the queues the arguments name: the URL (with `auth`'s credential unless it carries a SAS),
+    /// else the connection string, else the embedded queue.
+    pub async fn open(
+        args: &QueueArgs,
+        database: &Database,
+        auth: &AzureAuth,
+    ) -> Result<Self, StartupError> {
         let (main, poison, backend): (SharedQueue, SharedQueue, _) = if let Some(url) =
             &args.storage_queue_url
         {
             let factory = AzureQueueFactory::from_queue_url(url.expose(), || {
-                let (kind, credential) =
-                    identity::from_environment().map_err(|e| QueueError::Config(e.to_string()))?;
-                tracing::info!(credential = ?kind, "authenticating to Azure Storage with Entra ID");
-                Ok(credential)
+                auth.credential()
+                    .map_err(|e| QueueError::NoIdentity(e.to_string()))
             })?;
             let name = factory
                 .default_queue()

@@ -1,6 +1,7 @@
 //! Command-line flags; every flag is also an environment variable. Secrets are [`Secret`]s and their
 //! environment values are hidden from `--help`.
 
+use crate::identity::CredentialChoice;
 use crate::message::MessageEncoding;
 use crate::secret::Secret;
 use crate::worker::WorkerSettings;
@@ -193,6 +194,9 @@ pub struct QueueArgs {
     /// How messages are written: `text` (as the Python SDK) or `base64` (for Azure Functions). Reading detects both.
     #[arg(long, env = "MESSAGE_ENCODING", value_enum, default_value_t = MessageEncoding::Text)]
     pub message_encoding: MessageEncoding,
+    /// Which Entra ID credential to use with STORAGE_QUEUE_URL and Key Vault (`auto` picks from the environment).
+    #[arg(long, env = "AZURE_CREDENTIAL_KIND", value_enum, default_value_t = CredentialChoice::Auto)]
+    pub azure_credential: CredentialChoice,
 }
 
 /// The third-party random-number API, as `serve` calls it.
@@ -204,6 +208,30 @@ pub struct NumberApiClientArgs {
     /// The function key sent in `x-functions-key`.
     #[arg(long, env = "THIRD_PARTY_API_KEY", hide_env_values = true)]
     pub third_party_api_key: Option<Secret>,
+    /// A file holding the function key, such as a mounted secret (used when THIRD_PARTY_API_KEY is unset).
+    #[arg(long, env = "THIRD_PARTY_API_KEY_FILE")]
+    pub third_party_api_key_file: Option<std::path::PathBuf>,
+    /// Key Vault holding the function key, e.g. `https://my-vault.vault.azure.net/` (used when neither of the above is set).
+    #[arg(long, env = "KEY_VAULT_URL")]
+    pub key_vault_url: Option<url::Url>,
+    /// Name of the Key Vault secret holding the function key.
+    #[arg(
+        long,
+        env = "THIRD_PARTY_API_SECRET_NAME",
+        default_value = "third-party-api-key"
+    )]
+    pub third_party_api_secret_name: String,
+    /// Require Key Vault's authentication challenge to name the vault's own domain; turn off only for a
+    /// vault outside `*.vault.azure.net`, such as a local stand-in.
+    #[arg(long, env = "KEY_VAULT_VERIFY_CHALLENGE_RESOURCE", default_value_t = true, action = clap::ArgAction::Set)]
+    pub key_vault_verify_challenge_resource: bool,
+    /// Shortest time between two reads of the key after the API refused it (a rotation), in seconds.
+    #[arg(
+        long,
+        env = "THIRD_PARTY_API_KEY_REFRESH_SECONDS",
+        default_value_t = 60
+    )]
+    pub third_party_api_key_refresh_seconds: u64,
     /// How long to wait for the API, in milliseconds.
     #[arg(long, env = "THIRD_PARTY_API_TIMEOUT_MS", default_value_t = 5000)]
     pub third_party_api_timeout_ms: u64,

@@ -8,6 +8,7 @@ pub mod backends;
 pub mod cli;
 pub mod code;
 pub mod config;
+pub mod function_key;
 pub mod http;
 pub mod identity;
 pub mod message;

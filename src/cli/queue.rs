@@ -14,7 +14,8 @@ pub async fn run(args: QueueToolArgs) -> Result<()> {
     let database = Database::open(&args.database)
         .await
         .context("opening the database")?;
-    let queues = Queues::open(&args.queue, &database)
+    let auth = crate::identity::AzureAuth::new(args.queue.azure_credential);
+    let queues = Queues::open(&args.queue, &database, &auth)
         .await
         .context("opening the queue")?;
     match args.command {

@@ -5,8 +5,10 @@ use crate::backends::{Database, Queues};
 use crate::config::{
     DatabaseArgs, NumberApiArgs, QueueArgs, ServeArgs, UpArgs, VerifyArgs, WorkerArgs, WorkerTuning,
 };
+use crate::function_key::{FunctionKey, KeyError, KeySource};
 use crate::http::rate_limit::RateLimiter;
 use crate::http::{self, AppState, Verification};
+use crate::identity::AzureAuth;
 use crate::message::MessageEncoding;
 use crate::number_api::{self, NumberApiClient};
 use crate::secret::Secret;
@@ -25,26 +27,52 @@ async fn bind(addr: SocketAddr, what: &str) -> Result<TcpListener> {
         .with_context(|| format!("binding the {what} to {addr}"))
 }
 
-async fn open_backends(database: &DatabaseArgs, queue: &QueueArgs) -> Result<(Database, Queues)> {
+async fn open_backends(
+    database: &DatabaseArgs,
+    queue: &QueueArgs,
+    auth: &AzureAuth,
+) -> Result<(Database, Queues)> {
     let database = Database::open(database)
         .await
         .context("opening the database")?;
-    let queues = Queues::open(queue, &database)
+    let queues = Queues::open(queue, &database, auth)
         .await
         .context("opening the queue")?;
     Ok((database, queues))
 }
 
+/// Where the function key comes from, in order: THIRD_PARTY_API_KEY, THIRD_PARTY_API_KEY_FILE, Key Vault.
+fn key_source(args: &ServeArgs, auth: &AzureAuth) -> Result<KeySource, KeyError> {
+    let n = &args.number_api;
+    if let Some(key) = &n.third_party_api_key {
+        return Ok(KeySource::Literal(key.clone()));
+    }
+    if let Some(path) = &n.third_party_api_key_file {
+        return Ok(KeySource::File(path.clone()));
+    }
+    match &n.key_vault_url {
+        Some(vault) => KeySource::key_vault(
+            vault.as_str(),
+            &n.third_party_api_secret_name,
+            auth,
+            n.key_vault_verify_challenge_resource,
+        ),
+        None => Err(KeyError::Missing),
+    }
+}
+
 /// The number API from the flags, if an endpoint is given; then its key is required.
-fn configured_number_api(args: &ServeArgs) -> Result<Option<(url::Url, Secret)>> {
+async fn configured_number_api(
+    args: &ServeArgs,
+    auth: &AzureAuth,
+) -> Result<Option<(url::Url, Arc<FunctionKey>)>> {
     let Some(endpoint) = args.number_api.third_party_api_endpoint.clone() else {
         return Ok(None);
     };
-    let key = args
-        .number_api
-        .third_party_api_key
-        .clone()
-        .context("THIRD_PARTY_API_KEY is not set")?;
+    let interval = Duration::from_secs(args.number_api.third_party_api_key_refresh_seconds);
+    let key = FunctionKey::load(key_source(args, auth)?, interval)
+        .await
+        .context("reading the function key")?;
     Ok(Some((endpoint, key)))
 }
 
@@ -70,7 +98,7 @@ fn verification(
 fn app_state(
     args: &ServeArgs,
     endpoint: url::Url,
-    key: Secret,
+    key: Arc<FunctionKey>,
     verify_key: Option<Secret>,
     database: &Database,
     queues: &Queues,
@@ -100,9 +128,11 @@ fn worker_from(
 
 /// `codewatch serve`.
 pub async fn serve(args: ServeArgs) -> Result<()> {
-    let (endpoint, key) =
-        configured_number_api(&args)?.context("THIRD_PARTY_API_ENDPOINT is not set")?;
-    let (database, queues) = open_backends(&args.database, &args.queue).await?;
+    let auth = AzureAuth::new(args.queue.azure_credential);
+    let (endpoint, key) = configured_number_api(&args, &auth)
+        .await?
+        .context("THIRD_PARTY_API_ENDPOINT is not set")?;
+    let (database, queues) = open_backends(&args.database, &args.queue, &auth).await?;
     let cancel = shutdown::on_signal();
     let verify_key = args.verify.verify_api_key.clone();
     if verify_key.is_none() {
@@ -117,7 +147,8 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
 
 /// `codewatch worker`.
 pub async fn worker(args: WorkerArgs) -> Result<()> {
-    let (database, queues) = open_backends(&args.database, &args.queue).await?;
+    let auth = AzureAuth::new(args.queue.azure_credential);
+    let (database, queues) = open_backends(&args.database, &args.queue, &auth).await?;
     let cancel = shutdown::on_signal();
     tracing::info!(
         queue = queues.main.name(),
@@ -150,7 +181,8 @@ pub async fn number_api(args: NumberApiArgs) -> Result<()> {
 pub async fn up(args: UpArgs) -> Result<()> {
     let cancel = shutdown::on_signal();
     let serve_args = &args.serve;
-    let (endpoint, key, stand_in) = match configured_number_api(serve_args)? {
+    let auth = AzureAuth::new(serve_args.queue.azure_credential);
+    let (endpoint, key, stand_in) = match configured_number_api(serve_args, &auth).await? {
         Some((endpoint, key)) => (endpoint, key, None),
         None => {
             let key = Secret::new(uuid::Uuid::new_v4().simple().to_string());
@@ -158,14 +190,14 @@ pub async fn up(args: UpArgs) -> Result<()> {
             let addr = listener.local_addr()?;
             let task = spawn_http(listener, number_api::router(key.clone()), cancel.clone());
             let endpoint = url::Url::parse(&format!("http://{addr}/api/RandomNumber"))?;
-            (endpoint, key, Some(task))
+            (endpoint, FunctionKey::fixed(key), Some(task))
         }
     };
     let (verify_key, generated) = match &serve_args.verify.verify_api_key {
         Some(key) => (key.clone(), false),
         None => (Secret::new(uuid::Uuid::new_v4().simple().to_string()), true),
     };
-    let (database, queues) = open_backends(&serve_args.database, &serve_args.queue).await?;
+    let (database, queues) = open_backends(&serve_args.database, &serve_args.queue, &auth).await?;
     let state = app_state(
         serve_args,
         endpoint.clone(),

@@ -1,9 +1,10 @@
 //! Calls the random-number API with its function key, with a timeout.
 
 use super::KEY_HEADER;
-use crate::secret::Secret;
+use crate::function_key::FunctionKey;
 use reqwest::StatusCode;
 use serde::Deserialize;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// The largest number accepted from the API, so a code stays within the code format.
@@ -36,13 +37,13 @@ struct NumberBody {
 pub struct NumberApiClient {
     http: reqwest::Client,
     endpoint: url::Url,
-    key: Secret,
+    key: Arc<FunctionKey>,
     timeout: Duration,
 }
 
 impl NumberApiClient {
     /// A client for `endpoint` that sends `key` in `x-functions-key` and waits at most `timeout`.
-    pub fn new(endpoint: url::Url, key: Secret, timeout: Duration) -> Self {
+    pub fn new(endpoint: url::Url, key: Arc<FunctionKey>, timeout: Duration) -> Self {
         Self {
             http: reqwest::Client::new(),
             endpoint,
@@ -52,16 +53,17 @@ impl NumberApiClient {
     }
 
     /// Asks for one random number, as the sample does: `GET` with the key and `Content-Type: application/json`.
+    /// A 401 or 403 means the key may have been rotated: the key is read again (at most once per its
+    /// interval) and, if it changed, the request is tried once more.
     pub async fn random_number(&self) -> Result<u32, NumberApiError> {
-        let response = self
-            .http
-            .get(self.endpoint.clone())
-            .header(KEY_HEADER, self.key.expose())
-            .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .timeout(self.timeout)
-            .send()
-            .await
-            .map_err(|e| self.classify(&e))?;
+        let mut response = self.call().await?;
+        if matches!(
+            response.status(),
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN
+        ) && self.key.reread_after_refusal().await
+        {
+            response = self.call().await?;
+        }
         if response.status() != StatusCode::OK {
             return Err(NumberApiError::Status(response.status().as_u16()));
         }
@@ -77,6 +79,17 @@ impl NumberApiClient {
             .filter(|n| *n <= MAX_NUMBER)
             .and_then(|n| u32::try_from(n).ok())
             .ok_or(NumberApiError::Garbage)
+    }
+
+    async fn call(&self) -> Result<reqwest::Response, NumberApiError> {
+        self.http
+            .get(self.endpoint.clone())
+            .header(KEY_HEADER, self.key.current().expose())
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .timeout(self.timeout)
+            .send()
+            .await
+            .map_err(|e| self.classify(&e))
     }
 
     fn classify(&self, e: &reqwest::Error) -> NumberApiError {

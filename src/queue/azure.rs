@@ -124,6 +124,7 @@ impl AzureQueueFactory {
         Ok(AzureQueue {
             name: name.to_owned(),
             client,
+            entra: self.credential.is_some(),
         })
     }
 }
@@ -132,51 +133,71 @@ impl AzureQueueFactory {
 pub struct AzureQueue {
     name: String,
     client: QueueClient,
+    /// Whether requests carry Entra ID tokens (then 401/403 means the token or its role).
+    entra: bool,
 }
 
 fn clean(e: &azure_core::Error) -> String {
     redact_url_secrets(&e.to_string())
 }
 
-fn map_error(e: azure_core::Error) -> QueueError {
+/// The service's `<Message>` from an error body, first line only: it says why, and holds no secret.
+fn service_message(e: &azure_core::Error) -> Option<String> {
+    let azure_core::error::ErrorKind::HttpResponse {
+        raw_response: Some(raw),
+        ..
+    } = e.kind()
+    else {
+        return None;
+    };
+    let body = String::from_utf8_lossy(raw.body());
+    let start = body.find("<Message>")? + "<Message>".len();
+    let end = body[start..].find("</Message>")? + start;
+    body[start..end].lines().next().map(|l| l.trim().to_owned())
+}
+
+fn map_error(e: azure_core::Error, entra: bool) -> QueueError {
     use azure_core::error::ErrorKind;
     match e.kind() {
         ErrorKind::HttpResponse {
             status, error_code, ..
         } => {
             let code = error_code.clone();
+            let http = u16::from(*status);
             let gone = *status == StatusCode::NotFound
                 && matches!(code.as_deref(), Some("MessageNotFound") | None)
                 || matches!(code.as_deref(), Some("PopReceiptMismatch"));
             if gone {
                 QueueError::MessageGone
-            } else if u16::from(*status) >= 500
+            } else if http >= 500
                 || *status == StatusCode::TooManyRequests
                 || *status == StatusCode::RequestTimeout
             {
                 QueueError::Unavailable(format!(
-                    "HTTP {}{}",
-                    u16::from(*status),
+                    "HTTP {http}{}",
                     code.map(|c| format!(" ({c})")).unwrap_or_default()
                 ))
-            } else {
-                QueueError::Refused {
-                    status: u16::from(*status),
+            } else if entra && (http == 401 || http == 403) {
+                QueueError::TokenRefused {
+                    status: http,
                     code,
+                    detail: service_message(&e),
                 }
+            } else {
+                QueueError::Refused { status: http, code }
             }
         }
-        ErrorKind::Credential => QueueError::Refused {
-            status: 401,
-            code: Some(format!("credential: {}", clean(&e))),
-        },
+        ErrorKind::Credential => QueueError::NoIdentity(clean(&e)),
         _ => QueueError::Unavailable(clean(&e)),
     }
 }
 
-async fn bounded<T>(op: impl Future<Output = azure_core::Result<T>>) -> Result<T, QueueError> {
+async fn bounded<T>(
+    entra: bool,
+    op: impl Future<Output = azure_core::Result<T>>,
+) -> Result<T, QueueError> {
     match tokio::time::timeout(OPERATION_TIMEOUT, op).await {
-        Ok(result) => result.map_err(map_error),
+        Ok(result) => result.map_err(|e| map_error(e, entra)),
         Err(_) => Err(QueueError::Unavailable(format!(
             "no answer within {OPERATION_TIMEOUT:?}"
         ))),
@@ -199,7 +220,15 @@ impl MessageQueue for AzureQueue {
     }
 
     async fn ensure_exists(&self) -> Result<(), QueueError> {
-        match bounded(self.client.create(None)).await {
+        match bounded(self.entra, self.client.create(None)).await {
+            // With least privilege (Message Sender / Processor) the app may not create queues: the
+            // deployment does. A missing queue then shows on the first send or receive.
+            Err(QueueError::TokenRefused {
+                code: Some(code), ..
+            }) if code == "AuthorizationPermissionMismatch" => {
+                tracing::debug!(queue = %self.name, "not allowed to create the queue; assuming it exists");
+                Ok(())
+            }
             Ok(_) => Ok(()),
             Err(QueueError::Refused { status: 409, .. }) => Ok(()),
             Err(e) => Err(e),
@@ -219,7 +248,7 @@ impl MessageQueue for AzureQueue {
             message_time_to_live: Some(-1),
             ..Default::default()
         };
-        bounded(self.client.send_message(content, Some(options)))
+        bounded(self.entra, self.client.send_message(content, Some(options)))
             .await
             .map(|_| ())
     }
@@ -230,7 +259,7 @@ impl MessageQueue for AzureQueue {
             visibility_timeout: Some(seconds(lease).max(1)),
             ..Default::default()
         };
-        let response = bounded(self.client.receive_messages(Some(options))).await?;
+        let response = bounded(self.entra, self.client.receive_messages(Some(options))).await?;
         let model = response
             .into_model()
             .map_err(|e| QueueError::Unavailable(clean(&e)))?;
@@ -255,6 +284,7 @@ impl MessageQueue for AzureQueue {
 
     async fn delete(&self, receipt: &Receipt) -> Result<(), QueueError> {
         bounded(
+            self.entra,
             self.client
                 .delete_message(&receipt.message_id, &receipt.pop_receipt, None),
         )
@@ -269,7 +299,7 @@ impl MessageQueue for AzureQueue {
             seconds(visible_after),
             None,
         );
-        bounded(op).await.map(|_| ())
+        bounded(self.entra, op).await.map(|_| ())
     }
 
     async fn peek(&self, max: u32) -> Result<Vec<PeekedMessage>, QueueError> {
@@ -277,7 +307,7 @@ impl MessageQueue for AzureQueue {
             number_of_messages: Some(max.clamp(1, 32) as i32),
             ..Default::default()
         };
-        let response = bounded(self.client.peek_messages(Some(options))).await?;
+        let response = bounded(self.entra, self.client.peek_messages(Some(options))).await?;
         let model = response
             .into_model()
             .map_err(|e| QueueError::Unavailable(clean(&e)))?;
@@ -295,7 +325,7 @@ impl MessageQueue for AzureQueue {
     }
 
     async fn approximate_len(&self) -> Result<u64, QueueError> {
-        let response = bounded(self.client.get_properties(None)).await?;
+        let response = bounded(self.entra, self.client.get_properties(None)).await?;
         let count = response
             .approximate_messages_count()
             .map_err(|e| QueueError::Unavailable(clean(&e)))?;
@@ -303,6 +333,8 @@ impl MessageQueue for AzureQueue {
     }
 
     async fn clear(&self) -> Result<(), QueueError> {
-        bounded(self.client.clear(None)).await.map(|_| ())
+        bounded(self.entra, self.client.clear(None))
+            .await
+            .map(|_| ())
     }
 }

@@ -63,6 +63,25 @@ pub enum QueueError {
         /// The storage error code, such as `AuthenticationFailed`.
         code: Option<String>,
     },
+    /// The service refused this app's Entra ID token: wrong audience, expired, or a missing role.
+    #[error(
+        "Azure Storage refused this app's Entra ID token (HTTP {status}{}{}): the token must be for \
+         https://storage.azure.com, and the identity needs the role 'Storage Queue Data Message Sender' (serve) \
+         or 'Storage Queue Data Message Processor' (worker) on the queue",
+        code.as_deref().map(|c| format!(" {c}")).unwrap_or_default(),
+        detail.as_deref().map(|d| format!(": {d}")).unwrap_or_default()
+    )]
+    TokenRefused {
+        /// The HTTP status (401 or 403).
+        status: u16,
+        /// The storage error code, such as `AuthenticationFailed` or `AuthorizationPermissionMismatch`.
+        code: Option<String>,
+        /// The service's explanation, such as `Invalid token audience.`.
+        detail: Option<String>,
+    },
+    /// No Entra ID token could be had: no identity is available here.
+    #[error("no token for Azure Storage: {0}")]
+    NoIdentity(String),
     /// The service could not be reached or failed; worth retrying later.
     #[error("queue service unavailable: {0}")]
     Unavailable(String),

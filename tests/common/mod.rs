@@ -254,7 +254,11 @@ pub async fn producer_with_timeout(
     encoding: MessageEncoding,
     timeout: Duration,
 ) -> Server {
-    let client = NumberApiClient::new(number_api_url.parse().unwrap(), Secret::new(key), timeout);
+    let client = NumberApiClient::new(
+        number_api_url.parse().unwrap(),
+        codewatch::function_key::FunctionKey::fixed(Secret::new(key)),
+        timeout,
+    );
     Server::start(http::router(AppState {
         number_api: client,
         queue,
@@ -276,7 +280,7 @@ pub async fn producer_with_verification(
 ) -> Server {
     let client = NumberApiClient::new(
         number_api_url.parse().unwrap(),
-        Secret::new(key),
+        codewatch::function_key::FunctionKey::fixed(Secret::new(key)),
         Duration::from_secs(5),
     );
     let verification = codewatch::http::Verification {
