@@ -141,7 +141,8 @@ fn clean(e: &azure_core::Error) -> String {
     redact_url_secrets(&e.to_string())
 }
 
-/// The service's `<Message>` from an error body, first line only: it says why, and holds no secret.
+/// Why the service refused, from an error body: `<AuthenticationErrorDetail>` (e.g. "Invalid token
+/// audience.") when present, else the first line of `<Message>`. Neither holds a secret.
 fn service_message(e: &azure_core::Error) -> Option<String> {
     let azure_core::error::ErrorKind::HttpResponse {
         raw_response: Some(raw),
@@ -151,9 +152,13 @@ fn service_message(e: &azure_core::Error) -> Option<String> {
         return None;
     };
     let body = String::from_utf8_lossy(raw.body());
-    let start = body.find("<Message>")? + "<Message>".len();
-    let end = body[start..].find("</Message>")? + start;
-    body[start..end].lines().next().map(|l| l.trim().to_owned())
+    let element = |name: &str| {
+        let (open, close) = (format!("<{name}>"), format!("</{name}>"));
+        let start = body.find(&open)? + open.len();
+        let end = body[start..].find(&close)? + start;
+        body[start..end].lines().next().map(|l| l.trim().to_owned())
+    };
+    element("AuthenticationErrorDetail").or_else(|| element("Message"))
 }
 
 fn map_error(e: azure_core::Error, entra: bool) -> QueueError {

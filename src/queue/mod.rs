@@ -80,7 +80,11 @@ pub enum QueueError {
         detail: Option<String>,
     },
     /// No Entra ID token could be had: no identity is available here.
-    #[error("no token for Azure Storage: {0}")]
+    #[error(
+        "no Entra ID token for Azure Storage ({0}). In Azure, enable a managed identity (Container Apps, App \
+         Service) or AKS workload identity; on a developer machine run `az login`, or use \
+         AZURE_STORAGE_CONNECTION_STRING"
+    )]
     NoIdentity(String),
     /// The service could not be reached or failed; worth retrying later.
     #[error("queue service unavailable: {0}")]

@@ -2,6 +2,7 @@
 //! did), a SQLite database per test, a queue per test, and the producer on a free port.
 #![allow(dead_code)]
 
+pub mod entra;
 pub mod process;
 
 use codewatch::backends::{Database, Queues};
@@ -37,6 +38,21 @@ pub fn azurite_endpoint() -> &'static str {
 /// Starts Azurite's queue service from `tools/azurite` on a free loopback port, with disk persistence in
 /// a temporary folder; a watchdog stops it when this test process ends.
 pub fn start_azurite() -> String {
+    start_azurite_with("")
+}
+
+/// Azurite in OAuth mode over HTTPS with the given certificate: Entra ID bearer tokens are checked
+/// (audience, issuer, lifetime) as the service does.
+pub fn start_azurite_oauth(pki: &entra::Pki) -> String {
+    let extra = format!(
+        "--oauth basic --cert {} --key {}",
+        pki.cert.display(),
+        pki.key.display()
+    );
+    start_azurite_with(&extra).replace("http://", "https://")
+}
+
+fn start_azurite_with(extra: &str) -> String {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let bin = root.join("tools/azurite/node_modules/.bin/azurite-queue");
     assert!(
@@ -50,7 +66,7 @@ pub fn start_azurite() -> String {
     ));
     std::fs::create_dir_all(&dir).expect("azurite folder");
     let script = format!(
-        "{bin} --queueHost 127.0.0.1 --queuePort {port} --location {dir} --disableTelemetry --skipApiVersionCheck --silent {debug} & \
+        "{bin} --queueHost 127.0.0.1 --queuePort {port} --location {dir} --disableTelemetry --skipApiVersionCheck --silent {debug} {extra} & \
          child=$!; while kill -0 {parent} 2>/dev/null; do sleep 1; done; kill $child; rm -rf {dir}",
         bin = bin.display(),
         dir = dir.display(),

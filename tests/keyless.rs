@@ -1,0 +1,390 @@
+//! Keyless authentication, proven on loopback: `serve` and `worker` reach Azurite (in OAuth mode, over
+//! HTTPS) with only `STORAGE_QUEUE_URL` and an identity environment, read the function key from a Key
+//! Vault stand-in with the same identity, pick up a rotated key after a 401, fail with errors that say
+//! what to fix, and never log a key or a token.
+
+mod common;
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::{Json, Router};
+use common::entra::{self, KeyVault, Pki, TokenMode, TokenService};
+use common::process::{Proc, codewatch, run};
+use common::{Server, eventually};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+const IDENTITY_HEADER: &str = "identity-header-secret-6d1e";
+const ASSERTION: &str = "federated-token-file-content-9f3a";
+const SECRET_NAME: &str = "third-party-api-key";
+
+/// A number API whose function key can be rotated.
+async fn rotating_number_api(key: Arc<Mutex<String>>) -> Server {
+    async fn number(
+        State(key): State<Arc<Mutex<String>>>,
+        headers: HeaderMap,
+    ) -> axum::response::Response {
+        let given = headers
+            .get("x-functions-key")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        if given != key.lock().unwrap().as_str() {
+            return StatusCode::UNAUTHORIZED.into_response();
+        }
+        Json(serde_json::json!({ "value": 7 })).into_response()
+    }
+    Server::start(
+        Router::new()
+            .route("/api/RandomNumber", get(number))
+            .with_state(key),
+    )
+    .await
+}
+
+struct World {
+    dir: tempfile::TempDir,
+    pki: Pki,
+    azurite: String,
+    tokens: TokenService,
+    vault: KeyVault,
+}
+
+async fn world() -> World {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path());
+    let azurite = common::start_azurite_oauth(&pki);
+    let tokens = TokenService::start(&pki, IDENTITY_HEADER, ASSERTION).await;
+    let vault = KeyVault::start(&pki).await;
+    World {
+        dir,
+        pki,
+        azurite,
+        tokens,
+        vault,
+    }
+}
+
+impl World {
+    fn queue_url(&self, queue: &str) -> String {
+        format!("{}/{queue}", self.azurite)
+    }
+
+    /// The App Service managed-identity environment, trusting the test CA, and nothing else.
+    fn managed_identity_env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("SSL_CERT_FILE", self.pki.ca.display().to_string()),
+            ("IDENTITY_ENDPOINT", self.tokens.identity_endpoint()),
+            ("IDENTITY_HEADER", IDENTITY_HEADER.to_owned()),
+            ("RUST_LOG", "debug".to_owned()),
+        ]
+    }
+
+    /// The AKS workload-identity environment.
+    fn workload_identity_env(&self) -> Vec<(&'static str, String)> {
+        let token_file = self.dir.path().join("federated-token");
+        std::fs::write(&token_file, ASSERTION).unwrap();
+        vec![
+            ("SSL_CERT_FILE", self.pki.ca.display().to_string()),
+            (
+                "AZURE_FEDERATED_TOKEN_FILE",
+                token_file.display().to_string(),
+            ),
+            ("AZURE_CLIENT_ID", entra::CLIENT_ID.to_owned()),
+            ("AZURE_TENANT_ID", entra::TENANT.to_owned()),
+            ("AZURE_AUTHORITY_HOST", self.tokens.authority_host()),
+            ("RUST_LOG", "debug".to_owned()),
+        ]
+    }
+
+    fn key_vault_env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("KEY_VAULT_URL", self.vault.url()),
+            ("THIRD_PARTY_API_SECRET_NAME", SECRET_NAME.to_owned()),
+            // The stand-in is not under *.vault.azure.net, so its challenge cannot name the vault's domain.
+            ("KEY_VAULT_VERIFY_CHALLENGE_RESOURCE", "false".to_owned()),
+        ]
+    }
+}
+
+fn read_logs(dir: &Path, names: &[&str]) -> String {
+    names
+        .iter()
+        .map(|n| std::fs::read_to_string(dir.join(n)).unwrap_or_default())
+        .collect()
+}
+
+async fn expired_rows(db: &Path) -> i64 {
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite:{}", db.display()))
+        .await
+        .unwrap();
+    let n = sqlx::query_scalar("SELECT count(*) FROM valid_codes WHERE expired_at IS NOT NULL")
+        .fetch_one(&pool)
+        .await
+        .unwrap_or(0);
+    pool.close().await;
+    n
+}
+
+/// Runs serve + worker with `identity`, gets codes, checks they become valid and expire; returns the logs.
+async fn full_cycle(
+    world: &World,
+    identity: Vec<(&'static str, String)>,
+    key_env: Vec<(&'static str, String)>,
+    api: &Server,
+) -> String {
+    let queue = common::queue_name();
+    let db = world.dir.path().join(format!("{queue}.db"));
+    let serve_port = common::free_port();
+    let shared: Vec<(&'static str, String)> = identity
+        .into_iter()
+        .chain([
+            ("STORAGE_QUEUE_URL", world.queue_url(&queue)),
+            ("DATABASE_URL", format!("sqlite:{}", db.display())),
+        ])
+        .collect();
+    let serve_env: Vec<_> = shared
+        .iter()
+        .cloned()
+        .chain(key_env)
+        .chain([
+            ("THIRD_PARTY_API_ENDPOINT", api.url("/api/RandomNumber")),
+            ("THIRD_PARTY_API_KEY_REFRESH_SECONDS", "1".to_owned()),
+            ("LISTEN_ADDR", format!("127.0.0.1:{serve_port}")),
+        ])
+        .collect();
+    let worker_env: Vec<_> = shared
+        .iter()
+        .cloned()
+        .chain([("CODE_TTL_SECONDS", "2".to_owned())])
+        .collect();
+    let dir = world.dir.path();
+    let mut serve = Proc(
+        codewatch(dir, &["serve"], &serve_env, &format!("{queue}-serve.log"))
+            .spawn()
+            .unwrap(),
+    );
+    let mut worker = Proc(
+        codewatch(
+            dir,
+            &["worker"],
+            &worker_env,
+            &format!("{queue}-worker.log"),
+        )
+        .spawn()
+        .unwrap(),
+    );
+
+    let url = format!("http://127.0.0.1:{serve_port}/api/v1/getcode");
+    let body: serde_json::Value =
+        eventually("serve to answer 200", Duration::from_secs(20), || async {
+            let response = reqwest::get(&url).await.ok()?;
+            if response.status() == 200 {
+                response.json().await.ok()
+            } else {
+                None
+            }
+        })
+        .await;
+    assert!(body["code"].is_string(), "{body}");
+    eventually(
+        "the code to be activated and then expired",
+        Duration::from_secs(20),
+        || async { (expired_rows(&db).await == 1).then_some(()) },
+    )
+    .await;
+    assert!(worker.terminate().success());
+    assert!(serve.terminate().success());
+    read_logs(
+        dir,
+        &[
+            &format!("{queue}-serve.log"),
+            &format!("{queue}-worker.log"),
+        ],
+    )
+}
+
+fn assert_no_secrets(logs: &str, world: &World, keys: &[&str]) {
+    for secret in keys.iter().copied().chain([IDENTITY_HEADER, ASSERTION]) {
+        assert!(!logs.contains(secret), "a secret appeared in the logs");
+    }
+    for token in world.tokens.issued() {
+        let signature_and_claims = token
+            .split_once('.')
+            .map(|(_, rest)| rest)
+            .unwrap_or(&token);
+        assert!(
+            !logs.contains(signature_and_claims),
+            "a token appeared in the logs"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn managed_identity_and_key_vault_run_the_whole_cycle_and_pick_up_a_rotated_key() {
+    let world = world().await;
+    world.vault.set(SECRET_NAME, "function-key-one");
+    let current = Arc::new(Mutex::new("function-key-one".to_owned()));
+    let api = rotating_number_api(current.clone()).await;
+
+    let logs = full_cycle(
+        &world,
+        world.managed_identity_env(),
+        world.key_vault_env(),
+        &api,
+    )
+    .await;
+    assert!(
+        logs.contains("credential=ManagedIdentity"),
+        "the credential is logged by name"
+    );
+    assert!(
+        logs.contains("function key loaded") && logs.contains("Key Vault"),
+        "the key came from Key Vault"
+    );
+    assert!(!world.tokens.issued().is_empty());
+    assert_no_secrets(&logs, &world, &["function-key-one"]);
+
+    // Rotation: the API and the vault move to a new key; serve reads the vault again after the 401.
+    let queue = common::queue_name();
+    let port = common::free_port();
+    let env: Vec<_> = world
+        .managed_identity_env()
+        .into_iter()
+        .chain(world.key_vault_env())
+        .chain([
+            ("STORAGE_QUEUE_URL", world.queue_url(&queue)),
+            (
+                "DATABASE_URL",
+                format!("sqlite:{}", world.dir.path().join("rotate.db").display()),
+            ),
+            ("THIRD_PARTY_API_ENDPOINT", api.url("/api/RandomNumber")),
+            ("THIRD_PARTY_API_KEY_REFRESH_SECONDS", "1".to_owned()),
+            ("LISTEN_ADDR", format!("127.0.0.1:{port}")),
+        ])
+        .collect();
+    let mut serve = Proc(
+        codewatch(world.dir.path(), &["serve"], &env, "rotate.log")
+            .spawn()
+            .unwrap(),
+    );
+    let url = format!("http://127.0.0.1:{port}/api/v1/getcode");
+    eventually("serve to answer 200", Duration::from_secs(20), || async {
+        (reqwest::get(&url).await.ok()?.status() == 200).then_some(())
+    })
+    .await;
+    *current.lock().unwrap() = "function-key-two".to_owned();
+    world.vault.set(SECRET_NAME, "function-key-two");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(
+        reqwest::get(&url).await.unwrap().status(),
+        200,
+        "the rotated key was read from the vault"
+    );
+    assert!(serve.terminate().success());
+    let rotate_log = read_logs(world.dir.path(), &["rotate.log"]);
+    assert!(
+        rotate_log.contains("function key read again after a refusal"),
+        "{rotate_log}"
+    );
+    assert_no_secrets(
+        &rotate_log,
+        &world,
+        &["function-key-one", "function-key-two"],
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workload_identity_runs_the_whole_cycle_with_a_mounted_key_file() {
+    let world = world().await;
+    let api = rotating_number_api(Arc::new(Mutex::new("mounted-function-key".to_owned()))).await;
+    let key_file = world.dir.path().join("function-key");
+    std::fs::write(&key_file, "mounted-function-key\n").unwrap();
+    let key_env = vec![("THIRD_PARTY_API_KEY_FILE", key_file.display().to_string())];
+    let logs = full_cycle(&world, world.workload_identity_env(), key_env, &api).await;
+    assert!(
+        logs.contains("credential=WorkloadIdentity"),
+        "the credential is logged by name"
+    );
+    assert_no_secrets(&logs, &world, &["mounted-function-key"]);
+}
+
+/// Runs `serve` once, expecting it to fail at start; its stderr.
+fn failing_serve(world: &World, env: Vec<(&'static str, String)>) -> String {
+    let queue = common::queue_name();
+    let env: Vec<_> = env
+        .into_iter()
+        .chain([
+            ("STORAGE_QUEUE_URL", world.queue_url(&queue)),
+            (
+                "DATABASE_URL",
+                format!(
+                    "sqlite:{}",
+                    world.dir.path().join(format!("{queue}.db")).display()
+                ),
+            ),
+            (
+                "THIRD_PARTY_API_ENDPOINT",
+                "http://127.0.0.1:9/api/RandomNumber".to_owned(),
+            ),
+            ("LISTEN_ADDR", "127.0.0.1:0".to_owned()),
+        ])
+        .collect();
+    let output = run(world.dir.path(), &["serve"], &env, "");
+    assert!(!output.status.success(), "serve must refuse to start");
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_tokens_missing_secrets_and_missing_identities_say_what_to_fix() {
+    let world = world().await;
+    let literal_key = vec![("THIRD_PARTY_API_KEY", "literal-key-5e1".to_owned())];
+
+    world.tokens.set_mode(TokenMode::WrongAudience);
+    let err = failing_serve(
+        &world,
+        [world.managed_identity_env(), literal_key.clone()].concat(),
+    );
+    assert!(
+        err.contains("Invalid token audience") && err.contains("https://storage.azure.com"),
+        "{err}"
+    );
+    assert!(err.contains("Storage Queue Data Message Sender"), "{err}");
+    let vault_err = failing_serve(
+        &world,
+        [world.managed_identity_env(), world.key_vault_env()].concat(),
+    );
+    assert!(vault_err.contains("Key Vault Secrets User"), "{vault_err}");
+
+    world.tokens.set_mode(TokenMode::Expired);
+    let err = failing_serve(
+        &world,
+        [world.managed_identity_env(), literal_key.clone()].concat(),
+    );
+    assert!(
+        err.contains("expired") && err.contains("Storage Queue Data Message Sender"),
+        "{err}"
+    );
+
+    world.tokens.set_mode(TokenMode::Good);
+    let err = failing_serve(
+        &world,
+        [world.managed_identity_env(), world.key_vault_env()].concat(),
+    );
+    assert!(
+        err.contains(&format!("has no secret named \"{SECRET_NAME}\"")),
+        "{err}"
+    );
+
+    let no_identity = vec![
+        ("SSL_CERT_FILE", world.pki.ca.display().to_string()),
+        ("AZURE_CREDENTIAL_KIND", "developer-tools".to_owned()),
+    ];
+    let err = failing_serve(&world, [no_identity, literal_key].concat());
+    assert!(err.contains("az login"), "{err}");
+
+    let all = format!("{err}{vault_err}");
+    assert_no_secrets(&all, &world, &["literal-key-5e1"]);
+}
