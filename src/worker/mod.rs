@@ -325,7 +325,8 @@ impl Worker {
         (count - failed, failed)
     }
 
-    /// Makes early expiry messages visible again when their code expires. Returns how many failed.
+    /// Re-sends early expiry messages to become visible when their code expires, then deletes them:
+    /// send and delete only, so the worker needs no right to update messages. Returns how many failed.
     async fn put_back(
         &self,
         early: Vec<(ReceivedMessage, DateTime<Utc>)>,
@@ -333,13 +334,11 @@ impl Worker {
     ) -> usize {
         self.bounded(early, |(message, expires_at)| async move {
             let delay = until(expires_at, now).max(Duration::from_secs(1));
-            match self.queue.release(&message.receipt, delay).await {
-                Ok(()) | Err(QueueError::MessageGone) => Outcome::Done,
-                Err(e) => {
-                    tracing::warn!(error = %e, "early expiry message not put back; it returns after its lease");
-                    Outcome::Failed
-                }
+            if let Err(e) = self.queue.send(&message.body, delay).await {
+                tracing::warn!(error = %e, "early expiry message not re-sent; it returns after its lease");
+                return Outcome::Failed;
             }
+            self.delete_one(&message).await
         })
         .await
     }
