@@ -57,6 +57,14 @@ impl Database {
         }
     }
 
+    /// Closes every connection, waiting for those in use.
+    pub async fn close(&self) {
+        match self {
+            Self::Sqlite(pool) => pool.close().await,
+            Self::Postgres(pool) => pool.close().await,
+        }
+    }
+
     /// A queue inside this database (SQLite only).
     pub fn embedded_queue(&self, name: &str) -> Result<SharedQueue, QueueError> {
         match self {

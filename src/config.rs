@@ -243,6 +243,10 @@ pub struct ServeArgs {
     /// Address the producer listens on (use 0.0.0.0:8080 in a container).
     #[arg(long, env = "LISTEN_ADDR", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
+    /// Seconds to finish work in flight after SIGTERM/SIGINT before exiting anyway (keep under the
+    /// platform's kill timeout: Kubernetes waits 30 s).
+    #[arg(long, env = "SHUTDOWN_GRACE_SECONDS", default_value_t = 20)]
+    pub shutdown_grace_seconds: u64,
     #[command(flatten)]
     #[allow(missing_docs)]
     pub number_api: NumberApiClientArgs,
@@ -335,6 +339,12 @@ impl WorkerTuning {
 /// `codewatch worker`.
 #[derive(Clone, Debug, Args)]
 pub struct WorkerArgs {
+    /// Address of the worker's admin listener: `/healthz`, `/readyz`, `/metrics` (0.0.0.0:9090 in a container).
+    #[arg(long, env = "ADMIN_LISTEN_ADDR", default_value = "127.0.0.1:9090")]
+    pub admin_listen: SocketAddr,
+    /// Seconds to finish the batches in flight after SIGTERM/SIGINT before exiting anyway.
+    #[arg(long, env = "SHUTDOWN_GRACE_SECONDS", default_value_t = 20)]
+    pub shutdown_grace_seconds: u64,
     #[command(flatten)]
     #[allow(missing_docs)]
     pub tuning: WorkerTuning,

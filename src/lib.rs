@@ -13,6 +13,7 @@ pub mod http;
 pub mod identity;
 pub mod message;
 pub mod number_api;
+pub mod ops;
 pub mod queue;
 pub mod secret;
 pub mod shutdown;

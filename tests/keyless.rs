@@ -158,7 +158,10 @@ async fn full_cycle(
     let worker_env: Vec<_> = shared
         .iter()
         .cloned()
-        .chain([("CODE_TTL_SECONDS", "2".to_owned())])
+        .chain([
+            ("CODE_TTL_SECONDS", "2".to_owned()),
+            ("ADMIN_LISTEN_ADDR", "127.0.0.1:0".to_owned()),
+        ])
         .collect();
     let dir = world.dir.path();
     let mut serve = Proc(

@@ -132,6 +132,7 @@ async fn number_api_serve_and_worker_run_as_separate_processes_and_never_log_sec
             &["worker"],
             &with(vec![
                 ("CODE_TTL_SECONDS", "2".to_owned()),
+                ("ADMIN_LISTEN_ADDR", "127.0.0.1:0".to_owned()),
                 ("LOG_FORMAT", "json".to_owned()),
             ]),
             "worker.log",
@@ -149,6 +150,10 @@ async fn number_api_serve_and_worker_run_as_separate_processes_and_never_log_sec
             })
             .await;
         codes.push(body["code"].as_str().unwrap().to_owned());
+    }
+    if let Some(status) = worker.0.try_wait().unwrap() {
+        let log = std::fs::read_to_string(dir.path().join("worker.log")).unwrap_or_default();
+        panic!("the worker exited ({status}):\n{log}");
     }
     eventually("all codes active", Duration::from_secs(10), || async {
         let active = active_codes(&db).await;

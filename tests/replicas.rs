@@ -43,6 +43,7 @@ async fn three_workers_share_one_queue_and_one_postgres_database_without_losing_
         ("STORAGE_QUEUE_NAME", name.clone()),
         ("DATABASE_URL", db.url.clone()),
         ("CODE_TTL_SECONDS", TTL_SECS.to_string()),
+        ("ADMIN_LISTEN_ADDR", "127.0.0.1:0".to_owned()),
         ("LOG_FORMAT", "json".to_owned()),
     ];
     let mut workers: Vec<Proc> = (0..WORKERS)

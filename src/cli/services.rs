@@ -11,15 +11,46 @@ use crate::http::{self, AppState, Verification};
 use crate::identity::AzureAuth;
 use crate::message::MessageEncoding;
 use crate::number_api::{self, NumberApiClient};
+use crate::ops::{Readiness, ops_router};
 use crate::secret::Secret;
 use crate::shutdown;
 use crate::verify::{Throttle, Verifier};
 use crate::worker::Worker;
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// Waits for `task`; once `cancel` fires, gives it `grace` to finish, then gives up on it.
+async fn until_stopped<T>(
+    what: &str,
+    mut task: JoinHandle<T>,
+    cancel: &CancellationToken,
+    grace: Duration,
+) -> Result<T> {
+    tokio::select! {
+        result = &mut task => return Ok(result?),
+        _ = cancel.cancelled() => {}
+    }
+    match tokio::time::timeout(grace, task).await {
+        Ok(result) => Ok(result?),
+        Err(_) => bail!(
+            "{what} did not finish within the {} s grace period; its unfinished messages reappear when \
+             their lease ends",
+            grace.as_secs()
+        ),
+    }
+}
+
+fn readiness(database: &Database, queues: &Queues) -> Readiness {
+    Readiness {
+        store: Some(database.store()),
+        queue: queues.main.clone(),
+    }
+}
 
 async fn bind(addr: SocketAddr, what: &str) -> Result<TcpListener> {
     TcpListener::bind(addr)
@@ -139,9 +170,18 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         tracing::warn!("VERIFY_API_KEY is not set: the verification endpoints are off");
     }
     let state = app_state(&args, endpoint, key, verify_key, &database, &queues);
+    let ops = ops_router(
+        None,
+        readiness(&database, &queues),
+        crate::ops::metrics::install(),
+    );
     let listener = bind(args.listen, "producer").await?;
     tracing::info!(addr = %listener.local_addr()?, queue = queues.main.name(), backend = queues.backend, "producer listening");
-    spawn_http(listener, http::router(state), cancel).await??;
+    let server = spawn_http(listener, http::router(state).merge(ops), cancel.clone());
+    let grace = Duration::from_secs(args.shutdown_grace_seconds);
+    until_stopped("the producer", server, &cancel, grace).await??;
+    database.close().await;
+    tracing::info!("producer stopped");
     Ok(())
 }
 
@@ -156,14 +196,25 @@ pub async fn worker(args: WorkerArgs) -> Result<()> {
         ttl_s = args.tuning.code_ttl_seconds,
         "worker started"
     );
-    worker_from(
+    let worker = worker_from(
         &args.tuning,
         &queues,
         &database,
         args.queue.message_encoding,
-    )
-    .run(cancel)
-    .await;
+    );
+    let ops = ops_router(
+        Some(worker.heartbeat()),
+        readiness(&database, &queues),
+        crate::ops::metrics::install(),
+    );
+    let admin = bind(args.admin_listen, "admin listener").await?;
+    tracing::info!(admin = %admin.local_addr()?, "admin listener on /healthz, /readyz, /metrics");
+    let admin_server = spawn_http(admin, ops, cancel.clone());
+    let running = tokio::spawn(worker.run(cancel.clone()));
+    let grace = Duration::from_secs(args.shutdown_grace_seconds);
+    until_stopped("the worker", running, &cancel, grace).await?;
+    admin_server.await??;
+    database.close().await;
     tracing::info!("worker stopped");
     Ok(())
 }
@@ -206,12 +257,17 @@ pub async fn up(args: UpArgs) -> Result<()> {
         &database,
         &queues,
     );
+    let encoding = serve_args.queue.message_encoding;
+    let worker = worker_from(&args.tuning, &queues, &database, encoding);
+    let ops = ops_router(
+        Some(worker.heartbeat()),
+        readiness(&database, &queues),
+        crate::ops::metrics::install(),
+    );
     let listener = bind(serve_args.listen, "producer").await?;
     let producer_addr = listener.local_addr()?;
-    let producer = spawn_http(listener, http::router(state), cancel.clone());
-    let encoding = serve_args.queue.message_encoding;
-    let worker =
-        tokio::spawn(worker_from(&args.tuning, &queues, &database, encoding).run(cancel.clone()));
+    let producer = spawn_http(listener, http::router(state).merge(ops), cancel.clone());
+    let worker = tokio::spawn(worker.run(cancel.clone()));
 
     let stand_in_note = if stand_in.is_some() {
         "  (in-process stand-in, random key)"
@@ -239,10 +295,12 @@ pub async fn up(args: UpArgs) -> Result<()> {
     // A closed stdout must not stop the service.
     let _ = std::io::Write::write_all(&mut std::io::stdout(), banner.as_bytes());
 
-    producer.await??;
-    worker.await?;
+    let grace = Duration::from_secs(serve_args.shutdown_grace_seconds);
+    until_stopped("the producer", producer, &cancel, grace).await??;
+    until_stopped("the worker", worker, &cancel, grace).await?;
     if let Some(task) = stand_in {
         task.await??;
     }
+    database.close().await;
     Ok(())
 }

@@ -60,5 +60,6 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/getcode", get(getcode::get_code))
         .route("/api/openapi.json", get(openapi::document))
         .merge(verification)
+        .route_layer(middleware::from_fn(crate::ops::health::record_http))
         .with_state(state)
 }

@@ -52,7 +52,7 @@ pub async fn migrate(pool: &SqlitePool) -> Result<(), StoreError> {
     loop {
         match MIGRATOR.run(pool).await {
             Ok(()) => return Ok(()),
-            Err(e) if attempt < 5 => {
+            Err(e) if attempt < 10 => {
                 attempt += 1;
                 tracing::debug!(error = %e, attempt, "migration raced another process; retrying");
                 tokio::time::sleep(Duration::from_millis(100 * attempt)).await;

@@ -5,13 +5,21 @@ mod backoff;
 pub use backoff::Backoff;
 
 use crate::message::{CodeMessage, MessageEncoding};
+use crate::ops::Heartbeat;
+use crate::ops::metrics as m;
 use crate::queue::{QueueError, ReceivedMessage, SharedQueue, clamp_visibility};
 use crate::store::{Activation, SharedStore, StoreError};
 use chrono::{DateTime, Utc};
 use futures::stream::{self, StreamExt};
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
+
+/// How long a poll loop may go without going round before liveness fails.
+const LIVENESS_SILENCE: Duration = Duration::from_secs(120);
+/// How often the queue length and the oldest visible message's age are sampled for metrics.
+const SAMPLE_INTERVAL: Duration = Duration::from_secs(15);
 
 /// How the worker behaves; every field is a CLI flag.
 #[derive(Clone, Debug)]
@@ -119,6 +127,8 @@ pub struct Worker {
     poison: SharedQueue,
     store: SharedStore,
     settings: WorkerSettings,
+    heartbeat: Arc<Heartbeat>,
+    store_failing: AtomicBool,
 }
 
 enum Outcome {
@@ -140,16 +150,44 @@ impl Worker {
         store: SharedStore,
         settings: WorkerSettings,
     ) -> Self {
+        let heartbeat = Heartbeat::new(LIVENESS_SILENCE);
+        heartbeat.beat();
         Self {
             queue,
             poison,
             store,
             settings,
+            heartbeat,
+            store_failing: AtomicBool::new(false),
+        }
+    }
+
+    /// The poll loops' heartbeat, for `/healthz`.
+    pub fn heartbeat(&self) -> Arc<Heartbeat> {
+        self.heartbeat.clone()
+    }
+
+    /// Logs the database's state once per change, not once per batch.
+    fn note_store<T>(&self, result: &Result<T, StoreError>) {
+        match result {
+            Ok(_) if self.store_failing.swap(false, Ordering::Relaxed) => {
+                tracing::info!("database reachable again");
+            }
+            Err(e) if !self.store_failing.swap(true, Ordering::Relaxed) => {
+                tracing::warn!(error = %e, "database unavailable; messages stay on the queue and are retried");
+            }
+            Err(e) => tracing::debug!(error = %e, "database still unavailable"),
+            Ok(_) => {}
         }
     }
 
     /// Receives one batch and handles it to the end. Never leaves a message half-handled.
     pub async fn poll_once(&self) -> Result<PollOutcome, WorkerError> {
+        self.poll_until(&CancellationToken::new()).await
+    }
+
+    /// [`Worker::poll_once`], releasing the batch's not yet started messages at once if `cancel` fires.
+    async fn poll_until(&self, cancel: &CancellationToken) -> Result<PollOutcome, WorkerError> {
         let batch = self
             .queue
             .receive(self.settings.batch_size, self.settings.lease)
@@ -157,9 +195,26 @@ impl Worker {
         if batch.is_empty() {
             return Ok(PollOutcome::Empty);
         }
-        let report = self.process_batch(batch, Utc::now()).await;
+        let started = Instant::now();
+        metrics::counter!(m::RECEIVED).increment(batch.len() as u64);
+        metrics::histogram!(m::BATCH_SIZE).record(batch.len() as f64);
+        let report = self.process_batch_until(batch, Utc::now(), cancel).await;
+        metrics::histogram!(m::BATCH_SECONDS).record(started.elapsed().as_secs_f64());
+        for (outcome, n) in [
+            ("activated", report.activated),
+            ("duplicate", report.duplicates),
+            ("stale", report.stale),
+            ("expired", report.expired),
+            ("early", report.early),
+            ("poisoned", report.poisoned),
+            ("failed", report.failed),
+        ] {
+            if n > 0 {
+                metrics::counter!(m::MESSAGES, "outcome" => outcome).increment(n as u64);
+            }
+        }
         if report.failed > 0 {
-            tracing::warn!(
+            tracing::debug!(
                 ?report,
                 "batch done with failures; failed messages will be retried"
             );
@@ -178,6 +233,18 @@ impl Worker {
         Ok(PollOutcome::Processed(report))
     }
 
+    /// Makes messages whose handling never started visible again at once (shutdown). If the identity
+    /// may not update messages, they come back when their lease ends instead; nothing is lost either way.
+    async fn release_unstarted(&self, messages: Vec<ReceivedMessage>) -> usize {
+        let count = messages.len();
+        for message in messages {
+            if let Err(e) = self.queue.release(&message.receipt, Duration::ZERO).await {
+                tracing::debug!(error = %e, "message not released; it returns when its lease ends");
+            }
+        }
+        count
+    }
+
     /// Handles received messages. The order that loses nothing, for each message: write the database,
     /// send the follow-up message, then delete the original. A crash anywhere redelivers the original,
     /// and every step is idempotent.
@@ -185,6 +252,18 @@ impl Worker {
         &self,
         batch: Vec<ReceivedMessage>,
         now: DateTime<Utc>,
+    ) -> BatchReport {
+        self.process_batch_until(batch, now, &CancellationToken::new())
+            .await
+    }
+
+    /// [`Worker::process_batch`]; a stage not yet started when `cancel` fires releases its messages
+    /// instead (they count as failed: they will be handled again).
+    async fn process_batch_until(
+        &self,
+        batch: Vec<ReceivedMessage>,
+        now: DateTime<Utc>,
+        cancel: &CancellationToken,
     ) -> BatchReport {
         let mut report = BatchReport {
             received: batch.len(),
@@ -224,25 +303,39 @@ impl Worker {
         report.poisoned = poisoned;
         report.failed += failed;
 
-        if !activations.is_empty() {
+        if !activations.is_empty() && cancel.is_cancelled() {
+            report.failed += self
+                .release_unstarted(activations.into_iter().map(|(m, _)| m).collect())
+                .await;
+        } else if !activations.is_empty() {
             let rows: Vec<Activation> = activations.iter().map(|(_, a)| a.clone()).collect();
-            match self.store.activate(&rows, now).await {
+            let result = self.store.activate(&rows, now).await;
+            self.note_store(&result);
+            match result {
                 Ok(db) => {
+                    for a in rows.iter().filter(|a| a.expires_at > now) {
+                        let lag =
+                            (now - a.issuance.issued_at).num_milliseconds().max(0) as f64 / 1000.0;
+                        metrics::histogram!(m::ACTIVATION_LAG).record(lag);
+                    }
                     report.activated = db.inserted as usize;
                     report.duplicates = db.duplicates as usize;
                     report.stale = db.stale as usize;
                     report.failed += self.rearm(activations, now).await;
                 }
-                Err(e) => {
-                    tracing::warn!(error = %e, count = activations.len(), "activations not stored; will retry");
-                    report.failed += activations.len();
-                }
+                Err(_) => report.failed += activations.len(),
             }
         }
 
-        if !due.is_empty() {
+        if !due.is_empty() && cancel.is_cancelled() {
+            report.failed += self
+                .release_unstarted(due.into_iter().map(|(m, _)| m).collect())
+                .await;
+        } else if !due.is_empty() {
             let ids: Vec<_> = due.iter().map(|(_, i)| i.id.clone()).collect();
-            match self.store.expire(&ids, now).await {
+            let result = self.store.expire(&ids, now).await;
+            self.note_store(&result);
+            match result {
                 Ok(removed) => {
                     tracing::debug!(removed, messages = due.len(), "codes expired");
                     let failed = self
@@ -251,14 +344,15 @@ impl Worker {
                     report.expired = ids.len() - failed;
                     report.failed += failed;
                 }
-                Err(e) => {
-                    tracing::warn!(error = %e, count = due.len(), "expiries not stored; will retry");
-                    report.failed += due.len();
-                }
+                Err(_) => report.failed += due.len(),
             }
         }
 
-        if !early.is_empty() {
+        if !early.is_empty() && cancel.is_cancelled() {
+            report.failed += self
+                .release_unstarted(early.into_iter().map(|(m, _)| m).collect())
+                .await;
+        } else if !early.is_empty() {
             let count = early.len();
             let failed = self.put_back(early, now).await;
             report.early = count - failed;
@@ -360,7 +454,8 @@ impl Worker {
         }
     }
 
-    /// Runs the poll loops (and the sweeper) until `cancel` fires; each loop finishes its batch first.
+    /// Runs the poll loops, the sweeper and the metrics sampler until `cancel` fires; each poll loop
+    /// finishes its batch first (releasing what it had not started).
     pub async fn run(self: Arc<Self>, cancel: CancellationToken) {
         let mut tasks = tokio::task::JoinSet::new();
         for poller in 0..self.settings.pollers.max(1) {
@@ -371,6 +466,8 @@ impl Worker {
             let (worker, cancel) = (self.clone(), cancel.clone());
             tasks.spawn(async move { worker.sweep_loop(interval, cancel).await });
         }
+        let (worker, sampler_cancel) = (self.clone(), cancel.clone());
+        tasks.spawn(async move { worker.sample_loop(sampler_cancel).await });
         while tasks.join_next().await.is_some() {}
     }
 
@@ -381,12 +478,15 @@ impl Worker {
         );
         let mut failing = false;
         while !cancel.is_cancelled() {
-            let result = self.poll_once().await;
+            self.heartbeat.beat();
+            let result = self.poll_until(&cancel).await;
             if failing && result.is_ok() {
                 tracing::info!(poller, "queue reachable again");
                 failing = false;
             }
             let wait = match result {
+                // Nothing of the batch succeeded (the database is down): do not spin on the next one.
+                Ok(PollOutcome::Processed(r)) if r.failed == r.received => backoff.next_delay(),
                 Ok(PollOutcome::Processed(_)) => {
                     backoff.reset();
                     Duration::ZERO
@@ -400,12 +500,36 @@ impl Worker {
                     backoff.next_delay()
                 }
             };
+            metrics::gauge!(m::POLL_BACKOFF, "poller" => poller.to_string())
+                .set(wait.as_secs_f64());
             if !wait.is_zero() {
                 tokio::select! {
                     _ = cancel.cancelled() => break,
                     _ = tokio::time::sleep(wait) => {}
                     _ = self.queue.sent_here(), if !failing => {}
                 }
+            }
+        }
+    }
+
+    /// Samples the queue's length and the age of its oldest visible message into gauges.
+    async fn sample_loop(&self, cancel: CancellationToken) {
+        loop {
+            for queue in [&self.queue, &self.poison] {
+                if let Ok(len) = queue.approximate_len().await {
+                    metrics::gauge!(m::QUEUE_LENGTH, "queue" => queue.name().to_owned())
+                        .set(len as f64);
+                }
+            }
+            if let Ok(peeked) = self.queue.peek(1).await {
+                let age = peeked.first().map(|p| {
+                    (Utc::now() - p.inserted_at).num_milliseconds().max(0) as f64 / 1000.0
+                });
+                metrics::gauge!(m::OLDEST_VISIBLE_AGE).set(age.unwrap_or(0.0));
+            }
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                _ = tokio::time::sleep(SAMPLE_INTERVAL) => {}
             }
         }
     }

@@ -1,0 +1,155 @@
+//! Liveness (`/healthz`: the process loop is alive) and readiness (`/readyz`: database and queue
+//! reachable), plus `/metrics`, as one router that `serve` merges and the worker serves on its own.
+
+use crate::queue::{QueueError, SharedQueue};
+use crate::store::SharedStore;
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::StatusCode;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use metrics_exporter_prometheus::PrometheusHandle;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::{Duration, Instant};
+
+/// How long a readiness check may take per part.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// The time a loop last went round; liveness fails when it is older than the allowed silence.
+#[derive(Debug)]
+pub struct Heartbeat {
+    last_ms: AtomicI64,
+    allowed: Duration,
+    started: Instant,
+}
+
+impl Heartbeat {
+    /// A heartbeat that counts as alive for `allowed` after each [`Heartbeat::beat`].
+    pub fn new(allowed: Duration) -> Arc<Self> {
+        Arc::new(Self {
+            last_ms: AtomicI64::new(0),
+            allowed,
+            started: Instant::now(),
+        })
+    }
+
+    /// Records that the loop went round.
+    pub fn beat(&self) {
+        let ms = i64::try_from(self.started.elapsed().as_millis()).unwrap_or(i64::MAX);
+        self.last_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// Whether the loop went round recently enough.
+    pub fn is_alive(&self) -> bool {
+        let last = Duration::from_millis(self.last_ms.load(Ordering::Relaxed).max(0) as u64);
+        self.started.elapsed().saturating_sub(last) <= self.allowed
+    }
+}
+
+/// What `/readyz` checks.
+#[derive(Clone)]
+pub struct Readiness {
+    /// The database, if this process uses one.
+    pub store: Option<SharedStore>,
+    /// The queue.
+    pub queue: SharedQueue,
+}
+
+impl Readiness {
+    /// The failing parts, each with a reason (never a secret); empty when ready.
+    pub async fn failures(&self) -> Vec<(&'static str, String)> {
+        let mut failing = Vec::new();
+        if let Some(store) = &self.store {
+            match tokio::time::timeout(CHECK_TIMEOUT, store.ping()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => failing.push(("database", e.to_string())),
+                Err(_) => failing.push(("database", format!("no answer within {CHECK_TIMEOUT:?}"))),
+            }
+        }
+        match tokio::time::timeout(CHECK_TIMEOUT, self.queue.peek(1)).await {
+            Ok(Ok(_)) => {}
+            // Reachable and authenticated; a sender-only identity may not read messages.
+            Ok(Err(QueueError::TokenRefused {
+                code: Some(code), ..
+            })) if code == "AuthorizationPermissionMismatch" => {}
+            Ok(Err(e)) => failing.push(("queue", e.to_string())),
+            Err(_) => failing.push(("queue", format!("no answer within {CHECK_TIMEOUT:?}"))),
+        }
+        failing
+    }
+}
+
+struct OpsState {
+    heartbeat: Option<Arc<Heartbeat>>,
+    readiness: Readiness,
+    metrics: PrometheusHandle,
+}
+
+/// `/healthz`, `/readyz` and `/metrics`. Without a heartbeat, liveness is "the server answers".
+pub fn ops_router(
+    heartbeat: Option<Arc<Heartbeat>>,
+    readiness: Readiness,
+    metrics: PrometheusHandle,
+) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(render_metrics))
+        .with_state(Arc::new(OpsState {
+            heartbeat,
+            readiness,
+            metrics,
+        }))
+}
+
+async fn healthz(State(state): State<Arc<OpsState>>) -> Response {
+    match &state.heartbeat {
+        Some(h) if !h.is_alive() => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(serde_json::json!({ "status": "stalled" })),
+        )
+            .into_response(),
+        _ => Json(serde_json::json!({ "status": "alive" })).into_response(),
+    }
+}
+
+async fn readyz(State(state): State<Arc<OpsState>>) -> Response {
+    let failing = state.readiness.failures().await;
+    if failing.is_empty() {
+        return Json(serde_json::json!({ "status": "ready" })).into_response();
+    }
+    let parts: serde_json::Map<String, serde_json::Value> = failing
+        .into_iter()
+        .map(|(part, reason)| (part.to_owned(), reason.into()))
+        .collect();
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        Json(serde_json::json!({ "status": "not ready", "failing": parts })),
+    )
+        .into_response()
+}
+
+async fn render_metrics(State(state): State<Arc<OpsState>>) -> String {
+    state.metrics.render()
+}
+
+/// Middleware counting HTTP requests and their duration by matched route and status.
+pub async fn record_http(request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let started = Instant::now();
+    let response = next.run(request).await;
+    let labels = [
+        ("route", route),
+        ("status", response.status().as_u16().to_string()),
+    ];
+    metrics::counter!(super::metrics::HTTP_REQUESTS, &labels).increment(1);
+    metrics::histogram!(super::metrics::HTTP_SECONDS, &labels)
+        .record(started.elapsed().as_secs_f64());
+    response
+}

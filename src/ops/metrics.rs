@@ -1,0 +1,74 @@
+//! Prometheus metrics through the `metrics` facade. Names are constants here so that code and docs agree.
+
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use std::sync::OnceLock;
+
+/// Messages received, by outcome: `activated`, `duplicate`, `stale`, `expired`, `early`, `poisoned`, `failed`.
+pub const MESSAGES: &str = "codewatch_messages_total";
+/// Messages received from the queue.
+pub const RECEIVED: &str = "codewatch_messages_received_total";
+/// Messages per non-empty receive.
+pub const BATCH_SIZE: &str = "codewatch_batch_size";
+/// Seconds to handle one batch, from receive to the last delete.
+pub const BATCH_SECONDS: &str = "codewatch_batch_duration_seconds";
+/// Seconds from a code's issue to its activation.
+pub const ACTIVATION_LAG: &str = "codewatch_activation_lag_seconds";
+/// Approximate messages in the queue (visible or not), by queue.
+pub const QUEUE_LENGTH: &str = "codewatch_queue_length";
+/// Age of the oldest visible message, in seconds (0 when none is visible).
+pub const OLDEST_VISIBLE_AGE: &str = "codewatch_queue_oldest_visible_age_seconds";
+/// The wait before the next receive of an idle or failing poll loop, in seconds.
+pub const POLL_BACKOFF: &str = "codewatch_poll_backoff_seconds";
+/// HTTP requests by route and status.
+pub const HTTP_REQUESTS: &str = "codewatch_http_requests_total";
+/// HTTP request duration by route and status, in seconds.
+pub const HTTP_SECONDS: &str = "codewatch_http_request_duration_seconds";
+/// Failed calls to the third-party number API, by kind (`status`, `unreachable`, `timeout`, `garbage`).
+pub const NUMBER_API_ERRORS: &str = "codewatch_number_api_errors_total";
+
+/// Installs the Prometheus recorder once per process and returns the handle that renders `/metrics`.
+pub fn install() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let handle = PrometheusBuilder::new()
+                .install_recorder()
+                .unwrap_or_else(|_| {
+                    // Another recorder is installed (a test harness): render an empty registry.
+                    PrometheusBuilder::new().build_recorder().handle()
+                });
+            describe();
+            handle
+        })
+        .clone()
+}
+
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram};
+    describe_counter!(MESSAGES, "Messages handled, by outcome.");
+    describe_counter!(RECEIVED, "Messages received from the queue.");
+    describe_histogram!(BATCH_SIZE, "Messages per non-empty receive.");
+    describe_histogram!(BATCH_SECONDS, "Seconds to handle one batch.");
+    describe_histogram!(
+        ACTIVATION_LAG,
+        "Seconds from a code's issue to its activation."
+    );
+    describe_gauge!(
+        QUEUE_LENGTH,
+        "Approximate messages in the queue, visible or not."
+    );
+    describe_gauge!(
+        OLDEST_VISIBLE_AGE,
+        "Age of the oldest visible message in seconds."
+    );
+    describe_gauge!(
+        POLL_BACKOFF,
+        "Current wait of an idle or failing poll loop in seconds."
+    );
+    describe_counter!(HTTP_REQUESTS, "HTTP requests by route and status.");
+    describe_histogram!(HTTP_SECONDS, "HTTP request duration by route and status.");
+    describe_counter!(
+        NUMBER_API_ERRORS,
+        "Failed calls to the random-number API, by kind."
+    );
+}
