@@ -49,6 +49,18 @@ pub enum Command {
     Queue(QueueToolArgs),
     /// Gets a code from a running `serve` and watches it become valid, as the sample's test.sh did.
     Smoke(SmokeArgs),
+    /// GETs a URL and exits 0 on a 2xx answer: a health check for images without curl (distroless).
+    Probe(ProbeArgs),
+}
+
+/// `codewatch probe`.
+#[derive(Debug, Args)]
+pub struct ProbeArgs {
+    /// The URL, e.g. `http://127.0.0.1:8080/readyz`.
+    pub url: url::Url,
+    /// How long to wait for the answer, in seconds.
+    #[arg(long, default_value_t = 3)]
+    pub timeout_seconds: u64,
 }
 
 /// `codewatch codes …`.

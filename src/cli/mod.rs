@@ -50,6 +50,19 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Codes(args) => codes::run(args).await,
         Command::Queue(args) => queue::run(args).await,
         Command::Smoke(args) => smoke::run(args).await,
+        Command::Probe(args) => {
+            let http = reqwest::Client::builder()
+                .timeout(std::time::Duration::from_secs(args.timeout_seconds))
+                .build()?;
+            let status = http
+                .get(args.url.clone())
+                .send()
+                .await
+                .context("probe failed")?
+                .status();
+            anyhow::ensure!(status.is_success(), "{} answered {status}", args.url);
+            Ok(())
+        }
     }
 }
 

@@ -11,9 +11,11 @@ use rand::RngExt;
 use std::sync::Arc;
 
 /// `GET`/`POST /api/RandomNumber` → `{"value": n}`, n uniform in 1..=1000; 401 without the right key.
+/// `GET /healthz` answers 200 for container health checks.
 pub fn router(key: Secret) -> Router {
     Router::new()
         .route("/api/RandomNumber", get(random_number).post(random_number))
+        .route("/healthz", get(|| async { "ok" }))
         .with_state(Arc::new(key))
 }
 

@@ -1,0 +1,329 @@
+// codewatch on Azure Container Apps, keyless: a storage account (shared keys off) with the queue and its
+// poison queue, Key Vault holding the third-party function key, one user-assigned managed identity per
+// app with least-privilege roles, PostgreSQL Flexible Server, the producer with ingress, and the worker
+// scaled by KEDA on visible queue messages.
+//   az deployment group create -g <rg> -f deploy/azure/main.bicep -p @deploy/azure/main.parameters.json \
+//     -p functionKey=<key> verifyApiKey=<key> postgresAdminPassword=<password>
+
+@description('Azure region for every resource.')
+param location string = resourceGroup().location
+
+@description('Prefix of resource names (letters and digits, 3 to 11 characters).')
+@minLength(3)
+@maxLength(11)
+param namePrefix string = 'codewatch'
+
+@description('The codewatch image, e.g. myregistry.azurecr.io/codewatch:1.0.0.')
+param image string
+
+@description('URL of the third-party random-number API (the sample\'s Azure Function).')
+param thirdPartyApiEndpoint string
+
+@description('The function key of that API; stored in Key Vault, never in app settings.')
+@secure()
+param functionKey string
+
+@description('Bearer key the sign-in service sends to the verification endpoints.')
+@secure()
+param verifyApiKey string
+
+@description('PostgreSQL administrator login.')
+param postgresAdminLogin string = 'codewatch'
+
+@description('PostgreSQL administrator password.')
+@secure()
+param postgresAdminPassword string
+
+@description('Seconds a code stays valid.')
+param codeTtlSeconds int = 600
+
+var queueName = 'code-requests'
+var poisonQueueName = '${queueName}-poison'
+var secretName = 'third-party-api-key'
+var suffix = uniqueString(resourceGroup().id)
+
+// Built-in role definition ids.
+var roles = {
+  queueMessageSender: 'c6a89b2d-59bc-44d0-9896-0f6e12d7b80a'
+  queueMessageProcessor: '8a0f0c08-91a1-4084-bc3d-661d67233fed'
+  queueDataReader: '19e7f393-937e-4f77-808e-94535e097750'
+  keyVaultSecretsUser: '4633458b-17de-408a-b874-0445c86b69e6'
+}
+
+resource storage 'Microsoft.Storage/storageAccounts@2023-05-01' = {
+  name: '${namePrefix}${suffix}'
+  location: location
+  sku: { name: 'Standard_LRS' }
+  kind: 'StorageV2'
+  properties: {
+    allowSharedKeyAccess: false
+    minimumTlsVersion: 'TLS1_2'
+    supportsHttpsTrafficOnly: true
+  }
+}
+
+resource queueService 'Microsoft.Storage/storageAccounts/queueServices@2023-05-01' = {
+  parent: storage
+  name: 'default'
+}
+
+resource queue 'Microsoft.Storage/storageAccounts/queueServices/queues@2023-05-01' = {
+  parent: queueService
+  name: queueName
+}
+
+resource poisonQueue 'Microsoft.Storage/storageAccounts/queueServices/queues@2023-05-01' = {
+  parent: queueService
+  name: poisonQueueName
+}
+
+resource vault 'Microsoft.KeyVault/vaults@2023-07-01' = {
+  name: '${namePrefix}-kv-${take(suffix, 8)}'
+  location: location
+  properties: {
+    tenantId: subscription().tenantId
+    sku: { family: 'A', name: 'standard' }
+    enableRbacAuthorization: true
+    enableSoftDelete: true
+  }
+}
+
+resource functionKeySecret 'Microsoft.KeyVault/vaults/secrets@2023-07-01' = {
+  parent: vault
+  name: secretName
+  properties: { value: functionKey }
+}
+
+resource producerIdentity 'Microsoft.ManagedIdentity/userAssignedIdentities@2023-01-31' = {
+  name: '${namePrefix}-serve-id'
+  location: location
+}
+
+resource workerIdentity 'Microsoft.ManagedIdentity/userAssignedIdentities@2023-01-31' = {
+  name: '${namePrefix}-worker-id'
+  location: location
+}
+
+// The producer only sends, and reads the function key.
+resource producerSends 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  scope: queue
+  name: guid(queue.id, producerIdentity.id, roles.queueMessageSender)
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.queueMessageSender)
+    principalId: producerIdentity.properties.principalId
+    principalType: 'ServicePrincipal'
+  }
+}
+
+resource producerReadsKey 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  scope: functionKeySecret
+  name: guid(functionKeySecret.id, producerIdentity.id, roles.keyVaultSecretsUser)
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.keyVaultSecretsUser)
+    principalId: producerIdentity.properties.principalId
+    principalType: 'ServicePrincipal'
+  }
+}
+
+// The worker receives and deletes, re-sends expiry messages, sets poison aside; KEDA reads the length.
+resource workerProcesses 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  scope: queue
+  name: guid(queue.id, workerIdentity.id, roles.queueMessageProcessor)
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.queueMessageProcessor)
+    principalId: workerIdentity.properties.principalId
+    principalType: 'ServicePrincipal'
+  }
+}
+
+resource workerSends 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  scope: queue
+  name: guid(queue.id, workerIdentity.id, roles.queueMessageSender)
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.queueMessageSender)
+    principalId: workerIdentity.properties.principalId
+    principalType: 'ServicePrincipal'
+  }
+}
+
+resource workerReadsLength 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  scope: queue
+  name: guid(queue.id, workerIdentity.id, roles.queueDataReader)
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.queueDataReader)
+    principalId: workerIdentity.properties.principalId
+    principalType: 'ServicePrincipal'
+  }
+}
+
+resource workerPoisons 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  scope: poisonQueue
+  name: guid(poisonQueue.id, workerIdentity.id, roles.queueMessageSender)
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.queueMessageSender)
+    principalId: workerIdentity.properties.principalId
+    principalType: 'ServicePrincipal'
+  }
+}
+
+resource postgres 'Microsoft.DBforPostgreSQL/flexibleServers@2022-12-01' = {
+  name: '${namePrefix}-pg-${take(suffix, 8)}'
+  location: location
+  sku: { name: 'Standard_B1ms', tier: 'Burstable' }
+  properties: {
+    version: '16'
+    administratorLogin: postgresAdminLogin
+    administratorLoginPassword: postgresAdminPassword
+    storage: { storageSizeGB: 32 }
+    backup: { backupRetentionDays: 7, geoRedundantBackup: 'Disabled' }
+    highAvailability: { mode: 'Disabled' }
+  }
+}
+
+resource database 'Microsoft.DBforPostgreSQL/flexibleServers/databases@2022-12-01' = {
+  parent: postgres
+  name: 'codewatch'
+}
+
+resource allowAzureServices 'Microsoft.DBforPostgreSQL/flexibleServers/firewallRules@2022-12-01' = {
+  parent: postgres
+  name: 'AllowAzureServices'
+  properties: { startIpAddress: '0.0.0.0', endIpAddress: '0.0.0.0' }
+}
+
+resource logs 'Microsoft.OperationalInsights/workspaces@2023-09-01' = {
+  name: '${namePrefix}-logs'
+  location: location
+  properties: { sku: { name: 'PerGB2018' }, retentionInDays: 30 }
+}
+
+resource environment 'Microsoft.App/managedEnvironments@2024-03-01' = {
+  name: '${namePrefix}-env'
+  location: location
+  properties: {
+    appLogsConfiguration: {
+      destination: 'log-analytics'
+      logAnalyticsConfiguration: {
+        customerId: logs.properties.customerId
+        sharedKey: logs.listKeys().primarySharedKey
+      }
+    }
+  }
+}
+
+var databaseUrl = 'postgres://${postgresAdminLogin}:${uriComponent(postgresAdminPassword)}@${postgres.properties.fullyQualifiedDomainName}:5432/codewatch?sslmode=require'
+var queueUrl = '${storage.properties.primaryEndpoints.queue}${queueName}'
+
+resource producer 'Microsoft.App/containerApps@2024-10-02-preview' = {
+  name: '${namePrefix}-serve'
+  location: location
+  identity: {
+    type: 'UserAssigned'
+    userAssignedIdentities: { '${producerIdentity.id}': {} }
+  }
+  properties: {
+    managedEnvironmentId: environment.id
+    configuration: {
+      ingress: { external: true, targetPort: 8080, transport: 'http' }
+      secrets: [
+        { name: 'database-url', value: databaseUrl }
+        { name: 'verify-api-key', value: verifyApiKey }
+      ]
+    }
+    template: {
+      terminationGracePeriodSeconds: 30
+      containers: [
+        {
+          name: 'serve'
+          image: image
+          args: [ 'serve' ]
+          env: [
+            { name: 'AZURE_CLIENT_ID', value: producerIdentity.properties.clientId }
+            { name: 'STORAGE_QUEUE_URL', value: queueUrl }
+            { name: 'KEY_VAULT_URL', value: vault.properties.vaultUri }
+            { name: 'THIRD_PARTY_API_SECRET_NAME', value: secretName }
+            { name: 'THIRD_PARTY_API_ENDPOINT', value: thirdPartyApiEndpoint }
+            { name: 'DATABASE_URL', secretRef: 'database-url' }
+            { name: 'VERIFY_API_KEY', secretRef: 'verify-api-key' }
+            { name: 'LISTEN_ADDR', value: '0.0.0.0:8080' }
+            { name: 'SHUTDOWN_GRACE_SECONDS', value: '20' }
+            { name: 'LOG_FORMAT', value: 'json' }
+          ]
+          probes: [
+            { type: 'Liveness', httpGet: { path: '/healthz', port: 8080 }, periodSeconds: 10 }
+            { type: 'Readiness', httpGet: { path: '/readyz', port: 8080 }, periodSeconds: 5 }
+          ]
+          resources: { cpu: json('0.25'), memory: '0.5Gi' }
+        }
+      ]
+      scale: { minReplicas: 1, maxReplicas: 5 }
+    }
+  }
+  dependsOn: [ producerSends, producerReadsKey ]
+}
+
+resource worker 'Microsoft.App/containerApps@2024-10-02-preview' = {
+  name: '${namePrefix}-worker'
+  location: location
+  identity: {
+    type: 'UserAssigned'
+    userAssignedIdentities: { '${workerIdentity.id}': {} }
+  }
+  properties: {
+    managedEnvironmentId: environment.id
+    configuration: {
+      secrets: [ { name: 'database-url', value: databaseUrl } ]
+    }
+    template: {
+      terminationGracePeriodSeconds: 30
+      containers: [
+        {
+          name: 'worker'
+          image: image
+          args: [ 'worker' ]
+          env: [
+            { name: 'AZURE_CLIENT_ID', value: workerIdentity.properties.clientId }
+            { name: 'STORAGE_QUEUE_URL', value: queueUrl }
+            { name: 'DATABASE_URL', secretRef: 'database-url' }
+            { name: 'CODE_TTL_SECONDS', value: string(codeTtlSeconds) }
+            { name: 'ADMIN_LISTEN_ADDR', value: '0.0.0.0:9090' }
+            { name: 'SHUTDOWN_GRACE_SECONDS', value: '20' }
+            { name: 'LOG_FORMAT', value: 'json' }
+          ]
+          probes: [
+            { type: 'Liveness', httpGet: { path: '/healthz', port: 9090 }, periodSeconds: 10 }
+            { type: 'Readiness', httpGet: { path: '/readyz', port: 9090 }, periodSeconds: 10 }
+          ]
+          resources: { cpu: json('0.25'), memory: '0.5Gi' }
+        }
+      ]
+      scale: {
+        minReplicas: 1
+        maxReplicas: 10
+        rules: [
+          {
+            // Visible messages only: pending expiry messages are invisible until their code expires.
+            name: 'visible-queue-messages'
+            custom: {
+              type: 'azure-queue'
+              identity: workerIdentity.id
+              metadata: {
+                accountName: storage.name
+                queueName: queueName
+                queueLength: '32'
+                queueLengthStrategy: 'visibleonly'
+              }
+            }
+          }
+        ]
+      }
+    }
+  }
+  dependsOn: [ workerProcesses, workerSends, workerReadsLength, workerPoisons ]
+}
+
+@description('The producer\'s public URL.')
+output producerUrl string = 'https://${producer.properties.configuration.ingress.fqdn}'
+
+@description('The queue URL both apps use.')
+output queueUrl string = queueUrl

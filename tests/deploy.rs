@@ -1,0 +1,261 @@
+//! The deploy files agree with the binary: every setting they pass is a flag's environment variable (or
+//! one the platform sets for `azure_identity`), every command is a subcommand, the probes hit the paths and
+//! ports codewatch serves, grace periods fit, and KEDA counts visible messages only. No Docker engine or
+//! Bicep compiler exists here, so the files are checked as data, not deployed.
+
+use clap::CommandFactory;
+use codewatch::config::Cli;
+use serde_yaml_ng::Value;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+
+/// Variables read by `azure_identity` or the runtime, not by codewatch's flags.
+const PLATFORM: &[&str] = &[
+    "AZURE_CLIENT_ID",
+    "AZURE_TENANT_ID",
+    "AZURE_FEDERATED_TOKEN_FILE",
+    "AZURE_AUTHORITY_HOST",
+    "IDENTITY_ENDPOINT",
+    "IDENTITY_HEADER",
+    "RUST_LOG",
+    "SSL_CERT_FILE",
+];
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn read(path: &str) -> String {
+    std::fs::read_to_string(root().join(path)).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+/// Every environment variable a flag of any subcommand reads, and the subcommand names.
+fn cli_surface() -> (BTreeSet<String>, BTreeSet<String>) {
+    fn walk(cmd: &clap::Command, envs: &mut BTreeSet<String>) {
+        for arg in cmd.get_arguments() {
+            if let Some(env) = arg.get_env() {
+                envs.insert(env.to_string_lossy().into_owned());
+            }
+        }
+        for sub in cmd.get_subcommands() {
+            walk(sub, envs);
+        }
+    }
+    let cmd = Cli::command();
+    let mut envs = BTreeSet::new();
+    walk(&cmd, &mut envs);
+    let subcommands = cmd
+        .get_subcommands()
+        .map(|s| s.get_name().to_owned())
+        .collect();
+    (envs, subcommands)
+}
+
+fn assert_known(file: &str, names: impl IntoIterator<Item = String>) {
+    let (envs, _) = cli_surface();
+    for name in names {
+        assert!(
+            envs.contains(&name) || PLATFORM.contains(&name.as_str()),
+            "{file} sets {name}, which codewatch does not read"
+        );
+    }
+}
+
+fn yaml_docs(path: &str) -> Vec<Value> {
+    let text = read(path);
+    serde_yaml_ng::Deserializer::from_str(&text)
+        .map(|doc| {
+            let value =
+                Value::deserialize(doc).unwrap_or_else(|e| panic!("{path} is not YAML: {e}"));
+            let mut value = value;
+            value.apply_merge().unwrap();
+            value
+        })
+        .collect()
+}
+
+use serde::Deserialize;
+
+fn port_of(addr: &str) -> u16 {
+    addr.rsplit(':').next().unwrap().parse().unwrap()
+}
+
+#[test]
+fn compose_uses_only_real_settings_commands_and_probe_ports() {
+    let doc = &yaml_docs("deploy/compose.yaml")[0];
+    let (_, subcommands) = cli_surface();
+    let services = doc["services"].as_mapping().unwrap();
+    for name in ["azurite", "postgres", "number-api", "serve", "worker"] {
+        assert!(services.contains_key(name), "compose lacks {name}");
+    }
+    for (name, service) in services {
+        let name = name.as_str().unwrap();
+        if !matches!(name, "number-api" | "serve" | "worker") {
+            continue;
+        }
+        let command = service["command"][0].as_str().unwrap();
+        assert!(
+            subcommands.contains(command),
+            "{name}: {command} is not a subcommand"
+        );
+        let env: BTreeMap<String, String> =
+            serde_yaml_ng::from_value(service["environment"].clone()).unwrap();
+        assert_known("compose.yaml", env.keys().cloned());
+        let probe: Vec<String> =
+            serde_yaml_ng::from_value(service["healthcheck"]["test"].clone()).unwrap();
+        assert_eq!(
+            probe[..3],
+            ["CMD", "codewatch", "probe"],
+            "{name} probes with the binary itself"
+        );
+        let url = url::Url::parse(&probe[3]).unwrap();
+        let listen = env
+            .get("LISTEN_ADDR")
+            .or(env.get("ADMIN_LISTEN_ADDR"))
+            .or(env.get("NUMBER_API_LISTEN"))
+            .unwrap();
+        assert_eq!(
+            url.port(),
+            Some(port_of(listen)),
+            "{name} probes the port it listens on"
+        );
+        if name != "number-api" {
+            assert_eq!(url.path(), "/readyz");
+            assert!(
+                service["stop_grace_period"]
+                    .as_str()
+                    .unwrap()
+                    .trim_end_matches('s')
+                    .parse::<u64>()
+                    .unwrap()
+                    > env["SHUTDOWN_GRACE_SECONDS"].parse::<u64>().unwrap()
+            );
+        }
+    }
+    assert!(
+        services["worker"].get("ports").is_none()
+            && services["worker"].get("container_name").is_none(),
+        "worker must scale"
+    );
+}
+
+#[test]
+fn kubernetes_manifests_match_the_binary() {
+    let docs = yaml_docs("deploy/k8s/codewatch.yaml");
+    let (_, subcommands) = cli_surface();
+    let kind = |d: &Value| d["kind"].as_str().unwrap_or_default().to_owned();
+    let config = docs.iter().find(|d| kind(d) == "ConfigMap").unwrap();
+    let secret = docs.iter().find(|d| kind(d) == "Secret").unwrap();
+    let keys = |m: &Value| {
+        m.as_mapping()
+            .unwrap()
+            .keys()
+            .map(|k| k.as_str().unwrap().to_owned())
+            .collect::<Vec<_>>()
+    };
+    assert_known("k8s ConfigMap", keys(&config["data"]));
+    assert_known("k8s Secret", keys(&secret["stringData"]));
+    let grace: u64 = config["data"]["SHUTDOWN_GRACE_SECONDS"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let mut roles = BTreeSet::new();
+    for deployment in docs.iter().filter(|d| kind(d) == "Deployment") {
+        let pod = &deployment["spec"]["template"]["spec"];
+        assert_eq!(
+            deployment["spec"]["template"]["metadata"]["labels"]["azure.workload.identity/use"],
+            "true"
+        );
+        assert!(pod["terminationGracePeriodSeconds"].as_u64().unwrap() > grace);
+        let container = &pod["containers"][0];
+        let command = container["args"][0].as_str().unwrap();
+        assert!(subcommands.contains(command));
+        roles.insert(command.to_owned());
+        let env: Vec<BTreeMap<String, String>> =
+            serde_yaml_ng::from_value(container["env"].clone()).unwrap();
+        assert_known("k8s Deployment", env.iter().map(|e| e["name"].clone()));
+        let listen = &env
+            .iter()
+            .find(|e| e["name"].ends_with("LISTEN_ADDR"))
+            .unwrap()["value"];
+        for (probe, path) in [("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")] {
+            assert_eq!(container[probe]["httpGet"]["path"], path);
+            assert_eq!(
+                container[probe]["httpGet"]["port"].as_u64(),
+                Some(u64::from(port_of(listen)))
+            );
+        }
+    }
+    assert_eq!(
+        roles,
+        BTreeSet::from(["serve".to_owned(), "worker".to_owned()])
+    );
+    let scaled = docs.iter().find(|d| kind(d) == "ScaledObject").unwrap();
+    let trigger = &scaled["spec"]["triggers"][0];
+    assert_eq!(trigger["type"], "azure-queue");
+    assert_eq!(trigger["metadata"]["queueLengthStrategy"], "visibleonly");
+    assert_eq!(scaled["spec"]["scaleTargetRef"]["name"], "codewatch-worker");
+}
+
+#[test]
+fn the_bicep_template_passes_only_real_settings_and_scales_on_visible_messages() {
+    let bicep = read("deploy/azure/main.bicep");
+    let (_, subcommands) = cli_surface();
+    let names: Vec<String> = bicep
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("{ name: '"))
+        .filter_map(|rest| rest.split('\'').next())
+        .filter(|n| n.chars().all(|c| c.is_ascii_uppercase() || c == '_'))
+        .map(str::to_owned)
+        .collect();
+    assert!(names.len() >= 10, "env names found: {names:?}");
+    assert_known("main.bicep", names);
+    for line in bicep.lines().filter(|l| l.trim().starts_with("args:")) {
+        let command = line.split('\'').nth(1).unwrap();
+        assert!(subcommands.contains(command), "{command}");
+    }
+    for needle in [
+        "queueLengthStrategy: 'visibleonly'",
+        "allowSharedKeyAccess: false",
+        "enableRbacAuthorization: true",
+        "path: '/healthz', port: 8080",
+        "path: '/readyz', port: 9090",
+        "'0.0.0.0:9090'",
+        "'0.0.0.0:8080'",
+    ] {
+        assert!(bicep.contains(needle), "main.bicep lacks {needle}");
+    }
+    assert!(
+        !bicep.contains("AccountKey") && !bicep.contains("listKeys().keys"),
+        "no storage keys"
+    );
+    let params: serde_json::Value =
+        serde_json::from_str(&read("deploy/azure/main.parameters.json")).unwrap();
+    for name in params["parameters"].as_object().unwrap().keys() {
+        assert!(
+            bicep.contains(&format!("param {name} ")),
+            "main.parameters.json sets unknown {name}"
+        );
+    }
+}
+
+#[test]
+fn the_dockerfile_builds_locked_runs_as_non_root_and_sets_only_real_settings() {
+    let dockerfile = read("deploy/Dockerfile");
+    assert!(dockerfile.contains("--locked"));
+    assert!(dockerfile.contains("USER nonroot"));
+    assert!(dockerfile.contains(r#"ENTRYPOINT ["codewatch"]"#));
+    let env_block = dockerfile
+        .split("ENV ")
+        .nth(1)
+        .unwrap()
+        .split("\nEXPOSE")
+        .next()
+        .unwrap();
+    let names = env_block
+        .split_whitespace()
+        .filter_map(|w| w.split_once('='))
+        .map(|(k, _)| k.to_owned());
+    assert_known("Dockerfile", names);
+}
