@@ -1,0 +1,383 @@
+//! The worker and producer as daemons: SIGTERM in the middle of work, readiness while the database goes
+//! away and comes back, and Prometheus metrics that count what a run did.
+
+mod common;
+
+use chrono::Utc;
+use codewatch::code::Code;
+use codewatch::message::{CodeMessage, Issuance, IssuanceId, MessageEncoding};
+use common::eventually;
+use common::process::{Proc, codewatch};
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinSet;
+
+async fn count(db: &Path, sql: &'static str) -> i64 {
+    let Ok(pool) = sqlx::SqlitePool::connect(&format!("sqlite:{}", db.display())).await else {
+        return 0; // not created yet
+    };
+    let n = sqlx::query_scalar(sql).fetch_one(&pool).await.unwrap_or(0);
+    pool.close().await;
+    n
+}
+
+fn activation(i: usize) -> String {
+    let code = Code::parse(&format!("Sig-{i}-Trm")).unwrap();
+    let issuance = Issuance {
+        id: IssuanceId::random(),
+        code,
+        issued_at: Utc::now(),
+        subject: None,
+    };
+    CodeMessage::Activate(issuance).encode(MessageEncoding::Text)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_during_a_busy_batch_exits_zero_in_time_and_loses_no_code() {
+    const CODES: usize = 150;
+    let queues = common::azure_queues().await;
+    for i in 0..CODES {
+        queues
+            .main
+            .send(&activation(i), Duration::ZERO)
+            .await
+            .unwrap();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("codes.db");
+    let env = vec![
+        (
+            "AZURE_STORAGE_CONNECTION_STRING",
+            common::connection_string(),
+        ),
+        ("STORAGE_QUEUE_NAME", queues.main.name().to_owned()),
+        ("DATABASE_URL", format!("sqlite:{}", db.display())),
+        ("CODE_TTL_SECONDS", "4".to_owned()),
+        ("ADMIN_LISTEN_ADDR", "127.0.0.1:0".to_owned()),
+        ("WORKER_LEASE_SECONDS", "5".to_owned()),
+        ("WORKER_BATCH_SIZE", "8".to_owned()),
+        ("SHUTDOWN_GRACE_SECONDS", "10".to_owned()),
+    ];
+    let mut first = Proc(
+        codewatch(dir.path(), &["worker"], &env, "first.log")
+            .spawn()
+            .unwrap(),
+    );
+    eventually(
+        "the first worker to be busy",
+        Duration::from_secs(20),
+        || async { (count(&db, "SELECT count(*) FROM valid_codes").await > 0).then_some(()) },
+    )
+    .await;
+    let stop_started = Instant::now();
+    let status = first.terminate();
+    let stopped_after = stop_started.elapsed();
+    let log = std::fs::read_to_string(dir.path().join("first.log")).unwrap();
+    assert!(status.success(), "exit status {status}\n{log}");
+    assert!(
+        stopped_after < Duration::from_secs(10),
+        "stopped after {stopped_after:?}"
+    );
+    assert!(log.contains("worker stopped"), "{log}");
+    let done_by_first = count(&db, "SELECT count(*) FROM valid_codes").await;
+    assert!(
+        (done_by_first as usize) < CODES,
+        "the signal came while work remained ({done_by_first} done)"
+    );
+
+    // A second worker finds everything the first one left, released or leased: nothing is lost.
+    let mut second = Proc(
+        codewatch(dir.path(), &["worker"], &env, "second.log")
+            .spawn()
+            .unwrap(),
+    );
+    eventually(
+        "every code activated and then expired",
+        Duration::from_secs(60),
+        || async {
+            (count(
+                &db,
+                "SELECT count(*) FROM valid_codes WHERE expired_at IS NOT NULL",
+            )
+            .await as usize
+                == CODES)
+                .then_some(())
+        },
+    )
+    .await;
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM valid_codes").await as usize,
+        CODES
+    );
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(*) FROM valid_codes WHERE expired_at < expires_at"
+        )
+        .await,
+        0
+    );
+    assert!(second.terminate().success());
+}
+
+/// A TCP proxy to PostgreSQL that the test can cut and restore, as if the database went away.
+struct Outage {
+    port: u16,
+    upstream: String,
+    tasks: JoinSet<()>,
+}
+
+impl Outage {
+    async fn start(upstream: String) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let mut proxy = Self {
+            port,
+            upstream,
+            tasks: JoinSet::new(),
+        };
+        proxy.serve(listener);
+        proxy
+    }
+
+    fn serve(&mut self, listener: TcpListener) {
+        let upstream = self.upstream.clone();
+        self.tasks.spawn(async move {
+            let mut connections = JoinSet::new();
+            while let Ok((mut client, _)) = listener.accept().await {
+                let upstream = upstream.clone();
+                connections.spawn(async move {
+                    if let Ok(mut server) = TcpStream::connect(&upstream).await {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    }
+                });
+            }
+        });
+    }
+
+    /// Cuts every connection and refuses new ones.
+    fn cut(&mut self) {
+        self.tasks.abort_all();
+    }
+
+    async fn restore(&mut self) {
+        while self.tasks.join_next().await.is_some() {}
+        let listener = TcpListener::bind(("127.0.0.1", self.port)).await.unwrap();
+        self.serve(listener);
+    }
+}
+
+async fn readyz(port: u16) -> (u16, serde_json::Value) {
+    let Ok(response) = reqwest::get(format!("http://127.0.0.1:{port}/readyz")).await else {
+        return (0, serde_json::Value::Null);
+    };
+    (
+        response.status().as_u16(),
+        response.json().await.unwrap_or_default(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_follows_the_database_and_the_worker_survives_its_outage() {
+    let db = common::postgres().await;
+    let url = url::Url::parse(&db.url).unwrap();
+    let upstream = format!("{}:{}", url.host_str().unwrap(), url.port().unwrap_or(5432));
+    let mut outage = Outage::start(upstream).await;
+    let mut proxied = url.clone();
+    proxied.set_port(Some(outage.port)).unwrap();
+
+    let queues = common::azure_queues().await;
+    let dir = tempfile::tempdir().unwrap();
+    let admin = common::free_port();
+    let env = vec![
+        (
+            "AZURE_STORAGE_CONNECTION_STRING",
+            common::connection_string(),
+        ),
+        ("STORAGE_QUEUE_NAME", queues.main.name().to_owned()),
+        ("DATABASE_URL", proxied.to_string()),
+        ("ADMIN_LISTEN_ADDR", format!("127.0.0.1:{admin}")),
+        ("WORKER_LEASE_SECONDS", "2".to_owned()),
+        ("LOG_FORMAT", "json".to_owned()),
+    ];
+    let mut worker = Proc(
+        codewatch(dir.path(), &["worker"], &env, "worker.log")
+            .spawn()
+            .unwrap(),
+    );
+    eventually("ready", Duration::from_secs(20), || async {
+        (readyz(admin).await.0 == 200).then_some(())
+    })
+    .await;
+
+    outage.cut();
+    let (_, body) = eventually(
+        "not ready while the database is away",
+        Duration::from_secs(20),
+        || async {
+            let answer = readyz(admin).await;
+            (answer.0 == 503).then_some(answer)
+        },
+    )
+    .await;
+    assert!(body["failing"]["database"].is_string(), "{body}");
+    assert!(
+        body["failing"].get("queue").is_none(),
+        "the queue is fine: {body}"
+    );
+    // Work arriving during the outage waits on the queue.
+    queues
+        .main
+        .send(&activation(1), Duration::ZERO)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let alive = reqwest::get(format!("http://127.0.0.1:{admin}/healthz"))
+        .await
+        .unwrap();
+    assert_eq!(
+        alive.status(),
+        200,
+        "liveness does not depend on the database"
+    );
+    assert!(
+        worker.0.try_wait().unwrap().is_none(),
+        "the worker keeps running"
+    );
+
+    outage.restore().await;
+    eventually("ready again", Duration::from_secs(30), || async {
+        (readyz(admin).await.0 == 200).then_some(())
+    })
+    .await;
+    let store = db.database.store();
+    eventually(
+        "the message from the outage handled",
+        Duration::from_secs(30),
+        || async {
+            store
+                .find_valid(&Code::parse("Sig-1-Trm").unwrap(), None, Utc::now())
+                .await
+                .unwrap()
+                .map(|_| ())
+        },
+    )
+    .await;
+    assert!(worker.terminate().success());
+    let log = std::fs::read_to_string(dir.path().join("worker.log")).unwrap();
+    assert!(
+        log.matches("database unavailable").count() <= 1,
+        "an outage is logged once, not per batch:\n{log}"
+    );
+}
+
+fn metric(text: &str, name_and_labels: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(name_and_labels) && l[name_and_labels.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_what_a_run_did() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = codewatch(
+        dir.path(),
+        &["up", "--listen", "127.0.0.1:0"],
+        &[],
+        "up.log",
+    )
+    .stdout(Stdio::piped())
+    .spawn()
+    .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut up = Proc(child);
+    let base = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .find_map(|l| {
+            l.trim()
+                .strip_prefix("producer")
+                .map(|u| u.trim().trim_end_matches("/api/v1/getcode").to_owned())
+        })
+        .unwrap();
+    std::thread::spawn(move || lines.for_each(drop));
+
+    for _ in 0..3 {
+        assert_eq!(
+            reqwest::get(format!("{base}/api/v1/getcode"))
+                .await
+                .unwrap()
+                .status(),
+            200
+        );
+    }
+    assert_eq!(
+        reqwest::get(format!("{base}/api/v1/getcode?subject="))
+            .await
+            .unwrap()
+            .status(),
+        400
+    );
+    assert_eq!(
+        reqwest::get(format!("{base}/healthz"))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        reqwest::get(format!("{base}/readyz"))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+
+    let text = eventually(
+        "three activations counted",
+        Duration::from_secs(10),
+        || async {
+            let text = reqwest::get(format!("{base}/metrics"))
+                .await
+                .ok()?
+                .text()
+                .await
+                .ok()?;
+            (metric(&text, r#"codewatch_messages_total{outcome="activated"}"#) == 3.0)
+                .then_some(text)
+        },
+    )
+    .await;
+    assert_eq!(metric(&text, "codewatch_messages_received_total"), 3.0);
+    assert_eq!(
+        metric(
+            &text,
+            r#"codewatch_http_requests_total{route="/api/v1/getcode",status="200"}"#
+        ),
+        3.0
+    );
+    assert_eq!(
+        metric(
+            &text,
+            r#"codewatch_http_requests_total{route="/api/v1/getcode",status="400"}"#
+        ),
+        1.0
+    );
+    for family in [
+        "codewatch_activation_lag_seconds",
+        "codewatch_batch_size",
+        "codewatch_http_request_duration_seconds",
+    ] {
+        assert!(
+            text.contains(&format!("{family}_count")) || text.contains(&format!("{family}{{")),
+            "{family} missing"
+        );
+    }
+    assert!(text.contains("# HELP codewatch_messages_total"));
+    assert!(up.terminate().success());
+}
