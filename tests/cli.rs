@@ -8,9 +8,8 @@ use codewatch::message::{CodeMessage, Issuance, IssuanceId, MessageEncoding};
 use codewatch::store::Activation;
 use codewatch::subject::Subject;
 use common::TestDb;
-use common::process::{Proc, codewatch, run};
-use std::io::{BufRead, BufReader};
-use std::process::{Output, Stdio};
+use common::process::{run, spawn_up};
+use std::process::Output;
 
 fn text(output: &Output) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
@@ -182,27 +181,7 @@ async fn queue_stats_peek_clear_and_requeue_poison_on_azurite() {
 async fn smoke_gets_a_code_from_a_running_serve_and_sees_it_become_valid() {
     let dir = tempfile::tempdir().unwrap();
     let key = "smoke-test-key".to_owned();
-    let mut child = codewatch(
-        dir.path(),
-        &["up", "--listen", "127.0.0.1:0"],
-        &[("VERIFY_API_KEY", key.clone())],
-        "up.log",
-    )
-    .stdout(Stdio::piped())
-    .spawn()
-    .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut up = Proc(child);
-    let producer = lines
-        .by_ref()
-        .map_while(Result::ok)
-        .find_map(|line| {
-            line.trim()
-                .strip_prefix("producer")
-                .map(|u| u.trim().trim_end_matches("/api/v1/getcode").to_owned())
-        })
-        .expect("up prints the producer's URL");
-    std::thread::spawn(move || lines.for_each(drop));
+    let (mut up, producer) = spawn_up(dir.path(), &[("VERIFY_API_KEY", key.clone())]);
 
     let smoke = run(
         dir.path(),

@@ -7,10 +7,8 @@ use chrono::Utc;
 use codewatch::code::Code;
 use codewatch::message::{CodeMessage, Issuance, IssuanceId, MessageEncoding};
 use common::eventually;
-use common::process::{Proc, codewatch};
-use std::io::{BufRead, BufReader};
+use common::process::{Proc, codewatch, spawn_up};
 use std::path::Path;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
@@ -285,27 +283,7 @@ fn metric(text: &str, name_and_labels: &str) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_count_what_a_run_did() {
     let dir = tempfile::tempdir().unwrap();
-    let mut child = codewatch(
-        dir.path(),
-        &["up", "--listen", "127.0.0.1:0"],
-        &[],
-        "up.log",
-    )
-    .stdout(Stdio::piped())
-    .spawn()
-    .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut up = Proc(child);
-    let base = lines
-        .by_ref()
-        .map_while(Result::ok)
-        .find_map(|l| {
-            l.trim()
-                .strip_prefix("producer")
-                .map(|u| u.trim().trim_end_matches("/api/v1/getcode").to_owned())
-        })
-        .unwrap();
-    std::thread::spawn(move || lines.for_each(drop));
+    let (mut up, base) = spawn_up(dir.path(), &[]);
 
     for _ in 0..3 {
         assert_eq!(

@@ -5,10 +5,8 @@ mod common;
 
 use codewatch::queue::connection_string::DEV_ACCOUNT_KEY;
 use common::eventually;
-use common::process::{Proc, codewatch};
-use std::io::{BufRead, BufReader};
+use common::process::{Proc, codewatch, spawn_up};
 use std::path::Path;
-use std::process::Stdio;
 use std::time::Duration;
 
 async fn active_codes(db: &Path) -> Vec<String> {
@@ -39,30 +37,14 @@ async fn row_count(db: &Path) -> i64 {
 #[tokio::test]
 async fn up_runs_everything_in_one_process_on_embedded_defaults() {
     let dir = tempfile::tempdir().unwrap();
-    let mut child = codewatch(
-        dir.path(),
-        &["up", "--listen", "127.0.0.1:0", "--code-ttl-seconds", "2"],
-        &[],
-        "up.log",
-    )
-    .stdout(Stdio::piped())
-    .spawn()
-    .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut proc = Proc(child);
-    let producer = lines
-        .by_ref()
-        .map_while(Result::ok)
-        .find_map(|line| {
-            line.trim()
-                .strip_prefix("producer")
-                .map(|url| url.trim().to_owned())
-        })
-        .expect("up prints the producer's URL");
-    // Keep reading, so that the process never writes into a closed pipe.
-    std::thread::spawn(move || lines.for_each(drop));
+    let (mut proc, producer) = spawn_up(dir.path(), &[("CODE_TTL_SECONDS", "2".to_owned())]);
 
-    let body: serde_json::Value = reqwest::get(&producer).await.unwrap().json().await.unwrap();
+    let body: serde_json::Value = reqwest::get(format!("{producer}/api/v1/getcode"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     let code = body["code"].as_str().unwrap().to_owned();
     let db = dir.path().join("codewatch.db");
     eventually(

@@ -60,13 +60,7 @@ impl From<CodeRecord> for ValidCode {
 
 fn parse(code: &str, query: &SubjectQuery) -> Result<(Code, Option<Subject>), ApiError> {
     let code = Code::parse(code).map_err(|e| ApiError::BadRequest(e.to_string()))?;
-    let subject = query
-        .subject
-        .as_deref()
-        .map(Subject::parse)
-        .transpose()
-        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
-    Ok((code, subject))
+    Ok((code, super::parse_subject(query.subject.as_deref())?))
 }
 
 fn answer(verdict: Verdict) -> Result<Json<ValidCode>, ApiError> {

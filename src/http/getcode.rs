@@ -3,7 +3,6 @@
 use super::{ApiError, AppState};
 use crate::code::Code;
 use crate::message::{CodeMessage, Issuance, IssuanceId};
-use crate::subject::Subject;
 use crate::timestamp;
 use axum::Json;
 use axum::extract::{Query, State};
@@ -48,12 +47,7 @@ pub async fn get_code(
     State(state): State<Arc<AppState>>,
     Query(query): Query<GetCodeQuery>,
 ) -> Result<Json<CodeResponse>, ApiError> {
-    let subject = query
-        .subject
-        .as_deref()
-        .map(Subject::parse)
-        .transpose()
-        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let subject = super::parse_subject(query.subject.as_deref())?;
     let number = state.number_api.random_number().await?;
     let issuance = Issuance {
         id: IssuanceId::random(),

@@ -45,6 +45,14 @@ pub struct AppState {
     pub verification: Option<Verification>,
 }
 
+/// Reads an optional `?subject=` parameter; a malformed one is a 400 with the reason.
+fn parse_subject(subject: Option<&str>) -> Result<Option<crate::subject::Subject>, ApiError> {
+    subject
+        .map(crate::subject::Subject::parse)
+        .transpose()
+        .map_err(|e| ApiError::BadRequest(e.to_string()))
+}
+
 /// The producer's routes.
 pub fn router(state: AppState) -> Router {
     let state = Arc::new(state);

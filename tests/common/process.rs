@@ -1,5 +1,6 @@
 //! Running the real `codewatch` binary from tests.
 
+use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -37,8 +38,8 @@ impl Drop for Proc {
     }
 }
 
-/// The binary in `dir` with a clean environment (only `PATH` and `env`), stderr to `dir/log`.
-pub fn codewatch(dir: &Path, args: &[&str], env: &[(&str, String)], log: &str) -> Command {
+/// The binary in `dir` with a clean environment: only `PATH` and `env`.
+fn bare(dir: &Path, args: &[&str], env: &[(&str, String)]) -> Command {
     let mut cmd = Command::new(BIN);
     cmd.args(args)
         .current_dir(dir)
@@ -47,22 +48,43 @@ pub fn codewatch(dir: &Path, args: &[&str], env: &[(&str, String)], log: &str) -
     for (k, v) in env {
         cmd.env(k, v);
     }
+    cmd
+}
+
+/// The binary in `dir` with a clean environment (only `PATH` and `env`), stderr to `dir/log`.
+pub fn codewatch(dir: &Path, args: &[&str], env: &[(&str, String)], log: &str) -> Command {
+    let mut cmd = bare(dir, args, env);
     cmd.stdin(Stdio::null())
         .stderr(std::fs::File::create(dir.join(log)).unwrap());
     cmd
 }
 
+/// `codewatch up --listen 127.0.0.1:0` in `dir` (stderr to `dir/up.log`); the process and the
+/// producer's base URL it printed.
+pub fn spawn_up(dir: &Path, env: &[(&str, String)]) -> (Proc, String) {
+    let mut child = codewatch(dir, &["up", "--listen", "127.0.0.1:0"], env, "up.log")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let proc = Proc(child);
+    let base = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .find_map(|l| {
+            l.trim()
+                .strip_prefix("producer")
+                .map(|u| u.trim().trim_end_matches("/api/v1/getcode").to_owned())
+        })
+        .expect("up prints the producer's URL");
+    // Keep reading, so that the process never writes into a closed pipe.
+    std::thread::spawn(move || lines.for_each(drop));
+    (proc, base)
+}
+
 /// Runs the binary to its end with `stdin` as input; its status, stdout and stderr.
 pub fn run(dir: &Path, args: &[&str], env: &[(&str, String)], stdin: &str) -> Output {
-    let mut cmd = Command::new(BIN);
-    cmd.args(args)
-        .current_dir(dir)
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default());
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let mut child = cmd
+    let mut child = bare(dir, args, env)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
