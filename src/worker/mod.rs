@@ -337,7 +337,10 @@ impl Worker {
             self.note_store(&result);
             match result {
                 Ok(removed) => {
-                    tracing::debug!(removed, messages = due.len(), "codes expired");
+                    for id in &ids {
+                        tracing::debug!(issuance = %id, "code expired");
+                    }
+                    tracing::debug!(removed, messages = due.len(), "expiries stored");
                     let failed = self
                         .delete_all(due.into_iter().map(|(m, _)| m).collect())
                         .await;
@@ -428,6 +431,7 @@ impl Worker {
     ) -> usize {
         self.bounded(early, |(message, expires_at)| async move {
             let delay = until(expires_at, now).max(Duration::from_secs(1));
+            tracing::debug!(message_id = %message.receipt.message_id, wait_s = delay.as_secs(), "expiry message came early; re-sent");
             if let Err(e) = self.queue.send(&message.body, delay).await {
                 tracing::warn!(error = %e, "early expiry message not re-sent; it returns after its lease");
                 return Outcome::Failed;
