@@ -46,7 +46,7 @@ var suffix = uniqueString(resourceGroup().id)
 var roles = {
   queueMessageSender: 'c6a89b2d-59bc-44d0-9896-0f6e12d7b80a'
   queueMessageProcessor: '8a0f0c08-91a1-4084-bc3d-661d67233fed'
-  queueDataReader: '19e7f393-937e-4f77-808e-94535e097750'
+  queueDataReader: '19e7f393-937e-4f77-808e-94535e297925'
   keyVaultSecretsUser: '4633458b-17de-408a-b874-0445c86b69e6'
 }
 
