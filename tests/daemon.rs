@@ -359,3 +359,151 @@ async fn metrics_count_what_a_run_did() {
     assert!(text.contains("# HELP codewatch_messages_total"));
     assert!(up.terminate().success());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_follows_the_queue_and_the_worker_survives_its_outage() {
+    let azurite = url::Url::parse(common::azurite_endpoint()).unwrap();
+    let mut outage = Outage::start(format!("127.0.0.1:{}", azurite.port().unwrap())).await;
+    let proxied = common::connection_string_at(&format!(
+        "http://127.0.0.1:{}/devstoreaccount1",
+        outage.port
+    ));
+    let queues = common::azure_queues().await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("codes.db");
+    let admin = common::free_port();
+    let env = vec![
+        ("AZURE_STORAGE_CONNECTION_STRING", proxied),
+        ("STORAGE_QUEUE_NAME", queues.main.name().to_owned()),
+        ("DATABASE_URL", format!("sqlite:{}", db.display())),
+        ("ADMIN_LISTEN_ADDR", format!("127.0.0.1:{admin}")),
+        ("LOG_FORMAT", "json".to_owned()),
+    ];
+    let mut worker = Proc(
+        codewatch(dir.path(), &["worker"], &env, "worker.log")
+            .spawn()
+            .unwrap(),
+    );
+    eventually("ready", Duration::from_secs(20), || async {
+        (readyz(admin).await.0 == 200).then_some(())
+    })
+    .await;
+
+    outage.cut();
+    let (_, body) = eventually(
+        "not ready while the queue is away",
+        Duration::from_secs(20),
+        || async {
+            let answer = readyz(admin).await;
+            (answer.0 == 503).then_some(answer)
+        },
+    )
+    .await;
+    assert!(body["failing"]["queue"].is_string(), "{body}");
+    assert!(
+        body["failing"].get("database").is_none(),
+        "the database is fine: {body}"
+    );
+    // A code issued meanwhile (straight to Azurite, past the cut) waits on the queue.
+    queues
+        .main
+        .send(&activation(2), Duration::ZERO)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        worker.0.try_wait().unwrap().is_none(),
+        "the worker keeps running"
+    );
+
+    outage.restore().await;
+    eventually("ready again", Duration::from_secs(30), || async {
+        (readyz(admin).await.0 == 200).then_some(())
+    })
+    .await;
+    eventually(
+        "the code issued during the outage activated",
+        Duration::from_secs(30),
+        || async {
+            (count(
+                &db,
+                "SELECT count(*) FROM active_codes WHERE code = 'Sig-2-Trm'",
+            )
+            .await
+                == 1)
+                .then_some(())
+        },
+    )
+    .await;
+    assert!(worker.terminate().success());
+    let log = std::fs::read_to_string(dir.path().join("worker.log")).unwrap();
+    let pollers = 2;
+    assert!(
+        log.matches("receive failed; backing off").count() <= pollers,
+        "logged once per poller, not per try:\n{log}"
+    );
+    assert!(log.contains("queue reachable again"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_signal_exits_at_once_without_waiting_for_the_grace_period() {
+    use axum::routing::get;
+    // A number API that answers only after a long time keeps a request in flight in `serve`.
+    let slow = axum::Router::new().route(
+        "/n",
+        get(|| async {
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            "{\"value\": 1}"
+        }),
+    );
+    let api = common::Server::start(slow).await;
+    let queues = common::azure_queues().await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = common::free_port();
+    let env = vec![
+        (
+            "AZURE_STORAGE_CONNECTION_STRING",
+            common::connection_string(),
+        ),
+        ("STORAGE_QUEUE_NAME", queues.main.name().to_owned()),
+        (
+            "DATABASE_URL",
+            format!("sqlite:{}", dir.path().join("s.db").display()),
+        ),
+        ("THIRD_PARTY_API_ENDPOINT", api.url("/n")),
+        ("THIRD_PARTY_API_KEY", "k".to_owned()),
+        ("THIRD_PARTY_API_TIMEOUT_MS", "120000".to_owned()),
+        ("SHUTDOWN_GRACE_SECONDS", "60".to_owned()),
+        ("LISTEN_ADDR", format!("127.0.0.1:{port}")),
+    ];
+    let mut serve = Proc(
+        codewatch(dir.path(), &["serve"], &env, "serve.log")
+            .spawn()
+            .unwrap(),
+    );
+    eventually("serve to listen", Duration::from_secs(20), || async {
+        reqwest::get(format!("http://127.0.0.1:{port}/healthz"))
+            .await
+            .ok()
+            .map(|_| ())
+    })
+    .await;
+    let in_flight = tokio::spawn(reqwest::get(format!(
+        "http://127.0.0.1:{port}/api/v1/getcode"
+    )));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    serve.signal();
+    assert!(
+        serve.wait_for(Duration::from_secs(2)).is_none(),
+        "the first signal waits for the request in flight"
+    );
+    let second = Instant::now();
+    serve.signal();
+    let status = serve
+        .wait_for(Duration::from_secs(5))
+        .expect("the second signal exits at once");
+    assert!(second.elapsed() < Duration::from_secs(5));
+    assert_eq!(status.code(), Some(130), "a forced exit is not a clean one");
+    in_flight.abort();
+}

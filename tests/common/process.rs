@@ -12,23 +12,33 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_codewatch");
 pub struct Proc(pub Child);
 
 impl Proc {
-    /// Sends SIGTERM and waits (up to 25 s) for the exit status.
-    pub fn terminate(&mut self) -> std::process::ExitStatus {
+    /// Sends SIGTERM without waiting.
+    pub fn signal(&self) {
         let _ = Command::new("kill")
             .arg("-TERM")
             .arg(self.0.id().to_string())
             .status();
-        let deadline = Instant::now() + Duration::from_secs(25);
+    }
+
+    /// The exit status, if the process ends within `limit`.
+    pub fn wait_for(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + limit;
         loop {
             if let Some(status) = self.0.try_wait().unwrap() {
-                return status;
+                return Some(status);
             }
-            assert!(
-                Instant::now() < deadline,
-                "process did not stop after SIGTERM"
-            );
-            std::thread::sleep(Duration::from_millis(50));
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Sends SIGTERM and waits (up to 25 s) for the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        self.signal();
+        self.wait_for(Duration::from_secs(25))
+            .expect("process did not stop after SIGTERM")
     }
 }
 
