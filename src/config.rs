@@ -249,16 +249,31 @@ pub struct NumberApiClientArgs {
     pub third_party_api_timeout_ms: u64,
 }
 
+/// How long a daemon may take to stop.
+#[derive(Clone, Debug, Args)]
+pub struct ShutdownArgs {
+    /// Seconds to finish work in flight after SIGTERM/SIGINT before exiting anyway (keep under the
+    /// platform's kill timeout: Kubernetes waits 30 s).
+    #[arg(long, env = "SHUTDOWN_GRACE_SECONDS", default_value_t = 20)]
+    pub shutdown_grace_seconds: u64,
+}
+
+impl ShutdownArgs {
+    /// The grace period.
+    pub fn grace(&self) -> Duration {
+        Duration::from_secs(self.shutdown_grace_seconds)
+    }
+}
+
 /// `codewatch serve`.
 #[derive(Clone, Debug, Args)]
 pub struct ServeArgs {
     /// Address the producer listens on (use 0.0.0.0:8080 in a container).
     #[arg(long, env = "LISTEN_ADDR", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
-    /// Seconds to finish work in flight after SIGTERM/SIGINT before exiting anyway (keep under the
-    /// platform's kill timeout: Kubernetes waits 30 s).
-    #[arg(long, env = "SHUTDOWN_GRACE_SECONDS", default_value_t = 20)]
-    pub shutdown_grace_seconds: u64,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub shutdown: ShutdownArgs,
     #[command(flatten)]
     #[allow(missing_docs)]
     pub number_api: NumberApiClientArgs,
@@ -354,9 +369,9 @@ pub struct WorkerArgs {
     /// Address of the worker's admin listener: `/healthz`, `/readyz`, `/metrics` (0.0.0.0:9090 in a container).
     #[arg(long, env = "ADMIN_LISTEN_ADDR", default_value = "127.0.0.1:9090")]
     pub admin_listen: SocketAddr,
-    /// Seconds to finish the batches in flight after SIGTERM/SIGINT before exiting anyway.
-    #[arg(long, env = "SHUTDOWN_GRACE_SECONDS", default_value_t = 20)]
-    pub shutdown_grace_seconds: u64,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub shutdown: ShutdownArgs,
     #[command(flatten)]
     #[allow(missing_docs)]
     pub tuning: WorkerTuning,

@@ -178,7 +178,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     let listener = bind(args.listen, "producer").await?;
     tracing::info!(addr = %listener.local_addr()?, queue = queues.main.name(), backend = queues.backend, "producer listening");
     let server = spawn_http(listener, http::router(state).merge(ops), cancel.clone());
-    let grace = Duration::from_secs(args.shutdown_grace_seconds);
+    let grace = args.shutdown.grace();
     until_stopped("the producer", server, &cancel, grace).await??;
     database.close().await;
     tracing::info!("producer stopped");
@@ -211,7 +211,7 @@ pub async fn worker(args: WorkerArgs) -> Result<()> {
     tracing::info!(admin = %admin.local_addr()?, "admin listener on /healthz, /readyz, /metrics");
     let admin_server = spawn_http(admin, ops, cancel.clone());
     let running = tokio::spawn(worker.run(cancel.clone()));
-    let grace = Duration::from_secs(args.shutdown_grace_seconds);
+    let grace = args.shutdown.grace();
     until_stopped("the worker", running, &cancel, grace).await?;
     admin_server.await??;
     database.close().await;
@@ -295,7 +295,7 @@ pub async fn up(args: UpArgs) -> Result<()> {
     // A closed stdout must not stop the service.
     let _ = std::io::Write::write_all(&mut std::io::stdout(), banner.as_bytes());
 
-    let grace = Duration::from_secs(serve_args.shutdown_grace_seconds);
+    let grace = serve_args.shutdown.grace();
     until_stopped("the producer", producer, &cancel, grace).await??;
     until_stopped("the worker", worker, &cancel, grace).await?;
     if let Some(task) = stand_in {

@@ -566,9 +566,25 @@ mod tests {
     fn the_expiry_delay_rounds_up_and_stays_within_what_the_service_accepts() {
         let now = Utc.with_ymd_and_hms(2026, 11, 28, 9, 0, 0).unwrap();
         let at = |ms: i64| now + chrono::Duration::milliseconds(ms);
-        assert_eq!(until(at(600_000), now), Duration::from_secs(600), "the sample's 600 s when processed at once");
-        assert_eq!(until(at(1), now), Duration::from_secs(1), "never visible before expires_at");
-        assert_eq!(until(at(-5_000), now), Duration::ZERO, "already past: visible at once");
-        assert_eq!(until(at(30 * 24 * 3600 * 1000), now), crate::queue::MAX_VISIBILITY, "clamped to 7 days");
+        assert_eq!(
+            until(at(600_000), now),
+            Duration::from_secs(600),
+            "the sample's 600 s when processed at once"
+        );
+        assert_eq!(
+            until(at(1), now),
+            Duration::from_secs(1),
+            "never visible before expires_at"
+        );
+        assert_eq!(
+            until(at(-5_000), now),
+            Duration::ZERO,
+            "already past: visible at once"
+        );
+        assert_eq!(
+            until(at(30 * 24 * 3600 * 1000), now),
+            crate::queue::MAX_VISIBILITY,
+            "clamped to 7 days"
+        );
     }
 }
