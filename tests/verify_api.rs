@@ -414,4 +414,23 @@ async fn the_openapi_document_describes_every_endpoint() {
         "bearer"
     );
     assert!(doc["components"]["schemas"]["ValidCode"].is_object());
+    let text = doc.to_string();
+    for reference in text.split("\"#/components/schemas/").skip(1) {
+        let name = reference.split('"').next().unwrap();
+        assert!(
+            doc["components"]["schemas"][name].is_object(),
+            "dangling reference to {name}"
+        );
+    }
+    for path in ["/api/v1/codes/{code}", "/api/v1/codes/{code}/redeem"] {
+        let operation = doc["paths"][path]
+            .as_object()
+            .unwrap()
+            .values()
+            .next()
+            .unwrap();
+        let mut codes: Vec<&String> = operation["responses"].as_object().unwrap().keys().collect();
+        codes.sort();
+        assert_eq!(codes, ["200", "400", "401", "404", "429", "503"], "{path}");
+    }
 }

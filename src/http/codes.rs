@@ -1,5 +1,6 @@
 //! `GET /api/v1/codes/{code}` and `POST /api/v1/codes/{code}/redeem`, for the sign-in service.
 
+use super::error::ErrorBody;
 use super::{ApiError, AppState};
 use crate::code::Code;
 use crate::store::CodeRecord;
@@ -10,7 +11,7 @@ use axum::extract::{Path, Query, State};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
-use utoipa::{IntoParams, ToSchema};
+use utoipa::{IntoParams, IntoResponses, ToSchema};
 
 /// The subject a check is for. Without it, only codes issued without a subject match.
 #[derive(Debug, Deserialize, IntoParams)]
@@ -58,6 +59,48 @@ impl From<CodeRecord> for ValidCode {
     }
 }
 
+/// The answers of a check (for the OpenAPI document).
+#[derive(IntoResponses)]
+#[allow(dead_code)]
+enum CheckAnswers {
+    /// The code is valid.
+    #[response(status = 200)]
+    Valid(ValidCode),
+    /// Not valid: wrong, expired, redeemed, revoked or locked, one answer for all.
+    #[response(status = 404)]
+    NotValid(NotValid),
+}
+
+/// The answers of a redeem (for the OpenAPI document).
+#[derive(IntoResponses)]
+#[allow(dead_code)]
+enum RedeemAnswers {
+    /// The code was valid and is now consumed.
+    #[response(status = 200)]
+    Redeemed(ValidCode),
+    /// Not valid: wrong, expired, already redeemed, revoked or locked, one answer for all.
+    #[response(status = 404)]
+    NotValid(NotValid),
+}
+
+/// The errors both verification endpoints share (for the OpenAPI document).
+#[derive(IntoResponses)]
+#[allow(dead_code)]
+enum VerifyErrors {
+    /// Not a well-formed code or subject.
+    #[response(status = 400)]
+    BadRequest(ErrorBody),
+    /// Missing or wrong bearer key.
+    #[response(status = 401)]
+    Unauthorized(ErrorBody),
+    /// Too many requests from this client.
+    #[response(status = 429)]
+    RateLimited(ErrorBody),
+    /// The verification API is off (no VERIFY_API_KEY).
+    #[response(status = 503)]
+    Disabled(ErrorBody),
+}
+
 fn parse(code: &str, query: &SubjectQuery) -> Result<(Code, Option<Subject>), ApiError> {
     let code = Code::parse(code).map_err(|e| ApiError::BadRequest(e.to_string()))?;
     Ok((code, super::parse_subject(query.subject.as_deref())?))
@@ -83,14 +126,7 @@ fn verifier(state: &AppState) -> Result<&crate::verify::Verifier, ApiError> {
     get,
     path = "/api/v1/codes/{code}",
     params(("code" = String, Path, description = "The code, e.g. ojE-161-pTv (case-sensitive)"), SubjectQuery),
-    responses(
-        (status = 200, description = "The code is valid", body = ValidCode),
-        (status = 404, description = "Not valid (wrong, expired, redeemed, revoked or locked: one answer)", body = NotValid),
-        (status = 400, description = "Not a well-formed code or subject", body = super::error::ErrorBody),
-        (status = 401, description = "Missing or wrong bearer key", body = super::error::ErrorBody),
-        (status = 429, description = "Too many requests from this client", body = super::error::ErrorBody),
-        (status = 503, description = "The verification API is off (no VERIFY_API_KEY)", body = super::error::ErrorBody),
-    ),
+    responses(CheckAnswers, VerifyErrors),
     security(("bearer" = []))
 )]
 pub async fn check(
@@ -111,14 +147,7 @@ pub async fn check(
     post,
     path = "/api/v1/codes/{code}/redeem",
     params(("code" = String, Path, description = "The code, e.g. ojE-161-pTv (case-sensitive)"), SubjectQuery),
-    responses(
-        (status = 200, description = "The code was valid and is now consumed", body = ValidCode),
-        (status = 404, description = "Not valid (wrong, expired, already redeemed, revoked or locked: one answer)", body = NotValid),
-        (status = 400, description = "Not a well-formed code or subject", body = super::error::ErrorBody),
-        (status = 401, description = "Missing or wrong bearer key", body = super::error::ErrorBody),
-        (status = 429, description = "Too many requests from this client", body = super::error::ErrorBody),
-        (status = 503, description = "The verification API is off (no VERIFY_API_KEY)", body = super::error::ErrorBody),
-    ),
+    responses(RedeemAnswers, VerifyErrors),
     security(("bearer" = []))
 )]
 pub async fn redeem(

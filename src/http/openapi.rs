@@ -9,6 +9,7 @@ use utoipa::{Modify, OpenApi};
 #[openapi(
     info(title = "codewatch", description = "Short-lived two-factor codes: issue, check, redeem."),
     paths(super::getcode::get_code, super::codes::check, super::codes::redeem),
+    components(schemas(super::codes::ValidCode, super::codes::NotValid, super::error::ErrorBody)),
     modifiers(&BearerKey)
 )]
 pub struct ApiDoc;
