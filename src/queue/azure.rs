@@ -110,6 +110,8 @@ impl AzureQueueFactory {
             }),
             ..Default::default()
         };
+        // Per call, so before the retry policy: a retried request keeps the one SAS it got, instead of
+        // carrying it twice (which the service reads as a bad signature: 403).
         if let Some(sas) = &self.sas {
             client_options
                 .per_call_policies

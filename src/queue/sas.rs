@@ -127,10 +127,7 @@ impl Policy for SasPolicy {
     ) -> PolicyResult {
         let token = self.token()?;
         let url = request.url_mut();
-        // Appended once: a request that passes here again (a retry) must not carry the SAS twice, which
-        // the service reads as a different signature.
         let query = match url.query() {
-            Some(q) if q.contains(&token) => q.to_owned(),
             Some(q) if !q.is_empty() => format!("{q}&{token}"),
             _ => token,
         };
