@@ -61,6 +61,15 @@ fn json(status: StatusCode, error: &'static str, reason: impl Into<String>) -> R
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        if let ApiError::NumberApi(e) = &self {
+            let kind = match e {
+                NumberApiError::Status(_) => "status",
+                NumberApiError::Unreachable => "unreachable",
+                NumberApiError::Timeout(_) => "timeout",
+                NumberApiError::Garbage => "garbage",
+            };
+            metrics::counter!(crate::ops::metrics::NUMBER_API_ERRORS, "kind" => kind).increment(1);
+        }
         match &self {
             ApiError::NotValid => {
                 return (
@@ -104,22 +113,11 @@ impl IntoResponse for ApiError {
             }
             // The sample's behaviour: its plain-text body with the API's own status.
             ApiError::NumberApi(NumberApiError::Status(code)) => {
-                metrics::counter!(crate::ops::metrics::NUMBER_API_ERRORS, "kind" => "status")
-                    .increment(1);
                 tracing::warn!(status = code, "number API refused");
                 let status = StatusCode::from_u16(*code).unwrap_or(StatusCode::BAD_GATEWAY);
                 return (status, "Could not get you a code.").into_response();
             }
             _ => {}
-        }
-        if let ApiError::NumberApi(e) = &self {
-            let kind = match e {
-                NumberApiError::Status(_) => "status",
-                NumberApiError::Unreachable => "unreachable",
-                NumberApiError::Timeout(_) => "timeout",
-                NumberApiError::Garbage => "garbage",
-            };
-            metrics::counter!(crate::ops::metrics::NUMBER_API_ERRORS, "kind" => kind).increment(1);
         }
         tracing::warn!(error = %self, "request failed");
         match self {
