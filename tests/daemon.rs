@@ -182,14 +182,15 @@ async fn readyz(port: u16) -> (u16, serde_json::Value) {
 async fn readiness_follows_the_database_and_the_worker_survives_its_outage() {
     let db = common::postgres().await;
     let url = url::Url::parse(&db.url).unwrap();
-    let upstream = format!("{}:{}", url.host_str().unwrap(), url.port().unwrap_or(5432));
-    let mut outage = Outage::start(upstream).await;
+    let outage = Outage::start(format!(
+        "{}:{}",
+        url.host_str().unwrap(),
+        url.port().unwrap_or(5432)
+    ))
+    .await;
     let mut proxied = url.clone();
     proxied.set_port(Some(outage.port)).unwrap();
-
     let queues = common::azure_queues().await;
-    let dir = tempfile::tempdir().unwrap();
-    let admin = common::free_port();
     let env = vec![
         (
             "AZURE_STORAGE_CONNECTION_STRING",
@@ -197,75 +198,24 @@ async fn readiness_follows_the_database_and_the_worker_survives_its_outage() {
         ),
         ("STORAGE_QUEUE_NAME", queues.main.name().to_owned()),
         ("DATABASE_URL", proxied.to_string()),
-        ("ADMIN_LISTEN_ADDR", format!("127.0.0.1:{admin}")),
         ("WORKER_LEASE_SECONDS", "2".to_owned()),
-        ("LOG_FORMAT", "json".to_owned()),
     ];
-    let mut worker = Proc(
-        codewatch(dir.path(), &["worker"], &env, "worker.log")
-            .spawn()
-            .unwrap(),
-    );
-    eventually("ready", Duration::from_secs(20), || async {
-        (readyz(admin).await.0 == 200).then_some(())
-    })
-    .await;
-
-    outage.cut();
-    let (_, body) = eventually(
-        "not ready while the database is away",
-        Duration::from_secs(20),
-        || async {
-            let answer = readyz(admin).await;
-            (answer.0 == 503).then_some(answer)
-        },
-    )
-    .await;
-    assert!(body["failing"]["database"].is_string(), "{body}");
-    assert!(
-        body["failing"].get("queue").is_none(),
-        "the queue is fine: {body}"
-    );
-    // Work arriving during the outage waits on the queue.
-    queues
-        .main
-        .send(&activation(1), Duration::ZERO)
-        .await
-        .unwrap();
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let alive = reqwest::get(format!("http://127.0.0.1:{admin}/healthz"))
-        .await
-        .unwrap();
-    assert_eq!(
-        alive.status(),
-        200,
-        "liveness does not depend on the database"
-    );
-    assert!(
-        worker.0.try_wait().unwrap().is_none(),
-        "the worker keeps running"
-    );
-
-    outage.restore().await;
-    eventually("ready again", Duration::from_secs(30), || async {
-        (readyz(admin).await.0 == 200).then_some(())
-    })
-    .await;
     let store = db.database.store();
-    eventually(
-        "the message from the outage handled",
-        Duration::from_secs(30),
+    let log = worker_survives_an_outage(
+        ("database", "queue"),
+        outage,
+        env,
+        &queues.main,
+        1,
         || async {
             store
                 .find_valid(&Code::parse("Sig-1-Trm").unwrap(), None, Utc::now())
                 .await
                 .unwrap()
-                .map(|_| ())
+                .is_some()
         },
     )
     .await;
-    assert!(worker.terminate().success());
-    let log = std::fs::read_to_string(dir.path().join("worker.log")).unwrap();
     assert!(
         log.matches("database unavailable").count() <= 1,
         "an outage is logged once, not per batch:\n{log}"
@@ -363,7 +313,7 @@ async fn metrics_count_what_a_run_did() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readiness_follows_the_queue_and_the_worker_survives_its_outage() {
     let azurite = url::Url::parse(common::azurite_endpoint()).unwrap();
-    let mut outage = Outage::start(format!("127.0.0.1:{}", azurite.port().unwrap())).await;
+    let outage = Outage::start(format!("127.0.0.1:{}", azurite.port().unwrap())).await;
     let proxied = common::connection_string_at(&format!(
         "http://127.0.0.1:{}/devstoreaccount1",
         outage.port
@@ -371,14 +321,60 @@ async fn readiness_follows_the_queue_and_the_worker_survives_its_outage() {
     let queues = common::azure_queues().await;
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("codes.db");
-    let admin = common::free_port();
     let env = vec![
         ("AZURE_STORAGE_CONNECTION_STRING", proxied),
         ("STORAGE_QUEUE_NAME", queues.main.name().to_owned()),
         ("DATABASE_URL", format!("sqlite:{}", db.display())),
-        ("ADMIN_LISTEN_ADDR", format!("127.0.0.1:{admin}")),
-        ("LOG_FORMAT", "json".to_owned()),
     ];
+    let log = worker_survives_an_outage(
+        ("queue", "database"),
+        outage,
+        env,
+        &queues.main,
+        2,
+        || async {
+            count(
+                &db,
+                "SELECT count(*) FROM active_codes WHERE code = 'Sig-2-Trm'",
+            )
+            .await
+                == 1
+        },
+    )
+    .await;
+    let pollers = 2;
+    assert!(
+        log.matches("receive failed; backing off").count() <= pollers,
+        "logged once per poller, not per try:\n{log}"
+    );
+    assert!(log.contains("queue reachable again"), "{log}");
+}
+
+/// Runs a worker with `env`, cuts `outage` (the dependency `away`) and checks that `/readyz` names that
+/// part and not `fine`, that liveness holds and the worker keeps running; sends code `n` meanwhile
+/// (straight to Azurite), restores the dependency, and checks the worker becomes ready and `activated`
+/// turns true. Returns the worker's log.
+async fn worker_survives_an_outage<F, Fut>(
+    (away, fine): (&str, &str),
+    mut outage: Outage,
+    env: Vec<(&'static str, String)>,
+    queue: &codewatch::queue::SharedQueue,
+    n: usize,
+    activated: F,
+) -> String
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let dir = tempfile::tempdir().unwrap();
+    let admin = common::free_port();
+    let env: Vec<_> = env
+        .into_iter()
+        .chain([
+            ("ADMIN_LISTEN_ADDR", format!("127.0.0.1:{admin}")),
+            ("LOG_FORMAT", "json".to_owned()),
+        ])
+        .collect();
     let mut worker = Proc(
         codewatch(dir.path(), &["worker"], &env, "worker.log")
             .spawn()
@@ -391,7 +387,7 @@ async fn readiness_follows_the_queue_and_the_worker_survives_its_outage() {
 
     outage.cut();
     let (_, body) = eventually(
-        "not ready while the queue is away",
+        "not ready while a dependency is away",
         Duration::from_secs(20),
         || async {
             let answer = readyz(admin).await;
@@ -399,18 +395,18 @@ async fn readiness_follows_the_queue_and_the_worker_survives_its_outage() {
         },
     )
     .await;
-    assert!(body["failing"]["queue"].is_string(), "{body}");
+    assert!(body["failing"][away].is_string(), "{body}");
     assert!(
-        body["failing"].get("database").is_none(),
-        "the database is fine: {body}"
+        body["failing"].get(fine).is_none(),
+        "{fine} is fine: {body}"
     );
-    // A code issued meanwhile (straight to Azurite, past the cut) waits on the queue.
-    queues
-        .main
-        .send(&activation(2), Duration::ZERO)
+    // Work arriving during the outage waits on the queue.
+    queue.send(&activation(n), Duration::ZERO).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let alive = reqwest::get(format!("http://127.0.0.1:{admin}/healthz"))
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(alive.status(), 200, "liveness does not depend on {away}");
     assert!(
         worker.0.try_wait().unwrap().is_none(),
         "the worker keeps running"
@@ -422,27 +418,13 @@ async fn readiness_follows_the_queue_and_the_worker_survives_its_outage() {
     })
     .await;
     eventually(
-        "the code issued during the outage activated",
+        "the code sent during the outage activated",
         Duration::from_secs(30),
-        || async {
-            (count(
-                &db,
-                "SELECT count(*) FROM active_codes WHERE code = 'Sig-2-Trm'",
-            )
-            .await
-                == 1)
-                .then_some(())
-        },
+        || async { activated().await.then_some(()) },
     )
     .await;
     assert!(worker.terminate().success());
-    let log = std::fs::read_to_string(dir.path().join("worker.log")).unwrap();
-    let pollers = 2;
-    assert!(
-        log.matches("receive failed; backing off").count() <= pollers,
-        "logged once per poller, not per try:\n{log}"
-    );
-    assert!(log.contains("queue reachable again"), "{log}");
+    std::fs::read_to_string(dir.path().join("worker.log")).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
