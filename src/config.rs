@@ -341,6 +341,11 @@ pub struct WorkerTuning {
     /// How long a row is kept after its expiry for inspection, in seconds (never less than the TTL).
     #[arg(long, env = "CODE_RETENTION_SECONDS", default_value_t = 86_400)]
     pub retention_seconds: u64,
+    /// How far an activation's timestamp may lie after the queue's insertion time, in seconds (producer
+    /// clock skew). A code is never valid past insertion + this + CODE_TTL_SECONDS; an activation dated
+    /// later goes to the poison queue.
+    #[arg(long, env = "CLOCK_SKEW_ALLOWANCE_SECONDS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(0..=3600))]
+    pub clock_skew_allowance_seconds: u64,
 }
 
 impl WorkerTuning {
@@ -357,6 +362,7 @@ impl WorkerTuning {
             max_poll_interval: Duration::from_millis(self.max_poll_interval_ms),
             encoding,
             retention: Duration::from_secs(self.retention_seconds),
+            clock_allowance: Duration::from_secs(self.clock_skew_allowance_seconds),
             sweep_interval: (self.sweep_interval_seconds > 0)
                 .then(|| Duration::from_secs(self.sweep_interval_seconds)),
         }

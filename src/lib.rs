@@ -20,5 +20,6 @@ pub mod shutdown;
 pub mod store;
 pub mod subject;
 pub mod timestamp;
+pub mod untrusted;
 pub mod verify;
 pub mod worker;

@@ -3,13 +3,17 @@
 use crate::code::Code;
 use crate::subject::Subject;
 use crate::timestamp;
+use crate::untrusted::escaped;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use std::collections::BTreeMap;
 use std::fmt;
+use std::time::Duration;
+
+/// The longest issuance id accepted from a message.
+pub const MAX_ID_CHARS: usize = 128;
 
 /// Identifies one issuance of a code. Two issuances may draw the same code; they never share an id.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -29,9 +33,21 @@ impl IssuanceId {
         Self(format!("derived-{hex}"))
     }
 
-    /// Wraps an id read from a message or the database.
+    /// Wraps an id read from the database (written there by codewatch).
     pub fn from_string(id: String) -> Self {
         Self(id)
+    }
+
+    /// Reads an id given in a message: 1 to [`MAX_ID_CHARS`] characters without control characters.
+    pub fn parse(text: &str) -> Result<Self, MessageError> {
+        let text = text.trim();
+        if text.is_empty()
+            || text.chars().count() > MAX_ID_CHARS
+            || text.chars().any(char::is_control)
+        {
+            return Err(MessageError::BadId(escaped(text)));
+        }
+        Ok(Self(text.to_owned()))
     }
 
     /// The id as text.
@@ -89,19 +105,36 @@ pub enum MessageError {
     /// Neither JSON, a Python dict, a bare code, nor base64 of one of those.
     #[error("message is not JSON, a Python dict, a code, or base64 of one of them")]
     Undecodable,
-    /// A recognised shape without a usable code.
+    /// A recognised shape without a usable code (the text is escaped and capped).
     #[error("message has no valid code: {0}")]
     BadCode(String),
+    /// A recognised shape with an id that is empty, too long or holds control characters.
+    #[error("message id {0:?} is not 1 to 128 printable characters")]
+    BadId(String),
     /// A recognised shape with a subject that is not one.
     #[error("message subject is not a valid subject")]
     BadSubject,
-    /// A recognised shape with a timestamp that cannot be read.
+    /// A recognised shape with a timestamp that cannot be read (the text is escaped and capped).
     #[error("message timestamp {0:?} is not a time")]
     BadTimestamp(String),
+    /// An activation dated later than the queue took it, beyond the clock allowance: its sender would
+    /// otherwise choose how long the code stays valid.
+    #[error(
+        "activation dated in the future: {ahead_ms} ms after the queue took it (allowed: {allowance_ms} ms)"
+    )]
+    DatedInFuture {
+        /// How far its timestamp lies after its insertion time.
+        ahead_ms: i64,
+        /// The clock allowance in force.
+        allowance_ms: i64,
+    },
+    /// A time that cannot be computed with (its expiry would be out of range).
+    #[error("message time out of range")]
+    OutOfRange,
     /// An expiry message without its expiry time.
     #[error("expiry message has no expires_at")]
     MissingExpiry,
-    /// An `action` other than `activate` or `expire`.
+    /// An `action` other than `activate` or `expire` (the text is escaped and capped).
     #[error("unknown action {0:?}")]
     UnknownAction(String),
 }
@@ -113,7 +146,8 @@ struct Wire {
     action: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     id: Option<String>,
-    code: String,
+    #[serde(default)]
+    code: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     timestamp: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -140,7 +174,7 @@ impl CodeMessage {
         let wire = Wire {
             action: Some(action.to_owned()),
             id: Some(issuance.id.to_string()),
-            code: issuance.code.to_string(),
+            code: Some(issuance.code.to_string()),
             timestamp: Some(timestamp::format(issuance.issued_at)),
             expires_at,
             subject: issuance.subject.as_ref().map(|s| s.to_string()),
@@ -175,19 +209,11 @@ fn decode_plain(text: &str, inserted_at: DateTime<Utc>) -> Result<CodeMessage, M
         if let Ok(wire) = serde_json::from_str::<Wire>(text) {
             return from_wire(wire, inserted_at);
         }
-        if let Some(fields) = parse_python_dict(text) {
-            let field = |k: &str| fields.get(k).cloned();
-            let wire = Wire {
-                action: field("action"),
-                id: field("id"),
-                code: field("code").ok_or_else(|| MessageError::BadCode("missing".into()))?,
-                timestamp: field("timestamp"),
-                expires_at: field("expires_at"),
-                subject: field("subject"),
-            };
-            return from_wire(wire, inserted_at);
-        }
-        return Err(MessageError::Undecodable);
+        // The sample writes `str(dict)`: read it as the Python literal it is, then as JSON would be.
+        return python::parse_dict(text)
+            .and_then(|fields| serde_json::from_value::<Wire>(fields).ok())
+            .ok_or(MessageError::Undecodable)
+            .and_then(|wire| from_wire(wire, inserted_at));
     }
     match Code::parse(text) {
         Ok(code) => Ok(CodeMessage::Activate(Issuance {
@@ -201,14 +227,16 @@ fn decode_plain(text: &str, inserted_at: DateTime<Utc>) -> Result<CodeMessage, M
 }
 
 fn from_wire(wire: Wire, inserted_at: DateTime<Utc>) -> Result<CodeMessage, MessageError> {
-    let code =
-        Code::parse(wire.code.trim()).map_err(|_| MessageError::BadCode(wire.code.clone()))?;
+    let text = wire
+        .code
+        .ok_or_else(|| MessageError::BadCode("missing".into()))?;
+    let code = Code::parse(text.trim()).map_err(|_| MessageError::BadCode(escaped(&text)))?;
     let issued_at = match &wire.timestamp {
-        Some(t) => timestamp::parse(t).ok_or_else(|| MessageError::BadTimestamp(t.clone()))?,
+        Some(t) => timestamp::parse(t).ok_or_else(|| MessageError::BadTimestamp(escaped(t)))?,
         None => inserted_at,
     };
-    let id = match wire.id {
-        Some(id) if !id.trim().is_empty() => IssuanceId(id),
+    let id = match wire.id.as_deref().map(str::trim) {
+        Some(id) if !id.is_empty() => IssuanceId::parse(id)?,
         _ => IssuanceId::derived(&code, issued_at),
     };
     let subject = match wire.subject.as_deref() {
@@ -225,76 +253,185 @@ fn from_wire(wire: Wire, inserted_at: DateTime<Utc>) -> Result<CodeMessage, Mess
         None | Some("activate") => Ok(CodeMessage::Activate(issuance)),
         Some("expire") => {
             let text = wire.expires_at.ok_or(MessageError::MissingExpiry)?;
-            let expires_at = timestamp::parse(&text).ok_or(MessageError::BadTimestamp(text))?;
+            let expires_at = timestamp::parse(&text)
+                .ok_or_else(|| MessageError::BadTimestamp(escaped(&text)))?;
             Ok(CodeMessage::Expire {
                 issuance,
                 expires_at,
             })
         }
-        Some(other) => Err(MessageError::UnknownAction(other.to_owned())),
+        Some(other) => Err(MessageError::UnknownAction(escaped(other))),
     }
 }
 
-/// Parses a flat Python dict repr of string keys to string (or simple literal) values:
-/// `{'code': 'ojE-161-pTv', 'timestamp': '2020-04-15 16:54:48.816549'}`.
-fn parse_python_dict(text: &str) -> Option<BTreeMap<String, String>> {
-    let mut chars = text.trim().chars().peekable();
-    let mut fields = BTreeMap::new();
-    let skip_ws = |c: &mut std::iter::Peekable<std::str::Chars>| {
-        while c.peek().is_some_and(|ch| ch.is_whitespace()) {
-            c.next();
+impl Issuance {
+    /// When this issuance stops being valid, for an activation the queue took at `queued_at`:
+    /// `issued_at + ttl`. The sender's timestamp may lie at most `allowance` after `queued_at` (clock
+    /// skew), so a code is never valid past `queued_at + allowance + ttl`, whatever the sender wrote.
+    pub fn expiry(
+        &self,
+        ttl: Duration,
+        queued_at: DateTime<Utc>,
+        allowance: Duration,
+    ) -> Result<DateTime<Utc>, MessageError> {
+        let ttl = chrono::Duration::from_std(ttl).map_err(|_| MessageError::OutOfRange)?;
+        let allowance =
+            chrono::Duration::from_std(allowance).map_err(|_| MessageError::OutOfRange)?;
+        let ahead = self.issued_at.signed_duration_since(queued_at);
+        if ahead > allowance {
+            return Err(MessageError::DatedInFuture {
+                ahead_ms: ahead.num_milliseconds(),
+                allowance_ms: allowance.num_milliseconds(),
+            });
         }
-    };
-    if chars.next()? != '{' {
-        return None;
+        self.issued_at
+            .checked_add_signed(ttl)
+            .ok_or(MessageError::OutOfRange)
     }
-    loop {
-        skip_ws(&mut chars);
-        if chars.peek() == Some(&'}') {
-            chars.next();
-            break;
-        }
-        let key = python_string(&mut chars)?;
-        skip_ws(&mut chars);
-        if chars.next()? != ':' {
+
+    /// The earlier of its timestamp and its queue insertion time: a revocation made at or after this
+    /// reaches the issuance, whatever the sender wrote.
+    pub fn announced_at(&self, queued_at: DateTime<Utc>) -> DateTime<Utc> {
+        self.issued_at.min(queued_at)
+    }
+}
+
+/// A reader for the flat dict `repr()` the Python sample writes, with Python's literals.
+mod python {
+    use serde_json::{Map, Number, Value};
+    use std::iter::Peekable;
+    use std::str::Chars;
+
+    /// Parses `{'key': literal, …}` with string keys and literal values (`'text'`, `"text"`, `None`,
+    /// `True`, `False`, integers, floats) into a JSON object: `None` is `null`, as Python means it.
+    pub(super) fn parse_dict(text: &str) -> Option<Value> {
+        let mut chars = text.trim().chars().peekable();
+        let mut fields = Map::new();
+        if chars.next()? != '{' {
             return None;
         }
         skip_ws(&mut chars);
-        let value = match chars.peek()? {
-            '\'' | '"' => python_string(&mut chars)?,
-            _ => {
-                let mut literal = String::new();
-                while let Some(&ch) = chars.peek() {
-                    if ch == ',' || ch == '}' {
-                        break;
-                    }
-                    literal.push(ch);
-                    chars.next();
+        if chars.peek() == Some(&'}') {
+            chars.next();
+        } else {
+            loop {
+                skip_ws(&mut chars);
+                let key = string(&mut chars)?;
+                skip_ws(&mut chars);
+                if chars.next()? != ':' {
+                    return None;
                 }
-                literal.trim().to_owned()
+                skip_ws(&mut chars);
+                let value = literal(&mut chars)?;
+                fields.insert(key, value);
+                skip_ws(&mut chars);
+                match chars.next()? {
+                    ',' => {
+                        skip_ws(&mut chars);
+                        if chars.peek() == Some(&'}') {
+                            chars.next();
+                            break;
+                        }
+                    }
+                    '}' => break,
+                    _ => return None,
+                }
             }
-        };
-        fields.insert(key, value);
+        }
         skip_ws(&mut chars);
-        match chars.next()? {
-            ',' => continue,
-            '}' => break,
-            _ => return None,
+        chars.next().is_none().then_some(Value::Object(fields))
+    }
+
+    fn skip_ws(chars: &mut Peekable<Chars>) {
+        while chars.peek().is_some_and(|c| c.is_whitespace()) {
+            chars.next();
         }
     }
-    skip_ws(&mut chars);
-    chars.next().is_none().then_some(fields)
-}
 
-fn python_string(chars: &mut std::iter::Peekable<std::str::Chars>) -> Option<String> {
-    let quote = chars.next().filter(|q| *q == '\'' || *q == '"')?;
-    let mut out = String::new();
-    loop {
-        match chars.next()? {
-            '\\' => out.push(chars.next()?),
-            c if c == quote => return Some(out),
-            c => out.push(c),
+    fn literal(chars: &mut Peekable<Chars>) -> Option<Value> {
+        if matches!(chars.peek()?, '\'' | '"') {
+            return string(chars).map(Value::String);
         }
+        let mut token = String::new();
+        while let Some(&c) = chars.peek() {
+            if c == ',' || c == '}' || c.is_whitespace() {
+                break;
+            }
+            token.push(c);
+            chars.next();
+        }
+        match token.as_str() {
+            "None" => Some(Value::Null),
+            "True" => Some(Value::Bool(true)),
+            "False" => Some(Value::Bool(false)),
+            t => {
+                let digits = t.replace('_', "");
+                if let Ok(n) = digits.parse::<i64>() {
+                    Some(Value::Number(n.into()))
+                } else {
+                    digits
+                        .parse::<f64>()
+                        .ok()
+                        .filter(|f| f.is_finite() && !digits.chars().any(char::is_alphabetic))
+                        .and_then(Number::from_f64)
+                        .map(Value::Number)
+                }
+            }
+        }
+    }
+
+    /// A quoted string with Python's escapes: `\\ \' \" \n \r \t \a \b \f \v`, octal, `\xhh`,
+    /// `\uhhhh`, `\Uhhhhhhhh`; an unknown escape keeps its backslash, as Python does.
+    fn string(chars: &mut Peekable<Chars>) -> Option<String> {
+        let quote = chars.next().filter(|q| *q == '\'' || *q == '"')?;
+        let mut out = String::new();
+        loop {
+            match chars.next()? {
+                '\\' => match chars.next()? {
+                    '\n' => {} // a line continuation
+                    'n' => out.push('\n'),
+                    'r' => out.push('\r'),
+                    't' => out.push('\t'),
+                    'a' => out.push('\u{7}'),
+                    'b' => out.push('\u{8}'),
+                    'f' => out.push('\u{c}'),
+                    'v' => out.push('\u{b}'),
+                    'x' => out.push(hex(chars, 2)?),
+                    'u' => out.push(hex(chars, 4)?),
+                    'U' => out.push(hex(chars, 8)?),
+                    d @ '0'..='7' => {
+                        let mut value = d.to_digit(8)?;
+                        for _ in 0..2 {
+                            match chars.peek().and_then(|c| c.to_digit(8)) {
+                                Some(v) => {
+                                    value = value * 8 + v;
+                                    chars.next();
+                                }
+                                None => break,
+                            }
+                        }
+                        out.push(char::from_u32(value)?);
+                    }
+                    c @ ('\\' | '\'' | '"') => out.push(c),
+                    other => {
+                        out.push('\\');
+                        out.push(other);
+                    }
+                },
+                c if c == quote => return Some(out),
+                c => out.push(c),
+            }
+        }
+    }
+
+    fn hex(chars: &mut Peekable<Chars>, len: usize) -> Option<char> {
+        let mut value = 0u32;
+        for _ in 0..len {
+            value = value
+                .checked_mul(16)?
+                .checked_add(chars.next()?.to_digit(16)?)?;
+        }
+        char::from_u32(value)
     }
 }
 
@@ -415,12 +552,89 @@ mod tests {
     }
 
     #[test]
-    fn python_dict_parser_handles_escapes_and_literals() {
-        let d = parse_python_dict(r#"{'a': 'it\'s', "b": "x", 'n': 5, 'none': None}"#).unwrap();
+    fn python_dict_reader_reads_literals_as_python_means_them() {
+        let d = python::parse_dict(
+            r#"{'a': 'it\'s', "b": "x\ty\x41\u00e9\101", 'n': 5, 'f': -1.5, 'none': None, 't': True, 'F': False, 'w': 'a\qb',}"#,
+        )
+        .unwrap();
         assert_eq!(d["a"], "it's");
-        assert_eq!(d["b"], "x");
-        assert_eq!(d["n"], "5");
-        assert!(parse_python_dict("{'a': 'b'} trailing").is_none());
-        assert!(parse_python_dict("{'a' 'b'}").is_none());
+        assert_eq!(d["b"], "x\tyAéA");
+        assert_eq!(d["n"], 5);
+        assert_eq!(d["f"], -1.5);
+        assert_eq!(d["none"], serde_json::Value::Null);
+        assert_eq!(d["t"], true);
+        assert_eq!(d["F"], false);
+        assert_eq!(d["w"], "a\\qb", "an unknown escape keeps its backslash");
+        assert!(python::parse_dict("{'a': 'b'} trailing").is_none());
+        assert!(python::parse_dict("{'a' 'b'}").is_none());
+        assert!(python::parse_dict("{'a': nonsense}").is_none());
+        assert_eq!(python::parse_dict("{}"), Some(serde_json::json!({})));
+    }
+
+    #[test]
+    fn python_none_is_no_subject_and_no_id() {
+        let text = "{'code': 'ojE-161-pTv', 'timestamp': '2020-04-15 16:54:48.816549', 'subject': None, 'id': None}";
+        let CodeMessage::Activate(i) = CodeMessage::decode(text, inserted()).unwrap() else {
+            panic!()
+        };
+        assert_eq!(
+            i.subject, None,
+            "None is no subject, not a subject named \"None\""
+        );
+        assert!(i.id.as_str().starts_with("derived-"), "{}", i.id);
+        let other =
+            "{'code': 'abc-162-XYZ', 'timestamp': '2020-04-15 16:54:48.816549', 'id': None}";
+        assert_ne!(
+            CodeMessage::decode(other, inserted())
+                .unwrap()
+                .issuance()
+                .id,
+            i.id,
+            "two codes never share an issuance"
+        );
+        let json = r#"{"code": "ojE-161-pTv", "timestamp": "2020-04-15 16:54:48.816549", "subject": null, "id": null}"#;
+        assert_eq!(
+            CodeMessage::decode(json, inserted()).unwrap().issuance(),
+            &i
+        );
+    }
+
+    #[test]
+    fn values_from_a_message_are_escaped_and_capped_in_its_errors() {
+        let long = format!(
+            r#"{{"code": "ojE-161-pTv\nERROR forged {}"}}"#,
+            "x".repeat(60_000)
+        );
+        let MessageError::BadCode(shown) = CodeMessage::decode(&long, inserted()).unwrap_err()
+        else {
+            panic!()
+        };
+        assert!(!shown.contains('\n'));
+        assert!(shown.len() < 300, "{}", shown.len());
+        let id = r#"{"code": "ojE-161-pTv", "id": "a\nb"}"#;
+        assert!(matches!(
+            CodeMessage::decode(id, inserted()),
+            Err(MessageError::BadId(_))
+        ));
+    }
+
+    #[test]
+    fn an_activation_dated_after_its_insertion_beyond_the_allowance_is_refused() {
+        let ttl = Duration::from_secs(600);
+        let allowance = Duration::from_secs(30);
+        let mut i = issuance();
+        i.issued_at = inserted() + chrono::Duration::seconds(29);
+        assert_eq!(
+            i.expiry(ttl, inserted(), allowance),
+            Ok(inserted() + chrono::Duration::seconds(629))
+        );
+        i.issued_at = inserted() + chrono::Duration::minutes(5);
+        assert!(matches!(
+            i.expiry(ttl, inserted(), allowance),
+            Err(MessageError::DatedInFuture { .. })
+        ));
+        i.issued_at = DateTime::<Utc>::MAX_UTC;
+        assert!(i.expiry(ttl, DateTime::<Utc>::MAX_UTC, allowance).is_err());
+        assert_eq!(i.announced_at(inserted()), inserted());
     }
 }

@@ -22,15 +22,15 @@ fn activation(
     subject: Option<&str>,
 ) -> Activation {
     let issued_at = Utc::now() - Duration::seconds(issued_secs_ago);
-    Activation {
-        issuance: Issuance {
+    Activation::new(
+        Issuance {
             id: IssuanceId::random(),
             code: Code::parse(code).unwrap(),
             issued_at,
             subject: subject.map(|s| Subject::parse(s).unwrap()),
         },
-        expires_at: issued_at + Duration::seconds(ttl_secs),
-    }
+        issued_at + Duration::seconds(ttl_secs),
+    )
 }
 
 async fn codes_list_show_revoke_and_unlock(db: TestDb) {

@@ -26,15 +26,15 @@ fn activation_at(
     ttl_secs: i64,
     who: Option<&str>,
 ) -> Activation {
-    Activation {
-        issuance: Issuance {
+    Activation::new(
+        Issuance {
             id: IssuanceId::random(),
             code: code(text),
             issued_at,
             subject: who.map(subject),
         },
-        expires_at: issued_at + Duration::seconds(ttl_secs),
-    }
+        issued_at + Duration::seconds(ttl_secs),
+    )
 }
 
 fn activation(text: &str, ttl_secs: i64) -> Activation {
@@ -53,7 +53,8 @@ async fn activating_twice_keeps_one_row_and_reports_the_duplicate(store: SharedS
         ActivateReport {
             inserted: 1,
             duplicates: 0,
-            stale: 0
+            stale: 0,
+            conflicts: vec![]
         }
     );
     assert_eq!(
@@ -61,7 +62,8 @@ async fn activating_twice_keeps_one_row_and_reports_the_duplicate(store: SharedS
         ActivateReport {
             inserted: 0,
             duplicates: 2,
-            stale: 0
+            stale: 0,
+            conflicts: vec![]
         }
     );
     assert_eq!(store.list(true, Utc::now(), 10).await.unwrap().len(), 1);
@@ -260,6 +262,56 @@ async fn revoke_is_immediate_idempotent_and_catches_activations_still_queued(sto
     );
 }
 
+async fn revoke_reaches_issuances_whatever_their_dates(store: SharedStore) {
+    let now = Utc::now();
+    // Recorded with a timestamp ahead of the clock (a skewed producer, within the allowance).
+    let ahead = activation_at("fut-1-Ure", now + Duration::seconds(20), 60, None);
+    store.activate(from_ref(&ahead), now).await.unwrap();
+    let c = code("fut-1-Ure");
+    assert_eq!(store.revoke(&c, now).await.unwrap(), 1);
+    assert!(
+        store
+            .find_valid(&c, None, now + Duration::seconds(30))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    // Still in the queue at the revocation (announced before it), dated after it: recorded revoked.
+    let mut queued = activation_at("fut-1-Ure", now + Duration::seconds(25), 60, None);
+    queued.announced_at = now - Duration::seconds(1);
+    store
+        .activate(from_ref(&queued), now + Duration::seconds(1))
+        .await
+        .unwrap();
+    assert!(
+        store
+            .find_valid(&c, None, now + Duration::seconds(30))
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
+async fn an_id_recorded_for_another_code_is_a_conflict_not_a_duplicate(store: SharedStore) {
+    let first = activation("one-1-Abc", 60);
+    let mut other = activation("two-2-Abc", 60);
+    other.issuance.id = first.issuance.id.clone();
+    store.activate(from_ref(&first), Utc::now()).await.unwrap();
+    let report = store
+        .activate(&[other.clone(), first.clone()], Utc::now())
+        .await
+        .unwrap();
+    assert_eq!(report.conflicts, vec![other.issuance.id.clone()]);
+    assert_eq!((report.inserted, report.duplicates), (0, 1));
+    assert!(
+        store
+            .find_valid(&code("two-2-Abc"), None, Utc::now())
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
 async fn purge_deletes_rows_past_retention_only(store: SharedStore) {
     let (short, long) = (activation("abc-8-def", 1), activation("abc-9-def", 60));
     store
@@ -362,6 +414,8 @@ both!(
     a_bound_code_matches_only_its_subject,
     redeem_consumes_a_code_exactly_once_under_concurrency,
     revoke_is_immediate_idempotent_and_catches_activations_still_queued,
+    revoke_reaches_issuances_whatever_their_dates,
+    an_id_recorded_for_another_code_is_a_conflict_not_a_duplicate,
     purge_deletes_rows_past_retention_only,
     failed_checks_count_up_within_a_window_and_reset,
 );

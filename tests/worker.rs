@@ -422,3 +422,221 @@ async fn a_database_failure_loses_nothing_the_message_is_retried() {
     .await;
     let _ = &rig.db;
 }
+
+async fn poisoned_bodies(rig: &Rig) -> Vec<String> {
+    let mut bodies: Vec<String> = rig
+        .queues
+        .poison
+        .peek(32)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| m.body)
+        .collect();
+    bodies.sort();
+    bodies
+}
+
+#[tokio::test]
+async fn an_activation_dated_in_the_future_goes_to_poison_and_cannot_choose_its_validity() {
+    let rig = rig().await;
+    let worker = rig.worker(settings(60));
+    let far = issuance(
+        "far-1-Fut",
+        timestamp::parse("2030-01-01 00:00:00").unwrap(),
+    );
+    let soon = issuance("son-2-Fut", Utc::now() + ChronoDuration::minutes(5));
+    let skewed = issuance("ske-3-Wed", Utc::now() + ChronoDuration::seconds(5));
+    let sent_at = Utc::now();
+    for i in [&far, &soon, &skewed] {
+        rig.send(&activation(i)).await;
+    }
+    let report = drain(&worker).await;
+    assert_eq!((report.poisoned, report.activated), (2, 1));
+    assert_eq!(
+        poisoned_bodies(&rig).await.len(),
+        2,
+        "both future-dated activations are set aside unchanged"
+    );
+    assert_eq!(
+        rig.valid("far-1-Fut").await + rig.valid("son-2-Fut").await,
+        0
+    );
+    // Within the clock allowance: valid, and never past insertion + allowance + TTL.
+    let row = rig
+        .store
+        .records(&Code::parse("ske-3-Wed").unwrap())
+        .await
+        .unwrap()
+        .remove(0);
+    let bound = sent_at + ChronoDuration::seconds(1) + ChronoDuration::seconds(30 + 60);
+    assert!(row.expires_at <= bound, "{} > {bound}", row.expires_at);
+    assert_eq!(rig.valid("ske-3-Wed").await, 1);
+}
+
+#[tokio::test]
+async fn a_timestamp_at_the_limit_of_time_is_poisoned_and_the_worker_keeps_activating() {
+    let rig = rig().await;
+    let cancel = CancellationToken::new();
+    let worker = Arc::new(rig.worker(settings(60)));
+    let heartbeat = worker.heartbeat();
+    let running = tokio::spawn(worker.run(cancel.clone()));
+    rig.send(r#"{"code": "end-1-Tim", "timestamp": "+262142-12-31 23:59:59.999999"}"#)
+        .await;
+    rig.send(r#"{"code": "end-2-Tim", "timestamp": "+262142-12-31 23:59:59.999999", "action": "expire", "expires_at": "+262142-12-31 23:59:59.999999"}"#)
+        .await;
+    rig.send(&activation(&issuance("aft-3-Ter", Utc::now())))
+        .await;
+    eventually(
+        "the good code to become valid",
+        Duration::from_secs(10),
+        || async { (rig.valid("aft-3-Ter").await == 1).then_some(()) },
+    )
+    .await;
+    eventually(
+        "the activation to be poisoned",
+        Duration::from_secs(10),
+        || async { (poisoned_bodies(&rig).await.len() == 1).then_some(()) },
+    )
+    .await;
+    assert!(heartbeat.is_alive());
+    assert!(!running.is_finished(), "the worker is still running");
+    cancel.cancel();
+    running.await.unwrap();
+}
+
+#[tokio::test]
+async fn python_none_binds_no_subject_and_every_such_code_becomes_valid() {
+    let rig = rig().await;
+    let worker = rig.worker(settings(60));
+    let now = timestamp::format(Utc::now());
+    for code in ["non-1-Eaa", "non-2-Ebb", "non-3-Ecc"] {
+        rig.send(&format!(
+            "{{'code': '{code}', 'timestamp': '{now}', 'subject': None, 'id': None}}"
+        ))
+        .await;
+    }
+    let report = drain(&worker).await;
+    assert_eq!(
+        (report.activated, report.duplicates, report.poisoned),
+        (3, 0, 0)
+    );
+    for code in ["non-1-Eaa", "non-2-Ebb", "non-3-Ecc"] {
+        assert_eq!(
+            rig.valid(code).await,
+            1,
+            "{code} is valid and bound to no subject"
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_id_already_used_by_another_code_goes_to_poison() {
+    let rig = rig().await;
+    let worker = rig.worker(settings(60));
+    let first = issuance("fir-1-Sta", Utc::now());
+    let mut second = issuance("sec-2-Ond", Utc::now());
+    second.id = first.id.clone();
+    rig.send(&activation(&first)).await;
+    drain(&worker).await;
+    rig.send(&activation(&second)).await;
+    let report = drain(&worker).await;
+    assert_eq!((report.poisoned, report.duplicates), (1, 0));
+    assert_eq!(poisoned_bodies(&rig).await, [activation(&second)]);
+    assert_eq!(rig.valid("fir-1-Sta").await, 1);
+}
+
+/// The real queue, but its first `panics` receives panic: a bug in a poll loop.
+struct PanickingQueue {
+    inner: codewatch::queue::SharedQueue,
+    panics: std::sync::atomic::AtomicUsize,
+}
+
+#[async_trait::async_trait]
+impl codewatch::queue::MessageQueue for PanickingQueue {
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+    async fn ensure_exists(&self) -> Result<(), codewatch::queue::QueueError> {
+        self.inner.ensure_exists().await
+    }
+    async fn send(&self, body: &str, after: Duration) -> Result<(), codewatch::queue::QueueError> {
+        self.inner.send(body, after).await
+    }
+    async fn receive(
+        &self,
+        max: u32,
+        lease: Duration,
+    ) -> Result<Vec<codewatch::queue::ReceivedMessage>, codewatch::queue::QueueError> {
+        let left = self.panics.load(std::sync::atomic::Ordering::SeqCst);
+        if left > 0 {
+            self.panics
+                .store(left - 1, std::sync::atomic::Ordering::SeqCst);
+            panic!("injected poll loop bug");
+        }
+        self.inner.receive(max, lease).await
+    }
+    async fn delete(
+        &self,
+        receipt: &codewatch::queue::Receipt,
+    ) -> Result<(), codewatch::queue::QueueError> {
+        self.inner.delete(receipt).await
+    }
+    async fn release(
+        &self,
+        receipt: &codewatch::queue::Receipt,
+        after: Duration,
+    ) -> Result<(), codewatch::queue::QueueError> {
+        self.inner.release(receipt, after).await
+    }
+    async fn peek(
+        &self,
+        max: u32,
+    ) -> Result<Vec<codewatch::queue::PeekedMessage>, codewatch::queue::QueueError> {
+        self.inner.peek(max).await
+    }
+    async fn approximate_len(&self) -> Result<u64, codewatch::queue::QueueError> {
+        self.inner.approximate_len().await
+    }
+    async fn clear(&self) -> Result<(), codewatch::queue::QueueError> {
+        self.inner.clear().await
+    }
+}
+
+#[tokio::test]
+async fn a_poll_loop_that_panics_is_reported_by_liveness_and_restarted() {
+    let rig = rig().await;
+    let queue = Arc::new(PanickingQueue {
+        inner: rig.queues.main.clone(),
+        panics: std::sync::atomic::AtomicUsize::new(3),
+    });
+    let worker = Arc::new(Worker::new(
+        queue,
+        rig.queues.poison.clone(),
+        rig.store.clone(),
+        WorkerSettings {
+            pollers: 1,
+            ..settings(60)
+        },
+    ));
+    let heartbeat = worker.heartbeat();
+    let cancel = CancellationToken::new();
+    let running = tokio::spawn(worker.run(cancel.clone()));
+    eventually(
+        "liveness to report the dead poll loop",
+        Duration::from_secs(5),
+        || async { (heartbeat.stalled() == [0]).then_some(()) },
+    )
+    .await;
+    rig.send(&activation(&issuance("sur-1-Viv", Utc::now())))
+        .await;
+    eventually(
+        "the restarted loop to activate the code",
+        Duration::from_secs(15),
+        || async { (rig.valid("sur-1-Viv").await == 1).then_some(()) },
+    )
+    .await;
+    assert!(heartbeat.is_alive(), "alive again once the loop runs");
+    cancel.cancel();
+    running.await.unwrap();
+}

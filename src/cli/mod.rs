@@ -22,11 +22,68 @@ pub fn init_tracing(format: LogFormat) {
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(move || OneLine {
+            inner: std::io::stderr(),
+            ansi,
+        })
         .with_ansi(ansi);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}
+
+/// Writes each formatted log event as one line: a control character inside it (a newline in an error
+/// text from a library, say) is escaped, so nothing can start a forged line. The formatter hands over
+/// one whole event per `write_all`; its final newline is kept. Escape sequences pass only when colours
+/// are on (a terminal).
+pub struct OneLine<W> {
+    inner: W,
+    ansi: bool,
+}
+
+impl<W: std::io::Write> OneLine<W> {
+    /// Wraps `inner`; `ansi` lets colour escape sequences through.
+    pub fn new(inner: W, ansi: bool) -> Self {
+        Self { inner, ansi }
+    }
+}
+
+impl<W: std::io::Write> std::io::Write for OneLine<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.write_all(buf)?;
+        Ok(buf.len())
+    }
+
+    fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
+        let (body, newline) = match buf.strip_suffix(b"\n") {
+            Some(body) => (body, true),
+            None => (buf, false),
+        };
+        if !body.iter().any(|b| b.is_ascii_control() && *b != b'\t') {
+            return self.inner.write_all(buf);
+        }
+        let mut line = Vec::with_capacity(buf.len() + 16);
+        for &b in body {
+            match b {
+                b'\n' => line.extend_from_slice(b"\\n"),
+                b'\r' => line.extend_from_slice(b"\\r"),
+                b'\t' => line.push(b),
+                0x1b if self.ansi => line.push(b),
+                b if b.is_ascii_control() => {
+                    line.extend_from_slice(format!("\\x{b:02x}").as_bytes())
+                }
+                b => line.push(b),
+            }
+        }
+        if newline {
+            line.push(b'\n');
+        }
+        self.inner.write_all(&line)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
     }
 }
 
@@ -96,6 +153,19 @@ pub fn display_database_url(url: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::io::Write as _;
+
+    #[test]
+    fn a_log_event_stays_one_line_whatever_it_holds() {
+        let mut out = super::OneLine::new(Vec::new(), false);
+        out.write_all(b"WARN error=bad\nINFO forged \x1b[2J\r\n")
+            .unwrap();
+        out.write_all(b"INFO plain\ttab\n").unwrap();
+        assert_eq!(
+            String::from_utf8(out.inner).unwrap(),
+            "WARN error=bad\\nINFO forged \\x1b[2J\\r\nINFO plain\ttab\n"
+        );
+    }
     #[test]
     fn database_urls_are_printed_without_their_password() {
         assert_eq!(

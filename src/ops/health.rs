@@ -17,34 +17,61 @@ use std::time::{Duration, Instant};
 /// How long a readiness check may take per part.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// The time a loop last went round; liveness fails when it is older than the allowed silence.
+/// When each of a process's loops last went round. Liveness fails when any loop is older than the
+/// allowed silence, or is marked down (it ended and waits to be restarted).
 #[derive(Debug)]
 pub struct Heartbeat {
-    last_ms: AtomicI64,
+    last_ms: Vec<AtomicI64>,
     allowed: Duration,
     started: Instant,
 }
 
+/// The mark of a loop that is down.
+const DOWN: i64 = -1;
+
 impl Heartbeat {
-    /// A heartbeat that counts as alive for `allowed` after each [`Heartbeat::beat`].
-    pub fn new(allowed: Duration) -> Arc<Self> {
+    /// A heartbeat for `loops` loops, each alive for `allowed` after its [`Heartbeat::beat`].
+    pub fn new(allowed: Duration, loops: usize) -> Arc<Self> {
         Arc::new(Self {
-            last_ms: AtomicI64::new(0),
+            last_ms: (0..loops.max(1)).map(|_| AtomicI64::new(0)).collect(),
             allowed,
             started: Instant::now(),
         })
     }
 
-    /// Records that the loop went round.
-    pub fn beat(&self) {
+    /// Records that loop `index` went round.
+    pub fn beat(&self, index: usize) {
         let ms = i64::try_from(self.started.elapsed().as_millis()).unwrap_or(i64::MAX);
-        self.last_ms.store(ms, Ordering::Relaxed);
+        if let Some(slot) = self.last_ms.get(index) {
+            slot.store(ms, Ordering::Relaxed);
+        }
     }
 
-    /// Whether the loop went round recently enough.
+    /// Records that loop `index` ended unexpectedly: liveness fails until it beats again.
+    pub fn mark_down(&self, index: usize) {
+        if let Some(slot) = self.last_ms.get(index) {
+            slot.store(DOWN, Ordering::Relaxed);
+        }
+    }
+
+    /// The loops that are down or silent for longer than allowed.
+    pub fn stalled(&self) -> Vec<usize> {
+        let now = self.started.elapsed();
+        self.last_ms
+            .iter()
+            .enumerate()
+            .filter(|(_, slot)| {
+                let last = slot.load(Ordering::Relaxed);
+                last == DOWN
+                    || now.saturating_sub(Duration::from_millis(last as u64)) > self.allowed
+            })
+            .map(|(index, _)| index)
+            .collect()
+    }
+
+    /// Whether every loop went round recently enough.
     pub fn is_alive(&self) -> bool {
-        let last = Duration::from_millis(self.last_ms.load(Ordering::Relaxed).max(0) as u64);
-        self.started.elapsed().saturating_sub(last) <= self.allowed
+        self.stalled().is_empty()
     }
 }
 
@@ -105,13 +132,19 @@ pub fn ops_router(
 }
 
 async fn healthz(State(state): State<Arc<OpsState>>) -> Response {
-    match &state.heartbeat {
-        Some(h) if !h.is_alive() => (
+    let stalled = state
+        .heartbeat
+        .as_ref()
+        .map(|h| h.stalled())
+        .unwrap_or_default();
+    if stalled.is_empty() {
+        Json(serde_json::json!({ "status": "alive" })).into_response()
+    } else {
+        (
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(serde_json::json!({ "status": "stalled" })),
+            Json(serde_json::json!({ "status": "stalled", "stalled_pollers": stalled })),
         )
-            .into_response(),
-        _ => Json(serde_json::json!({ "status": "alive" })).into_response(),
+            .into_response()
     }
 }
 

@@ -19,6 +19,8 @@ pub const QUEUE_LENGTH: &str = "codewatch_queue_length";
 pub const OLDEST_VISIBLE_AGE: &str = "codewatch_queue_oldest_visible_age_seconds";
 /// The wait before the next receive of an idle or failing poll loop, in seconds.
 pub const POLL_BACKOFF: &str = "codewatch_poll_backoff_seconds";
+/// Worker loops restarted after they ended unexpectedly (a panic), by loop.
+pub const LOOP_RESTARTS: &str = "codewatch_worker_loop_restarts_total";
 /// HTTP requests by route and status.
 pub const HTTP_REQUESTS: &str = "codewatch_http_requests_total";
 /// HTTP request duration by route and status, in seconds.
@@ -64,6 +66,10 @@ fn describe() {
     describe_gauge!(
         POLL_BACKOFF,
         "Current wait of an idle or failing poll loop in seconds."
+    );
+    describe_counter!(
+        LOOP_RESTARTS,
+        "Worker loops restarted after they ended unexpectedly."
     );
     describe_counter!(HTTP_REQUESTS, "HTTP requests by route and status.");
     describe_histogram!(HTTP_SECONDS, "HTTP request duration by route and status.");

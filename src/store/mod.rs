@@ -18,6 +18,20 @@ pub struct Activation {
     pub issuance: Issuance,
     /// The end of its validity: issue time plus TTL.
     pub expires_at: DateTime<Utc>,
+    /// The earlier of its timestamp and its queue insertion time: a revocation at or after this reaches it.
+    pub announced_at: DateTime<Utc>,
+}
+
+impl Activation {
+    /// An activation announced at its own timestamp (for tools and tests that have no queue time).
+    pub fn new(issuance: Issuance, expires_at: DateTime<Utc>) -> Self {
+        let announced_at = issuance.issued_at;
+        Self {
+            issuance,
+            expires_at,
+            announced_at,
+        }
+    }
 }
 
 /// A row of `valid_codes`: one issuance and what became of it.
@@ -83,7 +97,7 @@ impl CodeRecord {
 }
 
 /// What [`CodeStore::activate`] did.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ActivateReport {
     /// Rows newly made valid.
     pub inserted: u64,
@@ -91,6 +105,8 @@ pub struct ActivateReport {
     pub duplicates: u64,
     /// Activations whose expiry had already passed: nothing made valid.
     pub stale: u64,
+    /// Activations whose id is already recorded for another code: nothing changed; they are not ours.
+    pub conflicts: Vec<IssuanceId>,
 }
 
 /// A database failure. The text is the driver's, which never holds the connection password.
@@ -117,7 +133,8 @@ pub enum StoreError {
 #[async_trait]
 pub trait CodeStore: Send + Sync + 'static {
     /// In one transaction: records each activation whose `expires_at > now` (a second activation of the
-    /// same issuance changes nothing; one revoked before it arrived is recorded as revoked) and marks any
+    /// same issuance changes nothing; one whose code was revoked at or after its `announced_at` is recorded
+    /// as revoked; one whose id is recorded for another code is reported in `conflicts`) and marks any
     /// leftover row of the others expired.
     async fn activate(
         &self,
@@ -148,8 +165,8 @@ pub trait CodeStore: Send + Sync + 'static {
         now: DateTime<Utc>,
     ) -> Result<Option<CodeRecord>, StoreError>;
 
-    /// Revokes every issuance of `code` issued at or before `now`, including activations still to come.
-    /// Idempotent; returns how many recorded issuances it revoked now.
+    /// Revokes every recorded issuance of `code`, whatever its dates, and every activation still to come
+    /// that was announced at or before `now`. Idempotent; returns how many valid issuances it revoked now.
     async fn revoke(&self, code: &Code, now: DateTime<Utc>) -> Result<u64, StoreError>;
 
     /// Every recorded issuance of `code`, newest first.
@@ -193,4 +210,21 @@ pub type SharedStore = Arc<dyn CodeStore>;
 fn subject_from(text: Option<String>) -> Result<Option<Subject>, StoreError> {
     text.map(|s| Subject::parse(&s).map_err(|_| StoreError::Corrupt("subject")))
         .transpose()
+}
+
+/// The activations of `chunk` whose id `recorded` (id, code) holds for another code.
+fn conflicts(chunk: &[&Activation], recorded: &[(String, String)]) -> Vec<IssuanceId> {
+    let codes: std::collections::HashMap<&str, &str> = recorded
+        .iter()
+        .map(|(id, code)| (id.as_str(), code.as_str()))
+        .collect();
+    chunk
+        .iter()
+        .filter(|a| {
+            codes
+                .get(a.issuance.id.as_str())
+                .is_some_and(|code| *code != a.issuance.code.as_str())
+        })
+        .map(|a| a.issuance.id.clone())
+        .collect()
 }

@@ -90,9 +90,14 @@ impl CodeStore for PostgresStore {
             ..Default::default()
         };
         let mut tx = self.pool.begin().await?;
+        // Activations share this lock; a revocation takes a stronger one, so the two never interleave:
+        // either the revocation sees the new rows, or the insert below sees the revocation.
+        sqlx::query("LOCK TABLE code_revocations IN SHARE MODE")
+            .execute(&mut *tx)
+            .await?;
         for chunk in live.chunks(CHUNK) {
             let mut insert = QueryBuilder::<Postgres>::new(
-                "INSERT INTO valid_codes (issuance_id, code, subject, issued_at, expires_at, activated_at) ",
+                "INSERT INTO valid_codes (issuance_id, code, subject, issued_at, expires_at, activated_at, revoked_at) ",
             );
             insert.push_values(chunk, |mut row, a| {
                 row.push_bind(a.issuance.id.as_str())
@@ -100,23 +105,28 @@ impl CodeStore for PostgresStore {
                     .push_bind(a.issuance.subject.as_ref().map(|s| s.as_str()))
                     .push_bind(a.issuance.issued_at)
                     .push_bind(a.expires_at)
-                    .push_bind(now);
+                    .push_bind(now)
+                    .push("(SELECT max(revoked_at) FROM code_revocations WHERE code = ")
+                    .push_bind_unseparated(a.issuance.code.as_str())
+                    .push_unseparated(" AND revoked_at >= ")
+                    .push_bind_unseparated(a.announced_at)
+                    .push_unseparated(")");
             });
             insert.push(" ON CONFLICT (issuance_id) DO NOTHING");
-            report.inserted += insert.build().execute(&mut *tx).await?.rows_affected();
+            let inserted = insert.build().execute(&mut *tx).await?.rows_affected();
+            report.inserted += inserted;
+            if inserted < chunk.len() as u64 {
+                let ids: Vec<&str> = chunk.iter().map(|a| a.issuance.id.as_str()).collect();
+                let recorded: Vec<(String, String)> = sqlx::query_as(
+                    "SELECT issuance_id, code FROM valid_codes WHERE issuance_id = ANY($1)",
+                )
+                .bind(&ids)
+                .fetch_all(&mut *tx)
+                .await?;
+                report.conflicts.extend(super::conflicts(chunk, &recorded));
+            }
         }
-        report.duplicates = live.len() as u64 - report.inserted;
-        let live_ids: Vec<String> = live.iter().map(|a| a.issuance.id.to_string()).collect();
-        // An operator may have revoked the code while this activation was on its way.
-        sqlx::query(
-            "UPDATE valid_codes v SET revoked_at = r.revoked_at \
-             FROM (SELECT code, max(revoked_at) AS revoked_at FROM code_revocations GROUP BY code) r \
-             WHERE v.revoked_at IS NULL AND r.code = v.code AND r.revoked_at >= v.issued_at \
-               AND v.issuance_id = ANY($1)",
-        )
-        .bind(&live_ids)
-        .execute(&mut *tx)
-        .await?;
+        report.duplicates = live.len() as u64 - report.inserted - report.conflicts.len() as u64;
         let stale_ids: Vec<String> = stale.iter().map(|a| a.issuance.id.to_string()).collect();
         sqlx::query(MARK_EXPIRED)
             .bind(now)
@@ -198,6 +208,9 @@ impl CodeStore for PostgresStore {
 
     async fn revoke(&self, code: &Code, now: DateTime<Utc>) -> Result<u64, StoreError> {
         let mut tx = self.pool.begin().await?;
+        sqlx::query("LOCK TABLE code_revocations IN SHARE ROW EXCLUSIVE MODE")
+            .execute(&mut *tx)
+            .await?;
         sqlx::query("INSERT INTO code_revocations (code, revoked_at) VALUES ($1, $2)")
             .bind(code.as_str())
             .bind(now)
@@ -205,7 +218,7 @@ impl CodeStore for PostgresStore {
             .await?;
         let revoked = sqlx::query(
             "UPDATE valid_codes SET revoked_at = $2 \
-             WHERE code = $1 AND revoked_at IS NULL AND issued_at <= $2 AND expires_at > $2",
+             WHERE code = $1 AND revoked_at IS NULL AND expires_at > $2",
         )
         .bind(code.as_str())
         .bind(now)

@@ -145,8 +145,10 @@ impl CodeStore for SqliteStore {
         };
         let mut tx = self.pool.begin().await?;
         for chunk in live.chunks(CHUNK) {
+            // One statement, so the revocation lookup and the insert see the same database: an operator
+            // may have revoked the code while this activation was on its way.
             let mut insert = QueryBuilder::<Sqlite>::new(
-                "INSERT INTO valid_codes (issuance_id, code, subject, issued_at, expires_at, activated_at) ",
+                "INSERT INTO valid_codes (issuance_id, code, subject, issued_at, expires_at, activated_at, revoked_at) ",
             );
             insert.push_values(chunk, |mut row, a| {
                 row.push_bind(a.issuance.id.as_str())
@@ -154,22 +156,27 @@ impl CodeStore for SqliteStore {
                     .push_bind(a.issuance.subject.as_ref().map(|s| s.as_str()))
                     .push_bind(t(a.issuance.issued_at))
                     .push_bind(t(a.expires_at))
-                    .push_bind(&now_text);
+                    .push_bind(&now_text)
+                    .push("(SELECT max(revoked_at) FROM code_revocations WHERE code = ")
+                    .push_bind_unseparated(a.issuance.code.as_str())
+                    .push_unseparated(" AND revoked_at >= ")
+                    .push_bind_unseparated(t(a.announced_at))
+                    .push_unseparated(")");
             });
             insert.push(" ON CONFLICT (issuance_id) DO NOTHING");
-            report.inserted += insert.build().execute(&mut *tx).await?.rows_affected();
-
-            // An operator may have revoked the code while this activation was on its way.
-            let mut revoked = QueryBuilder::<Sqlite>::new(
-                "UPDATE valid_codes SET revoked_at = (SELECT max(r.revoked_at) FROM code_revocations r \
-                 WHERE r.code = valid_codes.code AND r.revoked_at >= valid_codes.issued_at) \
-                 WHERE revoked_at IS NULL AND EXISTS (SELECT 1 FROM code_revocations r \
-                 WHERE r.code = valid_codes.code AND r.revoked_at >= valid_codes.issued_at)",
-            );
-            push_ids(&mut revoked, chunk.iter().map(|a| a.issuance.id.as_str()));
-            revoked.build().execute(&mut *tx).await?;
+            let inserted = insert.build().execute(&mut *tx).await?.rows_affected();
+            report.inserted += inserted;
+            if inserted < chunk.len() as u64 {
+                let mut query = QueryBuilder::<Sqlite>::new(
+                    "SELECT issuance_id, code FROM valid_codes WHERE 1 = 1",
+                );
+                push_ids(&mut query, chunk.iter().map(|a| a.issuance.id.as_str()));
+                let recorded: Vec<(String, String)> =
+                    query.build_query_as().fetch_all(&mut *tx).await?;
+                report.conflicts.extend(super::conflicts(chunk, &recorded));
+            }
         }
-        report.duplicates = live.len() as u64 - report.inserted;
+        report.duplicates = live.len() as u64 - report.inserted - report.conflicts.len() as u64;
         let stale_ids: Vec<&str> = stale.iter().map(|a| a.issuance.id.as_str()).collect();
         mark_expired(&mut tx, &stale_ids, &now_text).await?;
         tx.commit().await?;
@@ -253,11 +260,10 @@ impl CodeStore for SqliteStore {
             .await?;
         let revoked = sqlx::query(
             "UPDATE valid_codes SET revoked_at = ? \
-             WHERE code = ? AND revoked_at IS NULL AND issued_at <= ? AND expires_at > ?",
+             WHERE code = ? AND revoked_at IS NULL AND expires_at > ?",
         )
         .bind(t(now))
         .bind(code.as_str())
-        .bind(t(now))
         .bind(t(now))
         .execute(&mut *tx)
         .await?

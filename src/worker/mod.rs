@@ -46,6 +46,9 @@ pub struct WorkerSettings {
     pub sweep_interval: Option<Duration>,
     /// How long a row is kept after its expiry, for inspection (at least `code_ttl` is kept anyway).
     pub retention: Duration,
+    /// How far an activation's timestamp may lie after the queue's insertion time (clock skew); one
+    /// dated later is poisoned, so no sender can make a code valid past insertion + allowance + TTL.
+    pub clock_allowance: Duration,
 }
 
 impl Default for WorkerSettings {
@@ -62,6 +65,7 @@ impl Default for WorkerSettings {
             encoding: MessageEncoding::Text,
             sweep_interval: Some(Duration::from_secs(60)),
             retention: Duration::from_secs(24 * 3600),
+            clock_allowance: Duration::from_secs(30),
         }
     }
 }
@@ -136,6 +140,31 @@ enum Outcome {
     Failed,
 }
 
+/// The first and the longest wait before a loop that ended unexpectedly is started again.
+const RESTART_MIN: Duration = Duration::from_millis(200);
+const RESTART_MAX: Duration = Duration::from_secs(30);
+
+/// The worker's long-running loops, for supervision.
+#[derive(Clone, Copy, Debug)]
+enum Loop {
+    /// A poll loop, by index.
+    Poll(usize),
+    /// The retention sweeper, with its interval.
+    Sweep(Duration),
+    /// The queue metrics sampler.
+    Sample,
+}
+
+impl Loop {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Poll(_) => "poll",
+            Self::Sweep(_) => "sweep",
+            Self::Sample => "sample",
+        }
+    }
+}
+
 /// Seconds until `at`, rounded up so that a message made visible then never arrives before it.
 fn until(at: DateTime<Utc>, now: DateTime<Utc>) -> Duration {
     let ms = (at - now).num_milliseconds().max(0) as u64;
@@ -150,8 +179,7 @@ impl Worker {
         store: SharedStore,
         settings: WorkerSettings,
     ) -> Self {
-        let heartbeat = Heartbeat::new(LIVENESS_SILENCE);
-        heartbeat.beat();
+        let heartbeat = Heartbeat::new(LIVENESS_SILENCE, settings.pollers.max(1));
         Self {
             queue,
             poison,
@@ -281,16 +309,24 @@ impl Worker {
             }
             match CodeMessage::decode(&message.body, message.inserted_at) {
                 Err(e) => poison.push((message, e.to_string())),
-                Ok(CodeMessage::Activate(issuance)) => {
-                    let expires_at = issuance.issued_at + self.settings.code_ttl;
-                    activations.push((
-                        message,
-                        Activation {
-                            issuance,
-                            expires_at,
-                        },
-                    ));
-                }
+                Ok(CodeMessage::Activate(issuance)) => match issuance.expiry(
+                    self.settings.code_ttl,
+                    message.inserted_at,
+                    self.settings.clock_allowance,
+                ) {
+                    Err(e) => poison.push((message, e.to_string())),
+                    Ok(expires_at) => {
+                        let announced_at = issuance.announced_at(message.inserted_at);
+                        activations.push((
+                            message,
+                            Activation {
+                                issuance,
+                                expires_at,
+                                announced_at,
+                            },
+                        ));
+                    }
+                },
                 Ok(CodeMessage::Expire {
                     issuance,
                     expires_at,
@@ -313,6 +349,22 @@ impl Worker {
             self.note_store(&result);
             match result {
                 Ok(db) => {
+                    let (activations, conflicting): (Vec<_>, Vec<_>) = activations
+                        .into_iter()
+                        .partition(|(_, a)| !db.conflicts.contains(&a.issuance.id));
+                    let conflicting = conflicting
+                        .into_iter()
+                        .map(|(m, a)| {
+                            let reason = format!(
+                                "issuance id {:?} is already recorded for another code",
+                                a.issuance.id.as_str()
+                            );
+                            (m, reason)
+                        })
+                        .collect();
+                    let (poisoned, failed) = self.set_aside(conflicting).await;
+                    report.poisoned += poisoned;
+                    report.failed += failed;
                     for a in rows.iter().filter(|a| a.expires_at > now) {
                         let lag =
                             (now - a.issuance.issued_at).num_milliseconds().max(0) as f64 / 1000.0;
@@ -459,20 +511,69 @@ impl Worker {
     }
 
     /// Runs the poll loops, the sweeper and the metrics sampler until `cancel` fires; each poll loop
-    /// finishes its batch first (releasing what it had not started).
+    /// finishes its batch first (releasing what it had not started). A loop that ends unexpectedly (a
+    /// panic) is marked down for `/healthz` at once, counted, and restarted after a backoff.
     pub async fn run(self: Arc<Self>, cancel: CancellationToken) {
         let mut tasks = tokio::task::JoinSet::new();
-        for poller in 0..self.settings.pollers.max(1) {
-            let (worker, cancel) = (self.clone(), cancel.clone());
-            tasks.spawn(async move { worker.poll_loop(poller, cancel).await });
+        let mut loops = std::collections::HashMap::new();
+        let mut restarts: Vec<Backoff> = Vec::new();
+        let kinds: Vec<Loop> = (0..self.settings.pollers.max(1))
+            .map(Loop::Poll)
+            .chain(self.settings.sweep_interval.map(Loop::Sweep))
+            .chain([Loop::Sample])
+            .collect();
+        for (index, kind) in kinds.iter().enumerate() {
+            let handle = tasks.spawn(self.clone().run_loop(*kind, Duration::ZERO, cancel.clone()));
+            loops.insert(handle.id(), index);
+            restarts.push(Backoff::new(RESTART_MIN, RESTART_MAX));
         }
-        if let Some(interval) = self.settings.sweep_interval {
-            let (worker, cancel) = (self.clone(), cancel.clone());
-            tasks.spawn(async move { worker.sweep_loop(interval, cancel).await });
+        while let Some(joined) = tasks.join_next_with_id().await {
+            let (id, panic) = match joined {
+                Ok((id, ())) => (id, None),
+                Err(e) => (e.id(), e.try_into_panic().ok()),
+            };
+            let Some(index) = loops.remove(&id) else {
+                continue;
+            };
+            if cancel.is_cancelled() {
+                continue;
+            }
+            let kind = kinds[index];
+            if let Loop::Poll(poller) = kind {
+                self.heartbeat.mark_down(poller);
+            }
+            let message = panic
+                .as_ref()
+                .and_then(|p| {
+                    p.downcast_ref::<&str>()
+                        .map(|s| (*s).to_owned())
+                        .or_else(|| p.downcast_ref::<String>().cloned())
+                })
+                .unwrap_or_else(|| "ended".to_owned());
+            let wait = restarts[index].next_delay();
+            metrics::counter!(m::LOOP_RESTARTS, "loop" => kind.name()).increment(1);
+            tracing::error!(
+                worker_loop = kind.name(),
+                panic = %crate::untrusted::Untrusted::new(&message),
+                restart_in_ms = wait.as_millis() as u64,
+                "worker loop ended unexpectedly; restarting it"
+            );
+            let handle = tasks.spawn(self.clone().run_loop(kind, wait, cancel.clone()));
+            loops.insert(handle.id(), index);
         }
-        let (worker, sampler_cancel) = (self.clone(), cancel.clone());
-        tasks.spawn(async move { worker.sample_loop(sampler_cancel).await });
-        while tasks.join_next().await.is_some() {}
+    }
+
+    /// Runs one loop after `delay` (the restart backoff), unless cancelled first.
+    async fn run_loop(self: Arc<Self>, kind: Loop, delay: Duration, cancel: CancellationToken) {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(delay) => {}
+        }
+        match kind {
+            Loop::Poll(poller) => self.poll_loop(poller, cancel).await,
+            Loop::Sweep(interval) => self.sweep_loop(interval, cancel).await,
+            Loop::Sample => self.sample_loop(cancel).await,
+        }
     }
 
     async fn poll_loop(&self, poller: usize, cancel: CancellationToken) {
@@ -482,7 +583,7 @@ impl Worker {
         );
         let mut failing = false;
         while !cancel.is_cancelled() {
-            self.heartbeat.beat();
+            self.heartbeat.beat(poller);
             let result = self.poll_until(&cancel).await;
             if failing && result.is_ok() {
                 tracing::info!(poller, "queue reachable again");
