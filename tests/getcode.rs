@@ -268,3 +268,85 @@ async fn the_number_api_stand_in_checks_the_function_key_on_get_and_post() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_redirecting_number_api_is_a_502_and_the_key_never_leaves_its_origin() {
+    let queues = common::azure_queues().await;
+    let seen = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let recorder = seen.clone();
+    let elsewhere = Server::start(Router::new().route(
+        "/steal",
+        get(move |headers: axum::http::HeaderMap| {
+            let recorder = recorder.clone();
+            async move {
+                let key = headers
+                    .get("x-functions-key")
+                    .map(|v| v.to_str().unwrap_or_default().to_owned())
+                    .unwrap_or_default();
+                recorder.lock().unwrap().push(key);
+                Json(serde_json::json!({ "value": 5 }))
+            }
+        }),
+    ))
+    .await;
+    let target = elsewhere.url("/steal");
+    let redirecting = Server::start(Router::new().route(
+        "/api/RandomNumber",
+        get(move || {
+            let target = target.clone();
+            async move {
+                (
+                    AxumStatus::TEMPORARY_REDIRECT,
+                    [(axum::http::header::LOCATION, target)],
+                )
+            }
+        }),
+    ))
+    .await;
+    let app = common::producer(
+        &redirecting.url("/api/RandomNumber"),
+        KEY,
+        queues.main.clone(),
+        MessageEncoding::Text,
+    )
+    .await;
+    let response = reqwest::get(app.url("/api/v1/getcode")).await.unwrap();
+    assert_eq!(response.status(), 502);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"], "number_api_redirect", "{body}");
+    assert!(
+        seen.lock().unwrap().is_empty(),
+        "the redirect target was called"
+    );
+    assert!(
+        peek_bodies(&queues.main).await.is_empty(),
+        "no code was issued"
+    );
+}
+
+#[tokio::test]
+async fn a_huge_number_api_answer_is_refused_without_reading_it() {
+    let queues = common::azure_queues().await;
+    let huge = Server::start(Router::new().route(
+        "/api/RandomNumber",
+        get(|| async {
+            let chunk = axum::body::Bytes::from(vec![b'1'; 64 * 1024]);
+            let stream = futures::stream::iter(
+                (0..1600).map(move |_| Ok::<_, std::io::Error>(chunk.clone())),
+            );
+            axum::body::Body::from_stream(stream)
+        }),
+    ))
+    .await;
+    let app = common::producer(
+        &huge.url("/api/RandomNumber"),
+        KEY,
+        queues.main.clone(),
+        MessageEncoding::Text,
+    )
+    .await;
+    let response = reqwest::get(app.url("/api/v1/getcode")).await.unwrap();
+    assert_eq!(response.status(), 502);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"], "number_api_bad_response", "{body}");
+}

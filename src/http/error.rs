@@ -62,13 +62,8 @@ fn json(status: StatusCode, error: &'static str, reason: impl Into<String>) -> R
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         if let ApiError::NumberApi(e) = &self {
-            let kind = match e {
-                NumberApiError::Status(_) => "status",
-                NumberApiError::Unreachable => "unreachable",
-                NumberApiError::Timeout(_) => "timeout",
-                NumberApiError::Garbage => "garbage",
-            };
-            metrics::counter!(crate::ops::metrics::NUMBER_API_ERRORS, "kind" => kind).increment(1);
+            metrics::counter!(crate::ops::metrics::NUMBER_API_ERRORS, "kind" => e.kind())
+                .increment(1);
         }
         match &self {
             ApiError::NotValid => {
@@ -125,6 +120,19 @@ impl IntoResponse for ApiError {
                 StatusCode::GATEWAY_TIMEOUT,
                 "number_api_timeout",
                 "The random-number API did not answer in time.",
+            ),
+            ApiError::NumberApi(NumberApiError::Redirect(status)) => json(
+                StatusCode::BAD_GATEWAY,
+                "number_api_redirect",
+                format!(
+                    "The random-number API answered HTTP {status}, a redirect; it is not followed, so \
+                     the function key goes only to THIRD_PARTY_API_ENDPOINT. Configure the final URL."
+                ),
+            ),
+            ApiError::NumberApi(NumberApiError::TooLarge) => json(
+                StatusCode::BAD_GATEWAY,
+                "number_api_bad_response",
+                "The random-number API's answer was larger than a number can be.",
             ),
             ApiError::NumberApi(NumberApiError::Unreachable) => json(
                 StatusCode::BAD_GATEWAY,

@@ -9,6 +9,8 @@ use std::time::Duration;
 
 /// The largest number accepted from the API, so a code stays within the code format.
 const MAX_NUMBER: u64 = 999_999;
+/// The largest answer read from the API; `{"value": 161}` is a dozen bytes.
+pub const MAX_BODY_BYTES: usize = 4096;
 
 /// Why no number came back. Texts never include the key or the endpoint's query.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -25,6 +27,26 @@ pub enum NumberApiError {
     /// The API answered 200 with something other than `{"value": <number>}`.
     #[error("number API answered with something other than {{\"value\": <number>}}")]
     Garbage,
+    /// The API answered with a redirect, which is not followed: the key goes only to the configured origin.
+    #[error("number API answered HTTP {0} (a redirect, not followed)")]
+    Redirect(u16),
+    /// The API's answer was larger than [`MAX_BODY_BYTES`].
+    #[error("number API answer larger than {MAX_BODY_BYTES} bytes")]
+    TooLarge,
+}
+
+impl NumberApiError {
+    /// A short name for metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Status(_) => "status",
+            Self::Unreachable => "unreachable",
+            Self::Timeout(_) => "timeout",
+            Self::Garbage => "garbage",
+            Self::Redirect(_) => "redirect",
+            Self::TooLarge => "too_large",
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -42,10 +64,16 @@ pub struct NumberApiClient {
 }
 
 impl NumberApiClient {
-    /// A client for `endpoint` that sends `key` in `x-functions-key` and waits at most `timeout`.
+    /// A client for `endpoint` that sends `key` in `x-functions-key` and waits at most `timeout` for the
+    /// whole answer. It follows no redirect, so the key never leaves the endpoint's origin, and reads at
+    /// most [`MAX_BODY_BYTES`].
     pub fn new(endpoint: url::Url, key: Arc<FunctionKey>, timeout: Duration) -> Self {
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap_or_default();
         Self {
-            http: reqwest::Client::new(),
+            http,
             endpoint,
             key,
             timeout,
@@ -64,21 +92,42 @@ impl NumberApiClient {
         {
             response = self.call().await?;
         }
-        if response.status() != StatusCode::OK {
-            return Err(NumberApiError::Status(response.status().as_u16()));
+        let status = response.status();
+        if status.is_redirection() {
+            return Err(NumberApiError::Redirect(status.as_u16()));
         }
-        let body: NumberBody = response.json().await.map_err(|e| {
-            if e.is_timeout() {
-                NumberApiError::Timeout(self.timeout)
-            } else {
-                NumberApiError::Garbage
-            }
-        })?;
+        if status != StatusCode::OK {
+            return Err(NumberApiError::Status(status.as_u16()));
+        }
+        let bytes = self.read_capped(response).await?;
+        let body: NumberBody =
+            serde_json::from_slice(&bytes).map_err(|_| NumberApiError::Garbage)?;
         body.value
             .as_u64()
             .filter(|n| *n <= MAX_NUMBER)
             .and_then(|n| u32::try_from(n).ok())
             .ok_or(NumberApiError::Garbage)
+    }
+
+    /// Reads the body, refusing it once it passes [`MAX_BODY_BYTES`]; the request's timeout covers it.
+    async fn read_capped(
+        &self,
+        mut response: reqwest::Response,
+    ) -> Result<Vec<u8>, NumberApiError> {
+        if response
+            .content_length()
+            .is_some_and(|n| n > MAX_BODY_BYTES as u64)
+        {
+            return Err(NumberApiError::TooLarge);
+        }
+        let mut body = Vec::new();
+        while let Some(chunk) = response.chunk().await.map_err(|e| self.classify(&e))? {
+            if body.len() + chunk.len() > MAX_BODY_BYTES {
+                return Err(NumberApiError::TooLarge);
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(body)
     }
 
     async fn call(&self) -> Result<reqwest::Response, NumberApiError> {
@@ -95,6 +144,8 @@ impl NumberApiClient {
     fn classify(&self, e: &reqwest::Error) -> NumberApiError {
         if e.is_timeout() {
             NumberApiError::Timeout(self.timeout)
+        } else if e.is_body() || e.is_decode() {
+            NumberApiError::Garbage
         } else {
             NumberApiError::Unreachable
         }
