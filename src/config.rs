@@ -249,6 +249,34 @@ pub struct NumberApiClientArgs {
     pub third_party_api_timeout_ms: u64,
 }
 
+/// What every HTTP listener allows its clients.
+#[derive(Clone, Debug, Args)]
+pub struct HttpArgs {
+    /// Seconds a client may take to send a request's headers; also how long an idle keep-alive
+    /// connection is kept open.
+    #[arg(long, env = "HTTP_HEADER_READ_TIMEOUT_SECONDS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=600))]
+    pub http_header_read_timeout_seconds: u64,
+    /// Seconds one request may take in all before it is answered 503 (getcode's worst case is the
+    /// number API's timeout, twice after a refused key, plus the queue send).
+    #[arg(long, env = "HTTP_REQUEST_TIMEOUT_SECONDS", default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..=600))]
+    pub http_request_timeout_seconds: u64,
+    /// Connections open at once per listener; more clients wait in the listen backlog. Keep it below
+    /// the process's file descriptor limit (`ulimit -n`).
+    #[arg(long, env = "HTTP_MAX_CONNECTIONS", default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub http_max_connections: u64,
+}
+
+impl HttpArgs {
+    /// The limits these flags describe.
+    pub fn limits(&self) -> crate::http::HttpLimits {
+        crate::http::HttpLimits {
+            header_read_timeout: Duration::from_secs(self.http_header_read_timeout_seconds),
+            request_timeout: Duration::from_secs(self.http_request_timeout_seconds),
+            max_connections: usize::try_from(self.http_max_connections).unwrap_or(usize::MAX),
+        }
+    }
+}
+
 /// How long a daemon may take to stop.
 #[derive(Clone, Debug, Args)]
 pub struct ShutdownArgs {
@@ -271,6 +299,9 @@ pub struct ServeArgs {
     /// Address the producer listens on (use 0.0.0.0:8080 in a container).
     #[arg(long, env = "LISTEN_ADDR", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub http: HttpArgs,
     #[command(flatten)]
     #[allow(missing_docs)]
     pub shutdown: ShutdownArgs,
@@ -297,6 +328,10 @@ pub struct VerifyArgs {
     /// Consecutive failed checks after which a subject's checks fail until reset or the window ends.
     #[arg(long, env = "VERIFY_MAX_FAILED_CHECKS", default_value_t = 100)]
     pub verify_max_failed_checks: u32,
+    /// Wrong checks for a subject after which each of its valid codes is burned (the user must ask for
+    /// a new code).
+    #[arg(long, env = "VERIFY_MAX_WRONG_PER_CODE", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
+    pub verify_max_wrong_per_code: u32,
     /// How long a run of failed checks counts (and a lock lasts), in seconds.
     #[arg(long, env = "VERIFY_LOCKOUT_WINDOW_SECONDS", default_value_t = 3600)]
     pub verify_lockout_window_seconds: u64,
@@ -375,6 +410,9 @@ pub struct WorkerArgs {
     /// Address of the worker's admin listener: `/healthz`, `/readyz`, `/metrics` (0.0.0.0:9090 in a container).
     #[arg(long, env = "ADMIN_LISTEN_ADDR", default_value = "127.0.0.1:9090")]
     pub admin_listen: SocketAddr,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub http: HttpArgs,
     #[command(flatten)]
     #[allow(missing_docs)]
     pub shutdown: ShutdownArgs,

@@ -1,7 +1,7 @@
 //! Answers "is this code valid?" for a sign-in service, with NIST SP 800-63B throttling per subject.
 
 use crate::code::Code;
-use crate::store::{CodeRecord, SharedStore, StoreError};
+use crate::store::{CodeRecord, Gate, SharedStore, StoreError};
 use crate::subject::Subject;
 use chrono::{DateTime, Utc};
 use std::time::Duration;
@@ -13,6 +13,9 @@ pub struct Throttle {
     pub max_failures: u32,
     /// How long a run of failures counts; the lock ends when its window does.
     pub window: Duration,
+    /// Wrong checks for a subject after which each of its valid codes is burned: the user must ask
+    /// for a new code (as Twilio Verify allows 5 checks per code).
+    pub max_wrong_per_code: u32,
 }
 
 impl Default for Throttle {
@@ -20,6 +23,7 @@ impl Default for Throttle {
         Self {
             max_failures: 100,
             window: Duration::from_secs(3600),
+            max_wrong_per_code: 5,
         }
     }
 }
@@ -73,8 +77,17 @@ impl Verifier {
         self.verify(code, subject, now, Mode::Redeem).await
     }
 
-    fn window_start(&self, now: DateTime<Utc>) -> DateTime<Utc> {
-        now - chrono::Duration::from_std(self.throttle.window).unwrap_or(chrono::Duration::MAX)
+    fn gate(&self, now: DateTime<Utc>) -> Gate {
+        Gate {
+            window_start: now
+                .checked_sub_signed(
+                    chrono::Duration::from_std(self.throttle.window)
+                        .unwrap_or(chrono::Duration::MAX),
+                )
+                .unwrap_or(DateTime::<Utc>::MIN_UTC),
+            max_failures: self.throttle.max_failures,
+            max_wrong_per_code: self.throttle.max_wrong_per_code,
+        }
     }
 
     async fn verify(
@@ -84,37 +97,45 @@ impl Verifier {
         now: DateTime<Utc>,
         mode: Mode,
     ) -> Result<Verdict, StoreError> {
-        if let Some(subject) = subject
-            && self.store.failures(subject, self.window_start(now)).await?
-                >= self.throttle.max_failures
-        {
-            tracing::warn!(%subject, "check refused: subject locked after too many failed checks");
-            return Ok(Verdict::Invalid("subject locked"));
-        }
-        let found = match mode {
-            Mode::Check => self.store.find_valid(code, subject, now).await?,
-            Mode::Redeem => self.store.redeem(code, subject, now).await?,
-        };
-        match (found, subject) {
-            (Some(record), Some(subject)) => {
-                self.store.reset_failures(subject).await?;
-                Ok(Verdict::Valid(record))
-            }
-            (Some(record), None) => Ok(Verdict::Valid(record)),
-            (None, _) => {
-                let reason = self.why_not(code, subject, now).await?;
-                if let Some(subject) = subject {
-                    let failures = self
-                        .store
-                        .record_failure(subject, now, self.window_start(now))
-                        .await?;
-                    tracing::info!(%subject, failures, reason, ?mode, "check failed");
-                } else {
-                    tracing::info!(reason, ?mode, "unbound check failed");
+        let gate = self.gate(now);
+        // The lock is read in the same statement that finds (or consumes) the code, and a failure is
+        // counted by one atomic statement that never passes the cap: concurrent wrong guesses cannot
+        // get a right one evaluated past it.
+        let found = match (mode, subject) {
+            (Mode::Check, Some(s)) => match self.store.check(code, s, now, &gate).await? {
+                Some((record, prior)) => {
+                    if prior > 0 {
+                        self.store.reset_failures(s).await?;
+                    }
+                    Some(record)
                 }
-                Ok(Verdict::Invalid(reason))
+                None => None,
+            },
+            (Mode::Check, None) => self.store.find_valid(code, None, now).await?,
+            (Mode::Redeem, Some(s)) => {
+                let redeemed = self.store.redeem(code, Some(s), now, Some(&gate)).await?;
+                if redeemed.is_some() {
+                    self.store.reset_failures(s).await?;
+                }
+                redeemed
             }
+            (Mode::Redeem, None) => self.store.redeem(code, None, now, None).await?,
+        };
+        if let Some(record) = found {
+            return Ok(Verdict::Valid(record));
         }
+        let mut reason = self.why_not(code, subject, now).await?;
+        match subject {
+            Some(subject) => {
+                let failures = self.store.record_failure(subject, now, &gate).await?;
+                if failures >= self.throttle.max_failures {
+                    reason = "subject locked";
+                }
+                tracing::info!(%subject, failures, reason, ?mode, "check failed");
+            }
+            None => tracing::info!(reason, ?mode, "unbound check failed"),
+        }
+        Ok(Verdict::Invalid(reason))
     }
 
     /// The reason a code did not match, for the log.

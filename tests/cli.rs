@@ -91,7 +91,15 @@ async fn codes_list_show_revoke_and_unlock(db: TestDb) {
     let alice = Subject::parse("alice").unwrap();
     let window = Utc::now() - Duration::hours(1);
     store
-        .record_failure(&alice, Utc::now(), window)
+        .record_failure(
+            &alice,
+            Utc::now(),
+            &codewatch::store::Gate {
+                window_start: window,
+                max_failures: 100,
+                max_wrong_per_code: 5,
+            },
+        )
         .await
         .unwrap();
     assert!(codes(&["unlock", "alice"]).status.success());

@@ -350,3 +350,54 @@ async fn a_huge_number_api_answer_is_refused_without_reading_it() {
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["error"], "number_api_bad_response", "{body}");
 }
+
+#[tokio::test]
+async fn a_hung_queue_answers_503_with_a_reason_at_the_request_deadline() {
+    // A queue endpoint that accepts connections and never answers.
+    let black_hole = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!(
+        "http://{}/devstoreaccount1",
+        black_hole.local_addr().unwrap()
+    );
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = black_hole.accept().await {
+            held.push(stream);
+        }
+    });
+    let cs = codewatch::queue::connection_string::ConnectionString::parse(
+        &common::connection_string_at(&endpoint),
+    )
+    .unwrap();
+    let queue: SharedQueue = Arc::new(
+        codewatch::queue::azure::AzureQueueFactory::from_connection_string(&cs)
+            .unwrap()
+            .queue("hung")
+            .unwrap(),
+    );
+    let api = common::number_api(KEY).await;
+    let client = codewatch::number_api::NumberApiClient::new(
+        api.url("/api/RandomNumber").parse().unwrap(),
+        codewatch::function_key::FunctionKey::fixed(codewatch::secret::Secret::new(KEY)),
+        Duration::from_secs(5),
+    );
+    let app = Server::start_with(
+        codewatch::http::router(codewatch::http::AppState {
+            number_api: client,
+            queue,
+            encoding: MessageEncoding::Text,
+            verification: None,
+        }),
+        codewatch::http::HttpLimits {
+            request_timeout: Duration::from_secs(1),
+            ..Default::default()
+        },
+    )
+    .await;
+    let started = std::time::Instant::now();
+    let response = reqwest::get(app.url("/api/v1/getcode")).await.unwrap();
+    assert_eq!(response.status(), 503);
+    assert!(started.elapsed() < Duration::from_secs(5));
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"], "request_timeout", "{body}");
+}

@@ -173,3 +173,170 @@ async fn number_api_serve_and_worker_run_as_separate_processes_and_never_log_sec
         );
     }
 }
+
+/// The peak resident memory of process `pid`, in KiB (`VmHWM`).
+fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+fn host_port(base: &str) -> String {
+    base.trim_start_matches("http://").to_owned()
+}
+
+#[tokio::test]
+async fn a_client_that_sends_its_headers_slowly_is_cut_off_at_the_header_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let (mut proc, base) = spawn_up(
+        dir.path(),
+        &[("HTTP_HEADER_READ_TIMEOUT_SECONDS", "1".to_owned())],
+    );
+    let mut slow = tokio::net::TcpStream::connect(host_port(&base))
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let request = b"GET /api/v1/getcode HTTP/1.1\r\nHost: x\r\nX-Slow: ";
+    let mut closed = false;
+    for byte in request.iter().chain(std::iter::repeat(&b'a')).take(200) {
+        if slow.write_all(&[*byte]).await.is_err() {
+            closed = true;
+            break;
+        }
+        let mut buf = [0u8; 512];
+        if let Ok(read) =
+            tokio::time::timeout(Duration::from_millis(200), slow.read(&mut buf)).await
+        {
+            // The server answered (408) or closed the connection.
+            assert!(
+                read.map(|n| n == 0 || buf.starts_with(b"HTTP/1.1 408"))
+                    .unwrap_or(true)
+            );
+            closed = true;
+            break;
+        }
+    }
+    assert!(closed, "a one-byte-at-a-time client was held for 40 s");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "cut off after {:?}",
+        started.elapsed()
+    );
+    assert!(proc.terminate().success());
+}
+
+#[tokio::test]
+async fn idle_connections_do_not_starve_a_real_client_under_a_low_descriptor_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut proc, base) = common::process::spawn_up_with_fd_limit(
+        dir.path(),
+        &[("HTTP_HEADER_READ_TIMEOUT_SECONDS", "1".to_owned())],
+        64,
+    );
+    // More never-speaking connections than the process has descriptors.
+    let mut idle = Vec::new();
+    for _ in 0..120 {
+        idle.push(
+            tokio::net::TcpStream::connect(host_port(&base))
+                .await
+                .unwrap(),
+        );
+    }
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(20))
+        .build()
+        .unwrap();
+    let answer = client
+        .get(format!("{base}/api/v1/getcode"))
+        .send()
+        .await
+        .expect("a real client is served while idle connections are cut off");
+    assert_eq!(answer.status(), 200);
+    drop(idle);
+    assert!(proc.terminate().success());
+    let log = std::fs::read_to_string(dir.path().join("up.log")).unwrap();
+    let failures = log.matches("accepting connections failed").count();
+    assert!(
+        (1..=5).contains(&failures),
+        "the accept loop logs once per outage, not per attempt: {failures} lines"
+    );
+}
+
+#[tokio::test]
+async fn eight_huge_number_api_answers_leave_serves_memory_bounded() {
+    use axum::routing::get;
+    let huge = common::Server::start(axum::Router::new().route(
+        "/api/RandomNumber",
+        get(|| async {
+            let chunk = axum::body::Bytes::from(vec![b'1'; 64 * 1024]);
+            let stream = futures::stream::iter(
+                (0..1600).map(move |_| Ok::<_, std::io::Error>(chunk.clone())),
+            );
+            axum::body::Body::from_stream(stream)
+        }),
+    ))
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let (mut proc, base) = spawn_up(
+        dir.path(),
+        &[
+            ("THIRD_PARTY_API_ENDPOINT", huge.url("/api/RandomNumber")),
+            ("THIRD_PARTY_API_KEY", "k".to_owned()),
+        ],
+    );
+    let calls = (0..8).map(|_| {
+        let url = format!("{base}/api/v1/getcode");
+        async move { reqwest::get(url).await.unwrap().status().as_u16() }
+    });
+    let statuses = futures::future::join_all(calls).await;
+    assert_eq!(statuses, [502; 8]);
+    let peak_mib = peak_rss_kib(proc.0.id()) / 1024;
+    assert!(
+        peak_mib < 100,
+        "peak RSS {peak_mib} MiB after 8 × 100 MB answers"
+    );
+    assert!(proc.terminate().success());
+}
+
+#[tokio::test]
+async fn a_forged_line_inside_a_message_stays_inside_its_log_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut proc, _base) = spawn_up(dir.path(), &[]);
+    let db = dir.path().join("codewatch.db");
+    let database = codewatch::backends::Database::open(&codewatch::config::DatabaseArgs {
+        database_url: codewatch::secret::Secret::new(format!("sqlite:{}", db.display())),
+    })
+    .await
+    .unwrap();
+    let queue = database.embedded_queue("code-requests").unwrap();
+    let forged = format!(
+        r#"{{"code": "abc-1-def\n2026-01-01T00:00:00Z  INFO codewatch: FORGED {}"}}"#,
+        "x".repeat(60_000)
+    );
+    queue.send(&forged, Duration::ZERO).await.unwrap();
+    let poison = database.embedded_queue("code-requests-poison").unwrap();
+    eventually(
+        "the message to be poisoned",
+        Duration::from_secs(10),
+        || async { (poison.approximate_len().await.unwrap() == 1).then_some(()) },
+    )
+    .await;
+    assert!(proc.terminate().success());
+    let log = std::fs::read_to_string(dir.path().join("up.log")).unwrap();
+    assert!(log.contains("message set aside"), "{log}");
+    for line in log.lines() {
+        assert!(
+            !line.contains("  INFO codewatch: FORGED") || line.contains("WARN"),
+            "{line}"
+        );
+        assert!(
+            !line.trim_start().starts_with("2026-01-01T00:00:00Z"),
+            "a forged line: {line}"
+        );
+        assert!(line.len() < 2_000, "a {}-byte log line", line.len());
+    }
+}

@@ -7,7 +7,7 @@ use chrono::{DateTime, Duration, Utc};
 use codewatch::backends::Database;
 use codewatch::code::Code;
 use codewatch::message::{Issuance, IssuanceId};
-use codewatch::store::{ActivateReport, Activation, SharedStore};
+use codewatch::store::{ActivateReport, Activation, Gate, SharedStore};
 use codewatch::subject::Subject;
 use common::TestDb;
 use std::slice::from_ref;
@@ -35,6 +35,14 @@ fn activation_at(
         },
         issued_at + Duration::seconds(ttl_secs),
     )
+}
+
+fn gate(window_start: DateTime<Utc>, max_failures: u32) -> Gate {
+    Gate {
+        window_start,
+        max_failures,
+        max_wrong_per_code: 5,
+    }
 }
 
 fn activation(text: &str, ttl_secs: i64) -> Activation {
@@ -197,7 +205,12 @@ async fn redeem_consumes_a_code_exactly_once_under_concurrency(store: SharedStor
     let alice = subject("alice");
     let attempts = (0..16).map(|_| {
         let (store, c, alice) = (store.clone(), c.clone(), alice.clone());
-        tokio::spawn(async move { store.redeem(&c, Some(&alice), Utc::now()).await.unwrap() })
+        tokio::spawn(async move {
+            store
+                .redeem(&c, Some(&alice), Utc::now(), None)
+                .await
+                .unwrap()
+        })
     });
     let mut won = 0;
     for attempt in attempts {
@@ -312,6 +325,71 @@ async fn an_id_recorded_for_another_code_is_a_conflict_not_a_duplicate(store: Sh
     );
 }
 
+async fn concurrent_wrong_checks_never_count_past_the_cap_and_a_locked_subject_cannot_pass(
+    store: SharedStore,
+) {
+    let right = activation_at("cap-1-Abc", Utc::now(), 60, Some("carol"));
+    store.activate(from_ref(&right), Utc::now()).await.unwrap();
+    let carol = subject("carol");
+    let g = gate(Utc::now() - Duration::hours(1), 10);
+    let wrongs = (0..40).map(|_| {
+        let (store, carol) = (store.clone(), carol.clone());
+        tokio::spawn(async move { store.record_failure(&carol, Utc::now(), &g).await.unwrap() })
+    });
+    let mut counts = Vec::new();
+    for w in wrongs {
+        counts.push(w.await.unwrap());
+    }
+    assert_eq!(counts.iter().max(), Some(&10), "{counts:?}");
+    assert_eq!(store.failures(&carol, g.window_start).await.unwrap(), 10);
+    let c = code("cap-1-Abc");
+    assert!(
+        store
+            .check(&c, &carol, Utc::now(), &g)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        store
+            .redeem(&c, Some(&carol), Utc::now(), Some(&g))
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
+async fn wrong_checks_burn_a_subjects_codes_at_the_per_code_limit(store: SharedStore) {
+    let code_text = "bur-1-Ned";
+    store
+        .activate(
+            &[activation_at(code_text, Utc::now(), 60, Some("dave"))],
+            Utc::now(),
+        )
+        .await
+        .unwrap();
+    let dave = subject("dave");
+    let g = gate(Utc::now() - Duration::hours(1), 100);
+    for _ in 0..4 {
+        store.record_failure(&dave, Utc::now(), &g).await.unwrap();
+    }
+    let (_, prior) = store
+        .check(&code(code_text), &dave, Utc::now(), &g)
+        .await
+        .unwrap()
+        .expect("still valid after 4 wrong checks");
+    assert_eq!(prior, 4);
+    store.record_failure(&dave, Utc::now(), &g).await.unwrap();
+    assert!(
+        store
+            .check(&code(code_text), &dave, Utc::now(), &g)
+            .await
+            .unwrap()
+            .is_none(),
+        "burned after the 5th wrong check"
+    );
+}
+
 async fn purge_deletes_rows_past_retention_only(store: SharedStore) {
     let (short, long) = (activation("abc-8-def", 1), activation("abc-9-def", 60));
     store
@@ -329,7 +407,7 @@ async fn failed_checks_count_up_within_a_window_and_reset(store: SharedStore) {
     for expected in 1..=3 {
         assert_eq!(
             store
-                .record_failure(&alice, now, window_start)
+                .record_failure(&alice, now, &gate(window_start, 100))
                 .await
                 .unwrap(),
             expected
@@ -351,7 +429,7 @@ async fn failed_checks_count_up_within_a_window_and_reset(store: SharedStore) {
     );
     assert_eq!(
         store
-            .record_failure(&alice, later, later - Duration::hours(1))
+            .record_failure(&alice, later, &gate(later - Duration::hours(1), 100))
             .await
             .unwrap(),
         1
@@ -418,4 +496,6 @@ both!(
     an_id_recorded_for_another_code_is_a_conflict_not_a_duplicate,
     purge_deletes_rows_past_retention_only,
     failed_checks_count_up_within_a_window_and_reset,
+    concurrent_wrong_checks_never_count_past_the_cap_and_a_locked_subject_cannot_pass,
+    wrong_checks_burn_a_subjects_codes_at_the_per_code_limit,
 );

@@ -187,6 +187,7 @@ async fn failed_checks_lock_a_subject_until_reset_even_across_restarts(db: TestD
     let throttle = Throttle {
         max_failures: 3,
         window: Duration::from_secs(3600),
+        max_wrong_per_code: 100,
     };
     let rig = rig(db, 60, throttle, (1000.0, 1000.0)).await;
     let code = rig.issue(Some("dave")).await;
@@ -227,6 +228,7 @@ async fn a_lock_ends_with_its_window(db: TestDb) {
     let throttle = Throttle {
         max_failures: 2,
         window: Duration::from_secs(2),
+        max_wrong_per_code: 100,
     };
     let rig = rig(db, 60, throttle, (1000.0, 1000.0)).await;
     let code = rig.issue(Some("frank")).await;
@@ -288,7 +290,48 @@ macro_rules! both {
     };
 }
 
+async fn five_wrong_checks_burn_the_subjects_code_and_a_new_one_works(db: TestDb) {
+    let rig = rig(db, 60, Throttle::default(), (1000.0, 1000.0)).await;
+    let code = rig.issue(Some("gina")).await;
+    for _ in 0..5 {
+        assert_eq!(rig.check("Bad-000-Gus", Some("gina")).await.0, 404);
+    }
+    assert_eq!(
+        rig.check(&code, Some("gina")).await.0,
+        404,
+        "burned: the user must ask for a new code"
+    );
+    let fresh = rig.issue(Some("gina")).await;
+    assert_eq!(rig.check(&fresh, Some("gina")).await.0, 200);
+}
+
+async fn concurrent_wrong_guesses_never_count_past_the_cap(db: TestDb) {
+    let throttle = Throttle {
+        max_failures: 10,
+        window: Duration::from_secs(3600),
+        max_wrong_per_code: 1000,
+    };
+    let rig = rig(db, 60, throttle, (1000.0, 1000.0)).await;
+    let code = rig.issue(Some("hank")).await;
+    let guesses = (0..40).map(|i| {
+        let rig = &rig;
+        async move { rig.check(&format!("Bad-{i}-Gus"), Some("hank")).await.0 }
+    });
+    let statuses = futures::future::join_all(guesses).await;
+    assert!(statuses.iter().all(|s| *s == 404), "{statuses:?}");
+    let store = rig.db.database.store();
+    let hank = Subject::parse("hank").unwrap();
+    let counted = store
+        .failures(&hank, chrono::Utc::now() - chrono::Duration::hours(1))
+        .await
+        .unwrap();
+    assert_eq!(counted, 10, "failures counted exactly up to the cap");
+    assert_eq!(rig.check(&code, Some("hank")).await.0, 404, "locked");
+}
+
 both!(
+    five_wrong_checks_burn_the_subjects_code_and_a_new_one_works,
+    concurrent_wrong_guesses_never_count_past_the_cap,
     a_bound_code_checks_valid_only_for_its_subject,
     wrong_expired_and_redeemed_codes_all_get_the_same_answer,
     exactly_one_of_many_concurrent_redeems_succeeds,
@@ -323,6 +366,42 @@ async fn the_endpoints_need_the_bearer_key() {
             .status(),
         401
     );
+}
+
+#[tokio::test]
+async fn an_unauthenticated_flood_never_spends_the_sign_in_services_budget() {
+    let rig = rig(
+        common::sqlite().await,
+        60,
+        Throttle::default(),
+        (0.001, 3.0),
+    )
+    .await;
+    let url = rig.app.url("/api/v1/codes/abc-1-def");
+    for _ in 0..20 {
+        let status = rig
+            .http
+            .get(&url)
+            .bearer_auth("wrong")
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(status, 401);
+    }
+    let (status, _) = rig.check("abc-1-def", None).await;
+    assert_eq!(
+        status, 404,
+        "the authenticated caller still has its whole burst"
+    );
+    let lower = rig
+        .http
+        .get(&url)
+        .header("authorization", format!("bearer {API_KEY}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(lower.status(), 404, "the Bearer scheme is case-insensitive");
 }
 
 #[tokio::test]

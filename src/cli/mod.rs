@@ -9,7 +9,6 @@ use crate::backends::Database;
 use crate::config::{Cli, Command, LogFormat};
 use anyhow::{Context, Result};
 use axum::Router;
-use std::net::SocketAddr;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -123,21 +122,15 @@ pub async fn run(cli: Cli) -> Result<()> {
     }
 }
 
-/// Serves `router` on `listener` (with each client's address available to handlers) until `cancel`
-/// fires, then lets requests in flight finish.
+/// Serves `router` on `listener` with `limits` (each client's address available to handlers) until
+/// `cancel` fires, then lets requests in flight finish.
 pub fn spawn_http(
     listener: TcpListener,
     router: Router,
+    limits: crate::http::HttpLimits,
     cancel: CancellationToken,
 ) -> JoinHandle<std::io::Result<()>> {
-    tokio::spawn(async move {
-        axum::serve(
-            listener,
-            router.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(cancel.cancelled_owned())
-        .await
-    })
+    tokio::spawn(crate::http::server::serve(listener, router, limits, cancel))
 }
 
 /// A database URL without its password, for printing.

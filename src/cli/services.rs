@@ -115,6 +115,7 @@ fn verification(
     let throttle = Throttle {
         max_failures: args.verify_max_failed_checks,
         window: Duration::from_secs(args.verify_lockout_window_seconds),
+        max_wrong_per_code: args.verify_max_wrong_per_code,
     };
     key.map(|api_key| Verification {
         verifier: Verifier::new(database.store(), throttle),
@@ -177,7 +178,12 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     );
     let listener = bind(args.listen, "producer").await?;
     tracing::info!(addr = %listener.local_addr()?, queue = queues.main.name(), backend = queues.backend, "producer listening");
-    let server = spawn_http(listener, http::router(state).merge(ops), cancel.clone());
+    let server = spawn_http(
+        listener,
+        http::router(state).merge(ops),
+        args.http.limits(),
+        cancel.clone(),
+    );
     let grace = args.shutdown.grace();
     until_stopped("the producer", server, &cancel, grace).await??;
     database.close().await;
@@ -209,7 +215,7 @@ pub async fn worker(args: WorkerArgs) -> Result<()> {
     );
     let admin = bind(args.admin_listen, "admin listener").await?;
     tracing::info!(admin = %admin.local_addr()?, "admin listener on /healthz, /readyz, /metrics");
-    let admin_server = spawn_http(admin, ops, cancel.clone());
+    let admin_server = spawn_http(admin, ops, args.http.limits(), cancel.clone());
     let running = tokio::spawn(worker.run(cancel.clone()));
     let grace = args.shutdown.grace();
     until_stopped("the worker", running, &cancel, grace).await?;
@@ -224,7 +230,13 @@ pub async fn number_api(args: NumberApiArgs) -> Result<()> {
     let cancel = shutdown::on_signal();
     let listener = bind(args.listen, "number API").await?;
     tracing::info!(addr = %listener.local_addr()?, "number API listening on /api/RandomNumber");
-    spawn_http(listener, number_api::router(args.key), cancel).await??;
+    spawn_http(
+        listener,
+        number_api::router(args.key),
+        crate::http::HttpLimits::default(),
+        cancel,
+    )
+    .await??;
     Ok(())
 }
 
@@ -239,7 +251,12 @@ pub async fn up(args: UpArgs) -> Result<()> {
             let key = Secret::new(uuid::Uuid::new_v4().simple().to_string());
             let listener = bind(SocketAddr::from(([127, 0, 0, 1], 0)), "number API").await?;
             let addr = listener.local_addr()?;
-            let task = spawn_http(listener, number_api::router(key.clone()), cancel.clone());
+            let task = spawn_http(
+                listener,
+                number_api::router(key.clone()),
+                serve_args.http.limits(),
+                cancel.clone(),
+            );
             let endpoint = url::Url::parse(&format!("http://{addr}/api/RandomNumber"))?;
             (endpoint, FunctionKey::fixed(key), Some(task))
         }
@@ -266,7 +283,12 @@ pub async fn up(args: UpArgs) -> Result<()> {
     );
     let listener = bind(serve_args.listen, "producer").await?;
     let producer_addr = listener.local_addr()?;
-    let producer = spawn_http(listener, http::router(state).merge(ops), cancel.clone());
+    let producer = spawn_http(
+        listener,
+        http::router(state).merge(ops),
+        serve_args.http.limits(),
+        cancel.clone(),
+    );
     let worker = tokio::spawn(worker.run(cancel.clone()));
 
     let stand_in_note = if stand_in.is_some() {

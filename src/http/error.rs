@@ -46,6 +46,12 @@ pub enum ApiError {
     /// The code is not valid (the reason is logged where it is known, never answered).
     #[error("code not valid")]
     NotValid,
+    /// The request took longer than the listener's deadline.
+    #[error("request took longer than {0:?}")]
+    RequestTimeout(Duration),
+    /// A handler failed unexpectedly (a panic); the cause is in the log.
+    #[error("internal error")]
+    Internal,
 }
 
 fn json(status: StatusCode, error: &'static str, reason: impl Into<String>) -> Response {
@@ -143,6 +149,15 @@ impl IntoResponse for ApiError {
                 StatusCode::BAD_GATEWAY,
                 "number_api_bad_response",
                 "The random-number API answered with something that is not a number.",
+            ),
+            ApiError::RequestTimeout(deadline) => json(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "request_timeout",
+                format!(
+                    "The request took longer than {} s and was abandoned; if it was getcode, no code \
+                     was handed out. Try again.",
+                    deadline.as_secs_f64()
+                ),
             ),
             ApiError::Queue(_) => json(
                 StatusCode::SERVICE_UNAVAILABLE,

@@ -1,5 +1,6 @@
-//! In front of the verification endpoints: off without a key, then rate limit per client, then the
-//! bearer key, compared in constant time.
+//! In front of the verification endpoints: off without a key, then the bearer key (compared in
+//! constant time), then the rate limit per client, so an unauthenticated caller never spends the
+//! sign-in service's budget.
 
 use super::{ApiError, AppState};
 use crate::secret::constant_time_eq;
@@ -26,15 +27,11 @@ pub async fn verification_guard(
         .get::<ConnectInfo<SocketAddr>>()
         .map(|ConnectInfo(addr)| addr.ip())
         .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
-    verification
-        .limiter
-        .check(client, Instant::now())
-        .map_err(ApiError::RateLimited)?;
     let presented = request
         .headers()
         .get(AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
+        .and_then(bearer_token)
         .unwrap_or_default();
     if !constant_time_eq(
         presented.as_bytes(),
@@ -42,5 +39,29 @@ pub async fn verification_guard(
     ) {
         return Err(ApiError::Unauthorized);
     }
+    verification
+        .limiter
+        .check(client, Instant::now())
+        .map_err(ApiError::RateLimited)?;
     Ok(next.run(request).await)
+}
+
+/// The token of an `Authorization: Bearer <token>` value; the scheme is case-insensitive (RFC 9110).
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim().split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim_start())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive() {
+        for value in ["Bearer k", "bearer k", "BEARER  k"] {
+            assert_eq!(super::bearer_token(value), Some("k"), "{value}");
+        }
+        assert_eq!(super::bearer_token("Basic k"), None);
+        assert_eq!(super::bearer_token("Bearer"), None);
+    }
 }

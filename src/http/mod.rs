@@ -8,9 +8,11 @@ mod guard;
 mod home;
 mod openapi;
 pub mod rate_limit;
+pub mod server;
 
 pub use error::ApiError;
 pub use openapi::ApiDoc;
+pub use server::HttpLimits;
 
 use crate::message::MessageEncoding;
 use crate::number_api::NumberApiClient;

@@ -109,6 +109,17 @@ pub struct ActivateReport {
     pub conflicts: Vec<IssuanceId>,
 }
 
+/// The throttle a subject's checks pass through, applied in the same statement as the check.
+#[derive(Clone, Copy, Debug)]
+pub struct Gate {
+    /// Failures counted before this time belong to an ended window.
+    pub window_start: DateTime<Utc>,
+    /// Failed checks after which the subject's checks all fail until the window ends.
+    pub max_failures: u32,
+    /// Wrong checks for a subject after which each of its valid codes is burned (revoked).
+    pub max_wrong_per_code: u32,
+}
+
 /// A database failure. The text is the driver's, which never holds the connection password.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -156,13 +167,25 @@ pub trait CodeStore: Send + Sync + 'static {
         now: DateTime<Utc>,
     ) -> Result<Option<CodeRecord>, StoreError>;
 
-    /// Atomically consumes a valid issuance of `code` for `subject`: of any number of concurrent calls,
-    /// exactly one gets it.
+    /// In one statement: a valid issuance of `code` for `subject`, unless the subject has reached
+    /// `gate.max_failures` in its window; with the subject's failure count, so that a reset is written
+    /// only when there is something to reset.
+    async fn check(
+        &self,
+        code: &Code,
+        subject: &Subject,
+        now: DateTime<Utc>,
+        gate: &Gate,
+    ) -> Result<Option<(CodeRecord, u32)>, StoreError>;
+
+    /// Atomically consumes a valid issuance of `code` for `subject` (with a gate: unless the subject is
+    /// locked): of any number of concurrent calls, exactly one gets it.
     async fn redeem(
         &self,
         code: &Code,
         subject: Option<&Subject>,
         now: DateTime<Utc>,
+        gate: Option<&Gate>,
     ) -> Result<Option<CodeRecord>, StoreError>;
 
     /// Revokes every recorded issuance of `code`, whatever its dates, and every activation still to come
@@ -187,13 +210,15 @@ pub trait CodeStore: Send + Sync + 'static {
         window_start: DateTime<Utc>,
     ) -> Result<u32, StoreError>;
 
-    /// Counts one failed check of `subject`; a window that started at or before `window_start` starts
-    /// again at `now`. Returns the count after it.
+    /// In one transaction: counts one failed check of `subject` in one atomic statement that never
+    /// passes `gate.max_failures` (a window that started at or before `gate.window_start` starts again
+    /// at `now`), and counts a wrong check on each of the subject's valid codes, burning those that
+    /// reach `gate.max_wrong_per_code`. Returns the subject's count after it.
     async fn record_failure(
         &self,
         subject: &Subject,
         now: DateTime<Utc>,
-        window_start: DateTime<Utc>,
+        gate: &Gate,
     ) -> Result<u32, StoreError>;
 
     /// Forgets `subject`'s failed checks (after a success, or by an operator).

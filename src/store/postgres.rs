@@ -1,6 +1,6 @@
 //! The PostgreSQL store: `timestamptz` times, several workers (replicas) sharing one database.
 
-use super::{ActivateReport, Activation, CodeRecord, CodeStore, StoreError, subject_from};
+use super::{ActivateReport, Activation, CodeRecord, CodeStore, Gate, StoreError, subject_from};
 use crate::code::Code;
 use crate::message::IssuanceId;
 use crate::subject::Subject;
@@ -21,6 +21,18 @@ macro_rules! columns {
     () => {
         "issuance_id, code, subject, issued_at, expires_at, activated_at, redeemed_at, revoked_at, expired_at"
     };
+}
+
+/// The subject ($2) has reached the cap ($5) in the window that started after $4.
+macro_rules! locked {
+    () => {
+        "EXISTS (SELECT 1 FROM subject_failures WHERE subject = $2 AND window_started_at > $4 AND failures >= $5)"
+    };
+}
+
+/// A count bound for an `integer` column.
+fn int(n: u32) -> i32 {
+    i32::try_from(n).unwrap_or(i32::MAX)
 }
 
 macro_rules! valid_for {
@@ -183,24 +195,63 @@ impl CodeStore for PostgresStore {
         row.as_ref().map(record).transpose()
     }
 
+    async fn check(
+        &self,
+        code: &Code,
+        subject: &Subject,
+        now: DateTime<Utc>,
+        gate: &Gate,
+    ) -> Result<Option<(CodeRecord, u32)>, StoreError> {
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            columns!(),
+            ", (SELECT failures FROM subject_failures WHERE subject = $2 AND window_started_at > $4) \
+             AS prior_failures FROM valid_codes WHERE ",
+            valid_for!(),
+            " AND NOT ",
+            locked!(),
+            " ORDER BY expires_at LIMIT 1"
+        ))
+        .bind(code.as_str())
+        .bind(subject.as_str())
+        .bind(now)
+        .bind(gate.window_start)
+        .bind(int(gate.max_failures))
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|row| {
+            let prior: Option<i32> = row.try_get("prior_failures")?;
+            Ok((record(&row)?, prior.unwrap_or(0).max(0) as u32))
+        })
+        .transpose()
+    }
+
     async fn redeem(
         &self,
         code: &Code,
         subject: Option<&Subject>,
         now: DateTime<Utc>,
+        gate: Option<&Gate>,
     ) -> Result<Option<CodeRecord>, StoreError> {
         // A concurrent redeem of the same row waits for the first to commit, then re-checks
         // `redeemed_at IS NULL` (READ COMMITTED) and misses.
+        let (window_start, max_failures) = gate
+            .map(|g| (g.window_start, int(g.max_failures)))
+            .unwrap_or((now, i32::MAX));
         let row = sqlx::query(concat!(
             "UPDATE valid_codes SET redeemed_at = $3 WHERE redeemed_at IS NULL AND issuance_id = (SELECT issuance_id \
              FROM valid_codes WHERE ",
             valid_for!(),
+            " AND NOT ",
+            locked!(),
             " ORDER BY expires_at LIMIT 1) RETURNING ",
             columns!()
         ))
         .bind(code.as_str())
         .bind(subject.map(Subject::as_str))
         .bind(now)
+        .bind(window_start)
+        .bind(max_failures)
         .fetch_optional(&self.pool)
         .await?;
         row.as_ref().map(record).transpose()
@@ -290,21 +341,36 @@ impl CodeStore for PostgresStore {
         &self,
         subject: &Subject,
         now: DateTime<Utc>,
-        window_start: DateTime<Utc>,
+        gate: &Gate,
     ) -> Result<u32, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        // The upsert locks the subject's row, so concurrent failures count one after another.
         let n: i32 = sqlx::query_scalar(
             "INSERT INTO subject_failures AS f (subject, failures, window_started_at) VALUES ($1, 1, $2) \
              ON CONFLICT (subject) DO UPDATE SET \
-               failures = CASE WHEN f.window_started_at <= $3 THEN 1 ELSE f.failures + 1 END, \
+               failures = CASE WHEN f.window_started_at <= $3 THEN 1 \
+                               WHEN f.failures >= $4 THEN f.failures ELSE f.failures + 1 END, \
                window_started_at = CASE WHEN f.window_started_at <= $3 THEN excluded.window_started_at \
                                    ELSE f.window_started_at END \
              RETURNING failures",
         )
         .bind(subject.as_str())
         .bind(now)
-        .bind(window_start)
-        .fetch_one(&self.pool)
+        .bind(gate.window_start)
+        .bind(int(gate.max_failures))
+        .fetch_one(&mut *tx)
         .await?;
+        sqlx::query(
+            "UPDATE valid_codes SET wrong_checks = wrong_checks + 1, \
+               revoked_at = CASE WHEN wrong_checks + 1 >= $1 THEN $2 ELSE revoked_at END \
+             WHERE subject = $3 AND expires_at > $2 AND redeemed_at IS NULL AND revoked_at IS NULL",
+        )
+        .bind(int(gate.max_wrong_per_code))
+        .bind(now)
+        .bind(subject.as_str())
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
         Ok(n.max(0) as u32)
     }
 

@@ -1,6 +1,6 @@
 //! The SQLite store: times are sortable UTC text (`YYYY-MM-DD HH:MM:SS.ffffff`).
 
-use super::{ActivateReport, Activation, CodeRecord, CodeStore, StoreError, subject_from};
+use super::{ActivateReport, Activation, CodeRecord, CodeStore, Gate, StoreError, subject_from};
 use crate::code::Code;
 use crate::message::IssuanceId;
 use crate::subject::Subject;
@@ -23,6 +23,13 @@ const CHUNK: usize = 200;
 macro_rules! columns {
     () => {
         "issuance_id, code, subject, issued_at, expires_at, activated_at, redeemed_at, revoked_at, expired_at"
+    };
+}
+
+/// The subject (bound first) has reached the cap (then window start, cap) in its window.
+macro_rules! locked {
+    () => {
+        "EXISTS (SELECT 1 FROM subject_failures WHERE subject = ? AND window_started_at > ? AND failures >= ?)"
     };
 }
 
@@ -228,17 +235,59 @@ impl CodeStore for SqliteStore {
         row.as_ref().map(record).transpose()
     }
 
+    async fn check(
+        &self,
+        code: &Code,
+        subject: &Subject,
+        now: DateTime<Utc>,
+        gate: &Gate,
+    ) -> Result<Option<(CodeRecord, u32)>, StoreError> {
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            columns!(),
+            ", (SELECT failures FROM subject_failures WHERE subject = valid_codes.subject \
+             AND window_started_at > ?) AS prior_failures FROM valid_codes WHERE ",
+            valid_for!(),
+            " AND NOT ",
+            locked!(),
+            " ORDER BY expires_at LIMIT 1"
+        ))
+        .bind(t(gate.window_start))
+        .bind(code.as_str())
+        .bind(subject.as_str())
+        .bind(t(now))
+        .bind(subject.as_str())
+        .bind(t(gate.window_start))
+        .bind(i64::from(gate.max_failures))
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|row| {
+            let prior: Option<i64> = row.try_get("prior_failures")?;
+            Ok((
+                record(&row)?,
+                prior.unwrap_or(0).clamp(0, i64::from(u32::MAX)) as u32,
+            ))
+        })
+        .transpose()
+    }
+
     async fn redeem(
         &self,
         code: &Code,
         subject: Option<&Subject>,
         now: DateTime<Utc>,
+        gate: Option<&Gate>,
     ) -> Result<Option<CodeRecord>, StoreError> {
         // One statement: SQLite runs one writer at a time, and `redeemed_at IS NULL` makes a second redeem miss.
+        let (window_start, max_failures) = gate
+            .map(|g| (t(g.window_start), i64::from(g.max_failures)))
+            .unwrap_or_else(|| (t(now), i64::MAX));
         let row = sqlx::query(concat!(
             "UPDATE valid_codes SET redeemed_at = ? WHERE redeemed_at IS NULL AND issuance_id = \
              (SELECT issuance_id FROM valid_codes WHERE ",
             valid_for!(),
+            " AND NOT ",
+            locked!(),
             " ORDER BY expires_at LIMIT 1) RETURNING ",
             columns!()
         ))
@@ -246,6 +295,9 @@ impl CodeStore for SqliteStore {
         .bind(code.as_str())
         .bind(subject.map(Subject::as_str))
         .bind(t(now))
+        .bind(subject.map(Subject::as_str))
+        .bind(window_start)
+        .bind(max_failures)
         .fetch_optional(&self.pool)
         .await?;
         row.as_ref().map(record).transpose()
@@ -333,22 +385,38 @@ impl CodeStore for SqliteStore {
         &self,
         subject: &Subject,
         now: DateTime<Utc>,
-        window_start: DateTime<Utc>,
+        gate: &Gate,
     ) -> Result<u32, StoreError> {
+        let mut tx = self.pool.begin().await?;
         let n: i64 = sqlx::query_scalar(
             "INSERT INTO subject_failures (subject, failures, window_started_at) VALUES (?, 1, ?) \
              ON CONFLICT (subject) DO UPDATE SET \
-               failures = CASE WHEN subject_failures.window_started_at <= ? THEN 1 ELSE subject_failures.failures + 1 END, \
+               failures = CASE WHEN subject_failures.window_started_at <= ? THEN 1 \
+                               WHEN subject_failures.failures >= ? THEN subject_failures.failures \
+                               ELSE subject_failures.failures + 1 END, \
                window_started_at = CASE WHEN subject_failures.window_started_at <= ? \
                                    THEN excluded.window_started_at ELSE subject_failures.window_started_at END \
              RETURNING failures",
         )
         .bind(subject.as_str())
         .bind(t(now))
-        .bind(t(window_start))
-        .bind(t(window_start))
-        .fetch_one(&self.pool)
+        .bind(t(gate.window_start))
+        .bind(i64::from(gate.max_failures))
+        .bind(t(gate.window_start))
+        .fetch_one(&mut *tx)
         .await?;
+        sqlx::query(
+            "UPDATE valid_codes SET wrong_checks = wrong_checks + 1, \
+               revoked_at = CASE WHEN wrong_checks + 1 >= ? THEN ? ELSE revoked_at END \
+             WHERE subject = ? AND expires_at > ? AND redeemed_at IS NULL AND revoked_at IS NULL",
+        )
+        .bind(i64::from(gate.max_wrong_per_code))
+        .bind(t(now))
+        .bind(subject.as_str())
+        .bind(t(now))
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
         Ok(n.clamp(0, i64::from(u32::MAX)) as u32)
     }
 

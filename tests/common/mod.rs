@@ -229,10 +229,14 @@ pub struct Server {
 
 impl Server {
     pub async fn start(router: axum::Router) -> Self {
+        Self::start_with(router, codewatch::http::HttpLimits::default()).await
+    }
+
+    pub async fn start_with(router: axum::Router, limits: codewatch::http::HttpLimits) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let cancel = CancellationToken::new();
-        codewatch::cli::spawn_http(listener, router, cancel.clone());
+        codewatch::cli::spawn_http(listener, router, limits, cancel.clone());
         Self { addr, cancel }
     }
 

@@ -72,10 +72,33 @@ pub fn codewatch(dir: &Path, args: &[&str], env: &[(&str, String)], log: &str) -
 /// `codewatch up --listen 127.0.0.1:0` in `dir` (stderr to `dir/up.log`); the process and the
 /// producer's base URL it printed.
 pub fn spawn_up(dir: &Path, env: &[(&str, String)]) -> (Proc, String) {
-    let mut child = codewatch(dir, &["up", "--listen", "127.0.0.1:0"], env, "up.log")
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    spawn_up_from(codewatch(
+        dir,
+        &["up", "--listen", "127.0.0.1:0"],
+        env,
+        "up.log",
+    ))
+}
+
+/// [`spawn_up`] with at most `fds` open file descriptors (`ulimit -n`).
+pub fn spawn_up_with_fd_limit(dir: &Path, env: &[(&str, String)], fds: u32) -> (Proc, String) {
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
+        .arg(format!(
+            "ulimit -n {fds} && exec \"$0\" up --listen 127.0.0.1:0"
+        ))
+        .arg(BIN)
+        .current_dir(dir)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .stdin(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("up.log")).unwrap());
+    spawn_up_from(cmd)
+}
+
+fn spawn_up_from(mut cmd: Command) -> (Proc, String) {
+    let mut child = cmd.stdout(Stdio::piped()).spawn().unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let proc = Proc(child);
     let base = lines
