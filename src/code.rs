@@ -110,3 +110,27 @@ mod tests {
         assert!(all.bytes().any(|b| b.is_ascii_lowercase()));
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn any_text_parses_or_errors_and_never_panics(text in any::<String>()) {
+            if let Ok(code) = Code::parse(&text) {
+                prop_assert_eq!(code.as_str(), text.as_str());
+            }
+        }
+
+        #[test]
+        fn every_generated_code_parses_back_to_itself(number in 0u32..=999_999, seed in any::<u64>()) {
+            let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(seed);
+            let code = Code::generate(number, &mut rng);
+            prop_assert_eq!(Code::parse(code.as_str()), Ok(code.clone()));
+            let digits = number.to_string();
+            prop_assert_eq!(code.as_str().split('-').nth(1), Some(digits.as_str()));
+        }
+    }
+}

@@ -638,3 +638,82 @@ mod tests {
         assert_eq!(i.announced_at(inserted()), inserted());
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn subject() -> impl Strategy<Value = Option<Subject>> {
+        proptest::option::of("[a-zA-Z0-9@._ -]{1,40}".prop_map(|s| Subject::parse(&s).unwrap()))
+    }
+
+    fn issuance() -> impl Strategy<Value = Issuance> {
+        (
+            any::<u32>(),
+            0i64..4_102_444_800_000_000,
+            subject(),
+            "[a-zA-Z0-9-]{1,64}",
+        )
+            .prop_map(|(number, micros, subject, id)| Issuance {
+                id: IssuanceId::parse(&id).unwrap(),
+                code: Code::generate(number % 1_000_000, &mut rand::rng()),
+                issued_at: DateTime::<Utc>::from_timestamp_micros(micros).unwrap(),
+                subject,
+            })
+    }
+
+    proptest! {
+        #[test]
+        fn any_text_decodes_or_errors_and_never_panics(text in any::<String>()) {
+            let _ = CodeMessage::decode(&text, Utc::now());
+        }
+
+        #[test]
+        fn any_dict_like_text_decodes_or_errors(text in r#"\{('[a-z]{1,8}': ('[^']{0,20}'|None|True|-?[0-9]{1,6}|"[^"]{0,20}"), ?){0,6}\}"#) {
+            let _ = CodeMessage::decode(&text, Utc::now());
+        }
+
+        #[test]
+        fn decoding_what_was_encoded_gives_it_back(
+            issuance in issuance(),
+            expire in any::<bool>(),
+            base64 in any::<bool>(),
+        ) {
+            let message = if expire {
+                CodeMessage::Expire {
+                    expires_at: issuance.issued_at + chrono::Duration::seconds(600),
+                    issuance,
+                }
+            } else {
+                CodeMessage::Activate(issuance)
+            };
+            let encoding = if base64 { MessageEncoding::Base64 } else { MessageEncoding::Text };
+            prop_assert_eq!(CodeMessage::decode(&message.encode(encoding), Utc::now()), Ok(message));
+        }
+
+        #[test]
+        fn expiry_never_panics_and_never_passes_insertion_plus_allowance_plus_ttl(
+            issued in any::<i64>(),
+            queued in any::<i64>(),
+            ttl in 1u64..604_800,
+            allowance in 0u64..3600,
+        ) {
+            let at = |ms: i64| DateTime::<Utc>::from_timestamp_millis(ms);
+            if let (Some(issued_at), Some(queued_at)) = (at(issued), at(queued)) {
+                let i = Issuance {
+                    id: IssuanceId::random(),
+                    code: Code::parse("abc-1-def").unwrap(),
+                    issued_at,
+                    subject: None,
+                };
+                let (ttl, allowance) = (Duration::from_secs(ttl), Duration::from_secs(allowance));
+                if let Ok(expires_at) = i.expiry(ttl, queued_at, allowance) {
+                    let bound = queued_at
+                        .checked_add_signed(chrono::Duration::from_std(ttl + allowance).unwrap());
+                    prop_assert!(bound.is_none_or(|b| expires_at <= b));
+                }
+            }
+        }
+    }
+}
