@@ -21,6 +21,16 @@ pub enum StartupError {
     /// The queue.
     #[error(transparent)]
     Queue(#[from] QueueError),
+    /// The queue service could not be reached at start.
+    #[error("queue service at {endpoint} unreachable: {cause}{hint}")]
+    QueueUnreachable {
+        /// The endpoint tried.
+        endpoint: String,
+        /// What failed.
+        cause: QueueError,
+        /// What to do about it, if known.
+        hint: &'static str,
+    },
 }
 
 /// An opened, migrated database.
@@ -36,12 +46,37 @@ impl Database {
     /// Connects and applies the migrations.
     pub async fn open(args: &DatabaseArgs) -> Result<Self, StoreError> {
         let url = args.database_url.expose();
-        if url.starts_with("sqlite:") {
-            let pool = sqlite::connect(url).await?;
+        if let Some(path) = url.strip_prefix("sqlite:") {
+            let pool = sqlite::connect(url)
+                .await
+                .map_err(|e| StoreError::SqliteOpen {
+                    path: path
+                        .trim_start_matches("//")
+                        .split('?')
+                        .next()
+                        .unwrap_or(path)
+                        .to_owned(),
+                    cause: e.to_string(),
+                })?;
             sqlite::migrate(&pool).await?;
             Ok(Self::Sqlite(pool))
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            let pool = postgres::connect(url).await?;
+            let pool = postgres::connect(url).await.map_err(|e| match e {
+                StoreError::Database(
+                    sqlx::Error::Io(_) | sqlx::Error::Tls(_) | sqlx::Error::PoolTimedOut,
+                ) => {
+                    let parsed = url::Url::parse(url).ok();
+                    let host = parsed
+                        .as_ref()
+                        .and_then(|u| u.host_str().map(str::to_owned));
+                    let port = parsed.as_ref().and_then(|u| u.port()).unwrap_or(5432);
+                    StoreError::Unreachable {
+                        target: format!("{}:{port}", host.unwrap_or_else(|| "localhost".into())),
+                        cause: e.to_string(),
+                    }
+                }
+                other => other,
+            })?;
             postgres::migrate(&pool).await?;
             Ok(Self::Postgres(pool))
         } else {
@@ -97,6 +132,7 @@ impl Queues {
         database: &Database,
         auth: &AzureAuth,
     ) -> Result<Self, StartupError> {
+        let mut endpoint = None;
         let (main, poison, backend): (SharedQueue, SharedQueue, _) = if let Some(url) =
             &args.storage_queue_url
         {
@@ -104,6 +140,7 @@ impl Queues {
                 auth.credential()
                     .map_err(|e| QueueError::NoIdentity(e.to_string()))
             })?;
+            endpoint = Some(factory.endpoint().to_owned());
             let name = factory
                 .default_queue()
                 .unwrap_or(&args.queue_name)
@@ -116,6 +153,7 @@ impl Queues {
         } else if let Some(cs) = &args.storage_connection_string {
             let factory =
                 AzureQueueFactory::from_connection_string(&ConnectionString::parse(cs.expose())?)?;
+            endpoint = Some(factory.endpoint().to_owned());
             let name = &args.queue_name;
             (
                 Arc::new(factory.queue(name)?),
@@ -130,8 +168,26 @@ impl Queues {
                 "embedded",
             )
         };
-        main.ensure_exists().await?;
-        poison.ensure_exists().await?;
+        let created = match main.ensure_exists().await {
+            Ok(()) => poison.ensure_exists().await,
+            Err(e) => Err(e),
+        };
+        match (created, endpoint) {
+            (Err(cause @ QueueError::Unavailable(_)), Some(endpoint)) => {
+                let hint = if endpoint.contains("127.0.0.1:10001") {
+                    " (this is the development connection string: Azurite is expected there, e.g. \
+                     `npx azurite-queue --queuePort 10001`)"
+                } else {
+                    ""
+                };
+                return Err(StartupError::QueueUnreachable {
+                    endpoint,
+                    cause,
+                    hint,
+                });
+            }
+            (result, _) => result?,
+        }
         Ok(Self {
             main,
             poison,

@@ -220,3 +220,54 @@ async fn smoke_gets_a_code_from_a_running_serve_and_sees_it_become_valid() {
     );
     assert!(up.terminate().success());
 }
+
+#[test]
+fn start_up_errors_name_what_failed_and_where() {
+    let dir = tempfile::tempdir().unwrap();
+    let refused = common::process::run(
+        dir.path(),
+        &[
+            "migrate",
+            "--database-url",
+            "postgres://u:hunter2@127.0.0.1:1/db",
+        ],
+        &[],
+        "",
+    );
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success());
+    assert!(err.contains("database at 127.0.0.1:1 unreachable"), "{err}");
+    assert!(!err.contains("hunter2"), "{err}");
+
+    let missing = common::process::run(
+        dir.path(),
+        &[
+            "migrate",
+            "--database-url",
+            "sqlite:/no/such/folder/codes.db",
+        ],
+        &[],
+        "",
+    );
+    let err = String::from_utf8_lossy(&missing.stderr);
+    assert!(
+        err.contains("cannot open SQLite database /no/such/folder/codes.db"),
+        "{err}"
+    );
+
+    let azurite_missing = common::process::run(
+        dir.path(),
+        &["queue", "stats"],
+        &[(
+            "AZURE_STORAGE_CONNECTION_STRING",
+            "UseDevelopmentStorage=true".to_owned(),
+        )],
+        "",
+    );
+    let err = String::from_utf8_lossy(&azurite_missing.stderr);
+    assert!(
+        err.contains("queue service at http://127.0.0.1:10001/devstoreaccount1")
+            && err.contains("Azurite is expected"),
+        "{err}"
+    );
+}

@@ -39,6 +39,11 @@ impl std::fmt::Debug for AzureQueueFactory {
 }
 
 impl AzureQueueFactory {
+    /// The account's queue endpoint, without any SAS, for error messages.
+    pub fn endpoint(&self) -> &str {
+        self.account_url.as_str()
+    }
+
     /// From a connection string: account-key strings sign a short-lived account SAS per request.
     pub fn from_connection_string(cs: &ConnectionString) -> Result<Self, QueueError> {
         let account_url = Url::parse(&format!("{}/", cs.queue_endpoint))

@@ -75,7 +75,20 @@ impl ConnectionString {
             None => account_from_endpoint(&queue_endpoint).ok_or_else(|| missing("AccountName"))?,
         };
         let authorization = match (get("AccountKey"), get("SharedAccessSignature")) {
-            (Some(key), _) => Authorization::AccountKey(Secret::new(key)),
+            (Some(key), _) => {
+                use base64::Engine as _;
+                if base64::engine::general_purpose::STANDARD
+                    .decode(key.trim())
+                    .is_err()
+                {
+                    return Err(QueueError::Config(
+                        "the connection string's AccountKey is not base64: copy the whole key from the \
+                         storage account's Access keys, or use UseDevelopmentStorage=true for Azurite"
+                            .into(),
+                    ));
+                }
+                Authorization::AccountKey(Secret::new(key))
+            }
             (None, Some(sas)) => Authorization::Sas(Secret::new(sas.trim_start_matches('?'))),
             (None, None) => return Err(missing("AccountKey or SharedAccessSignature")),
         };
@@ -100,6 +113,18 @@ fn account_from_endpoint(endpoint: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_malformed_account_key_says_so() {
+        let err = ConnectionString::parse("AccountName=a;AccountKey=not base64!")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("AccountKey is not base64"), "{err}");
+        assert!(
+            !err.contains("not base64!"),
+            "the key is not repeated: {err}"
+        );
+    }
 
     #[test]
     fn development_storage_points_at_azurite() {

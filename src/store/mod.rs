@@ -132,6 +132,22 @@ pub enum StoreError {
     /// The database holds a value codewatch did not write.
     #[error("database holds an unreadable {0}")]
     Corrupt(&'static str),
+    /// The database server could not be reached (the target has no password).
+    #[error("database at {target} unreachable: {cause}")]
+    Unreachable {
+        /// `host:port`.
+        target: String,
+        /// What failed.
+        cause: String,
+    },
+    /// The SQLite file could not be opened or created.
+    #[error("cannot open SQLite database {path}: {cause}")]
+    SqliteOpen {
+        /// The file.
+        path: String,
+        /// What failed.
+        cause: String,
+    },
     /// The URL names a database codewatch does not support.
     #[error("unsupported DATABASE_URL (expected sqlite:<file> or postgres://…)")]
     UnsupportedUrl,
