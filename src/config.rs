@@ -317,6 +317,28 @@ pub struct ServeArgs {
     #[command(flatten)]
     #[allow(missing_docs)]
     pub verify: VerifyArgs,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub getcode_limit: GetcodeLimitArgs,
+}
+
+/// How many codes one client may ask for.
+#[derive(Clone, Debug, Args)]
+pub struct GetcodeLimitArgs {
+    /// getcode requests per second allowed per client (each costs a third-party call); 0: unlimited.
+    #[arg(long, env = "GETCODE_RATE_LIMIT_PER_SECOND", default_value_t = 5.0)]
+    pub getcode_rate_limit_per_second: f64,
+    /// Burst of getcode requests allowed per client.
+    #[arg(long, env = "GETCODE_RATE_LIMIT_BURST", default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..))]
+    pub getcode_rate_limit_burst: u32,
+    /// Address ranges of the ingress in front of codewatch (comma-separated, e.g. `10.0.0.0/8`): only
+    /// from these is `X-Forwarded-For` believed to name the client, for both rate limits.
+    #[arg(long, env = "TRUSTED_PROXIES", default_value = "", value_parser = parse_trusted_proxies)]
+    pub trusted_proxies: crate::http::TrustedProxies,
+}
+
+fn parse_trusted_proxies(text: &str) -> Result<crate::http::TrustedProxies, String> {
+    crate::http::TrustedProxies::parse(text).map_err(|e| e.to_string())
 }
 
 /// The verification API for the sign-in service.

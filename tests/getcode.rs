@@ -387,6 +387,8 @@ async fn a_hung_queue_answers_503_with_a_reason_at_the_request_deadline() {
             queue,
             encoding: MessageEncoding::Text,
             verification: None,
+            getcode_limiter: None,
+            trusted_proxies: Default::default(),
         }),
         codewatch::http::HttpLimits {
             request_timeout: Duration::from_secs(1),
@@ -400,4 +402,52 @@ async fn a_hung_queue_answers_503_with_a_reason_at_the_request_deadline() {
     assert!(started.elapsed() < Duration::from_secs(5));
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["error"], "request_timeout", "{body}");
+}
+
+async fn limited_producer(queue: SharedQueue, api: &Server, trusted: &str) -> Server {
+    let client = codewatch::number_api::NumberApiClient::new(
+        api.url("/api/RandomNumber").parse().unwrap(),
+        codewatch::function_key::FunctionKey::fixed(codewatch::secret::Secret::new(KEY)),
+        Duration::from_secs(5),
+    );
+    Server::start(codewatch::http::router(codewatch::http::AppState {
+        number_api: client,
+        queue,
+        encoding: MessageEncoding::Text,
+        verification: None,
+        getcode_limiter: Some(codewatch::http::rate_limit::RateLimiter::new(0.001, 2.0)),
+        trusted_proxies: codewatch::http::TrustedProxies::parse(trusted).unwrap(),
+    }))
+    .await
+}
+
+#[tokio::test]
+async fn getcode_is_limited_per_client_and_forwarded_for_counts_only_from_a_trusted_ingress() {
+    let queues = common::azure_queues().await;
+    let api = common::number_api(KEY).await;
+    let http = reqwest::Client::new();
+    let get = |app: &Server, client: &'static str| {
+        let request = http
+            .get(app.url("/api/v1/getcode"))
+            .header("x-forwarded-for", client);
+        async move { request.send().await.unwrap().status().as_u16() }
+    };
+    let behind_ingress = limited_producer(queues.main.clone(), &api, "127.0.0.0/8").await;
+    assert_eq!(get(&behind_ingress, "203.0.113.1").await, 200);
+    assert_eq!(get(&behind_ingress, "203.0.113.1").await, 200);
+    assert_eq!(get(&behind_ingress, "203.0.113.1").await, 429);
+    assert_eq!(
+        get(&behind_ingress, "203.0.113.2").await,
+        200,
+        "another client"
+    );
+
+    let exposed = limited_producer(queues.main.clone(), &api, "").await;
+    assert_eq!(get(&exposed, "203.0.113.1").await, 200);
+    assert_eq!(get(&exposed, "203.0.113.2").await, 200);
+    assert_eq!(
+        get(&exposed, "203.0.113.3").await,
+        429,
+        "an untrusted X-Forwarded-For does not make a new client"
+    );
 }

@@ -141,6 +141,13 @@ fn app_state(
         queue: queues.main.clone(),
         encoding: args.queue.message_encoding,
         verification: verification(&args.verify, verify_key, database),
+        getcode_limiter: (args.getcode_limit.getcode_rate_limit_per_second > 0.0).then(|| {
+            RateLimiter::new(
+                args.getcode_limit.getcode_rate_limit_per_second,
+                f64::from(args.getcode_limit.getcode_rate_limit_burst),
+            )
+        }),
+        trusted_proxies: args.getcode_limit.trusted_proxies.clone(),
     }
 }
 

@@ -37,8 +37,9 @@ pub struct CodeResponse {
     responses(
         (status = 200, description = "A code was issued and will become valid within about a second", body = CodeResponse),
         (status = 400, description = "Not a valid subject", body = super::error::ErrorBody),
+        (status = 429, description = "Too many codes asked for by this client (GETCODE_RATE_LIMIT_PER_SECOND)", body = super::error::ErrorBody),
         (status = 502, description = "The random-number API is unreachable or answered garbage", body = super::error::ErrorBody),
-        (status = 503, description = "The queue refused the message; no code was issued", body = super::error::ErrorBody),
+        (status = 503, description = "The queue refused the message, or the request passed HTTP_REQUEST_TIMEOUT_SECONDS; no code was issued", body = super::error::ErrorBody),
         (status = 504, description = "The random-number API did not answer in time", body = super::error::ErrorBody),
         (status = "4XX", description = "The random-number API's own status, body `Could not get you a code.` (as the sample)"),
     )

@@ -22,11 +22,7 @@ pub async fn verification_guard(
         .verification
         .as_ref()
         .ok_or(ApiError::VerificationDisabled)?;
-    let client = request
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|ConnectInfo(addr)| addr.ip())
-        .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+    let client = client_of(&state, &request);
     let presented = request
         .headers()
         .get(AUTHORIZATION)
@@ -44,6 +40,30 @@ pub async fn verification_guard(
         .check(client, Instant::now())
         .map_err(ApiError::RateLimited)?;
     Ok(next.run(request).await)
+}
+
+/// Lets a getcode request through unless its client is over `GETCODE_RATE_LIMIT_PER_SECOND`.
+pub async fn getcode_guard(
+    State(state): State<Arc<AppState>>,
+    request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    if let Some(limiter) = &state.getcode_limiter {
+        limiter
+            .check(client_of(&state, &request), Instant::now())
+            .map_err(ApiError::RateLimited)?;
+    }
+    Ok(next.run(request).await)
+}
+
+/// The client a request counts against: the TCP peer, or what a trusted ingress forwarded.
+fn client_of(state: &AppState, request: &Request) -> IpAddr {
+    let peer = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(addr)| addr.ip())
+        .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+    state.trusted_proxies.client(peer, request.headers())
 }
 
 /// The token of an `Authorization: Bearer <token>` value; the scheme is case-insensitive (RFC 9110).

@@ -1,6 +1,7 @@
 //! The producer's HTTP API: issuing codes, the sign-in service's verification endpoints, the OpenAPI
 //! document and the home page.
 
+mod client_ip;
 mod codes;
 mod error;
 mod getcode;
@@ -10,6 +11,7 @@ mod openapi;
 pub mod rate_limit;
 pub mod server;
 
+pub use client_ip::TrustedProxies;
 pub use error::ApiError;
 pub use openapi::ApiDoc;
 pub use server::HttpLimits;
@@ -45,6 +47,10 @@ pub struct AppState {
     pub encoding: MessageEncoding,
     /// The verification API, if `VERIFY_API_KEY` is set.
     pub verification: Option<Verification>,
+    /// getcode requests per client (each costs a third-party call); `None`: unlimited.
+    pub getcode_limiter: Option<RateLimiter>,
+    /// The ingress ranges whose `X-Forwarded-For` names the client.
+    pub trusted_proxies: TrustedProxies,
 }
 
 /// Reads an optional `?subject=` parameter; a malformed one is a 400 with the reason.
@@ -65,9 +71,15 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             guard::verification_guard,
         ));
+    let getcode = Router::new()
+        .route("/api/v1/getcode", get(getcode::get_code))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            guard::getcode_guard,
+        ));
     Router::new()
         .route("/", get(home::home))
-        .route("/api/v1/getcode", get(getcode::get_code))
+        .merge(getcode)
         .route("/api/openapi.json", get(openapi::document))
         .merge(verification)
         .route_layer(middleware::from_fn(crate::ops::health::record_http))

@@ -284,6 +284,8 @@ pub async fn producer_with_timeout(
         queue,
         encoding,
         verification: None,
+        getcode_limiter: None,
+        trusted_proxies: Default::default(),
     }))
     .await
 }
@@ -313,6 +315,8 @@ pub async fn producer_with_verification(
         queue,
         encoding: MessageEncoding::Text,
         verification: Some(verification),
+        getcode_limiter: None,
+        trusted_proxies: Default::default(),
     };
     Server::start(http::router(state)).await
 }
