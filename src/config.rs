@@ -296,9 +296,21 @@ impl ShutdownArgs {
 /// `codewatch serve`.
 #[derive(Clone, Debug, Args)]
 pub struct ServeArgs {
-    /// Address the producer listens on (use 0.0.0.0:8080 in a container).
+    /// Address the producer listens on for the public: getcode (use 0.0.0.0:8080 in a container).
     #[arg(long, env = "LISTEN_ADDR", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
+    /// Address of the admin listener: `/healthz`, `/readyz`, `/metrics` (0.0.0.0:9090 in a container;
+    /// keep it off the public ingress).
+    #[arg(
+        long = "admin-listen",
+        env = "ADMIN_LISTEN_ADDR",
+        default_value = "127.0.0.1:9091"
+    )]
+    pub admin_listen: SocketAddr,
+    /// Address for the verification API alone (e.g. 0.0.0.0:8081, reachable only by the sign-in
+    /// service); without it the verification API shares LISTEN_ADDR.
+    #[arg(long = "verify-listen", env = "VERIFY_LISTEN_ADDR")]
+    pub verify_listen: Option<SocketAddr>,
     #[command(flatten)]
     #[allow(missing_docs)]
     pub http: HttpArgs,

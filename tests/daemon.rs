@@ -7,7 +7,7 @@ use chrono::Utc;
 use codewatch::code::Code;
 use codewatch::message::{CodeMessage, Issuance, IssuanceId, MessageEncoding};
 use common::eventually;
-use common::process::{Proc, codewatch, spawn_up};
+use common::process::{Proc, codewatch};
 use std::path::Path;
 use std::time::{Duration, Instant};
 use tokio::net::{TcpListener, TcpStream};
@@ -233,7 +233,7 @@ fn metric(text: &str, name_and_labels: &str) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_count_what_a_run_did() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut up, base) = spawn_up(dir.path(), &[]);
+    let (mut up, base, admin) = common::process::spawn_up_with_admin(dir.path(), &[]);
 
     for _ in 0..3 {
         assert_eq!(
@@ -252,14 +252,14 @@ async fn metrics_count_what_a_run_did() {
         400
     );
     assert_eq!(
-        reqwest::get(format!("{base}/healthz"))
+        reqwest::get(format!("{admin}/healthz"))
             .await
             .unwrap()
             .status(),
         200
     );
     assert_eq!(
-        reqwest::get(format!("{base}/readyz"))
+        reqwest::get(format!("{admin}/readyz"))
             .await
             .unwrap()
             .status(),
@@ -270,7 +270,7 @@ async fn metrics_count_what_a_run_did() {
         "three activations counted",
         Duration::from_secs(10),
         || async {
-            let text = reqwest::get(format!("{base}/metrics"))
+            let text = reqwest::get(format!("{admin}/metrics"))
                 .await
                 .ok()?
                 .text()
@@ -457,6 +457,7 @@ async fn a_second_signal_exits_at_once_without_waiting_for_the_grace_period() {
         ("THIRD_PARTY_API_TIMEOUT_MS", "120000".to_owned()),
         ("SHUTDOWN_GRACE_SECONDS", "60".to_owned()),
         ("LISTEN_ADDR", format!("127.0.0.1:{port}")),
+        ("ADMIN_LISTEN_ADDR", "127.0.0.1:0".to_owned()),
     ];
     let mut serve = Proc(
         codewatch(dir.path(), &["serve"], &env, "serve.log")

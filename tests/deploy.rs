@@ -110,8 +110,7 @@ fn compose_uses_only_real_settings_commands_and_probe_ports() {
         );
         let url = url::Url::parse(&probe[3]).unwrap();
         let listen = env
-            .get("LISTEN_ADDR")
-            .or(env.get("ADMIN_LISTEN_ADDR"))
+            .get("ADMIN_LISTEN_ADDR")
             .or(env.get("NUMBER_API_LISTEN"))
             .unwrap();
         assert_eq!(
@@ -137,6 +136,14 @@ fn compose_uses_only_real_settings_commands_and_probe_ports() {
             && services["worker"].get("container_name").is_none(),
         "worker must scale"
     );
+    let published: Vec<String> =
+        serde_yaml_ng::from_value(services["serve"]["ports"].clone()).unwrap();
+    for port in published {
+        assert!(
+            port == "8080:8080" || port.starts_with("127.0.0.1:"),
+            "serve publishes {port} beyond getcode"
+        );
+    }
 }
 
 #[test]
@@ -177,8 +184,8 @@ fn kubernetes_manifests_match_the_binary() {
         assert_known("k8s Deployment", env.iter().map(|e| e["name"].clone()));
         let listen = &env
             .iter()
-            .find(|e| e["name"].ends_with("LISTEN_ADDR"))
-            .unwrap()["value"];
+            .find(|e| e["name"] == "ADMIN_LISTEN_ADDR")
+            .expect("probes are on the admin listener")["value"];
         for (probe, path) in [("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")] {
             assert_eq!(container[probe]["httpGet"]["path"], path);
             assert_eq!(
@@ -191,6 +198,26 @@ fn kubernetes_manifests_match_the_binary() {
         roles,
         BTreeSet::from(["serve".to_owned(), "worker".to_owned()])
     );
+    let service = |name: &str| {
+        docs.iter()
+            .find(|d| kind(d) == "Service" && d["metadata"]["name"] == name)
+            .unwrap_or_else(|| panic!("no Service {name}"))
+    };
+    let target_ports = |d: &Value| -> Vec<u64> {
+        d["spec"]["ports"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .map(|p| p["targetPort"].as_u64().unwrap())
+            .collect()
+    };
+    assert_eq!(
+        target_ports(service("codewatch")),
+        [8080],
+        "the public Service is getcode only"
+    );
+    assert_eq!(target_ports(service("codewatch-verify")), [8081]);
+    assert_eq!(service("codewatch-verify")["spec"]["type"], "ClusterIP");
     let scaled = docs.iter().find(|d| kind(d) == "ScaledObject").unwrap();
     let trigger = &scaled["spec"]["triggers"][0];
     assert_eq!(trigger["type"], "azure-queue");
@@ -219,8 +246,10 @@ fn the_bicep_template_passes_only_real_settings_and_scales_on_visible_messages()
         "queueLengthStrategy: 'visibleonly'",
         "allowSharedKeyAccess: false",
         "enableRbacAuthorization: true",
-        "path: '/healthz', port: 8080",
+        "path: '/healthz', port: 9090",
         "path: '/readyz', port: 9090",
+        "external: false, targetPort: 8081",
+        "'0.0.0.0:8081'",
         "'0.0.0.0:9090'",
         "'0.0.0.0:8080'",
     ] {
@@ -229,6 +258,10 @@ fn the_bicep_template_passes_only_real_settings_and_scales_on_visible_messages()
     assert!(
         !bicep.contains("AccountKey") && !bicep.contains("listKeys().keys"),
         "no storage keys"
+    );
+    assert!(
+        !bicep.contains("port: 8080 }"),
+        "no probe on the public port: probes and metrics live on the admin listener"
     );
     let params: serde_json::Value =
         serde_json::from_str(&read("deploy/azure/main.parameters.json")).unwrap();

@@ -153,6 +153,7 @@ async fn full_cycle(
             ("THIRD_PARTY_API_ENDPOINT", api.url("/api/RandomNumber")),
             ("THIRD_PARTY_API_KEY_REFRESH_SECONDS", "1".to_owned()),
             ("LISTEN_ADDR", format!("127.0.0.1:{serve_port}")),
+            ("ADMIN_LISTEN_ADDR", "127.0.0.1:0".to_owned()),
         ])
         .collect();
     let worker_env: Vec<_> = shared
@@ -266,6 +267,7 @@ async fn managed_identity_and_key_vault_run_the_whole_cycle_and_pick_up_a_rotate
             ("THIRD_PARTY_API_ENDPOINT", api.url("/api/RandomNumber")),
             ("THIRD_PARTY_API_KEY_REFRESH_SECONDS", "1".to_owned()),
             ("LISTEN_ADDR", format!("127.0.0.1:{port}")),
+            ("ADMIN_LISTEN_ADDR", "127.0.0.1:0".to_owned()),
         ])
         .collect();
     let mut serve = Proc(
@@ -333,6 +335,7 @@ fn failing_serve(world: &World, env: Vec<(&'static str, String)>) -> String {
                 "http://127.0.0.1:9/api/RandomNumber".to_owned(),
             ),
             ("LISTEN_ADDR", "127.0.0.1:0".to_owned()),
+            ("ADMIN_LISTEN_ADDR", "127.0.0.1:0".to_owned()),
         ])
         .collect();
     let output = run(world.dir.path(), &["serve"], &env, "");

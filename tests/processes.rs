@@ -102,6 +102,7 @@ async fn number_api_serve_and_worker_run_as_separate_processes_and_never_log_sec
                 ),
                 ("THIRD_PARTY_API_KEY", key.clone()),
                 ("LISTEN_ADDR", format!("127.0.0.1:{serve_port}")),
+                ("ADMIN_LISTEN_ADDR", "127.0.0.1:0".to_owned()),
             ]),
             "serve.log",
         )
@@ -339,4 +340,38 @@ async fn a_forged_line_inside_a_message_stays_inside_its_log_line() {
         );
         assert!(line.len() < 2_000, "a {}-byte log line", line.len());
     }
+}
+
+#[tokio::test]
+async fn each_surface_has_its_own_listener_and_the_public_one_serves_only_getcode() {
+    let dir = tempfile::tempdir().unwrap();
+    let verify_port = common::free_port();
+    let (mut proc, public, admin) = common::process::spawn_up_with_admin(
+        dir.path(),
+        &[
+            ("VERIFY_LISTEN_ADDR", format!("127.0.0.1:{verify_port}")),
+            ("VERIFY_API_KEY", "surface-key".to_owned()),
+        ],
+    );
+    let status = |url: String| async move { reqwest::get(url).await.unwrap().status().as_u16() };
+    assert_eq!(status(format!("{public}/api/v1/getcode")).await, 200);
+    for path in ["/metrics", "/readyz", "/healthz", "/api/v1/codes/abc-1-def"] {
+        assert_eq!(
+            status(format!("{public}{path}")).await,
+            404,
+            "public {path}"
+        );
+    }
+    let verify = format!("http://127.0.0.1:{verify_port}");
+    assert_eq!(
+        status(format!("{verify}/api/v1/codes/abc-1-def")).await,
+        401,
+        "the verification API is on its own listener"
+    );
+    assert_eq!(status(format!("{verify}/api/v1/getcode")).await, 404);
+    for path in ["/healthz", "/readyz", "/metrics"] {
+        assert_eq!(status(format!("{admin}{path}")).await, 200, "admin {path}");
+    }
+    assert_eq!(status(format!("{admin}/api/v1/getcode")).await, 404);
+    assert!(proc.terminate().success());
 }

@@ -224,7 +224,14 @@ resource producer 'Microsoft.App/containerApps@2024-10-02-preview' = {
   properties: {
     managedEnvironmentId: environment.id
     configuration: {
-      ingress: { external: true, targetPort: 8080, transport: 'http' }
+      // Public: getcode only. The verification API is reachable only inside the environment (8081),
+      // probes and metrics are not exposed at all (9090).
+      ingress: {
+        external: true
+        targetPort: 8080
+        transport: 'http'
+        additionalPortMappings: [ { external: false, targetPort: 8081, exposedPort: 8081 } ]
+      }
       secrets: [
         { name: 'database-url', value: databaseUrl }
         { name: 'verify-api-key', value: verifyApiKey }
@@ -246,12 +253,14 @@ resource producer 'Microsoft.App/containerApps@2024-10-02-preview' = {
             { name: 'DATABASE_URL', secretRef: 'database-url' }
             { name: 'VERIFY_API_KEY', secretRef: 'verify-api-key' }
             { name: 'LISTEN_ADDR', value: '0.0.0.0:8080' }
+            { name: 'VERIFY_LISTEN_ADDR', value: '0.0.0.0:8081' }
+            { name: 'ADMIN_LISTEN_ADDR', value: '0.0.0.0:9090' }
             { name: 'SHUTDOWN_GRACE_SECONDS', value: '20' }
             { name: 'LOG_FORMAT', value: 'json' }
           ]
           probes: [
-            { type: 'Liveness', httpGet: { path: '/healthz', port: 8080 }, periodSeconds: 10 }
-            { type: 'Readiness', httpGet: { path: '/readyz', port: 8080 }, periodSeconds: 5 }
+            { type: 'Liveness', httpGet: { path: '/healthz', port: 9090 }, periodSeconds: 10 }
+            { type: 'Readiness', httpGet: { path: '/readyz', port: 9090 }, periodSeconds: 5 }
           ]
           resources: { cpu: json('0.25'), memory: '0.5Gi' }
         }

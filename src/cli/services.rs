@@ -165,6 +165,72 @@ fn worker_from(
     ))
 }
 
+/// The producer's listeners, bound: public (getcode), verification (if apart), admin.
+struct ProducerListeners {
+    public: TcpListener,
+    verification: Option<TcpListener>,
+    admin: TcpListener,
+}
+
+impl ProducerListeners {
+    async fn bind(args: &ServeArgs) -> Result<Self> {
+        let verification = match args.verify_listen {
+            Some(addr) => Some(bind(addr, "verification listener").await?),
+            None => None,
+        };
+        Ok(Self {
+            public: bind(args.listen, "producer").await?,
+            verification,
+            admin: bind(args.admin_listen, "admin listener").await?,
+        })
+    }
+
+    /// Where each listens, for the start-up log and banner: (public, verification, admin).
+    fn addrs(&self) -> Result<(SocketAddr, SocketAddr, SocketAddr)> {
+        let public = self.public.local_addr()?;
+        let verification = match &self.verification {
+            Some(l) => l.local_addr()?,
+            None => public,
+        };
+        Ok((public, verification, self.admin.local_addr()?))
+    }
+
+    /// Serves each surface on its own listener until `cancel` fires.
+    fn spawn(
+        self,
+        state: AppState,
+        ops: axum::Router,
+        limits: crate::http::HttpLimits,
+        cancel: &CancellationToken,
+    ) -> JoinHandle<std::io::Result<()>> {
+        let http::Routers {
+            public,
+            verification,
+        } = http::routers(state);
+        let mut servers = vec![spawn_http(self.admin, ops, limits, cancel.clone())];
+        match self.verification {
+            Some(listener) => {
+                servers.push(spawn_http(self.public, public, limits, cancel.clone()));
+                servers.push(spawn_http(listener, verification, limits, cancel.clone()));
+            }
+            None => servers.push(spawn_http(
+                self.public,
+                public.merge(verification),
+                limits,
+                cancel.clone(),
+            )),
+        }
+        tokio::spawn(async move {
+            for server in servers {
+                server
+                    .await
+                    .map_err(|e| std::io::Error::other(e.to_string()))??;
+            }
+            Ok(())
+        })
+    }
+}
+
 /// `codewatch serve`.
 pub async fn serve(args: ServeArgs) -> Result<()> {
     let auth = AzureAuth::new(args.queue.azure_credential);
@@ -183,14 +249,10 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         readiness(&database, &queues),
         crate::ops::metrics::install(),
     );
-    let listener = bind(args.listen, "producer").await?;
-    tracing::info!(addr = %listener.local_addr()?, queue = queues.main.name(), backend = queues.backend, "producer listening");
-    let server = spawn_http(
-        listener,
-        http::router(state).merge(ops),
-        args.http.limits(),
-        cancel.clone(),
-    );
+    let listeners = ProducerListeners::bind(&args).await?;
+    let (public, verification, admin) = listeners.addrs()?;
+    tracing::info!(addr = %public, %verification, %admin, queue = queues.main.name(), backend = queues.backend, "producer listening");
+    let server = listeners.spawn(state, ops, args.http.limits(), &cancel);
     let grace = args.shutdown.grace();
     until_stopped("the producer", server, &cancel, grace).await??;
     database.close().await;
@@ -288,14 +350,9 @@ pub async fn up(args: UpArgs) -> Result<()> {
         readiness(&database, &queues),
         crate::ops::metrics::install(),
     );
-    let listener = bind(serve_args.listen, "producer").await?;
-    let producer_addr = listener.local_addr()?;
-    let producer = spawn_http(
-        listener,
-        http::router(state).merge(ops),
-        serve_args.http.limits(),
-        cancel.clone(),
-    );
+    let listeners = ProducerListeners::bind(serve_args).await?;
+    let (producer_addr, verify_addr, admin_addr) = listeners.addrs()?;
+    let producer = listeners.spawn(state, ops, serve_args.http.limits(), &cancel);
     let worker = tokio::spawn(worker.run(cancel.clone()));
 
     let stand_in_note = if stand_in.is_some() {
@@ -313,7 +370,8 @@ pub async fn up(args: UpArgs) -> Result<()> {
         "codewatch is up (Ctrl-C to stop)\n\
          \x20 number API  {endpoint}{stand_in_note}\n\
          \x20 producer    http://{producer_addr}/api/v1/getcode\n\
-         \x20 verify      http://{producer_addr}/api/v1/codes/{{code}}{verify_note}\n\
+         \x20 admin       http://{admin_addr}/healthz /readyz /metrics\n\
+         \x20 verify      http://{verify_addr}/api/v1/codes/{{code}}{verify_note}\n\
          \x20 worker      queue {} ({}), codes valid {} s\n\
          \x20 database    {}  (SELECT * FROM active_codes;)\n",
         queues.main.name(),

@@ -61,8 +61,17 @@ fn parse_subject(subject: Option<&str>) -> Result<Option<crate::subject::Subject
         .map_err(|e| ApiError::BadRequest(e.to_string()))
 }
 
-/// The producer's routes.
-pub fn router(state: AppState) -> Router {
+/// The producer's routes, by audience: what the public may call (getcode, the OpenAPI document, the
+/// home page), and the sign-in service's verification endpoints.
+pub struct Routers {
+    /// `GET /`, `GET /api/v1/getcode`, `GET /api/openapi.json`.
+    pub public: Router,
+    /// `GET /api/v1/codes/{code}`, `POST /api/v1/codes/{code}/redeem`, behind the bearer key.
+    pub verification: Router,
+}
+
+/// The producer's routes, split by audience so each can have its own listener.
+pub fn routers(state: AppState) -> Routers {
     let state = Arc::new(state);
     let verification = Router::new()
         .route("/api/v1/codes/{code}", get(codes::check))
@@ -70,18 +79,32 @@ pub fn router(state: AppState) -> Router {
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             guard::verification_guard,
-        ));
+        ))
+        .route_layer(middleware::from_fn(crate::ops::health::record_http))
+        .with_state(state.clone());
     let getcode = Router::new()
         .route("/api/v1/getcode", get(getcode::get_code))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             guard::getcode_guard,
         ));
-    Router::new()
+    let public = Router::new()
         .route("/", get(home::home))
         .merge(getcode)
         .route("/api/openapi.json", get(openapi::document))
-        .merge(verification)
         .route_layer(middleware::from_fn(crate::ops::health::record_http))
-        .with_state(state)
+        .with_state(state);
+    Routers {
+        public,
+        verification,
+    }
+}
+
+/// All the producer's routes on one router.
+pub fn router(state: AppState) -> Router {
+    let Routers {
+        public,
+        verification,
+    } = routers(state);
+    public.merge(verification)
 }

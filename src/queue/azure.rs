@@ -174,7 +174,8 @@ fn map_error(e: azure_core::Error, entra: bool) -> QueueError {
         ErrorKind::HttpResponse {
             status, error_code, ..
         } => {
-            let code = error_code.clone();
+            // The service's texts are outside values: escaped and capped before they reach a log.
+            let code = error_code.as_deref().map(crate::untrusted::escaped);
             let http = u16::from(*status);
             let gone = *status == StatusCode::NotFound
                 && matches!(code.as_deref(), Some("MessageNotFound") | None)
@@ -193,7 +194,7 @@ fn map_error(e: azure_core::Error, entra: bool) -> QueueError {
                 QueueError::TokenRefused {
                     status: http,
                     code,
-                    detail: service_message(&e),
+                    detail: service_message(&e).map(|d| crate::untrusted::escaped(&d)),
                 }
             } else {
                 QueueError::Refused { status: http, code }

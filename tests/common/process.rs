@@ -69,35 +69,45 @@ pub fn codewatch(dir: &Path, args: &[&str], env: &[(&str, String)], log: &str) -
     cmd
 }
 
-/// `codewatch up --listen 127.0.0.1:0` in `dir` (stderr to `dir/up.log`); the process and the
+/// `codewatch up` on ports the system picks, in `dir` (stderr to `dir/up.log`); the process and the
 /// producer's base URL it printed.
 pub fn spawn_up(dir: &Path, env: &[(&str, String)]) -> (Proc, String) {
-    spawn_up_from(codewatch(
-        dir,
-        &["up", "--listen", "127.0.0.1:0"],
-        env,
-        "up.log",
-    ))
+    let (proc, base, _) = spawn_up_with_admin(dir, env);
+    (proc, base)
 }
+
+/// [`spawn_up`], and the base URL of its admin listener (`/healthz`, `/readyz`, `/metrics`).
+pub fn spawn_up_with_admin(dir: &Path, env: &[(&str, String)]) -> (Proc, String, String) {
+    spawn_up_from(codewatch(dir, &UP_ARGS, env, "up.log"))
+}
+
+/// `up` on ports the system picks.
+const UP_ARGS: [&str; 5] = [
+    "up",
+    "--listen",
+    "127.0.0.1:0",
+    "--admin-listen",
+    "127.0.0.1:0",
+];
 
 /// [`spawn_up`] with at most `fds` open file descriptors (`ulimit -n`).
 pub fn spawn_up_with_fd_limit(dir: &Path, env: &[(&str, String)], fds: u32) -> (Proc, String) {
     let mut cmd = Command::new("sh");
     cmd.arg("-c")
-        .arg(format!(
-            "ulimit -n {fds} && exec \"$0\" up --listen 127.0.0.1:0"
-        ))
+        .arg(format!("ulimit -n {fds} && exec \"$0\" \"$@\""))
         .arg(BIN)
+        .args(UP_ARGS)
         .current_dir(dir)
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .stdin(Stdio::null())
         .stderr(std::fs::File::create(dir.join("up.log")).unwrap());
-    spawn_up_from(cmd)
+    let (proc, base, _) = spawn_up_from(cmd);
+    (proc, base)
 }
 
-fn spawn_up_from(mut cmd: Command) -> (Proc, String) {
+fn spawn_up_from(mut cmd: Command) -> (Proc, String, String) {
     let mut child = cmd.stdout(Stdio::piped()).spawn().unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let proc = Proc(child);
@@ -110,9 +120,19 @@ fn spawn_up_from(mut cmd: Command) -> (Proc, String) {
                 .map(|u| u.trim().trim_end_matches("/api/v1/getcode").to_owned())
         })
         .expect("up prints the producer's URL");
+    let admin = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .find_map(|l| {
+            l.trim()
+                .strip_prefix("admin")
+                .and_then(|u| u.split_whitespace().next())
+                .map(|u| u.trim_end_matches("/healthz").to_owned())
+        })
+        .expect("up prints the admin listener's URL");
     // Keep reading, so that the process never writes into a closed pipe.
     std::thread::spawn(move || lines.for_each(drop));
-    (proc, base)
+    (proc, base, admin)
 }
 
 /// Runs the binary to its end with `stdin` as input; its status, stdout and stderr.
