@@ -277,6 +277,33 @@ impl HttpArgs {
     }
 }
 
+/// Optional signing of queue messages: `serve` signs activations, the worker refuses unsigned or forged
+/// ones. Off when no key is set (foreign producers cannot sign).
+#[derive(Clone, Debug, Args)]
+pub struct SigningArgs {
+    /// The current signing key (at least 32 characters): signs, and verifies.
+    #[arg(long, env = "MESSAGE_SIGNING_KEY", hide_env_values = true)]
+    pub message_signing_key: Option<Secret>,
+    /// The previous key, still accepted during a rotation.
+    #[arg(long, env = "MESSAGE_SIGNING_KEY_PREVIOUS", hide_env_values = true)]
+    pub message_signing_key_previous: Option<Secret>,
+    /// A file holding the current key, and optionally the previous one on the next line (used when
+    /// MESSAGE_SIGNING_KEY is unset).
+    #[arg(long, env = "MESSAGE_SIGNING_KEY_FILE")]
+    pub message_signing_key_file: Option<std::path::PathBuf>,
+    /// Key Vault holding the keys as one secret (current, optionally a newline and the previous one),
+    /// read with the app's identity (used when neither of the above is set).
+    #[arg(long, env = "MESSAGE_SIGNING_KEY_VAULT_URL")]
+    pub message_signing_key_vault_url: Option<url::Url>,
+    /// Name of that Key Vault secret.
+    #[arg(
+        long,
+        env = "MESSAGE_SIGNING_SECRET_NAME",
+        default_value = "message-signing-key"
+    )]
+    pub message_signing_secret_name: String,
+}
+
 /// How long a daemon may take to stop.
 #[derive(Clone, Debug, Args)]
 pub struct ShutdownArgs {
@@ -332,6 +359,9 @@ pub struct ServeArgs {
     #[command(flatten)]
     #[allow(missing_docs)]
     pub getcode_limit: GetcodeLimitArgs,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub signing: SigningArgs,
 }
 
 /// How many codes one client may ask for.
@@ -432,6 +462,7 @@ impl WorkerTuning {
             encoding,
             retention: Duration::from_secs(self.retention_seconds),
             clock_allowance: Duration::from_secs(self.clock_skew_allowance_seconds),
+            signing: None,
             sweep_interval: (self.sweep_interval_seconds > 0)
                 .then(|| Duration::from_secs(self.sweep_interval_seconds)),
         }
@@ -459,6 +490,9 @@ pub struct WorkerArgs {
     #[command(flatten)]
     #[allow(missing_docs)]
     pub database: DatabaseArgs,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub signing: SigningArgs,
 }
 
 /// `codewatch number-api`.

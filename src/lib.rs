@@ -17,6 +17,7 @@ pub mod ops;
 pub mod queue;
 pub mod secret;
 pub mod shutdown;
+pub mod signing;
 pub mod store;
 pub mod subject;
 pub mod timestamp;

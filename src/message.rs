@@ -1,6 +1,7 @@
 //! The queue message: what `serve` writes, what the worker re-arms for expiry, and the foreign shapes it accepts.
 
 use crate::code::Code;
+use crate::signing::SigningKeys;
 use crate::subject::Subject;
 use crate::timestamp;
 use crate::untrusted::escaped;
@@ -128,6 +129,12 @@ pub enum MessageError {
         /// The clock allowance in force.
         allowance_ms: i64,
     },
+    /// Signing is on and the activation carries no signature.
+    #[error("activation is not signed (message signing is on)")]
+    Unsigned,
+    /// Signing is on and the activation's signature matches neither key.
+    #[error("activation signature does not match (forged, altered, or signed with another key)")]
+    BadSignature,
     /// A time that cannot be computed with (its expiry would be out of range).
     #[error("message time out of range")]
     OutOfRange,
@@ -154,6 +161,9 @@ struct Wire {
     expires_at: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     subject: Option<String>,
+    /// HMAC-SHA256 of [`CodeMessage::canonical`], base64, when the producer has a signing key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    sig: Option<String>,
 }
 
 impl CodeMessage {
@@ -166,6 +176,32 @@ impl CodeMessage {
 
     /// The message text to put on the queue.
     pub fn encode(&self, encoding: MessageEncoding) -> String {
+        self.encode_signed(encoding, None)
+    }
+
+    /// What a signature covers: every field, as codewatch reads it, so that the text's shape (JSON key
+    /// order, time format) does not matter and no field can be changed without breaking it.
+    pub fn canonical(&self) -> String {
+        let issuance = self.issuance();
+        let (action, expires_at) = match self {
+            Self::Activate(_) => ("activate", String::new()),
+            Self::Expire { expires_at, .. } => ("expire", timestamp::format(*expires_at)),
+        };
+        format!(
+            "codewatch.v1\n{action}\n{}\n{}\n{}\n{}\n{expires_at}",
+            issuance.id,
+            issuance.code,
+            timestamp::format(issuance.issued_at),
+            issuance
+                .subject
+                .as_ref()
+                .map(Subject::as_str)
+                .unwrap_or_default(),
+        )
+    }
+
+    /// [`CodeMessage::encode`], signed with `keys`' current key when given.
+    pub fn encode_signed(&self, encoding: MessageEncoding, keys: Option<&SigningKeys>) -> String {
         let issuance = self.issuance();
         let (action, expires_at) = match self {
             Self::Activate(_) => ("activate", None),
@@ -178,6 +214,7 @@ impl CodeMessage {
             timestamp: Some(timestamp::format(issuance.issued_at)),
             expires_at,
             subject: issuance.subject.as_ref().map(|s| s.to_string()),
+            sig: keys.map(|k| k.sign(&self.canonical())),
         };
         // Serialising a struct of strings cannot fail.
         let json = serde_json::to_string(&wire).unwrap_or_default();
@@ -191,20 +228,43 @@ impl CodeMessage {
     /// writes it, a bare code, or base64 of any of these. `inserted_at` (the queue's insertion time) stands
     /// in for a missing timestamp.
     pub fn decode(text: &str, inserted_at: DateTime<Utc>) -> Result<Self, MessageError> {
-        match decode_plain(text.trim(), inserted_at) {
+        Self::decode_verified(text, inserted_at, None)
+    }
+
+    /// [`CodeMessage::decode`]; with `keys`, an activation must carry a valid signature under one of
+    /// them. Expiry messages need none: they can only end a code's validity, never start or extend it.
+    pub fn decode_verified(
+        text: &str,
+        inserted_at: DateTime<Utc>,
+        keys: Option<&SigningKeys>,
+    ) -> Result<Self, MessageError> {
+        let (message, sig) = match decode_plain(text.trim(), inserted_at) {
             Err(MessageError::Undecodable) => {
                 let bytes = BASE64
                     .decode(text.trim())
                     .map_err(|_| MessageError::Undecodable)?;
                 let inner = String::from_utf8(bytes).map_err(|_| MessageError::Undecodable)?;
-                decode_plain(inner.trim(), inserted_at)
+                decode_plain(inner.trim(), inserted_at)?
             }
-            other => other,
+            other => other?,
+        };
+        if let (Some(keys), Self::Activate(_)) = (keys, &message) {
+            match sig {
+                None => return Err(MessageError::Unsigned),
+                Some(sig) if !keys.verify(&message.canonical(), &sig) => {
+                    return Err(MessageError::BadSignature);
+                }
+                Some(_) => {}
+            }
         }
+        Ok(message)
     }
 }
 
-fn decode_plain(text: &str, inserted_at: DateTime<Utc>) -> Result<CodeMessage, MessageError> {
+/// A message and the signature it carried.
+type Decoded = (CodeMessage, Option<String>);
+
+fn decode_plain(text: &str, inserted_at: DateTime<Utc>) -> Result<Decoded, MessageError> {
     if text.starts_with('{') {
         if let Ok(wire) = serde_json::from_str::<Wire>(text) {
             return from_wire(wire, inserted_at);
@@ -216,17 +276,20 @@ fn decode_plain(text: &str, inserted_at: DateTime<Utc>) -> Result<CodeMessage, M
             .and_then(|wire| from_wire(wire, inserted_at));
     }
     match Code::parse(text) {
-        Ok(code) => Ok(CodeMessage::Activate(Issuance {
-            id: IssuanceId::derived(&code, inserted_at),
-            code,
-            issued_at: inserted_at,
-            subject: None,
-        })),
+        Ok(code) => Ok((
+            CodeMessage::Activate(Issuance {
+                id: IssuanceId::derived(&code, inserted_at),
+                code,
+                issued_at: inserted_at,
+                subject: None,
+            }),
+            None,
+        )),
         Err(_) => Err(MessageError::Undecodable),
     }
 }
 
-fn from_wire(wire: Wire, inserted_at: DateTime<Utc>) -> Result<CodeMessage, MessageError> {
+fn from_wire(wire: Wire, inserted_at: DateTime<Utc>) -> Result<Decoded, MessageError> {
     let text = wire
         .code
         .ok_or_else(|| MessageError::BadCode("missing".into()))?;
@@ -249,19 +312,20 @@ fn from_wire(wire: Wire, inserted_at: DateTime<Utc>) -> Result<CodeMessage, Mess
         issued_at,
         subject,
     };
-    match wire.action.as_deref() {
-        None | Some("activate") => Ok(CodeMessage::Activate(issuance)),
+    let message = match wire.action.as_deref() {
+        None | Some("activate") => CodeMessage::Activate(issuance),
         Some("expire") => {
             let text = wire.expires_at.ok_or(MessageError::MissingExpiry)?;
             let expires_at = timestamp::parse(&text)
                 .ok_or_else(|| MessageError::BadTimestamp(escaped(&text)))?;
-            Ok(CodeMessage::Expire {
+            CodeMessage::Expire {
                 issuance,
                 expires_at,
-            })
+            }
         }
-        Some(other) => Err(MessageError::UnknownAction(escaped(other))),
-    }
+        Some(other) => return Err(MessageError::UnknownAction(escaped(other))),
+    };
+    Ok((message, wire.sig))
 }
 
 impl Issuance {

@@ -375,3 +375,61 @@ async fn each_surface_has_its_own_listener_and_the_public_one_serves_only_getcod
     assert_eq!(status(format!("{admin}/api/v1/getcode")).await, 404);
     assert!(proc.terminate().success());
 }
+
+#[tokio::test]
+async fn up_with_a_signing_key_file_signs_its_codes_and_poisons_a_forged_activation() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("signing-keys");
+    std::fs::write(
+        &keys,
+        "current-signing-key-0123456789abcdefghij\nprevious-signing-key-0123456789abcdefghij\n",
+    )
+    .unwrap();
+    let (mut proc, base) = spawn_up(
+        dir.path(),
+        &[("MESSAGE_SIGNING_KEY_FILE", keys.display().to_string())],
+    );
+    let body: serde_json::Value = reqwest::get(format!("{base}/api/v1/getcode"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let code = body["code"].as_str().unwrap().to_owned();
+    let db = dir.path().join("codewatch.db");
+    eventually(
+        "the signed code to become valid",
+        Duration::from_secs(10),
+        || async { active_codes(&db).await.contains(&code).then_some(()) },
+    )
+    .await;
+    let database = codewatch::backends::Database::open(&codewatch::config::DatabaseArgs {
+        database_url: codewatch::secret::Secret::new(format!("sqlite:{}", db.display())),
+    })
+    .await
+    .unwrap();
+    let queue = database.embedded_queue("code-requests").unwrap();
+    let now = codewatch::timestamp::format(chrono::Utc::now());
+    queue
+        .send(
+            &format!(r#"{{"code": "for-1-Ged", "timestamp": "{now}"}}"#),
+            Duration::ZERO,
+        )
+        .await
+        .unwrap();
+    let poison = database.embedded_queue("code-requests-poison").unwrap();
+    eventually(
+        "the unsigned activation to be poisoned",
+        Duration::from_secs(10),
+        || async { (poison.approximate_len().await.unwrap() == 1).then_some(()) },
+    )
+    .await;
+    assert!(!active_codes(&db).await.contains(&"for-1-Ged".to_owned()));
+    assert!(proc.terminate().success());
+    let log = std::fs::read_to_string(dir.path().join("up.log")).unwrap();
+    assert!(log.contains("activation is not signed"), "{log}");
+    assert!(
+        !log.contains("current-signing-key"),
+        "a key reached the log"
+    );
+}

@@ -23,7 +23,11 @@ struct Rig {
 }
 
 async fn rig() -> Rig {
-    let db = common::sqlite().await;
+    rig_on(common::sqlite().await).await
+}
+
+/// A rig on `db`, with a fresh Azurite queue.
+async fn rig_on(db: TestDb) -> Rig {
     let store = db.database.store();
     Rig {
         queues: common::azure_queues().await,
@@ -437,9 +441,7 @@ async fn poisoned_bodies(rig: &Rig) -> Vec<String> {
     bodies
 }
 
-#[tokio::test]
-async fn an_activation_dated_in_the_future_goes_to_poison_and_cannot_choose_its_validity() {
-    let rig = rig().await;
+async fn an_activation_dated_in_the_future_goes_to_poison_and_cannot_choose_its_validity(rig: Rig) {
     let worker = rig.worker(settings(60));
     let far = issuance(
         "far-1-Fut",
@@ -505,9 +507,7 @@ async fn a_timestamp_at_the_limit_of_time_is_poisoned_and_the_worker_keeps_activ
     running.await.unwrap();
 }
 
-#[tokio::test]
-async fn python_none_binds_no_subject_and_every_such_code_becomes_valid() {
-    let rig = rig().await;
+async fn python_none_binds_no_subject_and_every_such_code_becomes_valid(rig: Rig) {
     let worker = rig.worker(settings(60));
     let now = timestamp::format(Utc::now());
     for code in ["non-1-Eaa", "non-2-Ebb", "non-3-Ecc"] {
@@ -530,9 +530,7 @@ async fn python_none_binds_no_subject_and_every_such_code_becomes_valid() {
     }
 }
 
-#[tokio::test]
-async fn an_id_already_used_by_another_code_goes_to_poison() {
-    let rig = rig().await;
+async fn an_id_already_used_by_another_code_goes_to_poison(rig: Rig) {
     let worker = rig.worker(settings(60));
     let first = issuance("fir-1-Sta", Utc::now());
     let mut second = issuance("sec-2-Ond", Utc::now());
@@ -640,3 +638,75 @@ async fn a_poll_loop_that_panics_is_reported_by_liveness_and_restarted() {
     cancel.cancel();
     running.await.unwrap();
 }
+
+async fn with_signing_on_only_activations_signed_by_a_current_or_previous_key_become_valid(
+    rig: Rig,
+) {
+    use codewatch::signing::SigningKeys;
+    let old = "old-signing-key-0123456789abcdefghijklmnop";
+    let new = "new-signing-key-0123456789abcdefghijklmnop";
+    let rotating = SigningKeys::parse(&format!("{new}\n{old}")).unwrap();
+    let worker = rig.worker(WorkerSettings {
+        signing: Some(rotating),
+        ..settings(60)
+    });
+    let sign = |i: &Issuance, key: &str| {
+        CodeMessage::Activate(i.clone()).encode_signed(
+            MessageEncoding::Text,
+            Some(&SigningKeys::parse(key).unwrap()),
+        )
+    };
+    let by_new = issuance("sig-1-New", Utc::now());
+    let by_old = issuance("sig-2-Old", Utc::now());
+    rig.send(&sign(&by_new, new)).await;
+    rig.send(&sign(&by_old, old)).await;
+    rig.send(&activation(&issuance("uns-3-Ign", Utc::now())))
+        .await;
+    rig.send(&sign(
+        &issuance("for-4-Ged", Utc::now()),
+        "an-attackers-key-0123456789abcdefghijklmnop",
+    ))
+    .await;
+    let altered = sign(&issuance("alt-5-Erd", Utc::now()), new).replace("alt-5-Erd", "alt-6-Erd");
+    rig.send(&altered).await;
+    rig.send("uns-7-Bar").await;
+    let report = drain(&worker).await;
+    assert_eq!((report.activated, report.poisoned), (2, 4));
+    assert_eq!(
+        rig.valid("sig-1-New").await + rig.valid("sig-2-Old").await,
+        2
+    );
+    for code in [
+        "uns-3-Ign",
+        "for-4-Ged",
+        "alt-5-Erd",
+        "alt-6-Erd",
+        "uns-7-Bar",
+    ] {
+        assert_eq!(rig.valid(code).await, 0, "{code}");
+    }
+    // Both valid codes were re-armed for expiry.
+    let rearmed = rig.queues.main.approximate_len().await.unwrap();
+    assert_eq!(rearmed, 2);
+}
+
+/// Hostile-input cases, on SQLite and on PostgreSQL.
+macro_rules! on_both {
+    ($($case:ident),* $(,)?) => {
+        mod sqlite {
+            $( #[tokio::test] async fn $case() { super::$case(super::rig().await).await; } )*
+        }
+        mod postgres {
+            $( #[tokio::test] async fn $case() {
+                super::$case(super::rig_on(super::common::postgres().await).await).await;
+            } )*
+        }
+    };
+}
+
+on_both!(
+    an_activation_dated_in_the_future_goes_to_poison_and_cannot_choose_its_validity,
+    python_none_binds_no_subject_and_every_such_code_becomes_valid,
+    an_id_already_used_by_another_code_goes_to_poison,
+    with_signing_on_only_activations_signed_by_a_current_or_previous_key_become_valid,
+);

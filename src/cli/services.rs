@@ -3,7 +3,8 @@
 use super::{display_database_url, spawn_http};
 use crate::backends::{Database, Queues};
 use crate::config::{
-    DatabaseArgs, NumberApiArgs, QueueArgs, ServeArgs, UpArgs, VerifyArgs, WorkerArgs, WorkerTuning,
+    DatabaseArgs, NumberApiArgs, QueueArgs, ServeArgs, SigningArgs, UpArgs, VerifyArgs, WorkerArgs,
+    WorkerTuning,
 };
 use crate::function_key::{FunctionKey, KeyError, KeySource};
 use crate::http::rate_limit::RateLimiter;
@@ -14,6 +15,7 @@ use crate::number_api::{self, NumberApiClient};
 use crate::ops::{Readiness, ops_router};
 use crate::secret::Secret;
 use crate::shutdown;
+use crate::signing::SigningKeys;
 use crate::verify::{Throttle, Verifier};
 use crate::worker::Worker;
 use anyhow::{Context, Result, bail};
@@ -127,6 +129,34 @@ fn verification(
     })
 }
 
+/// The message signing keys, if configured: MESSAGE_SIGNING_KEY (with _PREVIOUS), the key file, or
+/// Key Vault, in that order.
+async fn signing_keys(args: &SigningArgs, auth: &AzureAuth) -> Result<Option<SigningKeys>> {
+    let keys = if let Some(current) = &args.message_signing_key {
+        SigningKeys::new(current.clone(), args.message_signing_key_previous.clone())?
+    } else if let Some(path) = &args.message_signing_key_file {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading MESSAGE_SIGNING_KEY_FILE {}", path.display()))?;
+        SigningKeys::parse(&text)?
+    } else if let Some(vault) = &args.message_signing_key_vault_url {
+        let source = KeySource::key_vault(
+            vault.as_str(),
+            &args.message_signing_secret_name,
+            auth,
+            true,
+        )?;
+        let value = source
+            .fetch()
+            .await
+            .context("reading the message signing keys")?;
+        SigningKeys::parse(value.expose())?
+    } else {
+        return Ok(None);
+    };
+    tracing::info!("message signing on: unsigned or forged activations go to the poison queue");
+    Ok(Some(keys))
+}
+
 fn app_state(
     args: &ServeArgs,
     endpoint: url::Url,
@@ -134,6 +164,7 @@ fn app_state(
     verify_key: Option<Secret>,
     database: &Database,
     queues: &Queues,
+    signing: Option<SigningKeys>,
 ) -> AppState {
     let timeout = Duration::from_millis(args.number_api.third_party_api_timeout_ms);
     AppState {
@@ -148,6 +179,7 @@ fn app_state(
             )
         }),
         trusted_proxies: args.getcode_limit.trusted_proxies.clone(),
+        signing,
     }
 }
 
@@ -156,12 +188,17 @@ fn worker_from(
     queues: &Queues,
     database: &Database,
     encoding: MessageEncoding,
+    signing: Option<SigningKeys>,
 ) -> Arc<Worker> {
+    let settings = crate::worker::WorkerSettings {
+        signing,
+        ..tuning.settings(encoding)
+    };
     Arc::new(Worker::new(
         queues.main.clone(),
         queues.poison.clone(),
         database.store(),
-        tuning.settings(encoding),
+        settings,
     ))
 }
 
@@ -243,7 +280,10 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     if verify_key.is_none() {
         tracing::warn!("VERIFY_API_KEY is not set: the verification endpoints are off");
     }
-    let state = app_state(&args, endpoint, key, verify_key, &database, &queues);
+    let signing = signing_keys(&args.signing, &auth).await?;
+    let state = app_state(
+        &args, endpoint, key, verify_key, &database, &queues, signing,
+    );
     let ops = ops_router(
         None,
         readiness(&database, &queues),
@@ -271,11 +311,13 @@ pub async fn worker(args: WorkerArgs) -> Result<()> {
         ttl_s = args.tuning.code_ttl_seconds,
         "worker started"
     );
+    let signing = signing_keys(&args.signing, &auth).await?;
     let worker = worker_from(
         &args.tuning,
         &queues,
         &database,
         args.queue.message_encoding,
+        signing,
     );
     let ops = ops_router(
         Some(worker.heartbeat()),
@@ -335,6 +377,7 @@ pub async fn up(args: UpArgs) -> Result<()> {
         None => (Secret::new(uuid::Uuid::new_v4().simple().to_string()), true),
     };
     let (database, queues) = open_backends(&serve_args.database, &serve_args.queue, &auth).await?;
+    let signing = signing_keys(&serve_args.signing, &auth).await?;
     let state = app_state(
         serve_args,
         endpoint.clone(),
@@ -342,9 +385,10 @@ pub async fn up(args: UpArgs) -> Result<()> {
         Some(verify_key.clone()),
         &database,
         &queues,
+        signing.clone(),
     );
     let encoding = serve_args.queue.message_encoding;
-    let worker = worker_from(&args.tuning, &queues, &database, encoding);
+    let worker = worker_from(&args.tuning, &queues, &database, encoding, signing);
     let ops = ops_router(
         Some(worker.heartbeat()),
         readiness(&database, &queues),

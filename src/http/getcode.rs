@@ -59,7 +59,10 @@ pub async fn get_code(
     let message = CodeMessage::Activate(issuance.clone());
     state
         .queue
-        .send(&message.encode(state.encoding), Duration::ZERO)
+        .send(
+            &message.encode_signed(state.encoding, state.signing.as_ref()),
+            Duration::ZERO,
+        )
         .await?;
     tracing::debug!(issuance = %issuance.id, "code issued");
     Ok(Json(CodeResponse {

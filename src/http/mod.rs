@@ -51,6 +51,8 @@ pub struct AppState {
     pub getcode_limiter: Option<RateLimiter>,
     /// The ingress ranges whose `X-Forwarded-For` names the client.
     pub trusted_proxies: TrustedProxies,
+    /// With keys, every activation is signed with the current one.
+    pub signing: Option<crate::signing::SigningKeys>,
 }
 
 /// Reads an optional `?subject=` parameter; a malformed one is a 400 with the reason.

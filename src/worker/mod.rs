@@ -49,6 +49,9 @@ pub struct WorkerSettings {
     /// How far an activation's timestamp may lie after the queue's insertion time (clock skew); one
     /// dated later is poisoned, so no sender can make a code valid past insertion + allowance + TTL.
     pub clock_allowance: Duration,
+    /// With keys, activations must be signed by one of them (others are poisoned), and the expiry
+    /// messages the worker writes are signed with the current one.
+    pub signing: Option<crate::signing::SigningKeys>,
 }
 
 impl Default for WorkerSettings {
@@ -66,6 +69,7 @@ impl Default for WorkerSettings {
             sweep_interval: Some(Duration::from_secs(60)),
             retention: Duration::from_secs(24 * 3600),
             clock_allowance: Duration::from_secs(30),
+            signing: None,
         }
     }
 }
@@ -307,7 +311,11 @@ impl Worker {
                 poison.push((message, reason));
                 continue;
             }
-            match CodeMessage::decode(&message.body, message.inserted_at) {
+            match CodeMessage::decode_verified(
+                &message.body,
+                message.inserted_at,
+                self.settings.signing.as_ref(),
+            ) {
                 Err(e) => poison.push((message, e.to_string())),
                 Ok(CodeMessage::Activate(issuance)) => match issuance.expiry(
                     self.settings.code_ttl,
@@ -444,7 +452,8 @@ impl Worker {
                     expires_at: activation.expires_at,
                     issuance: activation.issuance.clone(),
                 };
-                if let Err(e) = self.queue.send(&follow_up.encode(self.settings.encoding), delay).await {
+                let body = follow_up.encode_signed(self.settings.encoding, self.settings.signing.as_ref());
+                if let Err(e) = self.queue.send(&body, delay).await {
                     tracing::warn!(error = %e, issuance = %id, "expiry message not sent; will retry");
                     return Outcome::Failed;
                 }

@@ -286,6 +286,7 @@ pub async fn producer_with_timeout(
         verification: None,
         getcode_limiter: None,
         trusted_proxies: Default::default(),
+        signing: None,
     }))
     .await
 }
@@ -317,6 +318,7 @@ pub async fn producer_with_verification(
         verification: Some(verification),
         getcode_limiter: None,
         trusted_proxies: Default::default(),
+        signing: None,
     };
     Server::start(http::router(state)).await
 }
