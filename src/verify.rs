@@ -131,6 +131,7 @@ impl Verifier {
                 if failures >= self.throttle.max_failures {
                     reason = "subject locked";
                 }
+                let subject = crate::untrusted::Untrusted::new(subject.as_str());
                 tracing::info!(%subject, failures, reason, ?mode, "check failed");
             }
             None => tracing::info!(reason, ?mode, "unbound check failed"),

@@ -303,17 +303,10 @@ async fn a_redirecting_number_api_is_a_502_and_the_key_never_leaves_its_origin()
         }),
     ))
     .await;
-    let app = common::producer(
-        &redirecting.url("/api/RandomNumber"),
-        KEY,
-        queues.main.clone(),
-        MessageEncoding::Text,
-    )
-    .await;
-    let response = reqwest::get(app.url("/api/v1/getcode")).await.unwrap();
-    assert_eq!(response.status(), 502);
-    let body: Value = response.json().await.unwrap();
-    assert_eq!(body["error"], "number_api_redirect", "{body}");
+    assert_eq!(
+        getcode_error(&redirecting, &queues.main).await,
+        (502, "number_api_redirect".to_owned())
+    );
     assert!(
         seen.lock().unwrap().is_empty(),
         "the redirect target was called"
@@ -327,28 +320,29 @@ async fn a_redirecting_number_api_is_a_502_and_the_key_never_leaves_its_origin()
 #[tokio::test]
 async fn a_huge_number_api_answer_is_refused_without_reading_it() {
     let queues = common::azure_queues().await;
-    let huge = Server::start(Router::new().route(
-        "/api/RandomNumber",
-        get(|| async {
-            let chunk = axum::body::Bytes::from(vec![b'1'; 64 * 1024]);
-            let stream = futures::stream::iter(
-                (0..1600).map(move |_| Ok::<_, std::io::Error>(chunk.clone())),
-            );
-            axum::body::Body::from_stream(stream)
-        }),
-    ))
-    .await;
+    let huge = common::huge_number_api().await;
+    assert_eq!(
+        getcode_error(&huge, &queues.main).await,
+        (502, "number_api_bad_response".to_owned())
+    );
+}
+
+/// getcode through a producer calling `api`: the status and the error code of its answer.
+async fn getcode_error(api: &Server, queue: &SharedQueue) -> (u16, String) {
     let app = common::producer(
-        &huge.url("/api/RandomNumber"),
+        &api.url("/api/RandomNumber"),
         KEY,
-        queues.main.clone(),
+        queue.clone(),
         MessageEncoding::Text,
     )
     .await;
     let response = reqwest::get(app.url("/api/v1/getcode")).await.unwrap();
-    assert_eq!(response.status(), 502);
+    let status = response.status().as_u16();
     let body: Value = response.json().await.unwrap();
-    assert_eq!(body["error"], "number_api_bad_response", "{body}");
+    (
+        status,
+        body["error"].as_str().unwrap_or_default().to_owned(),
+    )
 }
 
 #[tokio::test]

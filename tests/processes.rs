@@ -269,18 +269,7 @@ async fn idle_connections_do_not_starve_a_real_client_under_a_low_descriptor_lim
 
 #[tokio::test]
 async fn eight_huge_number_api_answers_leave_serves_memory_bounded() {
-    use axum::routing::get;
-    let huge = common::Server::start(axum::Router::new().route(
-        "/api/RandomNumber",
-        get(|| async {
-            let chunk = axum::body::Bytes::from(vec![b'1'; 64 * 1024]);
-            let stream = futures::stream::iter(
-                (0..1600).map(move |_| Ok::<_, std::io::Error>(chunk.clone())),
-            );
-            axum::body::Body::from_stream(stream)
-        }),
-    ))
-    .await;
+    let huge = common::huge_number_api().await;
     let dir = tempfile::tempdir().unwrap();
     let (mut proc, base) = spawn_up(
         dir.path(),

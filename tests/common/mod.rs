@@ -251,6 +251,21 @@ impl Drop for Server {
     }
 }
 
+/// A number API that answers 100 MB of digits, streamed.
+pub async fn huge_number_api() -> Server {
+    Server::start(axum::Router::new().route(
+        "/api/RandomNumber",
+        axum::routing::get(|| async {
+            let chunk = axum::body::Bytes::from(vec![b'1'; 64 * 1024]);
+            let stream = futures::stream::iter(
+                (0..1600).map(move |_| Ok::<_, std::io::Error>(chunk.clone())),
+            );
+            axum::body::Body::from_stream(stream)
+        }),
+    ))
+    .await
+}
+
 /// The real number API stand-in with `key`.
 pub async fn number_api(key: &str) -> Server {
     Server::start(number_api::router(Secret::new(key))).await
