@@ -513,3 +513,41 @@ async fn the_openapi_document_describes_every_endpoint() {
         assert_eq!(codes, ["200", "400", "401", "404", "429", "503"], "{path}");
     }
 }
+
+#[tokio::test]
+async fn a_successful_check_writes_nothing_when_there_is_nothing_to_reset() {
+    use std::str::FromStr;
+    let db = common::sqlite().await;
+    let activation = codewatch::store::Activation::new(
+        codewatch::message::Issuance {
+            id: codewatch::message::IssuanceId::random(),
+            code: codewatch::code::Code::parse("ron-1-Lyy").unwrap(),
+            issued_at: chrono::Utc::now(),
+            subject: Some(Subject::parse("ivy").unwrap()),
+        },
+        chrono::Utc::now() + chrono::Duration::seconds(60),
+    );
+    db.database
+        .store()
+        .activate(std::slice::from_ref(&activation), chrono::Utc::now())
+        .await
+        .unwrap();
+    // The same database, opened read-only: any write would fail.
+    let options = sqlx::sqlite::SqliteConnectOptions::from_str(&db.url)
+        .unwrap()
+        .read_only(true);
+    let read_only = sqlx::SqlitePool::connect_with(options).await.unwrap();
+    let verifier = codewatch::verify::Verifier::new(
+        std::sync::Arc::new(codewatch::store::sqlite::SqliteStore::new(read_only)),
+        Throttle::default(),
+    );
+    let verdict = verifier
+        .check(
+            &activation.issuance.code,
+            activation.issuance.subject.as_ref(),
+            chrono::Utc::now(),
+        )
+        .await
+        .expect("a clean success only reads");
+    assert!(matches!(verdict, codewatch::verify::Verdict::Valid(_)));
+}
