@@ -43,20 +43,36 @@ pub enum Database {
 }
 
 impl Database {
-    /// Connects and applies the migrations.
+    /// Connects and applies the migrations; a SQLite file is created if missing.
     pub async fn open(args: &DatabaseArgs) -> Result<Self, StoreError> {
+        Self::connect(args, true).await
+    }
+
+    /// [`Database::open`] for tools: a SQLite file that does not exist is an error, not a new empty
+    /// database (a tool run in the wrong folder would otherwise show nothing, silently).
+    pub async fn open_existing(args: &DatabaseArgs) -> Result<Self, StoreError> {
+        Self::connect(args, false).await
+    }
+
+    async fn connect(args: &DatabaseArgs, create: bool) -> Result<Self, StoreError> {
         let url = args.database_url.expose();
         if let Some(path) = url.strip_prefix("sqlite:") {
-            let pool = sqlite::connect(url)
+            let path = path
+                .trim_start_matches("//")
+                .split('?')
+                .next()
+                .unwrap_or(path);
+            let pool = sqlite::connect(url, create)
                 .await
                 .map_err(|e| StoreError::SqliteOpen {
-                    path: path
-                        .trim_start_matches("//")
-                        .split('?')
-                        .next()
-                        .unwrap_or(path)
-                        .to_owned(),
-                    cause: e.to_string(),
+                    path: path.to_owned(),
+                    cause: if !create && !std::path::Path::new(path).exists() {
+                        "no such file: start `codewatch up` or `codewatch migrate` there first, or \
+                         set DATABASE_URL to the database the service uses"
+                            .to_owned()
+                    } else {
+                        e.to_string()
+                    },
                 })?;
             sqlite::migrate(&pool).await?;
             Ok(Self::Sqlite(pool))
@@ -129,7 +145,7 @@ impl Queues {
     /// else the connection string, else the embedded queue.
     pub async fn open(
         args: &QueueArgs,
-        database: &Database,
+        database: Option<&Database>,
         auth: &AzureAuth,
     ) -> Result<Self, StartupError> {
         let mut endpoint = None;
@@ -162,6 +178,9 @@ impl Queues {
             )
         } else {
             let name = &args.queue_name;
+            let database = database.ok_or_else(|| {
+                QueueError::Config("the embedded queue needs the SQLite database".into())
+            })?;
             (
                 database.embedded_queue(name)?,
                 database.embedded_queue(&poison_name(name))?,

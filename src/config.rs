@@ -180,7 +180,8 @@ pub struct DatabaseArgs {
         long,
         env = "DATABASE_URL",
         default_value = "sqlite:codewatch.db",
-        hide_env_values = true
+        hide_env_values = true,
+        global = true
     )]
     pub database_url: Secret,
 }
@@ -194,20 +195,31 @@ pub struct QueueArgs {
         long,
         env = "STORAGE_QUEUE_URL",
         hide_env_values = true,
-        conflicts_with = "storage_connection_string"
+        conflicts_with = "storage_connection_string",
+        global = true
     )]
     pub storage_queue_url: Option<Secret>,
     /// Storage connection string (`UseDevelopmentStorage=true` for Azurite on its default port).
-    #[arg(long, env = "AZURE_STORAGE_CONNECTION_STRING", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "AZURE_STORAGE_CONNECTION_STRING",
+        hide_env_values = true,
+        global = true
+    )]
     pub storage_connection_string: Option<Secret>,
     /// Queue name, with a connection string or the embedded queue.
-    #[arg(long, env = "STORAGE_QUEUE_NAME", default_value = "code-requests")]
+    #[arg(
+        long,
+        env = "STORAGE_QUEUE_NAME",
+        default_value = "code-requests",
+        global = true
+    )]
     pub queue_name: String,
     /// How messages are written: `text` (as the Python SDK) or `base64` (for Azure Functions). Reading detects both.
-    #[arg(long, env = "MESSAGE_ENCODING", value_enum, default_value_t = MessageEncoding::Text)]
+    #[arg(long, env = "MESSAGE_ENCODING", value_enum, default_value_t = MessageEncoding::Text, global = true)]
     pub message_encoding: MessageEncoding,
     /// Which Entra ID credential to use with STORAGE_QUEUE_URL and Key Vault (`auto` picks from the environment).
-    #[arg(long, env = "AZURE_CREDENTIAL_KIND", value_enum, default_value_t = CredentialChoice::Auto)]
+    #[arg(long, env = "AZURE_CREDENTIAL_KIND", value_enum, default_value_t = CredentialChoice::Auto, global = true)]
     pub azure_credential: CredentialChoice,
 }
 
@@ -245,7 +257,7 @@ pub struct NumberApiClientArgs {
     )]
     pub third_party_api_key_refresh_seconds: u64,
     /// How long to wait for the API, in milliseconds.
-    #[arg(long, env = "THIRD_PARTY_API_TIMEOUT_MS", default_value_t = 5000)]
+    #[arg(long, env = "THIRD_PARTY_API_TIMEOUT_MS", default_value_t = 5000, value_parser = clap::value_parser!(u64).range(1..=600_000))]
     pub third_party_api_timeout_ms: u64,
 }
 
@@ -309,7 +321,7 @@ pub struct SigningArgs {
 pub struct ShutdownArgs {
     /// Seconds to finish work in flight after SIGTERM/SIGINT before exiting anyway (keep under the
     /// platform's kill timeout: Kubernetes waits 30 s).
-    #[arg(long, env = "SHUTDOWN_GRACE_SECONDS", default_value_t = 20)]
+    #[arg(long, env = "SHUTDOWN_GRACE_SECONDS", default_value_t = 20, value_parser = clap::value_parser!(u64).range(0..=3600))]
     pub shutdown_grace_seconds: u64,
 }
 
@@ -368,7 +380,7 @@ pub struct ServeArgs {
 #[derive(Clone, Debug, Args)]
 pub struct GetcodeLimitArgs {
     /// getcode requests per second allowed per client (each costs a third-party call); 0: unlimited.
-    #[arg(long, env = "GETCODE_RATE_LIMIT_PER_SECOND", default_value_t = 5.0)]
+    #[arg(long, env = "GETCODE_RATE_LIMIT_PER_SECOND", default_value_t = 5.0, value_parser = rate_or_zero)]
     pub getcode_rate_limit_per_second: f64,
     /// Burst of getcode requests allowed per client.
     #[arg(long, env = "GETCODE_RATE_LIMIT_BURST", default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..))]
@@ -377,6 +389,24 @@ pub struct GetcodeLimitArgs {
     /// from these is `X-Forwarded-For` believed to name the client, for both rate limits.
     #[arg(long, env = "TRUSTED_PROXIES", default_value = "", value_parser = parse_trusted_proxies)]
     pub trusted_proxies: crate::http::TrustedProxies,
+}
+
+/// A rate in requests per second: a finite number above 0.
+fn positive_rate(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(rate) if rate.is_finite() && rate > 0.0 => Ok(rate),
+        _ => Err(format!(
+            "{text:?} is not a rate above 0 (requests per second)"
+        )),
+    }
+}
+
+/// [`positive_rate`], or 0 for no limit.
+fn rate_or_zero(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(0.0) => Ok(0.0),
+        _ => positive_rate(text).map_err(|e| format!("{e}, or 0 for no limit")),
+    }
 }
 
 fn parse_trusted_proxies(text: &str) -> Result<crate::http::TrustedProxies, String> {
@@ -390,20 +420,20 @@ pub struct VerifyArgs {
     #[arg(long, env = "VERIFY_API_KEY", hide_env_values = true)]
     pub verify_api_key: Option<Secret>,
     /// Consecutive failed checks after which a subject's checks fail until reset or the window ends.
-    #[arg(long, env = "VERIFY_MAX_FAILED_CHECKS", default_value_t = 100)]
+    #[arg(long, env = "VERIFY_MAX_FAILED_CHECKS", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
     pub verify_max_failed_checks: u32,
     /// Wrong checks for a subject after which each of its valid codes is burned (the user must ask for
     /// a new code).
     #[arg(long, env = "VERIFY_MAX_WRONG_PER_CODE", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
     pub verify_max_wrong_per_code: u32,
     /// How long a run of failed checks counts (and a lock lasts), in seconds.
-    #[arg(long, env = "VERIFY_LOCKOUT_WINDOW_SECONDS", default_value_t = 3600)]
+    #[arg(long, env = "VERIFY_LOCKOUT_WINDOW_SECONDS", default_value_t = 3600, value_parser = clap::value_parser!(u64).range(1..=31_536_000))]
     pub verify_lockout_window_seconds: u64,
     /// Verification requests per second allowed per client address.
-    #[arg(long, env = "VERIFY_RATE_LIMIT_PER_SECOND", default_value_t = 20.0)]
+    #[arg(long, env = "VERIFY_RATE_LIMIT_PER_SECOND", default_value_t = 20.0, value_parser = positive_rate)]
     pub verify_rate_limit_per_second: f64,
     /// Burst of verification requests allowed per client address.
-    #[arg(long, env = "VERIFY_RATE_LIMIT_BURST", default_value_t = 40)]
+    #[arg(long, env = "VERIFY_RATE_LIMIT_BURST", default_value_t = 40, value_parser = clap::value_parser!(u32).range(1..))]
     pub verify_rate_limit_burst: u32,
 }
 
@@ -411,28 +441,28 @@ pub struct VerifyArgs {
 #[derive(Clone, Debug, Args)]
 pub struct WorkerTuning {
     /// How long a code stays valid after it is issued, in seconds.
-    #[arg(long, env = "CODE_TTL_SECONDS", default_value_t = 600)]
+    #[arg(long, env = "CODE_TTL_SECONDS", default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..=604_800))]
     pub code_ttl_seconds: u64,
     /// Messages per receive (1–32).
     #[arg(long, env = "WORKER_BATCH_SIZE", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=32))]
     pub batch_size: u32,
     /// Seconds a received message stays invisible while it is handled.
-    #[arg(long, env = "WORKER_LEASE_SECONDS", default_value_t = 30)]
+    #[arg(long, env = "WORKER_LEASE_SECONDS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=604_800))]
     pub lease_seconds: u64,
     /// Receives after which a message that keeps failing goes to `<queue>-poison`.
-    #[arg(long, env = "MAX_DEQUEUE_COUNT", default_value_t = 5)]
+    #[arg(long, env = "MAX_DEQUEUE_COUNT", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub max_dequeue_count: u32,
     /// Poll loops per worker process.
-    #[arg(long, env = "WORKER_POLLERS", default_value_t = 2)]
-    pub pollers: usize,
+    #[arg(long, env = "WORKER_POLLERS", default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=64))]
+    pub pollers: u64,
     /// Queue operations in flight at once within a batch.
-    #[arg(long, env = "WORKER_MAX_IN_FLIGHT", default_value_t = 32)]
-    pub max_in_flight: usize,
+    #[arg(long, env = "WORKER_MAX_IN_FLIGHT", default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..=1024))]
+    pub max_in_flight: u64,
     /// First wait after an empty receive, in milliseconds.
-    #[arg(long, env = "WORKER_MIN_POLL_INTERVAL_MS", default_value_t = 100)]
+    #[arg(long, env = "WORKER_MIN_POLL_INTERVAL_MS", default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=60_000))]
     pub min_poll_interval_ms: u64,
     /// Longest wait between receives of an idle queue, in milliseconds (bounds activation lag).
-    #[arg(long, env = "WORKER_MAX_POLL_INTERVAL_MS", default_value_t = 1000)]
+    #[arg(long, env = "WORKER_MAX_POLL_INTERVAL_MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=60_000))]
     pub max_poll_interval_ms: u64,
     /// How often rows past their retention are deleted, in seconds (0: never).
     #[arg(long, env = "WORKER_SWEEP_INTERVAL_SECONDS", default_value_t = 60)]
@@ -453,10 +483,10 @@ impl WorkerTuning {
         WorkerSettings {
             code_ttl: Duration::from_secs(self.code_ttl_seconds),
             batch_size: self.batch_size,
-            lease: Duration::from_secs(self.lease_seconds.max(1)),
+            lease: Duration::from_secs(self.lease_seconds),
             max_dequeue_count: self.max_dequeue_count,
-            pollers: self.pollers.max(1),
-            max_in_flight: self.max_in_flight.max(1),
+            pollers: usize::try_from(self.pollers).unwrap_or(1),
+            max_in_flight: usize::try_from(self.max_in_flight).unwrap_or(1),
             min_poll_interval: Duration::from_millis(self.min_poll_interval_ms),
             max_poll_interval: Duration::from_millis(self.max_poll_interval_ms),
             encoding,
@@ -520,4 +550,55 @@ pub struct UpArgs {
     #[command(flatten)]
     #[allow(missing_docs)]
     pub tuning: WorkerTuning,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn nonsense_values_are_refused_with_the_allowed_range() {
+        for (flag, value) in [
+            ("--code-ttl-seconds", "0"),
+            ("--code-ttl-seconds", "-5"),
+            ("--code-ttl-seconds", "604801"),
+            ("--lease-seconds", "0"),
+            ("--pollers", "0"),
+        ] {
+            let arg = format!("{flag}={value}");
+            let err = Cli::try_parse_from(["codewatch", "worker", &arg]).unwrap_err();
+            let text = err.to_string();
+            assert!(
+                text.contains("not in") || text.contains("invalid digit"),
+                "{arg}: {text}"
+            );
+        }
+        let err =
+            Cli::try_parse_from(["codewatch", "serve", "--verify-rate-limit-per-second", "0"])
+                .unwrap_err();
+        assert!(err.to_string().contains("above 0"), "{err}");
+    }
+
+    #[test]
+    fn database_and_queue_options_are_accepted_after_the_subcommand() {
+        let cli = Cli::try_parse_from([
+            "codewatch",
+            "codes",
+            "list",
+            "--database-url",
+            "sqlite:elsewhere.db",
+        ])
+        .unwrap();
+        let Command::Codes(args) = cli.command else {
+            panic!()
+        };
+        assert_eq!(args.database.database_url.expose(), "sqlite:elsewhere.db");
+        assert!(Cli::try_parse_from(["codewatch", "queue", "stats", "--queue-name", "q"]).is_ok());
+    }
 }

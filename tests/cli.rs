@@ -271,3 +271,70 @@ fn start_up_errors_name_what_failed_and_where() {
         "{err}"
     );
 }
+
+#[test]
+fn tools_never_create_a_database_that_did_not_exist() {
+    let dir = tempfile::tempdir().unwrap();
+    for args in [
+        &["codes", "list"][..],
+        &["codes", "show", "abc-1-def"],
+        &["queue", "stats"],
+    ] {
+        let out = run(dir.path(), args, &[], "");
+        assert!(!out.status.success(), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("codewatch.db") && err.contains("no such file"),
+            "{args:?}: {err}"
+        );
+    }
+    assert!(!dir.path().join("codewatch.db").exists());
+}
+
+#[test]
+fn a_closed_stdout_ends_a_tool_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    assert!(run(dir.path(), &["migrate"], &[], "").status.success());
+    let mut child = std::process::Command::new(common::process::BIN)
+        .args(["queue", "stats"])
+        .current_dir(dir.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(out.status.code(), Some(0), "{err}");
+}
+
+#[tokio::test]
+async fn up_keeps_its_generated_verify_key_across_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let key_file = dir.path().join("codewatch.db.verify-key");
+    let (mut first, _) = spawn_up(dir.path(), &[]);
+    let key = std::fs::read_to_string(&key_file).expect("the key is kept beside the database");
+    assert!(first.terminate().success());
+    let (mut second, base) = spawn_up(dir.path(), &[]);
+    assert_eq!(std::fs::read_to_string(&key_file).unwrap(), key);
+    let status = reqwest::Client::new()
+        .get(format!("{base}/api/v1/codes/abc-1-def"))
+        .bearer_auth(key.trim())
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, 404, "the copied key still works after the restart");
+    assert!(second.terminate().success());
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&key_file).unwrap().permissions().mode();
+        assert_eq!(
+            mode & 0o077,
+            0,
+            "the key file is readable by its owner only"
+        );
+    }
+}

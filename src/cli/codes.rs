@@ -11,7 +11,7 @@ use chrono::{DateTime, Utc};
 
 /// Runs a `codes` subcommand.
 pub async fn run(args: CodesArgs) -> Result<()> {
-    let store = Database::open(&args.database)
+    let store = Database::open_existing(&args.database)
         .await
         .context("opening the database")?
         .store();
@@ -19,7 +19,7 @@ pub async fn run(args: CodesArgs) -> Result<()> {
     match args.command {
         CodesCommand::List { all, format, limit } => {
             let records = store.list(all, now, limit).await?;
-            print!("{}", render(&records, format, now)?);
+            say_part!("{}", render(&records, format, now)?)?;
         }
         CodesCommand::Show { code } => {
             let code = Code::parse(&code)?;
@@ -27,20 +27,20 @@ pub async fn run(args: CodesArgs) -> Result<()> {
             if records.is_empty() {
                 bail!("no issuance of {code} is recorded");
             }
-            print!("{}", render(&records, OutputFormat::Table, now)?);
+            say_part!("{}", render(&records, OutputFormat::Table, now)?)?;
         }
         CodesCommand::Revoke { code } => {
             let code = Code::parse(&code)?;
             let revoked = store.revoke(&code, now).await?;
-            println!(
+            say!(
                 "{code}: revoked {revoked} valid issuance(s); any issued before now that is still on its way \
                  through the queue is revoked on arrival"
-            );
+            )?;
         }
         CodesCommand::Unlock { subject } => {
             let subject = Subject::parse(&subject)?;
             store.reset_failures(&subject).await?;
-            println!("{subject}: failed checks forgotten");
+            say!("{subject}: failed checks forgotten")?;
         }
     }
     Ok(())

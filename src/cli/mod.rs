@@ -1,5 +1,23 @@
 //! The subcommands: wire configuration to the library and run. `anyhow` lives here and in `main` only.
 
+/// Writes a line to standard output and returns the `io::Result`: a closed pipe (`| head -1`) is an
+/// error the binary's edge treats as a clean end, never a panic.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout().lock(), $($arg)*)
+    }};
+}
+
+/// [`say!`] without the newline (and flushed, for a prompt).
+macro_rules! say_part {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let mut out = std::io::stdout().lock();
+        write!(out, $($arg)*).and_then(|()| out.flush())
+    }};
+}
+
 mod codes;
 mod queue;
 mod services;
@@ -86,6 +104,16 @@ impl<W: std::io::Write> std::io::Write for OneLine<W> {
     }
 }
 
+/// Whether `error` is standard output closed under us (`codewatch queue stats | head -1`): the reader
+/// has what it wanted, so that is a clean end.
+pub fn is_broken_pipe(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
 /// Runs the chosen subcommand to its end.
 pub async fn run(cli: Cli) -> Result<()> {
     match cli.command {
@@ -97,10 +125,10 @@ pub async fn run(cli: Cli) -> Result<()> {
             Database::open(&args)
                 .await
                 .context("migrating the database")?;
-            println!(
+            say!(
                 "migrations applied to {}",
                 display_database_url(args.database_url.expose())
-            );
+            )?;
             Ok(())
         }
         Command::Codes(args) => codes::run(args).await,

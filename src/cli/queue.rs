@@ -11,21 +11,29 @@ use std::time::Duration;
 
 /// Runs a `queue` subcommand.
 pub async fn run(args: QueueToolArgs) -> Result<()> {
-    let database = Database::open(&args.database)
-        .await
-        .context("opening the database")?;
+    let azure =
+        args.queue.storage_queue_url.is_some() || args.queue.storage_connection_string.is_some();
+    // The database is needed only for the embedded queue; it is never created here.
+    let database = match azure {
+        true => None,
+        false => Some(
+            Database::open_existing(&args.database)
+                .await
+                .context("opening the database")?,
+        ),
+    };
     let auth = crate::identity::AzureAuth::new(args.queue.azure_credential);
-    let queues = Queues::open(&args.queue, &database, &auth)
+    let queues = Queues::open(&args.queue, database.as_ref(), &auth)
         .await
         .context("opening the queue")?;
     match args.command {
         QueueCommand::Stats => {
             for queue in [&queues.main, &queues.poison] {
-                println!(
+                say!(
                     "{:<40} ~{} messages",
                     queue.name(),
                     queue.approximate_len().await?
-                );
+                )?;
             }
         }
         QueueCommand::Peek { count, poison } => {
@@ -37,15 +45,15 @@ pub async fn run(args: QueueToolArgs) -> Result<()> {
                 bail!("not cleared");
             }
             queue.clear().await?;
-            println!("{}: cleared", queue.name());
+            say!("{}: cleared", queue.name())?;
         }
         QueueCommand::RequeuePoison => {
             let moved = requeue(&queues.poison, &queues.main).await?;
-            println!(
+            say!(
                 "moved {moved} message(s) from {} to {}",
                 queues.poison.name(),
                 queues.main.name()
-            );
+            )?;
         }
     }
     Ok(())
@@ -54,10 +62,10 @@ pub async fn run(args: QueueToolArgs) -> Result<()> {
 async fn peek(queue: &SharedQueue, count: u32) -> Result<()> {
     let messages = queue.peek(count).await?;
     if messages.is_empty() {
-        println!(
+        say!(
             "{}: no visible messages (re-armed expiry messages stay invisible until their time)",
             queue.name()
-        );
+        )?;
     }
     for m in messages {
         let what = match CodeMessage::decode(&m.body, m.inserted_at) {
@@ -82,12 +90,12 @@ async fn peek(queue: &SharedQueue, count: u32) -> Result<()> {
                 m.body.chars().take(200).collect::<String>()
             ),
         };
-        println!(
+        say!(
             "{}  dequeued {}x  inserted {}  {what}",
             m.message_id,
             m.dequeue_count,
             timestamp::format(m.inserted_at)
-        );
+        )?;
     }
     Ok(())
 }
@@ -109,7 +117,7 @@ pub async fn requeue(from: &SharedQueue, to: &SharedQueue) -> Result<usize> {
 }
 
 fn confirm(question: &str) -> Result<bool> {
-    print!("{question} [y/N] ");
+    say_part!("{question} [y/N] ")?;
     std::io::stdout().flush()?;
     let mut answer = String::new();
     std::io::stdin().lock().read_line(&mut answer)?;

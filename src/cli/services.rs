@@ -68,7 +68,7 @@ async fn open_backends(
     let database = Database::open(database)
         .await
         .context("opening the database")?;
-    let queues = Queues::open(queue, &database, auth)
+    let queues = Queues::open(queue, Some(&database), auth)
         .await
         .context("opening the queue")?;
     Ok((database, queues))
@@ -351,6 +351,41 @@ pub async fn number_api(args: NumberApiArgs) -> Result<()> {
     Ok(())
 }
 
+/// Where `up` keeps the verify key it generated: beside a SQLite database file, else in the working folder.
+fn verify_key_path(database_url: &str) -> std::path::PathBuf {
+    match database_url.strip_prefix("sqlite:") {
+        Some(path) => {
+            let path = path
+                .trim_start_matches("//")
+                .split('?')
+                .next()
+                .unwrap_or(path);
+            std::path::PathBuf::from(format!("{path}.verify-key"))
+        }
+        None => std::path::PathBuf::from(".codewatch-verify-key"),
+    }
+}
+
+/// The verify key kept at `path`, or a new one written there (readable by this user only), so that a
+/// key copied from the banner keeps working after a restart.
+fn kept_verify_key(path: &std::path::Path) -> Result<Secret> {
+    if let Ok(text) = std::fs::read_to_string(path)
+        && !text.trim().is_empty()
+    {
+        return Ok(Secret::new(text.trim()));
+    }
+    let key = uuid::Uuid::new_v4().simple().to_string();
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options
+        .open(path)
+        .with_context(|| format!("keeping the generated verify key in {}", path.display()))?;
+    std::io::Write::write_all(&mut file, key.as_bytes())?;
+    Ok(Secret::new(key))
+}
+
 /// `codewatch up`: the number API stand-in (unless an endpoint is configured), the producer and the worker.
 pub async fn up(args: UpArgs) -> Result<()> {
     let cancel = shutdown::on_signal();
@@ -372,9 +407,12 @@ pub async fn up(args: UpArgs) -> Result<()> {
             (endpoint, FunctionKey::fixed(key), Some(task))
         }
     };
-    let (verify_key, generated) = match &serve_args.verify.verify_api_key {
-        Some(key) => (key.clone(), false),
-        None => (Secret::new(uuid::Uuid::new_v4().simple().to_string()), true),
+    let (verify_key, kept_in) = match &serve_args.verify.verify_api_key {
+        Some(key) => (key.clone(), None),
+        None => {
+            let path = verify_key_path(serve_args.database.database_url.expose());
+            (kept_verify_key(&path)?, Some(path))
+        }
     };
     let (database, queues) = open_backends(&serve_args.database, &serve_args.queue, &auth).await?;
     let signing = signing_keys(&serve_args.signing, &auth).await?;
@@ -405,10 +443,13 @@ pub async fn up(args: UpArgs) -> Result<()> {
         ""
     };
     // `up` is for a developer's machine: it prints the key it generated so that the checks can be tried.
-    let verify_note = if generated {
-        format!("  (generated key: {})", verify_key.expose())
-    } else {
-        String::new()
+    let verify_note = match &kept_in {
+        Some(path) => format!(
+            "  (generated key: {}, kept in {})",
+            verify_key.expose(),
+            path.display()
+        ),
+        None => String::new(),
     };
     let banner = format!(
         "codewatch is up (Ctrl-C to stop)\n\

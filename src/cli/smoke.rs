@@ -29,10 +29,10 @@ pub async fn run(args: SmokeArgs) -> Result<()> {
         .as_str()
         .context("getcode answered without a code")?
         .to_owned();
-    println!(
+    say!(
         "issued   {code} at {} for subject {subject}",
         issued["timestamp"].as_str().unwrap_or("?")
-    );
+    )?;
 
     let mut check = args.url.join(&format!("api/v1/codes/{code}"))?;
     check.query_pairs_mut().append_pair("subject", &subject);
@@ -46,11 +46,11 @@ pub async fn run(args: SmokeArgs) -> Result<()> {
         match response.status().as_u16() {
             200 => {
                 let valid: serde_json::Value = response.json().await?;
-                println!(
+                say!(
                     "valid    after {} ms, expires at {}",
                     started.elapsed().as_millis(),
                     valid["expires_at"]
-                );
+                )?;
                 return Ok(());
             }
             404 if Instant::now() < deadline => {

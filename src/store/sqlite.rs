@@ -39,10 +39,11 @@ macro_rules! valid_for {
     };
 }
 
-/// Opens (creating if missing) a SQLite database in WAL mode, so that several processes can share it.
-pub async fn connect(url: &str) -> Result<SqlitePool, StoreError> {
+/// Opens a SQLite database in WAL mode, so that several processes can share it; `create` makes the
+/// file if it is missing.
+pub async fn connect(url: &str, create: bool) -> Result<SqlitePool, StoreError> {
     let options = SqliteConnectOptions::from_str(url)?
-        .create_if_missing(true)
+        .create_if_missing(create)
         .journal_mode(SqliteJournalMode::Wal)
         .synchronous(SqliteSynchronous::Normal)
         .busy_timeout(Duration::from_secs(10));
