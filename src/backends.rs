@@ -74,6 +74,7 @@ impl Database {
                         e.to_string()
                     },
                 })?;
+            // A SQLite file has one owner: the schema is always brought up to date.
             sqlite::migrate(&pool).await?;
             Ok(Self::Sqlite(pool))
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
@@ -93,7 +94,11 @@ impl Database {
                 }
                 other => other,
             })?;
-            postgres::migrate(&pool).await?;
+            if args.migrate_on_start || args.force_migrate {
+                postgres::migrate(&pool).await?;
+            } else {
+                postgres::check_migrated(&pool).await?;
+            }
             Ok(Self::Postgres(pool))
         } else {
             Err(StoreError::UnsupportedUrl)

@@ -184,6 +184,24 @@ pub struct DatabaseArgs {
         global = true
     )]
     pub database_url: Secret,
+    /// Apply the PostgreSQL migrations at start (`false` for a runtime role without schema rights: the
+    /// process then only checks they were applied, by `codewatch migrate` with the migration role).
+    #[arg(long, env = "MIGRATE_ON_START", default_value_t = true, action = clap::ArgAction::Set, global = true)]
+    pub migrate_on_start: bool,
+    /// Set by `codewatch migrate`, which always migrates.
+    #[arg(skip)]
+    pub force_migrate: bool,
+}
+
+impl DatabaseArgs {
+    /// The database at `url`, migrated at start.
+    pub fn at(url: impl Into<String>) -> Self {
+        Self {
+            database_url: Secret::new(url),
+            migrate_on_start: true,
+            force_migrate: false,
+        }
+    }
 }
 
 /// Which queue, and how to reach it. With neither URL nor connection string, the embedded queue in the

@@ -490,3 +490,72 @@ async fn a_second_signal_exits_at_once_without_waiting_for_the_grace_period() {
     assert_eq!(status.code(), Some(130), "a forced exit is not a clean one");
     in_flight.abort();
 }
+
+#[tokio::test]
+async fn a_database_outage_leaves_serve_ready_and_issuing_while_verification_says_503() {
+    let db = common::postgres().await;
+    let queues = common::azure_queues().await;
+    let api = common::number_api("k").await;
+    let dir = tempfile::tempdir().unwrap();
+    let (port, admin) = (common::free_port(), common::free_port());
+    let env = vec![
+        (
+            "AZURE_STORAGE_CONNECTION_STRING",
+            common::connection_string(),
+        ),
+        ("STORAGE_QUEUE_NAME", queues.main.name().to_owned()),
+        ("DATABASE_URL", db.url.clone()),
+        ("THIRD_PARTY_API_ENDPOINT", api.url("/api/RandomNumber")),
+        ("THIRD_PARTY_API_KEY", "k".to_owned()),
+        ("VERIFY_API_KEY", "verify-key".to_owned()),
+        ("LISTEN_ADDR", format!("127.0.0.1:{port}")),
+        ("ADMIN_LISTEN_ADDR", format!("127.0.0.1:{admin}")),
+    ];
+    let mut serve = Proc(
+        codewatch(dir.path(), &["serve"], &env, "serve.log")
+            .spawn()
+            .unwrap(),
+    );
+    let ready = || async {
+        reqwest::get(format!("http://127.0.0.1:{admin}/readyz"))
+            .await
+            .ok()
+            .map(|r| r.status().as_u16())
+    };
+    eventually("serve to be ready", Duration::from_secs(20), || async {
+        (ready().await == Some(200)).then_some(())
+    })
+    .await;
+    // The database goes away.
+    let name = url::Url::parse(&db.url)
+        .unwrap()
+        .path()
+        .trim_start_matches('/')
+        .to_owned();
+    db.database.close().await;
+    let admin_url = std::env::var("CODEWATCH_TEST_POSTGRES_URL").unwrap();
+    let pool = sqlx::PgPool::connect(&admin_url).await.unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DROP DATABASE {name} WITH (FORCE)"
+    )))
+    .execute(&pool)
+    .await
+    .unwrap();
+    let check = reqwest::Client::new()
+        .get(format!(
+            "http://127.0.0.1:{port}/api/v1/codes/abc-1-def?subject=a"
+        ))
+        .bearer_auth("verify-key")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(check.status(), 503);
+    let body: serde_json::Value = check.json().await.unwrap();
+    assert_eq!(body["error"], "database_unavailable", "{body}");
+    assert_eq!(ready().await, Some(200), "getcode needs only the queue");
+    let issued = reqwest::get(format!("http://127.0.0.1:{port}/api/v1/getcode"))
+        .await
+        .unwrap();
+    assert_eq!(issued.status(), 200);
+    assert!(serve.terminate().success());
+}

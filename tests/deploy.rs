@@ -147,12 +147,16 @@ fn compose_uses_only_real_settings_commands_and_probe_ports() {
 }
 
 #[test]
-fn kubernetes_manifests_match_the_binary() {
+fn kubernetes_manifests_match_the_binary_and_harden_the_pods() {
     let docs = yaml_docs("deploy/k8s/codewatch.yaml");
     let (_, subcommands) = cli_surface();
     let kind = |d: &Value| d["kind"].as_str().unwrap_or_default().to_owned();
+    assert!(
+        docs.iter().all(|d| kind(d) != "Secret"),
+        "the Secret lives in examples/, so applying the manifest never overwrites the real one"
+    );
+    let secret = yaml_docs("deploy/k8s/examples/secret.yaml").remove(0);
     let config = docs.iter().find(|d| kind(d) == "ConfigMap").unwrap();
-    let secret = docs.iter().find(|d| kind(d) == "Secret").unwrap();
     let keys = |m: &Value| {
         m.as_mapping()
             .unwrap()
@@ -168,6 +172,7 @@ fn kubernetes_manifests_match_the_binary() {
         .parse()
         .unwrap();
     let mut roles = BTreeSet::new();
+    let mut identities = BTreeSet::new();
     for deployment in docs.iter().filter(|d| kind(d) == "Deployment") {
         let pod = &deployment["spec"]["template"]["spec"];
         assert_eq!(
@@ -175,29 +180,79 @@ fn kubernetes_manifests_match_the_binary() {
             "true"
         );
         assert!(pod["terminationGracePeriodSeconds"].as_u64().unwrap() > grace);
+        identities.insert(pod["serviceAccountName"].as_str().unwrap().to_owned());
+        assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+        assert_eq!(
+            pod["securityContext"]["runAsUser"].as_u64(),
+            Some(65532),
+            "numeric, the image's user"
+        );
+        assert_eq!(
+            pod["securityContext"]["seccompProfile"]["type"],
+            "RuntimeDefault"
+        );
         let container = &pod["containers"][0];
+        let hardening = &container["securityContext"];
+        assert_eq!(hardening["allowPrivilegeEscalation"], false);
+        assert_eq!(hardening["readOnlyRootFilesystem"], true);
+        assert_eq!(hardening["capabilities"]["drop"][0], "ALL");
+        for part in ["requests", "limits"] {
+            for resource in ["cpu", "memory"] {
+                assert!(
+                    !container["resources"][part][resource].is_null(),
+                    "{part}.{resource}"
+                );
+            }
+        }
         let command = container["args"][0].as_str().unwrap();
         assert!(subcommands.contains(command));
         roles.insert(command.to_owned());
-        let env: Vec<BTreeMap<String, String>> =
-            serde_yaml_ng::from_value(container["env"].clone()).unwrap();
-        assert_known("k8s Deployment", env.iter().map(|e| e["name"].clone()));
-        let listen = &env
+        let env = container["env"].as_sequence().unwrap();
+        let names = env.iter().map(|e| e["name"].as_str().unwrap().to_owned());
+        assert_known("k8s Deployment", names);
+        let admin = env
             .iter()
             .find(|e| e["name"] == "ADMIN_LISTEN_ADDR")
-            .expect("probes are on the admin listener")["value"];
-        for (probe, path) in [("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")] {
-            assert_eq!(container[probe]["httpGet"]["path"], path);
+            .expect("probes are on the admin listener")["value"]
+            .as_str()
+            .unwrap();
+        for (probe, path) in [
+            ("startupProbe", "/healthz"),
+            ("livenessProbe", "/healthz"),
+            ("readinessProbe", "/readyz"),
+        ] {
+            assert_eq!(container[probe]["httpGet"]["path"], path, "{probe}");
             assert_eq!(
                 container[probe]["httpGet"]["port"].as_u64(),
-                Some(u64::from(port_of(listen)))
+                Some(u64::from(port_of(admin))),
+                "{probe}"
             );
         }
+        // /readyz checks its parts at once, each within 3 s.
+        assert!(
+            container["readinessProbe"]["timeoutSeconds"]
+                .as_u64()
+                .unwrap()
+                > 3
+        );
     }
     assert_eq!(
         roles,
         BTreeSet::from(["serve".to_owned(), "worker".to_owned()])
     );
+    assert_eq!(identities.len(), 2, "one workload identity per app");
+    for identity in &identities {
+        assert!(
+            docs.iter()
+                .any(|d| kind(d) == "ServiceAccount" && d["metadata"]["name"] == identity.as_str()),
+            "{identity}"
+        );
+    }
+    let pdb = docs
+        .iter()
+        .find(|d| kind(d) == "PodDisruptionBudget")
+        .expect("a PodDisruptionBudget for the serve replicas");
+    assert_eq!(pdb["spec"]["selector"]["matchLabels"]["role"], "serve");
     let service = |name: &str| {
         docs.iter()
             .find(|d| kind(d) == "Service" && d["metadata"]["name"] == name)
@@ -277,7 +332,10 @@ fn the_bicep_template_passes_only_real_settings_and_scales_on_visible_messages()
 fn the_dockerfile_builds_locked_runs_as_non_root_and_sets_only_real_settings() {
     let dockerfile = read("deploy/Dockerfile");
     assert!(dockerfile.contains("--locked"));
-    assert!(dockerfile.contains("USER nonroot"));
+    assert!(
+        dockerfile.contains("USER 65532:65532"),
+        "a numeric user, for runAsNonRoot"
+    );
     assert!(dockerfile.contains(r#"ENTRYPOINT ["codewatch"]"#));
     let env_block = dockerfile
         .split("ENV ")
@@ -291,4 +349,171 @@ fn the_dockerfile_builds_locked_runs_as_non_root_and_sets_only_real_settings() {
         .filter_map(|w| w.split_once('='))
         .map(|(k, _)| k.to_owned());
     assert_known("Dockerfile", names);
+}
+
+/// The build stage of `deploy/Dockerfile` as steps: `COPY` (sources, destination) and `RUN` commands,
+/// with line continuations joined.
+fn build_stage_steps(dockerfile: &str) -> Vec<(String, String)> {
+    let joined = dockerfile.replace("\\\n", " ");
+    joined
+        .lines()
+        .map(str::trim)
+        .skip_while(|l| !l.starts_with("FROM "))
+        .skip(1)
+        .take_while(|l| !l.starts_with("FROM "))
+        .filter_map(|l| l.split_once(' '))
+        .filter(|(op, _)| matches!(*op, "COPY" | "RUN"))
+        .map(|(op, rest)| (op.to_owned(), rest.trim().to_owned()))
+        .collect()
+}
+
+/// Whether `.dockerignore` keeps `path` (relative, `/`-separated) out of the build context.
+fn docker_ignores(patterns: &[String], path: &str) -> bool {
+    patterns.iter().any(|p| match p.strip_suffix('*') {
+        Some(prefix) => path.starts_with(prefix),
+        None => path == p || path.starts_with(&format!("{p}/")),
+    })
+}
+
+fn copy_into(from: &std::path::Path, to: &std::path::Path, rel: &str, ignore: &[String]) {
+    if docker_ignores(ignore, rel) {
+        return;
+    }
+    if from.is_dir() {
+        std::fs::create_dir_all(to).unwrap();
+        for entry in std::fs::read_dir(from).unwrap() {
+            let entry = entry.unwrap();
+            let name = entry.file_name().to_string_lossy().into_owned();
+            copy_into(
+                &entry.path(),
+                &to.join(&name),
+                &format!("{rel}/{name}"),
+                ignore,
+            );
+        }
+    } else {
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        std::fs::copy(from, to).unwrap();
+    }
+}
+
+/// Builds the image's build stage without Docker: a folder holding exactly what its `COPY` lines take
+/// from the context (less `.dockerignore`), then its `RUN` commands in order, so a file the build needs
+/// but the Dockerfile does not copy fails here. The commands run offline with the dev profile and the
+/// repository's target folder (a cold release build would take most of CI's time); the test command runs
+/// this after the suite, since it rebuilds `target/debug/codewatch`.
+#[test]
+#[ignore = "run by scripts/test.sh after the suite: it rebuilds the binary the other tests run"]
+fn the_image_builds_from_exactly_its_build_context() {
+    let dockerfile = read("deploy/Dockerfile");
+    let ignore: Vec<String> = read(".dockerignore")
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(|l| l.trim_start_matches("./").trim_end_matches('/').to_owned())
+        .collect();
+    let work = tempfile::tempdir().unwrap();
+    let steps = build_stage_steps(&dockerfile);
+    assert!(steps.iter().any(|(op, _)| op == "RUN"), "{steps:?}");
+    for (op, args) in steps {
+        if op == "COPY" {
+            let mut parts: Vec<&str> = args.split_whitespace().collect();
+            let dest = parts.pop().unwrap();
+            for src in parts {
+                let from = root().join(src);
+                assert!(from.exists(), "COPY {src}: not in the repository");
+                let name = std::path::Path::new(src).file_name().unwrap();
+                let to = if dest.ends_with('/') {
+                    work.path().join(dest).join(name)
+                } else {
+                    work.path().join(dest)
+                };
+                copy_into(&from, &to, src.trim_end_matches('/'), &ignore);
+            }
+        } else {
+            let command = args
+                .replace("cargo build --release", "cargo build --offline")
+                .replace("--release", "");
+            let status = std::process::Command::new("sh")
+                .arg("-c")
+                .arg(&command)
+                .current_dir(work.path())
+                .env("CARGO_TARGET_DIR", root().join("target"))
+                .status()
+                .unwrap();
+            assert!(
+                status.success(),
+                "RUN {command} failed in the image's build context"
+            );
+        }
+    }
+}
+
+/// Every `codewatch_…` metric an expression names, without the summary's `_sum`/`_count` suffixes.
+fn metrics_named(expr: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    let mut rest = expr;
+    while let Some(i) = rest.find("codewatch_") {
+        let name: String = rest[i..]
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect();
+        rest = &rest[i + name.len()..];
+        let base = ["_sum", "_count", "_bucket"]
+            .iter()
+            .find_map(|s| name.strip_suffix(s))
+            .unwrap_or(&name)
+            .to_owned();
+        names.push(base);
+    }
+    names
+}
+
+#[test]
+fn the_dashboard_and_the_alerts_name_only_metrics_the_binary_exports() {
+    let exported: BTreeSet<&str> = codewatch::ops::metrics::ALL.iter().copied().collect();
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&read("deploy/grafana/codewatch.json")).unwrap();
+    let mut exprs: Vec<String> = dashboard["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|p| p["targets"].as_array().unwrap().iter())
+        .map(|t| t["expr"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(exprs.len() >= 10, "{} panels", exprs.len());
+    let alerts = &yaml_docs("deploy/prometheus/alerts.yaml")[0];
+    let rules = alerts["groups"][0]["rules"].as_sequence().unwrap();
+    let alert_names: BTreeSet<String> = rules
+        .iter()
+        .map(|r| r["alert"].as_str().unwrap().to_owned())
+        .collect();
+    for needed in [
+        "CodewatchActivationLagHigh",
+        "CodewatchPoisonMessages",
+        "CodewatchOldestVisibleMessageOld",
+        "CodewatchWorkerNotPolling",
+        "CodewatchNotReady",
+    ] {
+        assert!(alert_names.contains(needed), "no alert {needed}");
+    }
+    exprs.extend(rules.iter().map(|r| r["expr"].as_str().unwrap().to_owned()));
+    let mut used = BTreeSet::new();
+    for expr in &exprs {
+        let names = metrics_named(expr);
+        assert!(!names.is_empty(), "{expr} names no codewatch metric");
+        for name in names {
+            assert!(
+                exported.contains(name.as_str()),
+                "{expr}: {name} is not exported"
+            );
+            used.insert(name);
+        }
+    }
+    for metric in &exported {
+        assert!(
+            used.contains(*metric),
+            "the dashboard shows nothing of {metric}"
+        );
+    }
 }

@@ -195,7 +195,7 @@ async fn full_cycle(
     assert!(body["code"].is_string(), "{body}");
     eventually(
         "the code to be activated and then expired",
-        Duration::from_secs(20),
+        Duration::from_secs(60),
         || async { (expired_rows(&db).await == 1).then_some(()) },
     )
     .await;

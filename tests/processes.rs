@@ -297,9 +297,9 @@ async fn a_forged_line_inside_a_message_stays_inside_its_log_line() {
     let dir = tempfile::tempdir().unwrap();
     let (mut proc, _base) = spawn_up(dir.path(), &[]);
     let db = dir.path().join("codewatch.db");
-    let database = codewatch::backends::Database::open(&codewatch::config::DatabaseArgs {
-        database_url: codewatch::secret::Secret::new(format!("sqlite:{}", db.display())),
-    })
+    let database = codewatch::backends::Database::open(&codewatch::config::DatabaseArgs::at(
+        format!("sqlite:{}", db.display()),
+    ))
     .await
     .unwrap();
     let queue = database.embedded_queue("code-requests").unwrap();
@@ -392,9 +392,9 @@ async fn up_with_a_signing_key_file_signs_its_codes_and_poisons_a_forged_activat
         || async { active_codes(&db).await.contains(&code).then_some(()) },
     )
     .await;
-    let database = codewatch::backends::Database::open(&codewatch::config::DatabaseArgs {
-        database_url: codewatch::secret::Secret::new(format!("sqlite:{}", db.display())),
-    })
+    let database = codewatch::backends::Database::open(&codewatch::config::DatabaseArgs::at(
+        format!("sqlite:{}", db.display()),
+    ))
     .await
     .unwrap();
     let queue = database.embedded_queue("code-requests").unwrap();

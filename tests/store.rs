@@ -499,3 +499,157 @@ both!(
     concurrent_wrong_checks_never_count_past_the_cap_and_a_locked_subject_cannot_pass,
     wrong_checks_burn_a_subjects_codes_at_the_per_code_limit,
 );
+
+/// `deploy/postgres/roles.sql` as psql would run it, with this test's role names and passwords.
+fn roles_script(migrate: &str, app: &str, database: &str) -> Vec<String> {
+    let script = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/postgres/roles.sql"),
+    )
+    .unwrap();
+    let sql: String = script
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("--"))
+        .map(|l| {
+            // psql's \gexec runs what the query returns; here the one GRANT it makes.
+            if l.contains("\\gexec") {
+                format!("GRANT CONNECT ON DATABASE {database} TO codewatch_migrate, codewatch_app;")
+            } else {
+                l.to_owned()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+        .replace("codewatch_migrate", migrate)
+        .replace("codewatch_app", app)
+        .replace(":'migrate_password'", "'migrate-pw'")
+        .replace(":'app_password'", "'app-pw'");
+    sql.split(';')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+#[tokio::test]
+async fn the_runtime_role_works_every_store_operation_and_cannot_change_the_schema() {
+    use codewatch::backends::Database;
+    use codewatch::config::DatabaseArgs;
+    let db = common::postgres().await;
+    let url = url::Url::parse(&db.url).unwrap();
+    let database = url.path().trim_start_matches('/').to_owned();
+    let suffix = &uuid::Uuid::new_v4().simple().to_string()[..8];
+    let (migrate, app) = (format!("cw_migrate_{suffix}"), format!("cw_app_{suffix}"));
+    // A fresh database whose schema only the migration role will create.
+    db.database.close().await;
+    let admin = sqlx::PgPool::connect(&std::env::var("CODEWATCH_TEST_POSTGRES_URL").unwrap())
+        .await
+        .unwrap();
+    let fresh = format!("{database}_roles");
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {fresh}")))
+        .execute(&admin)
+        .await
+        .unwrap();
+    let mut in_fresh = url.clone();
+    in_fresh.set_path(&fresh);
+    let fresh_admin = sqlx::PgPool::connect(in_fresh.as_str()).await.unwrap();
+    for statement in roles_script(&migrate, &app, &fresh) {
+        sqlx::query(sqlx::AssertSqlSafe(statement))
+            .execute(&fresh_admin)
+            .await
+            .unwrap();
+    }
+    let as_role = |role: &str, password: &str| {
+        let mut u = in_fresh.clone();
+        u.set_username(role).unwrap();
+        u.set_password(Some(password)).unwrap();
+        u.to_string()
+    };
+    let mut migration = DatabaseArgs::at(as_role(&migrate, "migrate-pw"));
+    migration.force_migrate = true;
+    Database::open(&migration)
+        .await
+        .expect("the migration role migrates");
+
+    let mut runtime = DatabaseArgs::at(as_role(&app, "app-pw"));
+    runtime.migrate_on_start = false;
+    let database = Database::open(&runtime)
+        .await
+        .expect("the runtime role starts on a migrated schema");
+    let store = database.store();
+    let now = Utc::now();
+    let a = activation_at("rol-1-Esx", now, 60, Some("roles"));
+    store.activate(from_ref(&a), now).await.unwrap();
+    let g = gate(now - Duration::hours(1), 100);
+    store
+        .record_failure(&subject("roles"), now, &g)
+        .await
+        .unwrap();
+    assert!(
+        store
+            .check(&code("rol-1-Esx"), &subject("roles"), now, &g)
+            .await
+            .unwrap()
+            .is_some()
+    );
+    store.reset_failures(&subject("roles")).await.unwrap();
+    assert!(
+        store
+            .redeem(&code("rol-1-Esx"), Some(&subject("roles")), now, Some(&g))
+            .await
+            .unwrap()
+            .is_some()
+    );
+    store.revoke(&code("rol-1-Esx"), now).await.unwrap();
+    store
+        .expire(from_ref(&a.issuance.id), now + Duration::hours(1))
+        .await
+        .unwrap();
+    store.purge(now + Duration::days(2)).await.unwrap();
+    store.ping().await.unwrap();
+
+    let Database::Postgres(pool) = &database else {
+        panic!()
+    };
+    assert!(
+        sqlx::query("CREATE TABLE intruder (x int)")
+            .execute(pool)
+            .await
+            .is_err(),
+        "the runtime role cannot create tables"
+    );
+    assert!(
+        sqlx::query("DROP TABLE valid_codes")
+            .execute(pool)
+            .await
+            .is_err(),
+        "nor drop them"
+    );
+    runtime.migrate_on_start = true;
+    let refused = Database::open(&runtime).await.unwrap_err().to_string();
+    assert!(!refused.is_empty());
+    database.close().await;
+}
+
+#[tokio::test]
+async fn a_runtime_role_on_an_old_schema_is_told_to_run_migrate() {
+    let db = common::postgres().await;
+    sqlx::query(
+        "DELETE FROM _sqlx_migrations WHERE version = (SELECT max(version) FROM _sqlx_migrations)",
+    )
+    .execute(match &db.database {
+        codewatch::backends::Database::Postgres(pool) => pool,
+        codewatch::backends::Database::Sqlite(_) => unreachable!(),
+    })
+    .await
+    .unwrap();
+    let mut runtime = codewatch::config::DatabaseArgs::at(db.url.clone());
+    runtime.migrate_on_start = false;
+    let err = codewatch::backends::Database::open(&runtime)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("not up to date") && err.contains("codewatch migrate"),
+        "{err}"
+    );
+}

@@ -121,7 +121,8 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Serve(args) => services::serve(args).await,
         Command::Worker(args) => services::worker(args).await,
         Command::NumberApi(args) => services::number_api(args).await,
-        Command::Migrate(args) => {
+        Command::Migrate(mut args) => {
+            args.force_migrate = true;
             Database::open(&args)
                 .await
                 .context("migrating the database")?;

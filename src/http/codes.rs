@@ -96,7 +96,7 @@ enum VerifyErrors {
     /// Too many requests from this client.
     #[response(status = 429)]
     RateLimited(ErrorBody),
-    /// The verification API is off (no VERIFY_API_KEY).
+    /// The verification API is off (no VERIFY_API_KEY), or its database cannot be reached.
     #[response(status = 503)]
     Disabled(ErrorBody),
 }

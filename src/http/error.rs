@@ -159,6 +159,11 @@ impl IntoResponse for ApiError {
                     deadline.as_secs_f64()
                 ),
             ),
+            ApiError::Store(_) => json(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "database_unavailable",
+                "The codes database cannot be reached; try again shortly.",
+            ),
             ApiError::Queue(_) => json(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "queue_unavailable",

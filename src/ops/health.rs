@@ -85,26 +85,30 @@ pub struct Readiness {
 }
 
 impl Readiness {
-    /// The failing parts, each with a reason (never a secret); empty when ready.
+    /// The failing parts, each with a reason (never a secret); empty when ready. The parts are checked
+    /// at once, each within [`CHECK_TIMEOUT`], so the answer comes within that.
     pub async fn failures(&self) -> Vec<(&'static str, String)> {
-        let mut failing = Vec::new();
-        if let Some(store) = &self.store {
+        let store = async {
+            let store = self.store.as_ref()?;
             match tokio::time::timeout(CHECK_TIMEOUT, store.ping()).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => failing.push(("database", e.to_string())),
-                Err(_) => failing.push(("database", format!("no answer within {CHECK_TIMEOUT:?}"))),
+                Ok(Ok(())) => None,
+                Ok(Err(e)) => Some(("database", e.to_string())),
+                Err(_) => Some(("database", format!("no answer within {CHECK_TIMEOUT:?}"))),
             }
-        }
-        match tokio::time::timeout(CHECK_TIMEOUT, self.queue.peek(1)).await {
-            Ok(Ok(_)) => {}
-            // Reachable and authenticated; a sender-only identity may not read messages.
-            Ok(Err(QueueError::TokenRefused {
-                code: Some(code), ..
-            })) if code == "AuthorizationPermissionMismatch" => {}
-            Ok(Err(e)) => failing.push(("queue", e.to_string())),
-            Err(_) => failing.push(("queue", format!("no answer within {CHECK_TIMEOUT:?}"))),
-        }
-        failing
+        };
+        let queue = async {
+            match tokio::time::timeout(CHECK_TIMEOUT, self.queue.peek(1)).await {
+                Ok(Ok(_)) => None,
+                // Reachable and authenticated; a sender-only identity may not read messages.
+                Ok(Err(QueueError::TokenRefused {
+                    code: Some(code), ..
+                })) if code == "AuthorizationPermissionMismatch" => None,
+                Ok(Err(e)) => Some(("queue", e.to_string())),
+                Err(_) => Some(("queue", format!("no answer within {CHECK_TIMEOUT:?}"))),
+            }
+        };
+        let (store, queue) = tokio::join!(store, queue);
+        store.into_iter().chain(queue).collect()
     }
 }
 
@@ -150,6 +154,7 @@ async fn healthz(State(state): State<Arc<OpsState>>) -> Response {
 
 async fn readyz(State(state): State<Arc<OpsState>>) -> Response {
     let failing = state.readiness.failures().await;
+    metrics::gauge!(super::metrics::READY).set(if failing.is_empty() { 1.0 } else { 0.0 });
     if failing.is_empty() {
         return Json(serde_json::json!({ "status": "ready" })).into_response();
     }

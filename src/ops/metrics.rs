@@ -19,6 +19,10 @@ pub const QUEUE_LENGTH: &str = "codewatch_queue_length";
 pub const OLDEST_VISIBLE_AGE: &str = "codewatch_queue_oldest_visible_age_seconds";
 /// The wait before the next receive of an idle or failing poll loop, in seconds.
 pub const POLL_BACKOFF: &str = "codewatch_poll_backoff_seconds";
+/// Receives a worker made, empty or not: a flat line means no poll loop is going round.
+pub const POLLS: &str = "codewatch_polls_total";
+/// 1 while the last `/readyz` found every part reachable, else 0.
+pub const READY: &str = "codewatch_ready";
 /// Worker loops restarted after they ended unexpectedly (a panic), by loop.
 pub const LOOP_RESTARTS: &str = "codewatch_worker_loop_restarts_total";
 /// HTTP requests by route and status.
@@ -27,6 +31,24 @@ pub const HTTP_REQUESTS: &str = "codewatch_http_requests_total";
 pub const HTTP_SECONDS: &str = "codewatch_http_request_duration_seconds";
 /// Failed calls to the third-party number API, by kind (`status`, `unreachable`, `timeout`, `garbage`).
 pub const NUMBER_API_ERRORS: &str = "codewatch_number_api_errors_total";
+
+/// Every metric the binary exports, for the dashboards and alerts to be checked against.
+pub const ALL: &[&str] = &[
+    MESSAGES,
+    RECEIVED,
+    BATCH_SIZE,
+    BATCH_SECONDS,
+    ACTIVATION_LAG,
+    QUEUE_LENGTH,
+    OLDEST_VISIBLE_AGE,
+    POLL_BACKOFF,
+    POLLS,
+    READY,
+    LOOP_RESTARTS,
+    HTTP_REQUESTS,
+    HTTP_SECONDS,
+    NUMBER_API_ERRORS,
+];
 
 /// Installs the Prometheus recorder once per process and returns the handle that renders `/metrics`.
 pub fn install() -> PrometheusHandle {
@@ -67,6 +89,11 @@ fn describe() {
         POLL_BACKOFF,
         "Current wait of an idle or failing poll loop in seconds."
     );
+    describe_counter!(
+        POLLS,
+        "Receives made by the worker's poll loops, empty or not."
+    );
+    describe_gauge!(READY, "1 while the last readiness check passed, else 0.");
     describe_counter!(
         LOOP_RESTARTS,
         "Worker loops restarted after they ended unexpectedly."

@@ -148,6 +148,12 @@ pub enum StoreError {
         /// What failed.
         cause: String,
     },
+    /// The schema is older than this binary and it was told not to migrate it.
+    #[error(
+        "the database schema is not up to date: {0}; run `codewatch migrate` with the migration role \
+         (MIGRATE_ON_START=false is set, so this process does not change the schema)"
+    )]
+    NotMigrated(String),
     /// The URL names a database codewatch does not support.
     #[error("unsupported DATABASE_URL (expected sqlite:<file> or postgres://…)")]
     UnsupportedUrl,

@@ -57,6 +57,26 @@ pub async fn migrate(pool: &PgPool) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// Checks, without changing anything, that every embedded migration has been applied: for a runtime
+/// role that may not change the schema (`MIGRATE_ON_START=false`).
+pub async fn check_migrated(pool: &PgPool) -> Result<(), StoreError> {
+    let applied: Vec<i64> =
+        sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success")
+            .fetch_all(pool)
+            .await
+            .map_err(|e| StoreError::NotMigrated(format!("no migration table readable ({e})")))?;
+    match MIGRATOR
+        .iter()
+        .find(|m| !m.migration_type.is_down_migration() && !applied.contains(&m.version))
+    {
+        Some(missing) => Err(StoreError::NotMigrated(format!(
+            "migration {} ({}) is not applied",
+            missing.version, missing.description
+        ))),
+        None => Ok(()),
+    }
+}
+
 /// The valid-codes table in PostgreSQL.
 #[derive(Clone, Debug)]
 pub struct PostgresStore {

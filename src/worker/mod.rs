@@ -224,6 +224,7 @@ impl Worker {
             .queue
             .receive(self.settings.batch_size, self.settings.lease)
             .await?;
+        metrics::counter!(m::POLLS).increment(1);
         if batch.is_empty() {
             return Ok(PollOutcome::Empty);
         }

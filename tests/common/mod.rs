@@ -166,11 +166,9 @@ pub struct TestDb {
 pub async fn sqlite() -> TestDb {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite:{}", dir.path().join("codewatch.db").display());
-    let database = Database::open(&DatabaseArgs {
-        database_url: Secret::new(url.clone()),
-    })
-    .await
-    .unwrap();
+    let database = Database::open(&DatabaseArgs::at(url.clone()))
+        .await
+        .unwrap();
     TestDb {
         database,
         url,
@@ -199,11 +197,9 @@ pub async fn postgres() -> TestDb {
     let mut url = url::Url::parse(&admin).unwrap();
     url.set_path(&name);
     let url = url.to_string();
-    let database = Database::open(&DatabaseArgs {
-        database_url: Secret::new(url.clone()),
-    })
-    .await
-    .unwrap();
+    let database = Database::open(&DatabaseArgs::at(url.clone()))
+        .await
+        .unwrap();
     TestDb {
         database,
         url,
