@@ -69,10 +69,35 @@ stop_pg() { "${as_pg[@]}" "$pg_bin/pg_ctl" -D "$work/pg/data" -m immediate stop 
 export CODEWATCH_TEST_POSTGRES_URL="postgres://postgres@127.0.0.1:$pg_port/postgres"
 echo "== PostgreSQL $("$pg_bin/postgres" --version | awk '{print $3}') on 127.0.0.1:$pg_port"
 
+# --- deploy checks' tools: Python packages pinned in tools/deploy-checks, in a venv; promtool from Debian ---
+venv="${CODEWATCH_VENV:-$work/venv}"
+if ! "$venv/bin/python" -c 'import sys' 2>/dev/null; then python3 -m venv "$venv"; fi
+echo "== installing the deploy checks (hadolint, kubernetes-validate, checkov)"
+"$venv/bin/pip" install --quiet --disable-pip-version-check -r tools/deploy-checks/requirements.txt
+if ! command -v promtool >/dev/null; then
+  echo "== installing promtool (Debian's prometheus)"
+  sudo_=""; [ "$(id -u)" = 0 ] || sudo_="sudo"
+  $sudo_ apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo_ apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+fi
+
 # --- checks and tests ---
 echo "== cargo fmt --check"
 cargo fmt --check
 echo "== cargo clippy"
 cargo clippy --locked --all-targets -- -D warnings
 echo "== cargo test"
-cargo test --locked
+cargo test --locked 2>&1 | tee "$work/test.log"
+
+echo "== deploy files"
+"$venv/bin/hadolint" deploy/Dockerfile
+"$venv/bin/kubernetes-validate" --strict --quiet --kubernetes-version 1.35.0 deploy/k8s/*.yaml deploy/k8s/examples/*.yaml
+# Every finding fixed or skipped with a reason in the file itself; --skip-download keeps it offline.
+"$venv/bin/checkov" --directory deploy --compact --quiet --skip-download --output cli
+promtool check rules deploy/prometheus/alerts.yaml
+promtool test rules deploy/prometheus/alerts.test.yaml
+# Last, since it rebuilds target/debug/codewatch from the image's build context.
+cargo test --locked --test deploy -- --ignored 2>&1 | tee -a "$work/test.log"
+
+echo "== summary"
+awk '/^test result:/ { passed += $4; failed += $6 } END { print passed " passed, " failed " failed" }' "$work/test.log"

@@ -318,6 +318,31 @@ fn the_bicep_template_passes_only_real_settings_and_scales_on_visible_messages()
         !bicep.contains("port: 8080 }"),
         "no probe on the public port: probes and metrics live on the admin listener"
     );
+    for line in bicep
+        .lines()
+        .filter(|l| l.trim_start().starts_with("resource "))
+    {
+        assert!(!line.contains("-preview'"), "a preview API version: {line}");
+    }
+    assert!(
+        !bicep.contains("firewallRules"),
+        "no firewall rule: the database is reached on the private network only"
+    );
+    assert!(bicep.contains("delegatedSubnetResourceId"));
+    assert!(
+        bicep.contains("postgres://codewatch_app:")
+            && bicep.contains("postgres://codewatch_migrate:"),
+        "the apps use the runtime role, the migration job the schema's owner"
+    );
+    assert_eq!(
+        bicep
+            .matches("{ name: 'MIGRATE_ON_START', value: 'false' }")
+            .count(),
+        2,
+        "neither app changes the schema"
+    );
+    let roles = read("deploy/postgres/roles.sql");
+    assert!(roles.contains("codewatch_app") && roles.contains("codewatch_migrate"));
     let params: serde_json::Value =
         serde_json::from_str(&read("deploy/azure/main.parameters.json")).unwrap();
     for name in params["parameters"].as_object().unwrap().keys() {

@@ -1,9 +1,13 @@
 // codewatch on Azure Container Apps, keyless: a storage account (shared keys off) with the queue and its
 // poison queue, Key Vault holding the third-party function key, one user-assigned managed identity per
-// app with least-privilege roles, PostgreSQL Flexible Server, the producer with ingress, and the worker
-// scaled by KEDA on visible queue messages.
+// app with least-privilege roles, PostgreSQL Flexible Server on a private network (no public access),
+// a migration job, the producer with ingress to getcode only, and the worker scaled by KEDA on visible
+// queue messages.
 //   az deployment group create -g <rg> -f deploy/azure/main.bicep -p @deploy/azure/main.parameters.json \
-//     -p functionKey=<key> verifyApiKey=<key> postgresAdminPassword=<password>
+//     -p functionKey=<key> verifyApiKey=<key> postgresAdminPassword=<password> \
+//        postgresMigratePassword=<password> postgresAppPassword=<password>
+// Then, once, from a machine on the VNet: run deploy/postgres/roles.sql as the administrator with the
+// same two passwords, and start the migration job: az containerapp job start -g <rg> -n <prefix>-migrate
 
 @description('Azure region for every resource.')
 param location string = resourceGroup().location
@@ -34,6 +38,23 @@ param postgresAdminLogin string = 'codewatch'
 @secure()
 param postgresAdminPassword string
 
+@description('Password of codewatch_migrate, the role that owns the schema (deploy/postgres/roles.sql).')
+@secure()
+param postgresMigratePassword string
+
+@description('Password of codewatch_app, the runtime role of both apps: rows only, no schema changes.')
+@secure()
+param postgresAppPassword string
+
+@description('Address space of the VNet the apps and the database share.')
+param vnetAddressPrefix string = '10.40.0.0/16'
+
+@description('The apps\' subnet, inside the VNet (a /23 or larger for Container Apps).')
+param appsSubnetPrefix string = '10.40.0.0/23'
+
+@description('The database\'s subnet, inside the VNet.')
+param postgresSubnetPrefix string = '10.40.2.0/24'
+
 @description('Seconds a code stays valid.')
 param codeTtlSeconds int = 600
 
@@ -50,13 +71,59 @@ var roles = {
   keyVaultSecretsUser: '4633458b-17de-408a-b874-0445c86b69e6'
 }
 
-resource storage 'Microsoft.Storage/storageAccounts@2023-05-01' = {
-  name: '${namePrefix}${suffix}'
+// The apps' subnet (delegated to Container Apps) and the database's (delegated to PostgreSQL): the
+// database has no public endpoint, so no firewall rule is needed, and none lets all of Azure in.
+resource vnet 'Microsoft.Network/virtualNetworks@2023-09-01' = {
+  name: '${namePrefix}-vnet'
   location: location
-  sku: { name: 'Standard_LRS' }
+  properties: {
+    addressSpace: { addressPrefixes: [ vnetAddressPrefix ] }
+    subnets: [
+      {
+        name: 'apps'
+        properties: {
+          addressPrefix: appsSubnetPrefix
+          delegations: [ { name: 'apps', properties: { serviceName: 'Microsoft.App/environments' } } ]
+          serviceEndpoints: [ { service: 'Microsoft.KeyVault' } ]
+        }
+      }
+      {
+        name: 'postgres'
+        properties: {
+          addressPrefix: postgresSubnetPrefix
+          delegations: [ { name: 'postgres', properties: { serviceName: 'Microsoft.DBforPostgreSQL/flexibleServers' } } ]
+        }
+      }
+    ]
+  }
+}
+
+resource postgresDns 'Microsoft.Network/privateDnsZones@2020-06-01' = {
+  name: '${namePrefix}.private.postgres.database.azure.com'
+  location: 'global'
+}
+
+resource postgresDnsLink 'Microsoft.Network/privateDnsZones/virtualNetworkLinks@2020-06-01' = {
+  parent: postgresDns
+  name: '${namePrefix}-vnet'
+  location: 'global'
+  properties: {
+    registrationEnabled: false
+    virtualNetwork: { id: vnet.id }
+  }
+}
+
+resource storage 'Microsoft.Storage/storageAccounts@2023-05-01' = {
+  // checkov:skip=CKV_AZURE_35:KEDA's queue scaler reads the queue length from the Container Apps platform, outside the VNet; access is by Entra ID role only (shared keys off)
+  // checkov:skip=CKV_AZURE_206:zone-redundant (ZRS); a queue of ten-minute codes gains nothing from a copy in another region
+  // checkov:skip=CKV_AZURE_43:the name is namePrefix (3 to 11 lowercase letters or digits) and a 13-character uniqueString, within the rules
+  name: toLower('${namePrefix}${suffix}')
+  location: location
+  sku: { name: 'Standard_ZRS' }
   kind: 'StorageV2'
   properties: {
     allowSharedKeyAccess: false
+    allowBlobPublicAccess: false
     minimumTlsVersion: 'TLS1_2'
     supportsHttpsTrafficOnly: true
   }
@@ -78,6 +145,7 @@ resource poisonQueue 'Microsoft.Storage/storageAccounts/queueServices/queues@202
 }
 
 resource vault 'Microsoft.KeyVault/vaults@2023-07-01' = {
+  // checkov:skip=CKV_AZURE_189:reached from the apps' subnet through its service endpoint; the network rules deny every other network
   name: '${namePrefix}-kv-${take(suffix, 8)}'
   location: location
   properties: {
@@ -85,13 +153,21 @@ resource vault 'Microsoft.KeyVault/vaults@2023-07-01' = {
     sku: { family: 'A', name: 'standard' }
     enableRbacAuthorization: true
     enableSoftDelete: true
+    enablePurgeProtection: true
+    softDeleteRetentionInDays: 90
+    networkAcls: {
+      defaultAction: 'Deny'
+      bypass: 'AzureServices'
+      virtualNetworkRules: [ { id: vnet.properties.subnets[0].id } ]
+    }
   }
 }
 
 resource functionKeySecret 'Microsoft.KeyVault/vaults/secrets@2023-07-01' = {
+  // checkov:skip=CKV_AZURE_41:the function key is rotated by the function's owner (serve re-reads it after a refusal); an expiry date would stop code issuing
   parent: vault
   name: secretName
-  properties: { value: functionKey }
+  properties: { value: functionKey, contentType: 'text/plain' }
 }
 
 resource producerIdentity 'Microsoft.ManagedIdentity/userAssignedIdentities@2023-01-31' = {
@@ -177,18 +253,18 @@ resource postgres 'Microsoft.DBforPostgreSQL/flexibleServers@2022-12-01' = {
     storage: { storageSizeGB: 32 }
     backup: { backupRetentionDays: 7, geoRedundantBackup: 'Disabled' }
     highAvailability: { mode: 'Disabled' }
+    // Private access: the server lives in its delegated subnet and has no public endpoint.
+    network: {
+      delegatedSubnetResourceId: vnet.properties.subnets[1].id
+      privateDnsZoneArmResourceId: postgresDns.id
+    }
   }
+  dependsOn: [ postgresDnsLink ]
 }
 
 resource database 'Microsoft.DBforPostgreSQL/flexibleServers/databases@2022-12-01' = {
   parent: postgres
   name: 'codewatch'
-}
-
-resource allowAzureServices 'Microsoft.DBforPostgreSQL/flexibleServers/firewallRules@2022-12-01' = {
-  parent: postgres
-  name: 'AllowAzureServices'
-  properties: { startIpAddress: '0.0.0.0', endIpAddress: '0.0.0.0' }
 }
 
 resource logs 'Microsoft.OperationalInsights/workspaces@2023-09-01' = {
@@ -201,6 +277,8 @@ resource environment 'Microsoft.App/managedEnvironments@2024-03-01' = {
   name: '${namePrefix}-env'
   location: location
   properties: {
+    vnetConfiguration: { infrastructureSubnetId: vnet.properties.subnets[0].id }
+    workloadProfiles: [ { name: 'Consumption', workloadProfileType: 'Consumption' } ]
     appLogsConfiguration: {
       destination: 'log-analytics'
       logAnalyticsConfiguration: {
@@ -211,10 +289,13 @@ resource environment 'Microsoft.App/managedEnvironments@2024-03-01' = {
   }
 }
 
-var databaseUrl = 'postgres://${postgresAdminLogin}:${uriComponent(postgresAdminPassword)}@${postgres.properties.fullyQualifiedDomainName}:5432/codewatch?sslmode=require'
+// The apps connect as the runtime role (rows only); the migration job as the schema's owner.
+var databaseHost = '${postgres.properties.fullyQualifiedDomainName}:5432/codewatch?sslmode=require'
+var databaseUrl = 'postgres://codewatch_app:${uriComponent(postgresAppPassword)}@${databaseHost}'
+var migrateDatabaseUrl = 'postgres://codewatch_migrate:${uriComponent(postgresMigratePassword)}@${databaseHost}'
 var queueUrl = '${storage.properties.primaryEndpoints.queue}${queueName}'
 
-resource producer 'Microsoft.App/containerApps@2024-10-02-preview' = {
+resource producer 'Microsoft.App/containerApps@2024-03-01' = {
   name: '${namePrefix}-serve'
   location: location
   identity: {
@@ -250,8 +331,9 @@ resource producer 'Microsoft.App/containerApps@2024-10-02-preview' = {
             { name: 'KEY_VAULT_URL', value: vault.properties.vaultUri }
             { name: 'THIRD_PARTY_API_SECRET_NAME', value: secretName }
             { name: 'THIRD_PARTY_API_ENDPOINT', value: thirdPartyApiEndpoint }
-            { name: 'DATABASE_URL', secretRef: 'database-url' }
-            { name: 'VERIFY_API_KEY', secretRef: 'verify-api-key' }
+            { name: 'DATABASE_URL', secretRef: 'database-url' } // checkov:skip=CKV_SECRET_6:a reference to a Container Apps secret, not a secret
+            { name: 'MIGRATE_ON_START', value: 'false' }
+            { name: 'VERIFY_API_KEY', secretRef: 'verify-api-key' } // checkov:skip=CKV_SECRET_6:a reference to a Container Apps secret, not a secret
             { name: 'LISTEN_ADDR', value: '0.0.0.0:8080' }
             { name: 'VERIFY_LISTEN_ADDR', value: '0.0.0.0:8081' }
             { name: 'ADMIN_LISTEN_ADDR', value: '0.0.0.0:9090' }
@@ -271,7 +353,7 @@ resource producer 'Microsoft.App/containerApps@2024-10-02-preview' = {
   dependsOn: [ producerSends, producerReadsKey ]
 }
 
-resource worker 'Microsoft.App/containerApps@2024-10-02-preview' = {
+resource worker 'Microsoft.App/containerApps@2024-03-01' = {
   name: '${namePrefix}-worker'
   location: location
   identity: {
@@ -293,7 +375,8 @@ resource worker 'Microsoft.App/containerApps@2024-10-02-preview' = {
           env: [
             { name: 'AZURE_CLIENT_ID', value: workerIdentity.properties.clientId }
             { name: 'STORAGE_QUEUE_URL', value: queueUrl }
-            { name: 'DATABASE_URL', secretRef: 'database-url' }
+            { name: 'DATABASE_URL', secretRef: 'database-url' } // checkov:skip=CKV_SECRET_6:a reference to a Container Apps secret, not a secret
+            { name: 'MIGRATE_ON_START', value: 'false' }
             { name: 'CODE_TTL_SECONDS', value: string(codeTtlSeconds) }
             { name: 'ADMIN_LISTEN_ADDR', value: '0.0.0.0:9090' }
             { name: 'SHUTDOWN_GRACE_SECONDS', value: '20' }
@@ -329,6 +412,36 @@ resource worker 'Microsoft.App/containerApps@2024-10-02-preview' = {
     }
   }
   dependsOn: [ workerProcesses, workerSends, workerReadsLength, workerPoisons ]
+}
+
+// `codewatch migrate` as the schema's owner, started by hand (or a pipeline) before each release.
+resource migrateJob 'Microsoft.App/jobs@2024-03-01' = {
+  name: '${namePrefix}-migrate'
+  location: location
+  properties: {
+    environmentId: environment.id
+    configuration: {
+      triggerType: 'Manual'
+      replicaTimeout: 600
+      replicaRetryLimit: 1
+      manualTriggerConfig: { parallelism: 1, replicaCompletionCount: 1 }
+      secrets: [ { name: 'migrate-database-url', value: migrateDatabaseUrl } ]
+    }
+    template: {
+      containers: [
+        {
+          name: 'migrate'
+          image: image
+          args: [ 'migrate' ]
+          env: [
+            { name: 'DATABASE_URL', secretRef: 'migrate-database-url' } // checkov:skip=CKV_SECRET_6:a reference to a Container Apps secret, not a secret
+            { name: 'LOG_FORMAT', value: 'json' }
+          ]
+          resources: { cpu: json('0.25'), memory: '0.5Gi' }
+        }
+      ]
+    }
+  }
 }
 
 @description('The producer\'s public URL.')
