@@ -422,3 +422,59 @@ async fn up_with_a_signing_key_file_signs_its_codes_and_poisons_a_forged_activat
         "a key reached the log"
     );
 }
+
+/// The fenced `sh` block of README.md that follows the line containing `after`.
+fn readme_snippet(after: &str) -> String {
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+    let from = readme.find(after).expect("the README names the snippet");
+    let block = &readme[from..];
+    let start = block.find("```sh\n").unwrap() + "```sh\n".len();
+    let end = block[start..].find("```").unwrap();
+    block[start..start + end].to_owned()
+}
+
+#[tokio::test]
+async fn the_readmes_separate_processes_snippet_runs_as_pasted() {
+    // The snippet expects Azurite on its default port and codewatch on PATH; its `cargo install` line
+    // is left to the user (this test runs the binary cargo built for it).
+    if std::net::TcpStream::connect("127.0.0.1:10001").is_err() {
+        common::start_azurite_at(10001, "");
+    }
+    let snippet = readme_snippet("as separate processes")
+        .lines()
+        .filter(|l| !l.starts_with("cargo install"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let dir = tempfile::tempdir().unwrap();
+    let bin_dir = Path::new(common::process::BIN).parent().unwrap().to_owned();
+    let path = format!(
+        "{}:{}",
+        bin_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let _ = std::fs::remove_file("/tmp/codewatch.db");
+    let out = tokio::time::timeout(
+        Duration::from_secs(90),
+        tokio::process::Command::new("bash")
+            .arg("-c")
+            .arg(format!("set -e\n{snippet}\nwait"))
+            .current_dir(dir.path())
+            .env("PATH", path)
+            .output(),
+    )
+    .await
+    .expect("the snippet finishes")
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stdout.contains("valid    after"),
+        "smoke saw the code become valid:\n{stdout}\n{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(
+        !stderr.contains("Address already in use"),
+        "every process has its own port:\n{stderr}"
+    );
+}

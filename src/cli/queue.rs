@@ -1,5 +1,6 @@
 //! `codewatch queue stats | peek | clear | requeue-poison`: the on-call engineer's view of the queue.
 
+use super::progress::Progress;
 use crate::backends::{Database, Queues};
 use crate::config::{QueueCommand, QueueToolArgs};
 use crate::message::CodeMessage;
@@ -103,15 +104,19 @@ async fn peek(queue: &SharedQueue, count: u32) -> Result<()> {
 /// Moves every message from `from` to `to`: send the copy, then delete the original, so nothing is lost.
 pub async fn requeue(from: &SharedQueue, to: &SharedQueue) -> Result<usize> {
     let mut moved = 0;
+    let total = from.approximate_len().await.ok();
+    let mut progress = Progress::new(&format!("requeueing {}", from.name()), total);
     loop {
         let batch = from.receive(32, Duration::from_secs(60)).await?;
         if batch.is_empty() {
+            progress.finish();
             return Ok(moved);
         }
         for m in batch {
             to.send(&m.body, Duration::ZERO).await?;
             from.delete(&m.receipt).await?;
             moved += 1;
+            progress.inc(1);
         }
     }
 }

@@ -53,13 +53,17 @@ pub fn start_azurite_oauth(pki: &entra::Pki) -> String {
 }
 
 fn start_azurite_with(extra: &str) -> String {
+    start_azurite_at(free_port(), extra)
+}
+
+/// Azurite on `port` (for a snippet that names Azurite's default port, 10001).
+pub fn start_azurite_at(port: u16, extra: &str) -> String {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let bin = root.join("tools/azurite/node_modules/.bin/azurite-queue");
     assert!(
         bin.exists(),
         "Azurite is not installed: run scripts/test.sh (or npm ci --prefix tools/azurite)"
     );
-    let port = free_port();
     let dir = std::env::temp_dir().join(format!(
         "codewatch-azurite-{}",
         uuid::Uuid::new_v4().simple()
