@@ -653,3 +653,23 @@ async fn a_runtime_role_on_an_old_schema_is_told_to_run_migrate() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn postgresql_is_reached_over_tls_when_the_url_requires_it() {
+    // Azure Database for PostgreSQL refuses connections without TLS: `sslmode=require` must work.
+    let db = common::postgres().await;
+    let url = format!("{}?sslmode=require", db.url);
+    let database = Database::open(&codewatch::config::DatabaseArgs::at(url))
+        .await
+        .expect("a TLS connection");
+    let Database::Postgres(pool) = &database else {
+        panic!()
+    };
+    let encrypted: bool =
+        sqlx::query_scalar("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+            .fetch_one(pool)
+            .await
+            .unwrap();
+    assert!(encrypted);
+    database.store().ping().await.unwrap();
+}
