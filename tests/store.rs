@@ -673,3 +673,67 @@ async fn postgresql_is_reached_over_tls_when_the_url_requires_it() {
     assert!(encrypted);
     database.store().ping().await.unwrap();
 }
+
+/// The statements of the fenced `sql` block of README.md that follows the line containing `after`.
+fn readme_sql(after: &str) -> Vec<String> {
+    let readme =
+        std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md"))
+            .unwrap();
+    let block = &readme[readme.find(after).expect("the README has the block")..];
+    let start = block.find("```sql\n").unwrap() + "```sql\n".len();
+    let end = block[start..].find("```").unwrap();
+    block[start..start + end]
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("--"))
+        .collect::<Vec<_>>()
+        .join("\n")
+        .split(';')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+async fn some_rows(store: &SharedStore) {
+    let now = Utc::now();
+    let a = activation_at("ojE-161-pTv", now, 60, Some("alice"));
+    let b = activation_at("abc-2-Def", now - Duration::seconds(30), 40, None);
+    store.activate(&[a, b], now).await.unwrap();
+    store
+        .redeem(&code("abc-2-Def"), None, now, None)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn the_readmes_operator_sql_runs_on_postgresql_and_sqlite() {
+    let pg = common::postgres().await;
+    some_rows(&pg.database.store()).await;
+    let Database::Postgres(pool) = &pg.database else {
+        panic!()
+    };
+    let statements = readme_sql("Ready queries for");
+    assert!(statements.len() >= 6);
+    for statement in statements {
+        sqlx::query(sqlx::AssertSqlSafe(statement.clone()))
+            .fetch_all(pool)
+            .await
+            .unwrap_or_else(|e| panic!("README's PostgreSQL query failed ({e}): {statement}"));
+    }
+    let lite = common::sqlite().await;
+    some_rows(&lite.database.store()).await;
+    let Database::Sqlite(pool) = &lite.database else {
+        panic!()
+    };
+    let statements = readme_sql("And for `sqlite3");
+    assert!(statements.len() >= 5);
+    for statement in statements {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(statement.clone()))
+            .fetch_all(pool)
+            .await
+            .unwrap_or_else(|e| panic!("README's SQLite query failed ({e}): {statement}"));
+        if statement.contains("active_codes ORDER BY") {
+            assert_eq!(rows.len(), 1, "the one valid code");
+        }
+    }
+}
