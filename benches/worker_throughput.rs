@@ -11,6 +11,7 @@ mod common;
 
 use chrono::Utc;
 use codewatch::backends::Queues;
+use codewatch::cli::progress::Progress;
 use codewatch::code::Code;
 use codewatch::message::{CodeMessage, Issuance, IssuanceId, MessageEncoding};
 use codewatch::queue::SharedQueue;
@@ -29,11 +30,14 @@ fn body(i: usize) -> String {
 }
 
 async fn fill(queue: &SharedQueue, n: usize) {
-    futures::stream::iter(0..n)
+    let mut progress = Progress::new(&format!("filling {}", queue.name()), Some(n as u64));
+    let mut sends = futures::stream::iter(0..n)
         .map(|i| async move { queue.send(&body(i), Duration::ZERO).await.unwrap() })
-        .buffer_unordered(32)
-        .collect::<Vec<_>>()
-        .await;
+        .buffer_unordered(32);
+    while sends.next().await.is_some() {
+        progress.inc(1);
+    }
+    progress.finish();
 }
 
 /// The floor under any worker: per message, the queue operations an activation cannot avoid (receive in

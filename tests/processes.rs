@@ -434,18 +434,8 @@ fn readme_snippet(after: &str) -> String {
     block[start..start + end].to_owned()
 }
 
-#[tokio::test]
-async fn the_readmes_separate_processes_snippet_runs_as_pasted() {
-    // The snippet expects Azurite on its default port and codewatch on PATH; its `cargo install` line
-    // is left to the user (this test runs the binary cargo built for it).
-    if std::net::TcpStream::connect("127.0.0.1:10001").is_err() {
-        common::start_azurite_at(10001, "");
-    }
-    let snippet = readme_snippet("as separate processes")
-        .lines()
-        .filter(|l| !l.starts_with("cargo install"))
-        .collect::<Vec<_>>()
-        .join("\n");
+/// Runs a README snippet with bash in a new folder, `codewatch` (the test build) on PATH, within 90 s.
+async fn run_snippet(snippet: &str) -> (String, String) {
     let dir = tempfile::tempdir().unwrap();
     let bin_dir = Path::new(common::process::BIN).parent().unwrap().to_owned();
     let path = format!(
@@ -453,7 +443,6 @@ async fn the_readmes_separate_processes_snippet_runs_as_pasted() {
         bin_dir.display(),
         std::env::var("PATH").unwrap_or_default()
     );
-    let _ = std::fs::remove_file("/tmp/codewatch.db");
     let out = tokio::time::timeout(
         Duration::from_secs(90),
         tokio::process::Command::new("bash")
@@ -466,15 +455,47 @@ async fn the_readmes_separate_processes_snippet_runs_as_pasted() {
     .await
     .expect("the snippet finishes")
     .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stdout.contains("valid    after"),
-        "smoke saw the code become valid:\n{stdout}\n{stderr}"
-    );
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert!(
         !stderr.contains("Address already in use"),
         "every process has its own port:\n{stderr}"
+    );
+    (stdout, stderr)
+}
+
+/// The README's shell snippets, one after the other (they use the same fixed ports), as pasted but for
+/// the build commands: `cargo run --release --` is the test build, and `cargo install` is left out.
+#[tokio::test]
+async fn the_readmes_snippets_run_as_pasted() {
+    let quick_start = readme_snippet("Run everything in one process")
+        .replace("cargo run --release --", "codewatch");
+    let (stdout, stderr) = run_snippet(&quick_start).await;
+    let code = stdout
+        .split('"')
+        .skip_while(|s| *s != "code")
+        .nth(2)
+        .unwrap_or_else(|| panic!("getcode answered:\n{stdout}\n{stderr}"))
+        .to_owned();
+    assert!(
+        stdout.lines().any(|l| l.contains(&code) && l.contains('|')),
+        "sqlite3 shows {code} in active_codes:\n{stdout}\n{stderr}"
+    );
+
+    // The separate processes expect Azurite on its default port.
+    if std::net::TcpStream::connect("127.0.0.1:10001").is_err() {
+        common::start_azurite_at(10001, "");
+    }
+    let snippet = readme_snippet("as separate processes")
+        .lines()
+        .filter(|l| !l.starts_with("cargo install"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let _ = std::fs::remove_file("/tmp/codewatch.db");
+    let (stdout, stderr) = run_snippet(&snippet).await;
+    assert!(
+        stdout.contains("valid    after"),
+        "smoke saw the code become valid:\n{stdout}\n{stderr}"
     );
 }

@@ -19,7 +19,7 @@ macro_rules! say_part {
 }
 
 mod codes;
-mod progress;
+pub mod progress;
 mod queue;
 mod services;
 mod smoke;
