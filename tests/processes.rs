@@ -124,6 +124,14 @@ async fn number_api_serve_and_worker_run_as_separate_processes_and_never_log_sec
         .unwrap(),
     );
 
+    // Codes issued before the worker polls could pass their 2 s TTL unseen (right, but not this test).
+    eventually("the worker to start", Duration::from_secs(30), || async {
+        std::fs::read_to_string(dir.path().join("worker.log"))
+            .ok()
+            .filter(|log| log.contains("worker started"))
+            .map(|_| ())
+    })
+    .await;
     let url = format!("http://127.0.0.1:{serve_port}/api/v1/getcode");
     let mut codes = Vec::new();
     for _ in 0..3 {
