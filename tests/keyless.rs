@@ -184,24 +184,44 @@ async fn full_cycle(
     // The worker polls only once it has started (it may lose the SQLite migration race to serve and
     // retry); a code issued before then could pass its TTL unseen, which is right, but not this test.
     let worker_log = dir.join(format!("{queue}-worker.log"));
-    eventually("the worker to start", Duration::from_secs(30), || async {
-        std::fs::read_to_string(&worker_log)
-            .ok()
-            .filter(|log| log.contains("worker started"))
-            .map(|_| ())
-    })
-    .await;
+    let started_by = std::time::Instant::now() + Duration::from_secs(30);
+    while !std::fs::read_to_string(&worker_log)
+        .unwrap_or_default()
+        .contains("worker started")
+    {
+        if std::time::Instant::now() > started_by {
+            let logs = read_logs(
+                dir,
+                &[
+                    &format!("{queue}-serve.log"),
+                    &format!("{queue}-worker.log"),
+                ],
+            );
+            panic!("the worker did not start within 30 s; logs:\n{logs}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let url = format!("http://127.0.0.1:{serve_port}/api/v1/getcode");
-    let body: serde_json::Value =
-        eventually("serve to answer 200", Duration::from_secs(20), || async {
-            let response = reqwest::get(&url).await.ok()?;
-            if response.status() == 200 {
-                response.json().await.ok()
-            } else {
-                None
-            }
-        })
-        .await;
+    let answer_by = std::time::Instant::now() + Duration::from_secs(20);
+    let body: serde_json::Value = loop {
+        if let Ok(response) = reqwest::get(&url).await
+            && response.status() == 200
+            && let Ok(body) = response.json().await
+        {
+            break body;
+        }
+        if std::time::Instant::now() > answer_by {
+            let logs = read_logs(
+                dir,
+                &[
+                    &format!("{queue}-serve.log"),
+                    &format!("{queue}-worker.log"),
+                ],
+            );
+            panic!("serve did not answer 200 within 20 s; logs:\n{logs}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     assert!(body["code"].is_string(), "{body}");
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     while expired_rows(&db).await != 1 {

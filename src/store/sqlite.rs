@@ -40,17 +40,34 @@ macro_rules! valid_for {
 }
 
 /// Opens a SQLite database in WAL mode, so that several processes can share it; `create` makes the
-/// file if it is missing.
+/// file if it is missing. Switching a new file to WAL needs a moment alone with it, so a process that
+/// opens it while another is migrating it gets "database is locked" at once (no busy wait applies to
+/// that switch): such an open is retried for a few seconds.
 pub async fn connect(url: &str, create: bool) -> Result<SqlitePool, StoreError> {
     let options = SqliteConnectOptions::from_str(url)?
         .create_if_missing(create)
         .journal_mode(SqliteJournalMode::Wal)
         .synchronous(SqliteSynchronous::Normal)
         .busy_timeout(Duration::from_secs(10));
-    Ok(SqlitePoolOptions::new()
-        .max_connections(8)
-        .connect_with(options)
-        .await?)
+    let mut attempt = 0;
+    loop {
+        match SqlitePoolOptions::new()
+            .max_connections(8)
+            .connect_with(options.clone())
+            .await
+        {
+            Ok(pool) => return Ok(pool),
+            Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("5") && attempt < 20 => {
+                attempt += 1;
+                tracing::debug!(
+                    attempt,
+                    "SQLite file busy at open (another process is setting it up); retrying"
+                );
+                tokio::time::sleep(Duration::from_millis(50 * attempt)).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
 }
 
 /// Applies the embedded migrations. SQLite has no migration lock, so processes starting together may
