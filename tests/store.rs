@@ -37,6 +37,16 @@ fn activation_at(
     )
 }
 
+/// Whether a valid issuance of `code` for `who` exists at `at`.
+async fn is_valid(
+    store: &SharedStore,
+    code: &Code,
+    who: Option<&Subject>,
+    at: DateTime<Utc>,
+) -> bool {
+    store.find_valid(code, who, at).await.unwrap().is_some()
+}
+
 fn gate(window_start: DateTime<Utc>, max_failures: u32) -> Gate {
     Gate {
         window_start,
@@ -132,11 +142,13 @@ async fn expire_marks_only_rows_whose_time_has_come_and_is_idempotent(store: Sha
         "never resurrected"
     );
     assert!(
-        store
-            .find_valid(&a.issuance.code, None, a.expires_at - Duration::seconds(1))
-            .await
-            .unwrap()
-            .is_some()
+        is_valid(
+            &store,
+            &a.issuance.code,
+            None,
+            a.expires_at - Duration::seconds(1)
+        )
+        .await
     );
 }
 
@@ -145,27 +157,9 @@ async fn a_code_is_valid_strictly_before_expires_at_and_case_sensitively(store: 
     store.activate(from_ref(&a), Utc::now()).await.unwrap();
     let c = &a.issuance.code;
     let just_before = a.expires_at - Duration::microseconds(1);
-    assert!(
-        store
-            .find_valid(c, None, just_before)
-            .await
-            .unwrap()
-            .is_some()
-    );
-    assert!(
-        store
-            .find_valid(c, None, a.expires_at)
-            .await
-            .unwrap()
-            .is_none()
-    );
-    assert!(
-        store
-            .find_valid(&code("abc-4-DEF"), None, just_before)
-            .await
-            .unwrap()
-            .is_none()
-    );
+    assert!(is_valid(&store, c, None, just_before).await);
+    assert!(!is_valid(&store, c, None, a.expires_at).await);
+    assert!(!is_valid(&store, &code("abc-4-DEF"), None, just_before).await);
 }
 
 async fn a_bound_code_matches_only_its_subject(store: SharedStore) {
@@ -175,20 +169,8 @@ async fn a_bound_code_matches_only_its_subject(store: SharedStore) {
         .await
         .unwrap();
     let c = code("sub-5-Ect");
-    assert!(
-        store
-            .find_valid(&c, Some(&subject("alice")), now)
-            .await
-            .unwrap()
-            .is_some()
-    );
-    assert!(
-        store
-            .find_valid(&c, Some(&subject("bob")), now)
-            .await
-            .unwrap()
-            .is_none()
-    );
+    assert!(is_valid(&store, &c, Some(&subject("alice")), now).await);
+    assert!(!is_valid(&store, &c, Some(&subject("bob")), now).await);
     assert!(
         store.find_valid(&c, None, now).await.unwrap().is_none(),
         "an unbound check never matches a bound code"
@@ -217,13 +199,7 @@ async fn redeem_consumes_a_code_exactly_once_under_concurrency(store: SharedStor
         won += usize::from(attempt.await.unwrap().is_some());
     }
     assert_eq!(won, 1);
-    assert!(
-        store
-            .find_valid(&c, Some(&alice), Utc::now())
-            .await
-            .unwrap()
-            .is_none()
-    );
+    assert!(!is_valid(&store, &c, Some(&alice), Utc::now()).await);
     let record = store.records(&c).await.unwrap().remove(0);
     assert!(record.redeemed_at.is_some());
     assert_eq!(store.list(false, Utc::now(), 10).await.unwrap().len(), 0);
@@ -243,26 +219,14 @@ async fn revoke_is_immediate_idempotent_and_catches_activations_still_queued(sto
         .activate(from_ref(&queued), now + Duration::seconds(1))
         .await
         .unwrap();
-    assert!(
-        store
-            .find_valid(&c, None, now + Duration::seconds(1))
-            .await
-            .unwrap()
-            .is_none()
-    );
+    assert!(!is_valid(&store, &c, None, now + Duration::seconds(1)).await);
     // A new issuance of the same code after the revocation is valid.
     let fresh = activation_at("rev-7-Oke", now + Duration::seconds(2), 60, None);
     store
         .activate(from_ref(&fresh), now + Duration::seconds(2))
         .await
         .unwrap();
-    assert!(
-        store
-            .find_valid(&c, None, now + Duration::seconds(3))
-            .await
-            .unwrap()
-            .is_some()
-    );
+    assert!(is_valid(&store, &c, None, now + Duration::seconds(3)).await);
     assert_eq!(
         store
             .records(&c)
@@ -282,13 +246,7 @@ async fn revoke_reaches_issuances_whatever_their_dates(store: SharedStore) {
     store.activate(from_ref(&ahead), now).await.unwrap();
     let c = code("fut-1-Ure");
     assert_eq!(store.revoke(&c, now).await.unwrap(), 1);
-    assert!(
-        store
-            .find_valid(&c, None, now + Duration::seconds(30))
-            .await
-            .unwrap()
-            .is_none()
-    );
+    assert!(!is_valid(&store, &c, None, now + Duration::seconds(30)).await);
     // Still in the queue at the revocation (announced before it), dated after it: recorded revoked.
     let mut queued = activation_at("fut-1-Ure", now + Duration::seconds(25), 60, None);
     queued.announced_at = now - Duration::seconds(1);
@@ -296,13 +254,7 @@ async fn revoke_reaches_issuances_whatever_their_dates(store: SharedStore) {
         .activate(from_ref(&queued), now + Duration::seconds(1))
         .await
         .unwrap();
-    assert!(
-        store
-            .find_valid(&c, None, now + Duration::seconds(30))
-            .await
-            .unwrap()
-            .is_none()
-    );
+    assert!(!is_valid(&store, &c, None, now + Duration::seconds(30)).await);
 }
 
 async fn an_id_recorded_for_another_code_is_a_conflict_not_a_duplicate(store: SharedStore) {
@@ -316,13 +268,7 @@ async fn an_id_recorded_for_another_code_is_a_conflict_not_a_duplicate(store: Sh
         .unwrap();
     assert_eq!(report.conflicts, vec![other.issuance.id.clone()]);
     assert_eq!((report.inserted, report.duplicates), (0, 1));
-    assert!(
-        store
-            .find_valid(&code("two-2-Abc"), None, Utc::now())
-            .await
-            .unwrap()
-            .is_none()
-    );
+    assert!(!is_valid(&store, &code("two-2-Abc"), None, Utc::now()).await);
 }
 
 async fn concurrent_wrong_checks_never_count_past_the_cap_and_a_locked_subject_cannot_pass(
