@@ -103,6 +103,8 @@ echo "== deploy files"
 "$venv/bin/checkov" --directory deploy --compact --quiet --skip-download --output cli
 promtool check rules deploy/prometheus/alerts.yaml
 promtool test rules deploy/prometheus/alerts.test.yaml
+# The README's benchmark command (it runs cargo, so not inside the suite's parallel tests).
+cargo test --locked --test processes -- --ignored 2>&1 | tee -a "$work/test.log"
 # Last, since it rebuilds target/debug/codewatch from the image's build context.
 cargo test --locked --test deploy -- --ignored 2>&1 | tee -a "$work/test.log"
 

@@ -445,19 +445,31 @@ fn readme_snippet(after: &str) -> String {
 /// Runs a README snippet with bash in a new folder, `codewatch` (the test build) on PATH, within 90 s.
 async fn run_snippet(snippet: &str) -> (String, String) {
     let dir = tempfile::tempdir().unwrap();
+    run_snippet_in(snippet, dir.path(), &[], &[], Duration::from_secs(90)).await
+}
+
+/// Runs a README snippet with bash in `dir`, with `path_first` and then `codewatch` (the test build)
+/// first on PATH and `env` set, within `limit`; it must exit 0 and print no panic.
+async fn run_snippet_in(
+    snippet: &str,
+    dir: &Path,
+    path_first: &[&Path],
+    env: &[(&str, String)],
+    limit: Duration,
+) -> (String, String) {
     let bin_dir = Path::new(common::process::BIN).parent().unwrap().to_owned();
-    let path = format!(
-        "{}:{}",
-        bin_dir.display(),
-        std::env::var("PATH").unwrap_or_default()
-    );
+    let mut path: Vec<String> = path_first.iter().map(|p| p.display().to_string()).collect();
+    path.push(bin_dir.display().to_string());
+    path.push(std::env::var("PATH").unwrap_or_default());
     let out = tokio::time::timeout(
-        Duration::from_secs(90),
+        limit,
         tokio::process::Command::new("bash")
             .arg("-c")
             .arg(format!("set -e\n{snippet}\nwait"))
-            .current_dir(dir.path())
-            .env("PATH", path)
+            .current_dir(dir)
+            .env("PATH", path.join(":"))
+            .envs(env.iter().map(|(k, v)| (*k, v)))
+            .kill_on_drop(true)
             .output(),
     )
     .await
@@ -469,6 +481,11 @@ async fn run_snippet(snippet: &str) -> (String, String) {
     assert!(
         !stderr.contains("Address already in use"),
         "every process has its own port:\n{stderr}"
+    );
+    assert!(
+        out.status.success(),
+        "the snippet failed ({}):\n{snippet}\n{stdout}\n{stderr}",
+        out.status
     );
     (stdout, stderr)
 }
@@ -506,4 +523,93 @@ async fn the_readmes_snippets_run_as_pasted() {
         stdout.contains("valid    after"),
         "smoke saw the code become valid:\n{stdout}\n{stderr}"
     );
+}
+
+/// The README's PostgreSQL set-up, as pasted, against the test server. The test server trusts loopback,
+/// so a `sudo` on PATH that runs the command as `PGUSER=<user>` stands in for becoming the `postgres`
+/// OS user; `PGHOST`/`PGPORT` (read by psql, createdb and codewatch alike) point at the test server.
+#[tokio::test]
+async fn the_readmes_postgresql_setup_runs_as_pasted() {
+    let admin_url = std::env::var("CODEWATCH_TEST_POSTGRES_URL")
+        .expect("CODEWATCH_TEST_POSTGRES_URL is not set: run the tests through scripts/test.sh");
+    let admin = sqlx::PgPool::connect(&admin_url).await.unwrap();
+    // Rerunnable on one server: forget what an earlier run made.
+    for statement in [
+        "DROP DATABASE IF EXISTS codewatch WITH (FORCE)",
+        "DROP ROLE IF EXISTS codewatch",
+    ] {
+        sqlx::query(statement).execute(&admin).await.unwrap();
+    }
+    let shims = tempfile::tempdir().unwrap();
+    let sudo = shims.path().join("sudo");
+    std::fs::write(
+        &sudo,
+        "#!/bin/sh\n[ \"$1\" = -u ] || exit 2\nuser=$2; shift 2\nPGUSER=$user exec \"$@\"\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&sudo, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let server = url::Url::parse(&admin_url).unwrap();
+    let snippet = readme_snippet("PostgreSQL in three commands");
+    let dir = tempfile::tempdir().unwrap();
+    let env = [
+        ("PGHOST", server.host_str().unwrap().to_owned()),
+        ("PGPORT", server.port().unwrap_or(5432).to_string()),
+    ];
+    run_snippet_in(
+        &snippet,
+        dir.path(),
+        &[shims.path()],
+        &env,
+        Duration::from_secs(60),
+    )
+    .await;
+
+    // `codewatch migrate` ran as the new role: the schema is there, and it is that role's.
+    let mut as_codewatch = server.clone();
+    as_codewatch.set_username("codewatch").unwrap();
+    as_codewatch.set_password(Some("change-me")).unwrap();
+    as_codewatch.set_path("codewatch");
+    let pool = sqlx::PgPool::connect(as_codewatch.as_str()).await.unwrap();
+    let owner: String = sqlx::query_scalar(
+        "SELECT tableowner::text FROM pg_tables WHERE tablename = 'valid_codes'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(owner, "codewatch");
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM active_codes")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(rows, 0);
+    pool.close().await;
+    sqlx::query("DROP DATABASE codewatch WITH (FORCE)")
+        .execute(&admin)
+        .await
+        .unwrap();
+}
+
+/// The README's benchmark command, as pasted but in the test build's profile (`--profile dev` shares the
+/// suite's compiled dependencies; the release build would take minutes) and with fewer messages.
+#[tokio::test]
+#[ignore = "runs cargo: scripts/test.sh runs it after the suite"]
+async fn the_readmes_benchmark_runs_as_pasted() {
+    let snippet = readme_snippet("Benchmark (not part of the tests")
+        .replace("cargo bench ", "cargo bench --profile dev ");
+    let (stdout, stderr) = run_snippet_in(
+        &snippet,
+        Path::new(env!("CARGO_MANIFEST_DIR")),
+        &[],
+        &[("BENCH_MESSAGES", "100".to_owned())],
+        Duration::from_secs(300),
+    )
+    .await;
+    for backend in ["Azurite", "embedded"] {
+        assert!(
+            stdout
+                .lines()
+                .any(|l| l.trim_start().starts_with(backend) && l.contains("ratio")),
+            "the benchmark printed a ratio for {backend}:\n{stdout}\n{stderr}"
+        );
+    }
 }
