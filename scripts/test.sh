@@ -15,6 +15,9 @@ cleanup() {
 }
 trap cleanup EXIT
 
+# Each phase says how far into the run it starts, so that a slow phase shows in the CI log.
+phase() { echo "== $* (at ${SECONDS} s)"; }
+
 free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 
 wait_for_port() { # port name log
@@ -89,14 +92,14 @@ if ! command -v promtool >/dev/null; then
 fi
 
 # --- checks and tests ---
-echo "== cargo fmt --check"
+phase "cargo fmt --check"
 cargo fmt --check
-echo "== cargo clippy"
+phase "cargo clippy"
 cargo clippy --locked --all-targets -- -D warnings
-echo "== cargo test"
+phase "cargo test"
 cargo test --locked 2>&1 | tee "$work/test.log"
 
-echo "== deploy files"
+phase "deploy files"
 "$venv/bin/hadolint" deploy/Dockerfile
 "$venv/bin/kubernetes-validate" --strict --quiet --kubernetes-version 1.35.0 deploy/k8s/*.yaml deploy/k8s/examples/*.yaml
 # Every finding fixed or skipped with a reason in the file itself; --skip-download keeps it offline.
@@ -108,5 +111,5 @@ cargo test --locked --test processes -- --ignored 2>&1 | tee -a "$work/test.log"
 # Last, since it rebuilds target/debug/codewatch from the image's build context.
 cargo test --locked --test deploy -- --ignored 2>&1 | tee -a "$work/test.log"
 
-echo "== summary"
+phase "summary"
 awk '/^test result:/ { passed += $4; failed += $6 } END { print passed " passed, " failed " failed" }' "$work/test.log"
