@@ -467,7 +467,8 @@ pub struct WorkerTuning {
     /// Seconds a received message stays invisible while it is handled.
     #[arg(long, env = "WORKER_LEASE_SECONDS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=604_800))]
     pub lease_seconds: u64,
-    /// Receives after which a message that keeps failing goes to `<queue>-poison`.
+    /// Receives after which an expiry message that keeps failing goes to `<queue>-poison` (a live
+    /// activation is always tried again: setting it aside would lose its code).
     #[arg(long, env = "MAX_DEQUEUE_COUNT", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub max_dequeue_count: u32,
     /// Poll loops per worker process.

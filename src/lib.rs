@@ -6,6 +6,7 @@
 
 pub mod backends;
 pub mod cli;
+pub mod clock;
 pub mod code;
 pub mod config;
 pub mod function_key;

@@ -384,6 +384,7 @@ async fn a_hung_queue_answers_503_with_a_reason_at_the_request_deadline() {
             getcode_limiter: None,
             trusted_proxies: Default::default(),
             signing: None,
+            clock: Default::default(),
         }),
         codewatch::http::HttpLimits {
             request_timeout: Duration::from_secs(1),
@@ -413,6 +414,7 @@ async fn limited_producer(queue: SharedQueue, api: &Server, trusted: &str) -> Se
         getcode_limiter: Some(codewatch::http::rate_limit::RateLimiter::new(0.001, 2.0)),
         trusted_proxies: codewatch::http::TrustedProxies::parse(trusted).unwrap(),
         signing: None,
+        clock: Default::default(),
     }))
     .await
 }

@@ -351,12 +351,8 @@ async fn an_unusable_message_goes_to_the_poison_queue_unchanged_at_once() {
     assert_eq!(rig.valid("goo-6-Dok").await, 1);
 }
 
-#[tokio::test]
-async fn a_message_that_keeps_failing_goes_to_poison_after_the_dequeue_limit() {
-    let rig = rig().await;
-    let body = activation(&issuance("lim-7-Itt", Utc::now()));
-    rig.send(&body).await;
-    // Two receives that never finish, as from a worker that crashed twice mid-message.
+/// Two receives that never finish, as from a worker that crashed twice mid-message.
+async fn receive_twice_and_abandon(rig: &Rig) {
     for attempt in 1..=2 {
         let got = eventually(
             "the message to be visible",
@@ -373,6 +369,19 @@ async fn a_message_that_keeps_failing_goes_to_poison_after_the_dequeue_limit() {
         .await;
         assert_eq!(got.dequeue_count, attempt);
     }
+}
+
+#[tokio::test]
+async fn an_expiry_message_that_keeps_failing_goes_to_poison_after_the_dequeue_limit() {
+    let rig = rig().await;
+    let i = issuance("lim-7-Itt", Utc::now() - ChronoDuration::seconds(120));
+    let body = CodeMessage::Expire {
+        expires_at: i.issued_at + ChronoDuration::seconds(60),
+        issuance: i,
+    }
+    .encode(MessageEncoding::Text);
+    rig.send(&body).await;
+    receive_twice_and_abandon(&rig).await;
     let worker = rig.worker(WorkerSettings {
         max_dequeue_count: 2,
         ..settings(60)
@@ -385,6 +394,28 @@ async fn a_message_that_keeps_failing_goes_to_poison_after_the_dequeue_limit() {
     assert_eq!(report.poisoned, 1);
     assert_eq!(rig.queues.poison.peek(32).await.unwrap()[0].body, body);
     assert_eq!(rig.rows().await, 0);
+}
+
+/// Setting a live activation aside would lose its code: however often crashed workers or an outage
+/// made it come back, it is tried again.
+#[tokio::test]
+async fn an_activation_past_the_dequeue_limit_is_still_activated_not_poisoned() {
+    let rig = rig().await;
+    rig.send(&activation(&issuance("lim-8-Act", Utc::now())))
+        .await;
+    receive_twice_and_abandon(&rig).await;
+    let worker = rig.worker(WorkerSettings {
+        max_dequeue_count: 2,
+        ..settings(60)
+    });
+    let report = eventually("the third delivery", Duration::from_secs(10), || async {
+        let r = drain(&worker).await;
+        (r.received > 0).then_some(r)
+    })
+    .await;
+    assert_eq!((report.activated, report.poisoned), (1, 0), "{report:?}");
+    assert_eq!(rig.valid("lim-8-Act").await, 1);
+    assert!(rig.queues.poison.peek(32).await.unwrap().is_empty());
 }
 
 #[tokio::test]

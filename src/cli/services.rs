@@ -180,6 +180,7 @@ fn app_state(
         }),
         trusted_proxies: args.getcode_limit.trusted_proxies.clone(),
         signing,
+        clock: crate::clock::Clock::system(),
     }
 }
 

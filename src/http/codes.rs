@@ -137,7 +137,7 @@ pub async fn check(
     let (code, subject) = parse(&code, &query)?;
     answer(
         verifier(&state)?
-            .check(&code, subject.as_ref(), Utc::now())
+            .check(&code, subject.as_ref(), state.clock.now())
             .await?,
     )
 }
@@ -158,7 +158,7 @@ pub async fn redeem(
     let (code, subject) = parse(&code, &query)?;
     answer(
         verifier(&state)?
-            .redeem(&code, subject.as_ref(), Utc::now())
+            .redeem(&code, subject.as_ref(), state.clock.now())
             .await?,
     )
 }

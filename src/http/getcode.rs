@@ -6,7 +6,6 @@ use crate::message::{CodeMessage, Issuance, IssuanceId};
 use crate::timestamp;
 use axum::Json;
 use axum::extract::{Query, State};
-use chrono::Utc;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use std::time::Duration;
@@ -53,7 +52,7 @@ pub async fn get_code(
     let issuance = Issuance {
         id: IssuanceId::random(),
         code: Code::generate(number, &mut rand::rng()),
-        issued_at: Utc::now(),
+        issued_at: state.clock.now(),
         subject,
     };
     let message = CodeMessage::Activate(issuance.clone());

@@ -53,6 +53,8 @@ pub struct AppState {
     pub trusted_proxies: TrustedProxies,
     /// With keys, every activation is signed with the current one.
     pub signing: Option<crate::signing::SigningKeys>,
+    /// The time codes are issued and checked at.
+    pub clock: crate::clock::Clock,
 }
 
 /// Reads an optional `?subject=` parameter; a malformed one is a 400 with the reason.

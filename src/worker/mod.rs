@@ -30,7 +30,8 @@ pub struct WorkerSettings {
     pub batch_size: u32,
     /// How long a received message stays invisible to other workers while this one handles it.
     pub lease: Duration,
-    /// Receives after which a message that still failed goes to the poison queue.
+    /// Receives after which an expiry message that still failed goes to the poison queue (live
+    /// activations are always tried again).
     pub max_dequeue_count: u32,
     /// Poll loops running at once (each handles one batch at a time).
     pub pollers: usize,
@@ -307,11 +308,7 @@ impl Worker {
         let mut early = Vec::new();
         let mut poison = Vec::new();
         for message in batch {
-            if message.dequeue_count > self.settings.max_dequeue_count {
-                let reason = format!("received {} times without success", message.dequeue_count);
-                poison.push((message, reason));
-                continue;
-            }
+            let overdue = message.dequeue_count > self.settings.max_dequeue_count;
             match CodeMessage::decode_verified(
                 &message.body,
                 message.inserted_at,
@@ -324,7 +321,17 @@ impl Worker {
                     self.settings.clock_allowance,
                 ) {
                     Err(e) => poison.push((message, e.to_string())),
+                    // However often it came back (crashed workers, a database outage), a live
+                    // activation is tried again, never set aside: that would lose its code. It stops
+                    // coming back once done, or once its code has expired (then it is stale).
                     Ok(expires_at) => {
+                        if overdue {
+                            tracing::warn!(
+                                message_id = %message.receipt.message_id,
+                                dequeue_count = message.dequeue_count,
+                                "activation received more than MAX_DEQUEUE_COUNT times; trying it again"
+                            );
+                        }
                         let announced_at = issuance.announced_at(message.inserted_at);
                         activations.push((
                             message,
@@ -336,6 +343,13 @@ impl Worker {
                         ));
                     }
                 },
+                // An expiry that keeps failing is set aside: that is harmless, since validity comes
+                // from `expires_at`, not from this message.
+                Ok(CodeMessage::Expire { .. }) if overdue => {
+                    let reason =
+                        format!("received {} times without success", message.dequeue_count);
+                    poison.push((message, reason));
+                }
                 Ok(CodeMessage::Expire {
                     issuance,
                     expires_at,

@@ -2,7 +2,9 @@
 //! did), a SQLite database per test, a queue per test, and the producer on a free port.
 #![allow(dead_code)]
 
+pub mod checker;
 pub mod entra;
+pub mod faults;
 pub mod process;
 
 use codewatch::backends::{Database, Queues};
@@ -302,6 +304,7 @@ pub async fn producer_with_timeout(
         getcode_limiter: None,
         trusted_proxies: Default::default(),
         signing: None,
+        clock: Default::default(),
     }))
     .await
 }
@@ -334,6 +337,7 @@ pub async fn producer_with_verification(
         getcode_limiter: None,
         trusted_proxies: Default::default(),
         signing: None,
+        clock: Default::default(),
     };
     Server::start(http::router(state)).await
 }
@@ -354,5 +358,23 @@ where
             "timed out after {limit:?} waiting for {what}"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Polls `check` until it gives `Some` or `limit` passes; `None` then (the caller decides).
+pub async fn eventually_or<T, F, Fut>(limit: Duration, mut check: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(value) = check().await {
+            return Some(value);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

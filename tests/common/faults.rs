@@ -1,0 +1,156 @@
+//! A fault-injecting wrapper around a real queue: it delivers every send two or three times, or dies
+//! (as a process killed with -9 would) at its Nth receive, send or delete, and records every body sent.
+
+use async_trait::async_trait;
+use codewatch::queue::{
+    MessageQueue, PeekedMessage, QueueError, Receipt, ReceivedMessage, SharedQueue,
+};
+use rand::RngExt;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+/// A queue operation a crash can be placed at.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Op {
+    /// After the service handed out the batch (its leases taken), before anything was done with it.
+    Receive,
+    /// Instead of a send: after the database write, before the follow-up message.
+    Send,
+    /// Instead of a delete: after the follow-up message, before the original is deleted.
+    Delete,
+}
+
+/// The wrapper. Once it has crashed, every call fails, until the test starts a new one (a restart).
+pub struct FaultQueue {
+    inner: SharedQueue,
+    copies: (u32, u32),
+    crash_at: Option<(Op, usize)>,
+    counts: [AtomicUsize; 3],
+    dead: AtomicBool,
+    sent: Mutex<Vec<String>>,
+}
+
+fn index(op: Op) -> usize {
+    match op {
+        Op::Receive => 0,
+        Op::Send => 1,
+        Op::Delete => 2,
+    }
+}
+
+impl FaultQueue {
+    fn with(inner: SharedQueue, copies: (u32, u32), crash_at: Option<(Op, usize)>) -> Arc<Self> {
+        Arc::new(Self {
+            inner,
+            copies,
+            crash_at,
+            counts: Default::default(),
+            dead: AtomicBool::new(false),
+            sent: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// Passes everything through, recording sends.
+    pub fn recording(inner: SharedQueue) -> Arc<Self> {
+        Self::with(inner, (1, 1), None)
+    }
+
+    /// Puts every sent message on the queue between `min` and `max` times.
+    pub fn duplicating(inner: SharedQueue, min: u32, max: u32) -> Arc<Self> {
+        Self::with(inner, (min, max), None)
+    }
+
+    /// Dies at the `n`th (1-based) call of `op`: that call and every later one fail.
+    pub fn crashing_at(inner: SharedQueue, op: Op, n: usize) -> Arc<Self> {
+        Self::with(inner, (1, 1), Some((op, n)))
+    }
+
+    /// Whether the crash happened.
+    pub fn crashed(&self) -> bool {
+        self.dead.load(Ordering::SeqCst)
+    }
+
+    /// Every body sent through this wrapper (once per send call).
+    pub fn sent(&self) -> Vec<String> {
+        self.sent.lock().unwrap().clone()
+    }
+
+    /// Counts a send or delete: `Err` if the process is (now) dead.
+    fn enter(&self, op: Op) -> Result<(), QueueError> {
+        if self.crashed() {
+            return Err(QueueError::Unavailable("crashed".into()));
+        }
+        let n = self.counts[index(op)].fetch_add(1, Ordering::SeqCst) + 1;
+        if self.crash_at == Some((op, n)) {
+            self.dead.store(true, Ordering::SeqCst);
+            return Err(QueueError::Unavailable(format!("crashed at {op:?} {n}")));
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl MessageQueue for FaultQueue {
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+
+    async fn ensure_exists(&self) -> Result<(), QueueError> {
+        self.inner.ensure_exists().await
+    }
+
+    async fn send(&self, body: &str, visible_after: Duration) -> Result<(), QueueError> {
+        self.enter(Op::Send)?;
+        let (min, max) = self.copies;
+        let copies = rand::rng().random_range(min..=max);
+        for _ in 0..copies {
+            self.inner.send(body, visible_after).await?;
+        }
+        self.sent.lock().unwrap().push(body.to_owned());
+        Ok(())
+    }
+
+    async fn receive(&self, max: u32, lease: Duration) -> Result<Vec<ReceivedMessage>, QueueError> {
+        if self.crashed() {
+            return Err(QueueError::Unavailable("crashed".into()));
+        }
+        let batch = self.inner.receive(max, lease).await?;
+        if batch.is_empty() {
+            // Only receives that bring messages count.
+            return Ok(batch);
+        }
+        let n = self.counts[index(Op::Receive)].fetch_add(1, Ordering::SeqCst) + 1;
+        if self.crash_at == Some((Op::Receive, n)) || self.crashed() {
+            // The leases are taken; the process dies before doing anything with the batch.
+            self.dead.store(true, Ordering::SeqCst);
+            return Err(QueueError::Unavailable("crashed after receive".into()));
+        }
+        Ok(batch)
+    }
+
+    async fn delete(&self, receipt: &Receipt) -> Result<(), QueueError> {
+        self.enter(Op::Delete)?;
+        self.inner.delete(receipt).await
+    }
+
+    async fn release(&self, receipt: &Receipt, visible_after: Duration) -> Result<(), QueueError> {
+        if self.crashed() {
+            return Err(QueueError::Unavailable("crashed".into()));
+        }
+        self.inner.release(receipt, visible_after).await
+    }
+
+    async fn peek(&self, max: u32) -> Result<Vec<PeekedMessage>, QueueError> {
+        self.inner.peek(max).await
+    }
+
+    async fn approximate_len(&self) -> Result<u64, QueueError> {
+        self.inner.approximate_len().await
+    }
+
+    async fn clear(&self) -> Result<(), QueueError> {
+        self.inner.clear().await
+    }
+}

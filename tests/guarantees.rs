@@ -1,0 +1,650 @@
+//! The README's guarantees under the failures real deployments see, checked by `common::checker`:
+//! duplicated and replayed deliveries, a worker killed at each step of its order, backlogs, clock skew,
+//! malformed and foreign messages, a failing number API. Each scenario prints its invariants as one
+//! line of numbers. The walkthrough's original toggle worker runs through the same scenarios and must
+//! fail them, which shows the checker can see a broken worker.
+//!
+//! Short TTLs, loopback only, SQLite and PostgreSQL where both apply.
+
+mod common;
+
+use chrono::{TimeDelta, Utc};
+use codewatch::backends::Queues;
+use codewatch::clock::Clock;
+use codewatch::code::Code;
+use codewatch::function_key::FunctionKey;
+use codewatch::http::{self, AppState};
+use codewatch::message::{CodeMessage, Issuance, IssuanceId, MessageEncoding};
+use codewatch::number_api::NumberApiClient;
+use codewatch::queue::{QueueError, SharedQueue};
+use codewatch::secret::Secret;
+use codewatch::worker::{Worker, WorkerSettings};
+use common::checker::{Answer, Checker, Verdict};
+use common::faults::{FaultQueue, Op};
+use common::{Server, TestDb};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+const VERIFY_KEY: &str = "checker-verify-key";
+const NUMBER_KEY: &str = "checker-number-key";
+
+/// Which worker a scenario runs: codewatch's, or the walkthrough's toggle (which must fail).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Codewatch,
+    Toggle,
+}
+
+/// A running worker; dropping it (or [`Running::kill`]) aborts it at whatever await it is in, as
+/// `kill -9` would: what it wrote to the database and the queue stays, nothing else.
+struct Running(tokio::task::JoinHandle<()>);
+
+impl Running {
+    fn kill(self) {}
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+struct Rig {
+    db: TestDb,
+    queues: Queues,
+    checker: Arc<Checker>,
+    number_api: Server,
+    ttl: Duration,
+}
+
+async fn rig(db: TestDb, ttl: Duration) -> Rig {
+    let checker = Checker::install(&db.url, ttl).await;
+    Rig {
+        queues: common::azure_queues().await,
+        checker,
+        number_api: common::number_api(NUMBER_KEY).await,
+        db,
+        ttl,
+    }
+}
+
+impl Rig {
+    /// A producer with the verification API (no throttling: the probes must not lock anything),
+    /// writing to `queue`, calling the number API at `number_api` (the rig's when `None`).
+    async fn producer_on(
+        &self,
+        queue: SharedQueue,
+        clock: Clock,
+        number_api: Option<(&str, Duration)>,
+    ) -> Server {
+        let default_url = self.number_api.url("/api/RandomNumber");
+        let (url, timeout) = number_api.unwrap_or((&default_url, Duration::from_secs(5)));
+        let verification = http::Verification {
+            verifier: codewatch::verify::Verifier::new(
+                self.db.database.store(),
+                codewatch::verify::Throttle {
+                    max_failures: 1_000_000,
+                    window: Duration::from_secs(3600),
+                    max_wrong_per_code: 1_000_000,
+                },
+            ),
+            api_key: Secret::new(VERIFY_KEY),
+            limiter: http::rate_limit::RateLimiter::new(1e9, 1e9),
+        };
+        Server::start(http::router(AppState {
+            number_api: NumberApiClient::new(
+                url.parse().unwrap(),
+                FunctionKey::fixed(Secret::new(NUMBER_KEY)),
+                timeout,
+            ),
+            queue,
+            encoding: MessageEncoding::Text,
+            verification: Some(verification),
+            getcode_limiter: None,
+            trusted_proxies: Default::default(),
+            signing: None,
+            clock,
+        }))
+        .await
+    }
+
+    async fn producer(&self, queue: SharedQueue) -> Server {
+        self.producer_on(queue, Clock::system(), None).await
+    }
+
+    fn settings(&self) -> WorkerSettings {
+        WorkerSettings {
+            code_ttl: self.ttl,
+            lease: Duration::from_secs(1),
+            min_poll_interval: Duration::from_millis(20),
+            max_poll_interval: Duration::from_millis(100),
+            sweep_interval: None,
+            ..WorkerSettings::default()
+        }
+    }
+
+    fn worker(&self, queue: SharedQueue) -> Arc<Worker> {
+        Arc::new(Worker::new(
+            queue,
+            self.queues.poison.clone(),
+            self.db.database.store(),
+            self.settings(),
+        ))
+    }
+
+    /// Starts a worker of `kind` reading `queue`.
+    async fn spawn(&self, kind: Kind, queue: SharedQueue) -> Running {
+        match kind {
+            Kind::Codewatch => {
+                let worker = self.worker(queue);
+                Running(tokio::spawn(worker.run(CancellationToken::new())))
+            }
+            Kind::Toggle => {
+                let pool = sqlx::SqlitePool::connect(&self.db.url).await.unwrap();
+                let ttl = self.ttl;
+                Running(tokio::spawn(async move {
+                    loop {
+                        match toggle_poll(&queue, &pool, ttl).await {
+                            Ok(0) | Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+                            Ok(_) => {}
+                        }
+                    }
+                }))
+            }
+        }
+    }
+
+    /// Asks `producer` for `n` codes, one every `every`; bound to `subject-<i>` when `bound`.
+    async fn issue(
+        &self,
+        producer: &Server,
+        n: usize,
+        every: Duration,
+        bound: bool,
+    ) -> Vec<Answer> {
+        let base = producer.url("");
+        let mut answers = Vec::new();
+        for i in 0..n {
+            let subject = bound.then(|| format!("subject-{i}"));
+            answers.push(self.checker.get_code(&base, subject.as_deref()).await);
+            tokio::time::sleep(every).await;
+        }
+        answers
+    }
+
+    /// Waits until every code handed out so far has had its expiry come back and be handled, and the
+    /// queue has drained; then the verdict.
+    async fn finish(&self) -> Verdict {
+        if let Some(last) = self.checker.last_expiry() {
+            let wait = (last - Utc::now()).to_std().unwrap_or_default();
+            tokio::time::sleep(wait + Duration::from_millis(2500)).await;
+        }
+        self.checker
+            .wait_drained(&self.queues, Duration::from_secs(10))
+            .await;
+        self.checker.verdict(&self.queues).await
+    }
+}
+
+/// The walkthrough's queue watcher, as Python wrote it: a message for a code that is not in the table
+/// inserts it ("row exists" = valid) and re-sends the message to come back after the TTL; a message for
+/// a code that is in the table deletes it. Then the message is deleted.
+async fn toggle_poll(
+    queue: &SharedQueue,
+    pool: &sqlx::SqlitePool,
+    ttl: Duration,
+) -> Result<usize, QueueError> {
+    let batch = queue.receive(32, Duration::from_secs(1)).await?;
+    for m in &batch {
+        let v: serde_json::Value = serde_json::from_str(&m.body).unwrap_or_default();
+        let code = v["code"].as_str().unwrap_or_default();
+        let exists: i64 = sqlx::query_scalar("SELECT count(*) FROM valid_codes WHERE code = ?")
+            .bind(code)
+            .fetch_one(pool)
+            .await
+            .unwrap();
+        if exists > 0 {
+            sqlx::query("DELETE FROM valid_codes WHERE code = ?")
+                .bind(code)
+                .execute(pool)
+                .await
+                .unwrap();
+        } else {
+            let id = v["id"].as_str().unwrap_or("no-id").to_owned();
+            let now = codewatch::timestamp::format(Utc::now());
+            sqlx::query(
+                "INSERT INTO valid_codes (issuance_id, code, issued_at, expires_at, activated_at)
+                 VALUES (?, ?, ?, '9999-12-31 23:59:59.000000', ?)",
+            )
+            .bind(id)
+            .bind(code)
+            .bind(v["timestamp"].as_str().unwrap_or_default())
+            .bind(&now)
+            .execute(pool)
+            .await
+            .unwrap();
+            queue.send(&m.body, ttl).await?;
+        }
+        queue.delete(&m.receipt).await?;
+    }
+    Ok(batch.len())
+}
+
+fn codes(answers: &[Answer]) -> Vec<String> {
+    answers
+        .iter()
+        .filter_map(|a| match a {
+            Answer::Code(c) => Some(c.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+// --- scenarios -------------------------------------------------------------------------------------
+
+/// A steady issue rate, one worker, nothing injected.
+async fn steady_issue_rate(db: TestDb, kind: Kind) -> Verdict {
+    let rig = rig(db, Duration::from_secs(2)).await;
+    let producer = rig.producer(rig.queues.main.clone()).await;
+    let _prober = rig
+        .checker
+        .spawn_prober(producer.url(""), VERIFY_KEY.into());
+    let _worker = rig.spawn(kind, rig.queues.main.clone()).await;
+    let answers = rig
+        .issue(&producer, 30, Duration::from_millis(40), false)
+        .await;
+    assert_eq!(codes(&answers).len(), 30);
+    rig.finish().await
+}
+
+/// Every message the producer and the workers send is delivered 2–3 times; two workers; bound codes
+/// are redeemed three times at once; then every activation is replayed after the redeems, and every
+/// message ever sent is replayed again after the codes expired.
+async fn duplicated_and_replayed_deliveries(db: TestDb, kind: Kind) -> Verdict {
+    let rig = rig(db, Duration::from_secs(3)).await;
+    let to_producer = FaultQueue::duplicating(rig.queues.main.clone(), 2, 3);
+    let to_workers = FaultQueue::duplicating(rig.queues.main.clone(), 2, 3);
+    let producer = rig.producer(to_producer.clone()).await;
+    let base = producer.url("");
+    let _prober = rig.checker.spawn_prober(base.clone(), VERIFY_KEY.into());
+    let _workers = [
+        rig.spawn(kind, to_workers.clone()).await,
+        rig.spawn(kind, to_workers.clone()).await,
+    ];
+    rig.issue(&producer, 10, Duration::from_millis(30), false)
+        .await;
+    let bound = codes(
+        &rig.issue(&producer, 5, Duration::from_millis(30), true)
+            .await,
+    );
+
+    // Redeem each bound code three times at once, once it is valid.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let redeems = bound.iter().enumerate().flat_map(|(i, code)| {
+        let (checker, base) = (rig.checker.clone(), base.clone());
+        (0..3).map(move |_| {
+            let (checker, base, code) = (checker.clone(), base.clone(), code.clone());
+            async move {
+                checker
+                    .redeem(&base, VERIFY_KEY, &code, &format!("subject-{i}"))
+                    .await
+            }
+        })
+    });
+    let statuses = futures::future::join_all(redeems).await;
+    if kind == Kind::Codewatch {
+        assert_eq!(
+            statuses.iter().filter(|s| **s == 200).count(),
+            5,
+            "each bound code redeemed exactly once: {statuses:?}"
+        );
+    }
+
+    // Replay every activation (the codes are still before their expiry; some are redeemed).
+    for body in to_producer.sent() {
+        rig.queues.main.send(&body, Duration::ZERO).await.unwrap();
+    }
+    let verdict = rig.finish().await;
+    if kind == Kind::Toggle && !verdict.holds() {
+        return verdict;
+    }
+    // Replay everything ever sent, after expiry.
+    for body in to_producer.sent().into_iter().chain(to_workers.sent()) {
+        rig.queues.main.send(&body, Duration::ZERO).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    rig.finish().await
+}
+
+/// A worker killed at each step of its order, restarted each time: after it received a batch (the
+/// leases taken), after the database write (instead of the follow-up send), after the follow-up send
+/// (instead of the delete); in the activation phase and again when the expiry messages return.
+async fn a_worker_killed_at_each_step(db: TestDb, kind: Kind) -> Verdict {
+    let rig = rig(db, Duration::from_secs(9)).await;
+    let producer = rig.producer(rig.queues.main.clone()).await;
+    let _prober = rig
+        .checker
+        .spawn_prober(producer.url(""), VERIFY_KEY.into());
+    rig.issue(&producer, 12, Duration::from_millis(10), false)
+        .await;
+    let crash = |plan: &'static [(Op, usize)]| {
+        let rig = &rig;
+        async move {
+            let mut crashed = 0;
+            for &(op, n) in plan {
+                let queue = FaultQueue::crashing_at(rig.queues.main.clone(), op, n);
+                let worker = rig.spawn(kind, queue.clone()).await;
+                common::eventually_or(Duration::from_secs(4), || async {
+                    queue.crashed().then_some(())
+                })
+                .await;
+                crashed += usize::from(queue.crashed());
+                worker.kill();
+            }
+            crashed
+        }
+    };
+    let activation = crash(&[
+        (Op::Receive, 1),
+        (Op::Send, 1),
+        (Op::Send, 5),
+        (Op::Delete, 1),
+        (Op::Delete, 4),
+    ])
+    .await;
+    assert_eq!(activation, 5, "every activation-phase crash happened");
+    // A clean worker activates what is left, then is killed idle; the expiry phase starts at the TTL.
+    let clean = rig.spawn(kind, rig.queues.main.clone()).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    clean.kill();
+    let first_expiry = rig.checker.first_expiry().unwrap();
+    let wait = (first_expiry - Utc::now()).to_std().unwrap_or_default();
+    tokio::time::sleep(wait + Duration::from_millis(1200)).await;
+    let expiry = crash(&[(Op::Receive, 1), (Op::Delete, 1), (Op::Delete, 3)]).await;
+    assert!(
+        expiry >= 2,
+        "the expiry-phase crashes happened ({expiry} of 3)"
+    );
+    let _worker = rig.spawn(kind, rig.queues.main.clone()).await;
+    rig.finish().await
+}
+
+/// Codes issued while no worker runs; a worker that starts only after their TTL (its clock given, not
+/// waited for) makes none of them valid.
+async fn a_backlog_past_its_ttl(db: TestDb) -> Verdict {
+    let rig = rig(db, Duration::from_secs(2)).await;
+    let producer = rig.producer(rig.queues.main.clone()).await;
+    let issued = codes(&rig.issue(&producer, 10, Duration::ZERO, false).await);
+    let worker = rig.worker(rig.queues.main.clone());
+    let later = Utc::now() + TimeDelta::seconds(3);
+    let report = worker
+        .process_batch(receive_all(&rig.queues.main, 10).await, later)
+        .await;
+    assert_eq!(report.stale, 10, "{report:?}");
+    for code in &issued {
+        rig.checker.never_valid_ok(code);
+    }
+    rig.checker.probe_all(&producer.url(""), VERIFY_KEY).await;
+    let verdict = rig.checker.verdict(&rig.queues).await;
+    assert_eq!(verdict.changes, 0, "nothing was ever written: {verdict}");
+    verdict
+}
+
+/// Codes issued while no worker runs; a worker that starts half-way through their TTL (its clock
+/// given) makes each valid only until its own expiry.
+async fn a_backlog_half_way(db: TestDb) -> Verdict {
+    let rig = rig(db, Duration::from_secs(4)).await;
+    let producer = rig.producer(rig.queues.main.clone()).await;
+    let _prober = rig
+        .checker
+        .spawn_prober(producer.url(""), VERIFY_KEY.into());
+    rig.issue(&producer, 10, Duration::from_millis(100), false)
+        .await;
+    let half_way = Utc::now() + TimeDelta::seconds(1);
+    let worker = rig.worker(rig.queues.main.clone());
+    let report = worker
+        .process_batch(receive_all(&rig.queues.main, 10).await, half_way)
+        .await;
+    assert_eq!(report.activated, 10, "{report:?}");
+    let _worker = rig.spawn(Kind::Codewatch, rig.queues.main.clone()).await;
+    rig.finish().await
+}
+
+/// Producers with fast and slow clocks, and foreign messages dated in the future: each code is valid at
+/// most until its own timestamp + TTL, which is never later than the queue's insertion time + the clock
+/// allowance + TTL; a producer (or sender) further ahead than the allowance gets its codes poisoned.
+async fn clock_skew(db: TestDb) -> Verdict {
+    let rig = rig(db, Duration::from_secs(3)).await;
+    let _worker = rig.spawn(Kind::Codewatch, rig.queues.main.clone()).await;
+    let main = rig.queues.main.clone();
+    let fast = rig
+        .producer_on(main.clone(), Clock::shifted(TimeDelta::seconds(4)), None)
+        .await;
+    let slow = rig
+        .producer_on(main.clone(), Clock::shifted(TimeDelta::seconds(-1)), None)
+        .await;
+    let stale = rig
+        .producer_on(main.clone(), Clock::shifted(TimeDelta::seconds(-5)), None)
+        .await;
+    let too_fast = rig
+        .producer_on(main.clone(), Clock::shifted(TimeDelta::seconds(45)), None)
+        .await;
+    let _prober = rig.checker.spawn_prober(fast.url(""), VERIFY_KEY.into());
+    for _ in 0..3 {
+        rig.issue(&fast, 1, Duration::ZERO, false).await;
+        rig.issue(&slow, 1, Duration::ZERO, false).await;
+        // Born expired: never valid, and that is right.
+        for code in codes(&rig.issue(&stale, 1, Duration::ZERO, false).await) {
+            rig.checker.never_valid_ok(&code);
+        }
+        // Dated past the allowance (30 s): poisoned, never valid.
+        for code in codes(&rig.issue(&too_fast, 1, Duration::ZERO, false).await) {
+            rig.checker.never_valid_ok(&code);
+            rig.checker.bad(1);
+        }
+    }
+    // Foreign senders: dated 5 s ahead (accepted, valid until its own timestamp + TTL) and an hour
+    // ahead (poisoned).
+    for (i, ahead, accepted) in [(0, 5, true), (1, 3600, false)] {
+        let issued_at = Utc::now() + TimeDelta::seconds(ahead);
+        let code = format!("Fgn-{i}-Skw");
+        send_activation(&main, &code, issued_at).await;
+        rig.checker
+            .foreign(&code, None, issued_at + TimeDelta::seconds(3), accepted);
+        if !accepted {
+            rig.checker.bad(1);
+        }
+    }
+    rig.finish().await
+}
+
+/// Malformed messages and foreign producers' messages (the sample's Python shape) interleaved with
+/// the producer's: every bad one ends on the poison queue, every good one is valid until its expiry.
+async fn malformed_and_foreign_messages(db: TestDb) -> Verdict {
+    let rig = rig(db, Duration::from_secs(2)).await;
+    let producer = rig.producer(rig.queues.main.clone()).await;
+    let _prober = rig
+        .checker
+        .spawn_prober(producer.url(""), VERIFY_KEY.into());
+    let _worker = rig.spawn(Kind::Codewatch, rig.queues.main.clone()).await;
+    let bad = [
+        "not a message".to_owned(),
+        "{}".to_owned(),
+        r#"{"action":"activate"}"#.to_owned(),
+        r#"{"code":"not a code","timestamp":"2026-01-01 00:00:00"}"#.to_owned(),
+        r#"{"code":"abC-1-deF","timestamp":"yesterday"}"#.to_owned(),
+        r#"{"action":"expire","code":"abC-1-deF"}"#.to_owned(),
+        "x".repeat(60_000),
+        "{'code': 'abC-1-deF', 'timestamp': 'soon'}".to_owned(),
+    ];
+    // A foreign message without a timestamp: the queue's insertion time stands in for it.
+    rig.queues
+        .main
+        .send("{'code': 'Nul-0-Tsp', 'timestamp': None}", Duration::ZERO)
+        .await
+        .unwrap();
+    rig.checker
+        .foreign("Nul-0-Tsp", None, Utc::now() + TimeDelta::seconds(2), true);
+    for (i, body) in bad.iter().enumerate() {
+        rig.issue(&producer, 1, Duration::ZERO, false).await;
+        rig.queues.main.send(body, Duration::ZERO).await.unwrap();
+        rig.checker.bad(1);
+        // A foreign producer writing the sample's Python repr.
+        let code = format!("Frn-{i}-Pyt");
+        let issued_at = Utc::now();
+        let python = format!(
+            "{{'code': '{code}', 'timestamp': '{}'}}",
+            codewatch::timestamp::format(issued_at)
+        );
+        rig.queues.main.send(&python, Duration::ZERO).await.unwrap();
+        rig.checker
+            .foreign(&code, None, issued_at + TimeDelta::seconds(2), true);
+    }
+    rig.finish().await
+}
+
+/// The number API fails (500), hangs (past the producer's timeout) and answers garbage while codes are
+/// issued: those requests hand out nothing, every code handed out works.
+async fn a_failing_number_api(db: TestDb) -> Verdict {
+    let rig = rig(db, Duration::from_secs(2)).await;
+    let calls = Arc::new(AtomicUsize::new(0));
+    let flaky = Server::start(axum::Router::new().route(
+        "/api/RandomNumber",
+        axum::routing::get({
+            let calls = calls.clone();
+            move || {
+                let n = calls.fetch_add(1, Ordering::SeqCst);
+                async move {
+                    use axum::response::IntoResponse;
+                    match n % 4 {
+                        0 => axum::Json(serde_json::json!({"value": 42})).into_response(),
+                        1 => {
+                            (axum::http::StatusCode::INTERNAL_SERVER_ERROR, "boom").into_response()
+                        }
+                        2 => {
+                            tokio::time::sleep(Duration::from_secs(5)).await;
+                            axum::Json(serde_json::json!({"value": 7})).into_response()
+                        }
+                        _ => "\u{0}garbage{".into_response(),
+                    }
+                }
+            }
+        }),
+    ))
+    .await;
+    let url = flaky.url("/api/RandomNumber");
+    let producer = rig
+        .producer_on(
+            rig.queues.main.clone(),
+            Clock::system(),
+            Some((&url, Duration::from_millis(300))),
+        )
+        .await;
+    let _prober = rig
+        .checker
+        .spawn_prober(producer.url(""), VERIFY_KEY.into());
+    let _worker = rig.spawn(Kind::Codewatch, rig.queues.main.clone()).await;
+    let answers = rig.issue(&producer, 16, Duration::ZERO, false).await;
+    assert_eq!(codes(&answers).len(), 4, "{answers:?}");
+    let verdict = rig.finish().await;
+    assert_eq!(verdict.refused, 12, "{verdict}");
+    verdict
+}
+
+async fn receive_all(queue: &SharedQueue, n: usize) -> Vec<codewatch::queue::ReceivedMessage> {
+    let mut all = Vec::new();
+    for _ in 0..50 {
+        all.extend(queue.receive(32, Duration::from_secs(30)).await.unwrap());
+        if all.len() >= n {
+            break;
+        }
+    }
+    assert_eq!(all.len(), n, "every message received");
+    all
+}
+
+async fn send_activation(queue: &SharedQueue, code: &str, issued_at: chrono::DateTime<Utc>) {
+    let message = CodeMessage::Activate(Issuance {
+        id: IssuanceId::random(),
+        code: Code::parse(code).unwrap(),
+        issued_at,
+        subject: None,
+    });
+    queue
+        .send(&message.encode(MessageEncoding::Text), Duration::ZERO)
+        .await
+        .unwrap();
+}
+
+// --- the gate --------------------------------------------------------------------------------------
+
+macro_rules! holds {
+    ($backend:ident: $($name:ident => $run:expr),* $(,)?) => {
+        mod $backend {
+            use super::*;
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let db = common::$backend().await;
+                    let verdict = ($run)(db).await;
+                    verdict.assert_holds(concat!(stringify!($backend), " ", stringify!($name)));
+                }
+            )*
+        }
+    };
+}
+
+macro_rules! on_both {
+    ($($name:ident => $run:expr),* $(,)?) => {
+        holds!(sqlite: $($name => $run),*);
+        holds!(postgres: $($name => $run),*);
+    };
+}
+
+on_both!(
+    steady_issue_rate_happy_path => |db| steady_issue_rate(db, Kind::Codewatch),
+    every_message_delivered_two_or_three_times_and_replayed_after_redeem_and_expiry =>
+        |db| duplicated_and_replayed_deliveries(db, Kind::Codewatch),
+    a_worker_killed_at_each_step_of_its_order_loses_nothing =>
+        |db| a_worker_killed_at_each_step(db, Kind::Codewatch),
+    a_worker_started_after_the_ttl_makes_none_valid => a_backlog_past_its_ttl,
+    a_worker_started_half_way_keeps_each_code_until_its_own_expiry => a_backlog_half_way,
+    fast_and_slow_producer_clocks_and_future_dated_messages => clock_skew,
+    malformed_and_foreign_messages_interleaved_with_good_ones => malformed_and_foreign_messages,
+    a_number_api_failing_hanging_and_answering_garbage => a_failing_number_api,
+);
+
+/// The checker must see a broken worker: the walkthrough's toggle fails the same scenarios.
+mod the_walkthroughs_toggle_worker {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn fails_the_checker_under_duplicate_deliveries() {
+        let verdict =
+            duplicated_and_replayed_deliveries(common::sqlite().await, Kind::Toggle).await;
+        println!("toggle, duplicated deliveries: {verdict}");
+        assert!(!verdict.holds(), "{verdict}");
+        assert!(verdict.resurrected > 0, "{verdict}");
+        assert!(verdict.valid_after_expiry > 0, "{verdict}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn fails_the_checker_when_killed_at_each_step() {
+        let verdict = a_worker_killed_at_each_step(common::sqlite().await, Kind::Toggle).await;
+        println!("toggle, killed at each step: {verdict}");
+        assert!(!verdict.holds(), "{verdict}");
+        assert!(verdict.valid_after_expiry > 0, "{verdict}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn fails_the_checker_even_on_the_happy_path() {
+        let verdict = steady_issue_rate(common::sqlite().await, Kind::Toggle).await;
+        println!("toggle, happy path: {verdict}");
+        assert!(
+            verdict.valid_after_expiry > 0,
+            "the toggle invalidates a code only when its message returns, after the expiry: {verdict}"
+        );
+    }
+}
