@@ -20,6 +20,7 @@ use codewatch::queue::{QueueError, SharedQueue};
 use codewatch::secret::Secret;
 use codewatch::worker::{Worker, WorkerSettings};
 use common::checker::{Answer, Checker, Verdict};
+use common::fault_proxy::{FaultProxy, Mode};
 use common::faults::{FaultQueue, Op};
 use common::{Server, TestDb};
 use std::sync::Arc;
@@ -553,6 +554,115 @@ async fn a_failing_number_api(db: TestDb) -> Verdict {
     verdict
 }
 
+/// The queue fails under the producer and the worker, through a fault proxy in front of Azurite:
+/// throttled (503 ServerBusy / 500 OperationTimedOut), answers dropped after the request was applied,
+/// down (connections dropped); then it is back. No restart. Activation is delayed by the faults (the
+/// SDK's retries: both pollers can be inside batches whose sends and deletes are being retried):
+/// measured up to 7.5 s here, so the TTL is 15 s.
+async fn a_failing_queue(db: TestDb) -> Verdict {
+    let rig = rig(db, Duration::from_secs(15)).await;
+    let upstream = common::azurite_endpoint().trim_end_matches("/devstoreaccount1");
+    let proxy = FaultProxy::start(upstream).await;
+    let proxied = common::azure_queues_at(&proxy.endpoint(), rig.queues.main.name()).await;
+    let producer = rig.producer(proxied.main.clone()).await;
+    let _prober = rig
+        .checker
+        .spawn_prober(producer.url(""), VERIFY_KEY.into());
+    let worker = Arc::new(Worker::new(
+        proxied.main.clone(),
+        proxied.poison.clone(),
+        rig.db.database.store(),
+        rig.settings(),
+    ));
+    let _worker = Running(tokio::spawn(worker.run(CancellationToken::new())));
+    for (mode, n) in [
+        (Mode::Pass, 5),
+        (Mode::Throttle, 6),
+        (Mode::DropAnswers, 6),
+        (Mode::Down, 2),
+        (Mode::Pass, 5),
+    ] {
+        proxy.set(mode);
+        rig.issue(&producer, n, Duration::from_millis(100), false)
+            .await;
+    }
+    proxy.set(Mode::Pass);
+    let verdict = rig.finish().await;
+    let (requests, faults) = proxy.counts();
+    println!("fault proxy: {requests} requests, {faults} given a fault");
+    assert!(faults >= 10, "faults were injected: {faults} of {requests}");
+    assert!(
+        verdict.indeterminate >= 2,
+        "the outage failed getcode: {verdict}"
+    );
+    verdict
+}
+
+/// The database fails under load: on PostgreSQL every connection of the apps is terminated
+/// (`pg_terminate_backend`) every 300 ms; on SQLite another process holds the write lock past the
+/// busy timeout (10 s). Codes are delayed, never lost, never valid too long.
+async fn a_failing_database(db: TestDb) -> Verdict {
+    let postgres = db.url.starts_with("postgres");
+    // SQLite's lock outlasts its 10 s busy timeout: the TTL must outlast the lock.
+    let ttl = Duration::from_secs(if postgres { 3 } else { 16 });
+    let rig = rig(db, ttl).await;
+    let producer = rig.producer(rig.queues.main.clone()).await;
+    let _prober = rig
+        .checker
+        .spawn_prober(producer.url(""), VERIFY_KEY.into());
+    let _worker = rig.spawn(Kind::Codewatch, rig.queues.main.clone()).await;
+    let url = rig.db.url.clone();
+    let stop = CancellationToken::new();
+    let faults = tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            let mut injected = 0u64;
+            if postgres {
+                let options: sqlx::postgres::PgConnectOptions = url.parse().unwrap();
+                let killer = sqlx::postgres::PgPoolOptions::new()
+                    .max_connections(1)
+                    .connect_with(options.application_name(common::checker::CHECKER_APPLICATION))
+                    .await
+                    .unwrap();
+                while !stop.is_cancelled() {
+                    let killed: i64 = sqlx::query_scalar(
+                        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+                         WHERE datname = current_database() AND pid <> pg_backend_pid()
+                           AND application_name <> $1",
+                    )
+                    .bind(common::checker::CHECKER_APPLICATION)
+                    .fetch_one(&killer)
+                    .await
+                    .unwrap();
+                    injected += killed as u64;
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                }
+            } else {
+                use sqlx::Connection;
+                let mut holder = sqlx::SqliteConnection::connect(&url).await.unwrap();
+                sqlx::query("BEGIN IMMEDIATE")
+                    .execute(&mut holder)
+                    .await
+                    .unwrap();
+                tokio::time::sleep(Duration::from_secs(11)).await;
+                sqlx::query("COMMIT").execute(&mut holder).await.unwrap();
+                injected = 1;
+            }
+            injected
+        }
+    });
+    rig.issue(&producer, 20, Duration::from_millis(100), false)
+        .await;
+    if postgres {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    stop.cancel();
+    let injected = faults.await.unwrap();
+    assert!(injected > 0, "faults were injected");
+    println!("database faults injected: {injected}");
+    rig.finish().await
+}
+
 async fn receive_all(queue: &SharedQueue, n: usize) -> Vec<codewatch::queue::ReceivedMessage> {
     let mut all = Vec::new();
     for _ in 0..50 {
@@ -614,6 +724,8 @@ on_both!(
     fast_and_slow_producer_clocks_and_future_dated_messages => clock_skew,
     malformed_and_foreign_messages_interleaved_with_good_ones => malformed_and_foreign_messages,
     a_number_api_failing_hanging_and_answering_garbage => a_failing_number_api,
+    a_throttled_dropping_and_down_queue => a_failing_queue,
+    terminated_connections_or_a_locked_database => a_failing_database,
 );
 
 /// The checker must see a broken worker: the walkthrough's toggle fails the same scenarios.

@@ -56,6 +56,9 @@ const POSTGRES_AUDIT: &[&str] = &[
      FOR EACH ROW EXECUTE FUNCTION checker_audit()",
 ];
 
+/// The PostgreSQL `application_name` of the checker's own connections, which fault injection spares.
+pub const CHECKER_APPLICATION: &str = "codewatch-checker";
+
 /// The audited database.
 enum AuditDb {
     Sqlite(sqlx::SqlitePool),
@@ -95,7 +98,12 @@ impl AuditDb {
         if url.starts_with("sqlite:") {
             Self::Sqlite(sqlx::SqlitePool::connect(url).await.unwrap())
         } else {
-            Self::Postgres(sqlx::PgPool::connect(url).await.unwrap())
+            let options: sqlx::postgres::PgConnectOptions = url.parse().unwrap();
+            Self::Postgres(
+                sqlx::PgPool::connect_with(options.application_name(CHECKER_APPLICATION))
+                    .await
+                    .unwrap(),
+            )
         }
     }
 
@@ -199,6 +207,8 @@ pub struct Verdict {
     pub foreign: usize,
     pub probes: usize,
     pub changes: usize,
+    /// The longest time from a code's issue to its first valid row, in ms (information, no bound).
+    pub max_activation_lag_ms: i64,
     /// Codes answered 200 that never became valid before their expiry.
     pub lost: usize,
     /// Valid codes that no producer call issued and no injected message carried (beyond the
@@ -245,7 +255,7 @@ impl fmt::Display for Verdict {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "issued={} refused={} indeterminate={} foreign={} probes={} changes={} | lost={} unexpected={} \
+            "issued={} refused={} indeterminate={} foreign={} probes={} changes={} max_lag_ms={} | lost={} unexpected={} \
              duplicates={} valid_after_expiry={} resurrected={} redeemed={} double_redeem={} visible_left={} poisoned={}/{}",
             self.issued,
             self.refused,
@@ -253,6 +263,7 @@ impl fmt::Display for Verdict {
             self.foreign,
             self.probes,
             self.changes,
+            self.max_activation_lag_ms,
             self.lost,
             self.unexpected,
             self.duplicates,
@@ -496,7 +507,7 @@ impl Checker {
         let poisoned = queues.poison.approximate_len().await.unwrap_or(u64::MAX) as usize;
         let changes = self.db.changes().await;
         let record = self.record.lock().unwrap();
-        judge(&record, &changes, visible_left, poisoned)
+        judge(&record, &changes, self.ttl, visible_left, poisoned)
     }
 }
 
@@ -509,7 +520,13 @@ impl Drop for ProberGuard {
     }
 }
 
-fn judge(record: &Record, changes: &[Change], visible_left: usize, poisoned: usize) -> Verdict {
+fn judge(
+    record: &Record,
+    changes: &[Change],
+    ttl: chrono::Duration,
+    visible_left: usize,
+    poisoned: usize,
+) -> Verdict {
     // Known codes and their expiry: the earliest expiry wins if a code was handed out twice.
     let mut expiry: HashMap<&str, DateTime<Utc>> = HashMap::new();
     for h in record.issued.iter().chain(&record.foreign) {
@@ -524,6 +541,7 @@ fn judge(record: &Record, changes: &[Change], visible_left: usize, poisoned: usi
     }
 
     let mut valid_before_expiry: HashSet<&str> = HashSet::new();
+    let mut first_valid: HashMap<&str, DateTime<Utc>> = HashMap::new();
     let mut valid_after: HashSet<&str> = HashSet::new();
     let mut resurrected: HashSet<&str> = HashSet::new();
     let mut unexpected: HashSet<&str> = HashSet::new();
@@ -553,6 +571,10 @@ fn judge(record: &Record, changes: &[Change], visible_left: usize, poisoned: usi
                     Some(x) => {
                         if v.at < x {
                             valid_before_expiry.insert(code);
+                            first_valid
+                                .entry(code)
+                                .and_modify(|t| *t = (*t).min(v.at))
+                                .or_insert(v.at);
                         }
                         if window_end > x {
                             valid_after.insert(code);
@@ -607,7 +629,19 @@ fn judge(record: &Record, changes: &[Change], visible_left: usize, poisoned: usi
         .values()
         .filter(|statuses| statuses.iter().filter(|s| **s == 200).count() > 1)
         .count();
+    let max_activation_lag_ms = record
+        .issued
+        .iter()
+        .filter_map(|h| {
+            let issued_at = h.expiry - ttl;
+            first_valid
+                .get(h.code.as_str())
+                .map(|t| (*t - issued_at).num_milliseconds())
+        })
+        .max()
+        .unwrap_or(0);
     Verdict {
+        max_activation_lag_ms,
         issued: record.issued.len(),
         refused: record.refused,
         indeterminate: record.indeterminate,

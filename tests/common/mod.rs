@@ -4,6 +4,7 @@
 
 pub mod checker;
 pub mod entra;
+pub mod fault_proxy;
 pub mod faults;
 pub mod process;
 
@@ -146,8 +147,14 @@ pub async fn azure_queues() -> Queues {
 
 /// The named queue and its poison queue in Azurite, created.
 pub async fn azure_queues_named(name: &str) -> Queues {
+    azure_queues_at(azurite_endpoint(), name).await
+}
+
+/// The queue `name` and its poison queue at the queue endpoint `endpoint` (e.g. through a proxy),
+/// created if missing.
+pub async fn azure_queues_at(endpoint: &str, name: &str) -> Queues {
     let factory = AzureQueueFactory::from_connection_string(
-        &ConnectionString::parse(&connection_string()).unwrap(),
+        &ConnectionString::parse(&connection_string_at(endpoint)).unwrap(),
     )
     .unwrap();
     let main: SharedQueue = Arc::new(factory.queue(name).unwrap());
