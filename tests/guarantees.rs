@@ -760,3 +760,267 @@ mod the_walkthroughs_toggle_worker {
         );
     }
 }
+
+// --- real processes: kill -9, SIGTERM, and what reaches their logs -----------------------------------
+
+mod processes {
+    use super::*;
+    use codewatch::queue::connection_string::DEV_ACCOUNT_KEY;
+    use common::checker::assert_clean;
+    use common::process::{Proc, codewatch};
+    use rand::RngExt;
+    use std::path::{Path, PathBuf};
+
+    /// A secret the database URL carries; the test server trusts loopback, so it is never checked, but
+    /// it must never be written anywhere.
+    const DB_PASSWORD: &str = "canary-db-password-5f1c";
+    const FUNCTION_KEY: &str = "canary-function-key-9a2e";
+    const PROCESS_VERIFY_KEY: &str = "canary-verify-key-77d0";
+
+    /// The rig's database URL with the canary password in it.
+    fn url_with_password(url: &str) -> String {
+        if !url.starts_with("postgres") {
+            return url.to_owned();
+        }
+        let mut u = url::Url::parse(url).unwrap();
+        u.set_password(Some(DB_PASSWORD)).unwrap();
+        u.to_string()
+    }
+
+    fn common_env(rig: &Rig) -> Vec<(&'static str, String)> {
+        vec![
+            (
+                "AZURE_STORAGE_CONNECTION_STRING",
+                common::connection_string_at(common::azurite_endpoint()),
+            ),
+            ("STORAGE_QUEUE_NAME", rig.queues.main.name().to_owned()),
+            ("DATABASE_URL", url_with_password(&rig.db.url)),
+            ("CODE_TTL_SECONDS", rig.ttl.as_secs().to_string()),
+            ("ADMIN_LISTEN_ADDR", "127.0.0.1:0".to_owned()),
+            ("LOG_FORMAT", "json".to_owned()),
+            ("RUST_LOG", "debug".to_owned()),
+        ]
+    }
+
+    fn worker_env(rig: &Rig) -> Vec<(&'static str, String)> {
+        let mut env = common_env(rig);
+        env.extend([
+            ("WORKER_LEASE_SECONDS", "1".to_owned()),
+            ("WORKER_MIN_POLL_INTERVAL_MS", "20".to_owned()),
+            ("WORKER_MAX_POLL_INTERVAL_MS", "100".to_owned()),
+        ]);
+        env
+    }
+
+    /// A process, its log file, and its command line as the system saw it.
+    struct Logged {
+        proc: Proc,
+        log: PathBuf,
+        cmdline: String,
+    }
+
+    fn start(dir: &Path, args: &[&str], env: &[(&str, String)], log: &str) -> Logged {
+        let proc = Proc(codewatch(dir, args, env, log).spawn().unwrap());
+        let cmdline = std::fs::read(format!("/proc/{}/cmdline", proc.0.id()))
+            .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
+            .unwrap_or_default();
+        Logged {
+            proc,
+            log: dir.join(log),
+            cmdline,
+        }
+    }
+
+    /// Waits for `serve` to log where it listens; its base URL.
+    async fn serve_url(log: &Path) -> String {
+        common::eventually("serve to listen", Duration::from_secs(30), || async {
+            let text = std::fs::read_to_string(log).unwrap_or_default();
+            text.lines()
+                .filter(|l| l.contains("producer listening"))
+                .find_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .and_then(|v| v["addr"].as_str().map(|a| format!("http://{a}")))
+        })
+        .await
+    }
+
+    /// Everything the processes wrote or were started with, checked for panics and the canaries.
+    fn assert_nothing_leaked(all: &[Logged]) {
+        let texts: Vec<(String, String)> = all
+            .iter()
+            .flat_map(|l| {
+                [
+                    (
+                        l.log.display().to_string(),
+                        std::fs::read_to_string(&l.log).unwrap_or_default(),
+                    ),
+                    (
+                        format!("{} command line", l.log.display()),
+                        l.cmdline.clone(),
+                    ),
+                ]
+            })
+            .collect();
+        let borrowed: Vec<(&str, &str)> = texts
+            .iter()
+            .map(|(a, b)| (a.as_str(), b.as_str()))
+            .collect();
+        assert_clean(
+            &borrowed,
+            &[
+                DB_PASSWORD,
+                FUNCTION_KEY,
+                PROCESS_VERIFY_KEY,
+                DEV_ACCOUNT_KEY,
+            ],
+        );
+    }
+
+    /// Three `codewatch worker` processes on PostgreSQL, killed with SIGKILL at random moments while
+    /// codes are issued, each restarted at once; then the survivors are stopped with SIGTERM (exit 0).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn three_workers_killed_at_random_under_load_lose_nothing() {
+        let rig = rig(common::postgres().await, Duration::from_secs(5)).await;
+        let producer = rig.producer(rig.queues.main.clone()).await;
+        let _prober = rig
+            .checker
+            .spawn_prober(producer.url(""), VERIFY_KEY.into());
+        let dir = tempfile::tempdir().unwrap();
+        let env = worker_env(&rig);
+        let mut generation = 0;
+        let mut spawn = |i: usize| {
+            generation += 1;
+            start(
+                dir.path(),
+                &["worker"],
+                &env,
+                &format!("worker-{i}-{generation}.log"),
+            )
+        };
+        let mut workers: Vec<Logged> = (0..3).map(&mut spawn).collect();
+        let mut dead = Vec::new();
+        let issuing = {
+            let (checker, base) = (rig.checker.clone(), producer.url(""));
+            tokio::spawn(async move {
+                for _ in 0..60 {
+                    checker.get_code(&base, None).await;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            })
+        };
+        let mut kills = 0;
+        while !issuing.is_finished() {
+            let pause = rand::rng().random_range(200..700);
+            tokio::time::sleep(Duration::from_millis(pause)).await;
+            let i = rand::rng().random_range(0..3);
+            let mut victim = std::mem::replace(&mut workers[i], spawn(i));
+            victim.proc.0.kill().unwrap();
+            victim.proc.0.wait().unwrap();
+            kills += 1;
+            dead.push(victim);
+        }
+        issuing.await.unwrap();
+        let verdict = rig.finish().await;
+        for w in &mut workers {
+            assert!(w.proc.terminate().success(), "{} exited 0", w.log.display());
+        }
+        println!("{kills} workers killed with SIGKILL and restarted");
+        assert!(kills >= 5, "{kills}");
+        dead.extend(workers);
+        assert_nothing_leaked(&dead);
+        verdict.assert_holds("processes three_workers_killed_at_random_under_load");
+    }
+
+    /// `codewatch serve` and `codewatch worker` as processes; each is stopped with SIGTERM in the middle
+    /// of the load (serve with requests in flight) and started again. Every graceful exit is 0, and
+    /// serve never hands out a code whose message it did not queue.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn sigterm_of_worker_and_producer_mid_load() {
+        let rig = rig(common::sqlite().await, Duration::from_secs(4)).await;
+        let dir = tempfile::tempdir().unwrap();
+        let number_api = common::number_api(FUNCTION_KEY).await;
+        let mut serve_env = common_env(&rig);
+        serve_env.extend([
+            (
+                "THIRD_PARTY_API_ENDPOINT",
+                number_api.url("/api/RandomNumber"),
+            ),
+            ("THIRD_PARTY_API_KEY", FUNCTION_KEY.to_owned()),
+            ("VERIFY_API_KEY", PROCESS_VERIFY_KEY.to_owned()),
+            ("LISTEN_ADDR", "127.0.0.1:0".to_owned()),
+            ("GETCODE_RATE_LIMIT_PER_SECOND", "0".to_owned()),
+            ("VERIFY_RATE_LIMIT_PER_SECOND", "1000000".to_owned()),
+            ("VERIFY_RATE_LIMIT_BURST", "1000000".to_owned()),
+        ]);
+        let mut stopped = Vec::new();
+        let mut worker = start(dir.path(), &["worker"], &worker_env(&rig), "worker-1.log");
+        let mut serve = start(dir.path(), &["serve"], &serve_env, "serve-1.log");
+        let mut base = serve_url(&serve.log).await;
+        let mut prober = rig
+            .checker
+            .spawn_prober(base.clone(), PROCESS_VERIFY_KEY.into());
+
+        let burst = |base: String| {
+            let checker = rig.checker.clone();
+            async move {
+                let calls = (0..8).map(|_| {
+                    let (checker, base) = (checker.clone(), base.clone());
+                    async move { checker.get_code(&base, None).await }
+                });
+                futures::future::join_all(calls).await
+            }
+        };
+        for round in 0..3 {
+            burst(base.clone()).await;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            if round == 1 {
+                // The worker, between batches or inside one.
+                worker.proc.signal();
+                assert!(
+                    worker
+                        .proc
+                        .wait_for(Duration::from_secs(25))
+                        .unwrap()
+                        .success(),
+                    "the worker exits 0 after SIGTERM"
+                );
+                stopped.push(std::mem::replace(
+                    &mut worker,
+                    start(dir.path(), &["worker"], &worker_env(&rig), "worker-2.log"),
+                ));
+            }
+        }
+        // serve, with a burst in flight.
+        let in_flight = tokio::spawn(burst(base.clone()));
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        serve.proc.signal();
+        let answers = in_flight.await.unwrap();
+        assert!(
+            serve
+                .proc
+                .wait_for(Duration::from_secs(25))
+                .unwrap()
+                .success(),
+            "serve exits 0 after SIGTERM"
+        );
+        println!("answers while serve stopped: {answers:?}");
+        drop(prober);
+        stopped.push(std::mem::replace(
+            &mut serve,
+            start(dir.path(), &["serve"], &serve_env, "serve-2.log"),
+        ));
+        base = serve_url(&serve.log).await;
+        prober = rig
+            .checker
+            .spawn_prober(base.clone(), PROCESS_VERIFY_KEY.into());
+        burst(base.clone()).await;
+
+        let verdict = rig.finish().await;
+        drop(prober);
+        for p in [&mut worker, &mut serve] {
+            assert!(p.proc.terminate().success(), "{} exited 0", p.log.display());
+        }
+        stopped.extend([worker, serve]);
+        assert_nothing_leaked(&stopped);
+        verdict.assert_holds("processes sigterm_of_worker_and_producer_mid_load");
+    }
+}

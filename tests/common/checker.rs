@@ -665,11 +665,19 @@ fn judge(
     }
 }
 
-/// Asserts that no log holds a panic and none of `canaries` (secret values) appears in any of `texts`
-/// (logs, error bodies, command lines); says which and where.
+/// Asserts that no log holds a panic or an unredacted SAS signature, and none of `canaries` (secret
+/// values) appears in any of `texts` (logs, error bodies, command lines); says which and where.
 pub fn assert_clean(texts: &[(&str, &str)], canaries: &[&str]) {
     for (name, text) in texts {
         assert!(!text.contains("panicked"), "{name} holds a panic:\n{text}");
+        // A SAS signature appears only redacted (the SDK's logging policy writes `sig=REDACTED`).
+        for (at, _) in text.match_indices("sig=") {
+            assert!(
+                text[at + 4..].starts_with("REDACTED"),
+                "{name} holds a SAS signature: {}",
+                &text[at..text.len().min(at + 60)]
+            );
+        }
         for canary in canaries {
             assert!(
                 !text.contains(canary),
