@@ -663,6 +663,48 @@ async fn a_failing_database(db: TestDb) -> Verdict {
     rig.finish().await
 }
 
+/// The queue is deleted under load (the expiry messages in it are lost with it, which is harmless:
+/// validity comes from `expires_at`); the producer and the worker, whose connection string may create
+/// queues, create it again on their next call, without a restart. Every code handed out after the
+/// deletion becomes valid.
+async fn a_queue_deleted_and_recreated(db: TestDb) -> Verdict {
+    let rig = rig(db, Duration::from_secs(3)).await;
+    let producer = rig.producer(rig.queues.main.clone()).await;
+    let _prober = rig
+        .checker
+        .spawn_prober(producer.url(""), VERIFY_KEY.into());
+    let _worker = rig.spawn(Kind::Codewatch, rig.queues.main.clone()).await;
+    rig.issue(&producer, 8, Duration::from_millis(50), false)
+        .await;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    delete_queue(rig.queues.main.name()).await;
+    let after = rig
+        .issue(&producer, 8, Duration::from_millis(50), false)
+        .await;
+    assert_eq!(
+        codes(&after).len(),
+        8,
+        "getcode recovered at once: {after:?}"
+    );
+    rig.finish().await
+}
+
+/// Deletes a queue on Azurite through the REST API (the app's trait has no such operation).
+async fn delete_queue(name: &str) {
+    let cs =
+        codewatch::queue::connection_string::ConnectionString::parse(&common::connection_string())
+            .unwrap();
+    let sas = codewatch::queue::sas::account_sas_for(&cs, TimeDelta::minutes(10)).unwrap();
+    let status = reqwest::Client::new()
+        .delete(format!("{}/{name}?{}", cs.queue_endpoint, sas.expose()))
+        .header("x-ms-version", "2021-08-06")
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status.as_u16(), 204, "the queue was deleted");
+}
+
 async fn receive_all(queue: &SharedQueue, n: usize) -> Vec<codewatch::queue::ReceivedMessage> {
     let mut all = Vec::new();
     for _ in 0..50 {
@@ -726,6 +768,7 @@ on_both!(
     a_number_api_failing_hanging_and_answering_garbage => a_failing_number_api,
     a_throttled_dropping_and_down_queue => a_failing_queue,
     terminated_connections_or_a_locked_database => a_failing_database,
+    a_queue_deleted_and_recreated_under_load => a_queue_deleted_and_recreated,
 );
 
 /// The checker must see a broken worker: the walkthrough's toggle fails the same scenarios.

@@ -226,29 +226,40 @@ fn seconds(d: Duration) -> i32 {
     i32::try_from(clamp_visibility(d).as_secs()).unwrap_or(i32::MAX)
 }
 
-#[async_trait]
-impl MessageQueue for AzureQueue {
-    fn name(&self) -> &str {
-        &self.name
-    }
+/// Whether the queue itself is missing (deleted under a running app).
+fn queue_missing(e: &QueueError) -> bool {
+    matches!(e, QueueError::Refused { status: 404, code: Some(code) } if code == "QueueNotFound")
+}
 
-    async fn ensure_exists(&self) -> Result<(), QueueError> {
+/// A message whose queue was deleted is gone with it.
+fn gone_with_its_queue(e: QueueError) -> QueueError {
+    if queue_missing(&e) {
+        QueueError::MessageGone
+    } else {
+        e
+    }
+}
+
+impl AzureQueue {
+    /// After a `QueueNotFound`: creates the queue again where this identity may (with a connection
+    /// string or a contributor role), so that a queue deleted under a running app comes back without a
+    /// restart. Whether the operation is worth trying again.
+    async fn recreate(&self) -> bool {
         match bounded(self.entra, self.client.create(None)).await {
-            // With least privilege (Message Sender / Processor) the app may not create queues: the
-            // deployment does. A missing queue then shows on the first send or receive.
-            Err(QueueError::TokenRefused {
-                code: Some(code), ..
-            }) if code == "AuthorizationPermissionMismatch" => {
-                tracing::debug!(queue = %self.name, "not allowed to create the queue; assuming it exists");
-                Ok(())
+            Ok(_) => {
+                tracing::warn!(queue = %self.name, "the queue was not found; created it again");
+                true
             }
-            Ok(_) => Ok(()),
-            Err(QueueError::Refused { status: 409, .. }) => Ok(()),
-            Err(e) => Err(e),
+            // Another process created it first.
+            Err(QueueError::Refused { status: 409, .. }) => true,
+            Err(e) => {
+                tracing::debug!(queue = %self.name, error = %e, "the queue was not found and could not be created");
+                false
+            }
         }
     }
 
-    async fn send(&self, body: &str, visible_after: Duration) -> Result<(), QueueError> {
+    async fn send_once(&self, body: &str, visible_after: Duration) -> Result<(), QueueError> {
         let message = QueueMessage {
             message_text: Some(body.to_owned()),
         };
@@ -266,7 +277,11 @@ impl MessageQueue for AzureQueue {
             .map(|_| ())
     }
 
-    async fn receive(&self, max: u32, lease: Duration) -> Result<Vec<ReceivedMessage>, QueueError> {
+    async fn receive_once(
+        &self,
+        max: u32,
+        lease: Duration,
+    ) -> Result<Vec<ReceivedMessage>, QueueError> {
         let options = QueueClientReceiveMessagesOptions {
             number_of_messages: Some(max.clamp(1, 32) as i32),
             visibility_timeout: Some(seconds(lease).max(1)),
@@ -294,6 +309,47 @@ impl MessageQueue for AzureQueue {
             })
             .collect())
     }
+}
+
+#[async_trait]
+impl MessageQueue for AzureQueue {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    async fn ensure_exists(&self) -> Result<(), QueueError> {
+        match bounded(self.entra, self.client.create(None)).await {
+            // With least privilege (Message Sender / Processor) the app may not create queues: the
+            // deployment does. A missing queue then shows on the first send or receive.
+            Err(QueueError::TokenRefused {
+                code: Some(code), ..
+            }) if code == "AuthorizationPermissionMismatch" => {
+                tracing::debug!(queue = %self.name, "not allowed to create the queue; assuming it exists");
+                Ok(())
+            }
+            Ok(_) => Ok(()),
+            Err(QueueError::Refused { status: 409, .. }) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn send(&self, body: &str, visible_after: Duration) -> Result<(), QueueError> {
+        match self.send_once(body, visible_after).await {
+            Err(e) if queue_missing(&e) && self.recreate().await => {
+                self.send_once(body, visible_after).await
+            }
+            result => result,
+        }
+    }
+
+    async fn receive(&self, max: u32, lease: Duration) -> Result<Vec<ReceivedMessage>, QueueError> {
+        match self.receive_once(max, lease).await {
+            Err(e) if queue_missing(&e) && self.recreate().await => {
+                self.receive_once(max, lease).await
+            }
+            result => result,
+        }
+    }
 
     async fn delete(&self, receipt: &Receipt) -> Result<(), QueueError> {
         bounded(
@@ -303,6 +359,7 @@ impl MessageQueue for AzureQueue {
         )
         .await
         .map(|_| ())
+        .map_err(gone_with_its_queue)
     }
 
     async fn release(&self, receipt: &Receipt, visible_after: Duration) -> Result<(), QueueError> {
@@ -312,7 +369,10 @@ impl MessageQueue for AzureQueue {
             seconds(visible_after),
             None,
         );
-        bounded(self.entra, op).await.map(|_| ())
+        bounded(self.entra, op)
+            .await
+            .map(|_| ())
+            .map_err(gone_with_its_queue)
     }
 
     async fn peek(&self, max: u32) -> Result<Vec<PeekedMessage>, QueueError> {
