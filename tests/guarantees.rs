@@ -705,6 +705,37 @@ async fn delete_queue(name: &str) {
     assert_eq!(status.as_u16(), 204, "the queue was deleted");
 }
 
+/// The PostgreSQL server is stopped for two seconds and started again under load: codes issued
+/// meanwhile (getcode does not need the database) become valid once it is back; no restart of the apps.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgresql_restart_under_load_delays_codes_and_loses_none() {
+    let server = common::PrivatePostgres::start();
+    let db = TestDb::postgres_on(&server.url).await;
+    let rig = rig(db, Duration::from_secs(6)).await;
+    let producer = rig.producer(rig.queues.main.clone()).await;
+    let _prober = rig
+        .checker
+        .spawn_prober(producer.url(""), VERIFY_KEY.into());
+    let _worker = rig.spawn(Kind::Codewatch, rig.queues.main.clone()).await;
+    rig.issue(&producer, 6, Duration::from_millis(100), false)
+        .await;
+    server.stop();
+    let during = rig
+        .issue(&producer, 6, Duration::from_millis(300), false)
+        .await;
+    assert_eq!(
+        codes(&during).len(),
+        6,
+        "getcode needs no database: {during:?}"
+    );
+    server.start_again();
+    rig.issue(&producer, 6, Duration::from_millis(100), false)
+        .await;
+    rig.finish()
+        .await
+        .assert_holds("postgres a_postgresql_restart_under_load");
+}
+
 async fn receive_all(queue: &SharedQueue, n: usize) -> Vec<codewatch::queue::ReceivedMessage> {
     let mut all = Vec::new();
     for _ in 0..50 {

@@ -385,3 +385,173 @@ where
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// A PostgreSQL server of its own (Debian's binaries, a throwaway cluster, trust auth on loopback), for
+/// a test that stops and restarts it; stopped when dropped.
+pub struct PrivatePostgres {
+    /// An administrator URL of its `postgres` database.
+    pub url: String,
+    bin: PathBuf,
+    data: PathBuf,
+    port: u16,
+    _dir: TempDir,
+}
+
+impl PrivatePostgres {
+    fn as_server(&self, tool: &str) -> Command {
+        as_postgres_user(&self.bin.join(tool))
+    }
+
+    /// initdb and start.
+    pub fn start() -> Self {
+        let bin = std::fs::read_dir("/usr/lib/postgresql")
+            .expect("PostgreSQL from Debian: run the tests through scripts/test.sh")
+            .filter_map(|e| e.ok().map(|e| e.path().join("bin")))
+            .max()
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        if running_as_root() {
+            Command::new("chmod")
+                .arg("755")
+                .arg(dir.path())
+                .status()
+                .unwrap();
+            Command::new("chown")
+                .arg("postgres")
+                .arg(dir.path())
+                .status()
+                .unwrap();
+        }
+        let out = as_postgres_user(&bin.join("initdb"))
+            .args([
+                "-D",
+                data.to_str().unwrap(),
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "-E",
+                "UTF8",
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "initdb: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let port = free_port();
+        let pg = Self {
+            url: format!("postgres://postgres@127.0.0.1:{port}/postgres"),
+            bin,
+            data,
+            port,
+            _dir: dir,
+        };
+        pg.start_again();
+        pg
+    }
+
+    /// Stops the server (fast shutdown: clients are disconnected).
+    pub fn stop(&self) {
+        let status = self
+            .as_server("pg_ctl")
+            .args([
+                "-D",
+                self.data.to_str().unwrap(),
+                "-m",
+                "fast",
+                "-w",
+                "stop",
+            ])
+            .stdout(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success(), "pg_ctl stop");
+    }
+
+    /// Starts the stopped server again on the same port.
+    pub fn start_again(&self) {
+        let socket_dir = self.data.parent().unwrap();
+        let options = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
+            self.port,
+            socket_dir.display()
+        );
+        let log = socket_dir.join("server.log");
+        let status = self
+            .as_server("pg_ctl")
+            .args([
+                "-D",
+                self.data.to_str().unwrap(),
+                "-l",
+                log.to_str().unwrap(),
+                "-w",
+                "-o",
+                &options,
+                "start",
+            ])
+            .stdout(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(
+            status.success(),
+            "pg_ctl start: {}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+    }
+}
+
+impl Drop for PrivatePostgres {
+    fn drop(&mut self) {
+        let _ = self
+            .as_server("pg_ctl")
+            .args(["-D", self.data.to_str().unwrap(), "-m", "immediate", "stop"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+fn running_as_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+/// PostgreSQL refuses to run as root: as root, run its tools as Debian's `postgres` user.
+fn as_postgres_user(tool: &std::path::Path) -> Command {
+    if running_as_root() {
+        let mut cmd = Command::new("runuser");
+        cmd.args(["-u", "postgres", "--"]).arg(tool);
+        cmd
+    } else {
+        Command::new(tool)
+    }
+}
+
+impl TestDb {
+    /// A new, migrated database on the PostgreSQL server at `admin` (an administrator URL).
+    pub async fn postgres_on(admin: &str) -> Self {
+        let name = format!("t_{}", uuid::Uuid::new_v4().simple());
+        let pool = sqlx::PgPool::connect(admin).await.unwrap();
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&pool)
+            .await
+            .unwrap();
+        pool.close().await;
+        let mut url = url::Url::parse(admin).unwrap();
+        url.set_path(&name);
+        let url = url.to_string();
+        let database = Database::open(&DatabaseArgs::at(url.clone()))
+            .await
+            .unwrap();
+        Self {
+            database,
+            url,
+            _dir: None,
+        }
+    }
+}
