@@ -1098,3 +1098,132 @@ mod processes {
         verdict.assert_holds("processes sigterm_of_worker_and_producer_mid_load");
     }
 }
+
+/// The long chaos run (`scripts/test.sh chaos`, not in the gate): three worker processes on
+/// PostgreSQL behind the fault proxy, codes issued at a steady rate with every message delivered once
+/// or twice, and for `CHAOS_SECONDS` (default 120) a random fault every 0.3–1.5 s: a worker killed with
+/// SIGKILL and restarted, the queue throttled, dropping answers or down for 0.3–1.5 s, every database
+/// connection terminated. Then everything heals and the checker judges. TTL `CHAOS_TTL_SECONDS` (20).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "minutes long: scripts/test.sh chaos"]
+async fn chaos() {
+    use rand::RngExt;
+    let seconds: u64 = std::env::var("CHAOS_SECONDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(120);
+    let rate: u64 = std::env::var("CHAOS_CODES_PER_SECOND")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20);
+    let ttl: u64 = std::env::var("CHAOS_TTL_SECONDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20);
+    let rig = rig(common::postgres().await, Duration::from_secs(ttl)).await;
+    let upstream = common::azurite_endpoint().trim_end_matches("/devstoreaccount1");
+    let proxy = Arc::new(FaultProxy::start(upstream).await);
+    let producer = rig
+        .producer(FaultQueue::duplicating(rig.queues.main.clone(), 1, 2))
+        .await;
+    let _prober = rig
+        .checker
+        .spawn_prober(producer.url(""), VERIFY_KEY.into());
+    let dir = tempfile::tempdir().unwrap();
+    let env = vec![
+        (
+            "AZURE_STORAGE_CONNECTION_STRING",
+            common::connection_string_at(&proxy.endpoint()),
+        ),
+        ("STORAGE_QUEUE_NAME", rig.queues.main.name().to_owned()),
+        ("DATABASE_URL", rig.db.url.clone()),
+        ("CODE_TTL_SECONDS", rig.ttl.as_secs().to_string()),
+        ("ADMIN_LISTEN_ADDR", "127.0.0.1:0".to_owned()),
+        ("WORKER_LEASE_SECONDS", "2".to_owned()),
+        ("LOG_FORMAT", "json".to_owned()),
+    ];
+    let spawn = |i: usize, generation: usize| {
+        common::process::Proc(
+            common::process::codewatch(
+                dir.path(),
+                &["worker"],
+                &env,
+                &format!("worker-{i}-{generation}.log"),
+            )
+            .spawn()
+            .unwrap(),
+        )
+    };
+    let mut workers: Vec<_> = (0..3).map(|i| spawn(i, 0)).collect();
+    let until = std::time::Instant::now() + Duration::from_secs(seconds);
+    let issuing = {
+        let (checker, base) = (rig.checker.clone(), producer.url(""));
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(1000 / rate.max(1)));
+            while std::time::Instant::now() < until {
+                tick.tick().await;
+                let (checker, base) = (checker.clone(), base.clone());
+                tokio::spawn(async move { checker.get_code(&base, None).await });
+            }
+        })
+    };
+    let killer = sqlx::PgPool::connect(&rig.db.url).await.unwrap();
+    let (mut kills, mut outages, mut terminations, mut generation) = (0, 0, 0usize, 0);
+    while std::time::Instant::now() < until {
+        let pause = rand::rng().random_range(300..1500);
+        tokio::time::sleep(Duration::from_millis(pause)).await;
+        match rand::rng().random_range(0..6) {
+            0 | 1 => {
+                let i = rand::rng().random_range(0..3);
+                generation += 1;
+                let mut victim = std::mem::replace(&mut workers[i], spawn(i, generation));
+                victim.0.kill().unwrap();
+                victim.0.wait().unwrap();
+                kills += 1;
+            }
+            mode @ 2..=4 => {
+                proxy.set([Mode::Throttle, Mode::DropAnswers, Mode::Down][mode - 2]);
+                outages += 1;
+                let lasting = rand::rng().random_range(300..1500);
+                tokio::time::sleep(Duration::from_millis(lasting)).await;
+                proxy.set(Mode::Pass);
+            }
+            _ => {
+                let _ = sqlx::query(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+                     WHERE datname = current_database() AND pid <> pg_backend_pid()
+                       AND application_name <> $1",
+                )
+                .bind(common::checker::CHECKER_APPLICATION)
+                .execute(&killer)
+                .await;
+                terminations += 1;
+            }
+        }
+    }
+    proxy.set(Mode::Pass);
+    issuing.await.unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let verdict = rig.finish().await;
+    for w in &mut workers {
+        assert!(w.terminate().success());
+    }
+    let (requests, faults) = proxy.counts();
+    // Activations that reached a worker only after their code's expiry (delayed past the TTL).
+    let stale: u64 = std::fs::read_dir(dir.path())
+        .unwrap()
+        .filter_map(|e| std::fs::read_to_string(e.ok()?.path()).ok())
+        .flat_map(|log| {
+            log.lines()
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .filter_map(|v| v["stale"].as_u64())
+                .collect::<Vec<_>>()
+        })
+        .sum();
+    println!(
+        "chaos for {seconds} s at {rate} codes/s: {kills} SIGKILLs, {outages} queue faults \
+         (throttled, dropping answers or down for 0.3-1.5 s), {terminations} connection terminations, \
+         {faults} of {requests} queue requests faulted; {stale} activations arrived after their expiry"
+    );
+    verdict.assert_holds("chaos");
+}
