@@ -79,6 +79,18 @@ stop_pg() { "${as_pg[@]}" "$pg_bin/pg_ctl" -D "$work/pg/data" -m immediate stop 
 export CODEWATCH_TEST_POSTGRES_URL="postgres://postgres@127.0.0.1:$pg_port/postgres"
 echo "== PostgreSQL $("$pg_bin/postgres" --version | awk '{print $3}') on 127.0.0.1:$pg_port"
 
+# `scripts/test.sh chaos`: only the long runs: the chaos run (CHAOS_SECONDS, default 120;
+# CHAOS_CODES_PER_SECOND, 20; CHAOS_TTL_SECONDS, 20) on an Azurite of its own, and the replica soak at
+# full scale (CODEWATCH_REPLICAS_CODES, 3000).
+if [ "${1:-}" = chaos ]; then
+  phase "chaos run"
+  env -u CODEWATCH_TEST_AZURITE_QUEUE_ENDPOINT \
+    cargo test --locked --test guarantees -- --ignored --nocapture chaos
+  phase "replica soak"
+  CODEWATCH_REPLICAS_CODES="${CODEWATCH_REPLICAS_CODES:-3000}" cargo test --locked --test replicas -- --nocapture
+  exit
+fi
+
 # --- deploy checks' tools: Python packages pinned in tools/deploy-checks, in a venv; promtool from Debian ---
 venv="${CODEWATCH_VENV:-$work/venv}"
 if ! "$venv/bin/python" -c 'import sys' 2>/dev/null; then python3 -m venv "$venv"; fi
@@ -97,7 +109,21 @@ cargo fmt --check
 phase "cargo clippy"
 cargo clippy --locked --all-targets -- -D warnings
 phase "cargo test"
-cargo test --locked 2>&1 | tee "$work/test.log"
+# Every test binary but the guarantees scenarios, which run apart so that their numbers are printed.
+gate=(--lib --bins)
+for t in tests/*.rs; do
+  name=$(basename "$t" .rs)
+  [ "$name" = guarantees ] || gate+=(--test "$name")
+done
+cargo test --locked "${gate[@]}" 2>&1 | tee "$work/test.log"
+cargo test --locked --doc 2>&1 | tee -a "$work/test.log"
+phase "guarantees (the checker's numbers per scenario)"
+# On an Azurite of their own (started by the tests): Azurite slows with every message stored in it.
+env -u CODEWATCH_TEST_AZURITE_QUEUE_ENDPOINT \
+  cargo test --locked --test guarantees -- --nocapture >"$work/guarantees.log" 2>&1 \
+  || { cat "$work/guarantees.log"; exit 1; }
+grep -E '^(test |sqlite |postgres |processes |toggle|fault proxy|database faults|[0-9]+ workers)' "$work/guarantees.log"
+cat "$work/guarantees.log" >>"$work/test.log"
 
 phase "deploy files"
 "$venv/bin/hadolint" deploy/Dockerfile

@@ -448,7 +448,7 @@ impl Checker {
                     _ => None,
                 }
             })
-            .buffer_unordered(16)
+            .buffer_unordered(4)
             .filter_map(|p| async move { p })
             .collect()
             .await;
@@ -462,7 +462,7 @@ impl Checker {
         tokio::spawn(async move {
             while !stop.is_cancelled() {
                 checker.probe_all(&base, &key).await;
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                tokio::time::sleep(Duration::from_millis(250)).await;
             }
         });
         ProberGuard(cancel)
