@@ -261,8 +261,8 @@ async fn steady_issue_rate(db: TestDb, kind: Kind) -> Verdict {
 }
 
 /// Every message the producer and the workers send is delivered 2–3 times; two workers; bound codes
-/// are redeemed three times at once; then every activation is replayed after the redeems, and every
-/// message ever sent is replayed again after the codes expired.
+/// are redeemed three times at once and three others revoked; then every activation is replayed after
+/// the redeems and revocations, and every message ever sent is replayed again after the codes expired.
 async fn duplicated_and_replayed_deliveries(db: TestDb, kind: Kind) -> Verdict {
     let rig = rig(db, Duration::from_secs(4)).await;
     let to_producer = FaultQueue::duplicating(rig.queues.main.clone(), 2, 3);
@@ -274,8 +274,10 @@ async fn duplicated_and_replayed_deliveries(db: TestDb, kind: Kind) -> Verdict {
         rig.spawn(kind, to_workers.clone()).await,
         rig.spawn(kind, to_workers.clone()).await,
     ];
-    rig.issue(&producer, 10, Duration::from_millis(30), false)
-        .await;
+    let unbound = codes(
+        &rig.issue(&producer, 10, Duration::from_millis(30), false)
+            .await,
+    );
     let bound = codes(
         &rig.issue(&producer, 5, Duration::from_millis(30), true)
             .await,
@@ -326,7 +328,16 @@ async fn duplicated_and_replayed_deliveries(db: TestDb, kind: Kind) -> Verdict {
         );
     }
 
-    // Replay every activation (the codes are still before their expiry; some are redeemed).
+    // Revoke three of the unbound codes (an operator's `codewatch codes revoke`).
+    let store = rig.db.database.store();
+    for code in unbound.iter().take(3) {
+        store
+            .revoke(&Code::parse(code).unwrap(), Utc::now())
+            .await
+            .unwrap();
+    }
+
+    // Replay every activation (the codes are still before their expiry; some are redeemed or revoked).
     for body in to_producer.sent() {
         rig.queues.main.send(&body, Duration::ZERO).await.unwrap();
     }
@@ -586,6 +597,8 @@ async fn a_failing_number_api(db: TestDb) -> Verdict {
     assert_eq!(codes(&answers).len(), 4, "{answers:?}");
     let verdict = rig.finish().await;
     assert_eq!(verdict.refused, 12, "{verdict}");
+    rig.checker
+        .assert_no_secret_in_answers(&[NUMBER_KEY, VERIFY_KEY]);
     verdict
 }
 
@@ -1037,6 +1050,11 @@ mod processes {
         issuing.await.unwrap();
         let verdict = rig.finish().await;
         for w in &mut workers {
+            assert!(
+                w.proc.0.try_wait().unwrap().is_none(),
+                "{} exited by itself",
+                w.log.display()
+            );
             assert!(w.proc.terminate().success(), "{} exited 0", w.log.display());
         }
         println!("{kills} workers killed with SIGKILL and restarted");
@@ -1133,8 +1151,15 @@ mod processes {
         let verdict = rig.finish().await;
         drop(prober);
         for p in [&mut worker, &mut serve] {
+            assert!(
+                p.proc.0.try_wait().unwrap().is_none(),
+                "{} exited by itself",
+                p.log.display()
+            );
             assert!(p.proc.terminate().success(), "{} exited 0", p.log.display());
         }
+        rig.checker
+            .assert_no_secret_in_answers(&[FUNCTION_KEY, PROCESS_VERIFY_KEY, DB_PASSWORD]);
         stopped.extend([worker, serve]);
         assert_nothing_leaked(&stopped);
         verdict.assert_holds("processes sigterm_of_worker_and_producer_mid_load");

@@ -196,6 +196,8 @@ struct Record {
     redeems: HashMap<String, Vec<u16>>,
     /// Malformed messages injected, which must all end on the poison queue.
     bad_injected: usize,
+    /// The bodies of every error answer, checked for secrets.
+    error_bodies: Vec<String>,
 }
 
 /// What a scenario came to: every invariant as a number.
@@ -323,7 +325,7 @@ impl Checker {
             Ok(response) => {
                 let status = response.status().as_u16();
                 let body = response.text().await.unwrap_or_default();
-                match status {
+                let answer = match status {
                     200 => {
                         let v: serde_json::Value = serde_json::from_str(&body)
                             .unwrap_or_else(|e| panic!("getcode answered {body:?}: {e}"));
@@ -344,7 +346,11 @@ impl Checker {
                         Answer::Indeterminate
                     }
                     status => Answer::Refused(status),
+                };
+                if status != 200 {
+                    self.record.lock().unwrap().error_bodies.push(body);
                 }
+                answer
             }
             Err(_) => Answer::Indeterminate,
         };
@@ -355,6 +361,19 @@ impl Checker {
             Answer::Code(_) => {}
         }
         answer
+    }
+
+    /// Asserts that no error answer the producer gave held any of `canaries`.
+    pub fn assert_no_secret_in_answers(&self, canaries: &[&str]) {
+        let record = self.record.lock().unwrap();
+        for body in &record.error_bodies {
+            for canary in canaries {
+                assert!(
+                    !body.contains(canary),
+                    "an error answer holds a secret: {body}"
+                );
+            }
+        }
     }
 
     /// Records a foreign activation of `code` (bound to `subject`), valid until `expiry` at the latest;
