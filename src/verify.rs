@@ -1,7 +1,7 @@
 //! Answers "is this code valid?" for a sign-in service, with NIST SP 800-63B throttling per subject.
 
 use crate::code::Code;
-use crate::store::{CodeRecord, Gate, SharedStore, StoreError};
+use crate::store::{CodeRecord, CodeState, Gate, SharedStore, StoreError};
 use crate::subject::Subject;
 use chrono::{DateTime, Utc};
 use std::time::Duration;
@@ -155,8 +155,8 @@ impl Verifier {
             None if records.is_empty() => "no such code",
             None => "code bound to another subject",
             Some(r) => match r.state_at(now) {
-                "valid" => "redeemed concurrently",
-                state => state,
+                CodeState::Valid => "redeemed concurrently",
+                state => state.as_str(),
             },
         })
     }

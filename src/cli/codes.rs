@@ -65,7 +65,7 @@ const HEADER: [&str; 9] = [
 fn fields(r: &CodeRecord, now: DateTime<Utc>) -> [String; 9] {
     [
         r.code.to_string(),
-        r.state_at(now).to_owned(),
+        r.state_at(now).to_string(),
         r.subject
             .as_ref()
             .map(ToString::to_string)

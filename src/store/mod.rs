@@ -76,22 +76,49 @@ fn serialize_opt_display<S: serde::Serializer, T: std::fmt::Display>(
     }
 }
 
-impl CodeRecord {
-    /// Whether the code is valid at `now`: before its expiry, not redeemed, not revoked.
-    pub fn is_valid_at(&self, now: DateTime<Utc>) -> bool {
-        self.expires_at > now && self.redeemed_at.is_none() && self.revoked_at.is_none()
-    }
+/// A code issuance's state at a moment. The one validity rule: valid while before its expiry and
+/// neither redeemed nor revoked (the SQL of both dialects and the `active_codes` view say the same).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CodeState {
+    /// Usable: before `expires_at`, not redeemed, not revoked.
+    Valid,
+    /// Its TTL has passed.
+    Expired,
+    /// Consumed by a redeem.
+    Redeemed,
+    /// Revoked by an operator, or burned by too many wrong checks.
+    Revoked,
+}
 
-    /// One word for the record's state at `now`.
-    pub fn state_at(&self, now: DateTime<Utc>) -> &'static str {
+impl CodeState {
+    /// The state's name, as `codewatch codes show` prints it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Valid => "valid",
+            Self::Expired => "expired",
+            Self::Redeemed => "redeemed",
+            Self::Revoked => "revoked",
+        }
+    }
+}
+
+impl std::fmt::Display for CodeState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl CodeRecord {
+    /// The record's state at `now` (revocation and redemption first: they end a code for good).
+    pub fn state_at(&self, now: DateTime<Utc>) -> CodeState {
         if self.revoked_at.is_some() {
-            "revoked"
+            CodeState::Revoked
         } else if self.redeemed_at.is_some() {
-            "redeemed"
+            CodeState::Redeemed
         } else if self.expires_at <= now {
-            "expired"
+            CodeState::Expired
         } else {
-            "valid"
+            CodeState::Valid
         }
     }
 }
