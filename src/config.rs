@@ -139,7 +139,7 @@ pub enum QueueCommand {
     /// Shows visible messages, decoded, without taking them.
     Peek {
         /// How many (1–32).
-        #[arg(short = 'n', long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=32))]
+        #[arg(short = 'n', long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=i64::from(crate::queue::MAX_BATCH)))]
         count: u32,
         /// Peek the poison queue instead.
         #[arg(long)]
@@ -462,7 +462,7 @@ pub struct WorkerTuning {
     #[arg(long, env = "CODE_TTL_SECONDS", default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..=604_800))]
     pub code_ttl_seconds: u64,
     /// Messages per receive (1–32).
-    #[arg(long, env = "WORKER_BATCH_SIZE", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=32))]
+    #[arg(long, env = "WORKER_BATCH_SIZE", default_value_t = crate::queue::MAX_BATCH, value_parser = clap::value_parser!(u32).range(1..=i64::from(crate::queue::MAX_BATCH)))]
     pub batch_size: u32,
     /// Seconds a received message stays invisible while it is handled.
     #[arg(long, env = "WORKER_LEASE_SECONDS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=604_800))]

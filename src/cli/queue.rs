@@ -107,7 +107,9 @@ pub async fn requeue(from: &SharedQueue, to: &SharedQueue) -> Result<usize> {
     let total = from.approximate_len().await.ok();
     let mut progress = Progress::new(&format!("requeueing {}", from.name()), total);
     loop {
-        let batch = from.receive(32, Duration::from_secs(60)).await?;
+        let batch = from
+            .receive(crate::queue::MAX_BATCH, Duration::from_secs(60))
+            .await?;
         if batch.is_empty() {
             progress.finish();
             return Ok(moved);

@@ -283,7 +283,7 @@ impl AzureQueue {
         lease: Duration,
     ) -> Result<Vec<ReceivedMessage>, QueueError> {
         let options = QueueClientReceiveMessagesOptions {
-            number_of_messages: Some(max.clamp(1, 32) as i32),
+            number_of_messages: Some(max.clamp(1, super::MAX_BATCH) as i32),
             visibility_timeout: Some(seconds(lease).max(1)),
             ..Default::default()
         };
@@ -377,7 +377,7 @@ impl MessageQueue for AzureQueue {
 
     async fn peek(&self, max: u32) -> Result<Vec<PeekedMessage>, QueueError> {
         let options = QueueClientPeekMessagesOptions {
-            number_of_messages: Some(max.clamp(1, 32) as i32),
+            number_of_messages: Some(max.clamp(1, super::MAX_BATCH) as i32),
             ..Default::default()
         };
         let response = bounded(self.entra, self.client.peek_messages(Some(options))).await?;

@@ -88,7 +88,7 @@ impl MessageQueue for EmbeddedQueue {
         .bind(now + millis(lease).max(1000))
         .bind(&self.name)
         .bind(now)
-        .bind(i64::from(max.clamp(1, 32)))
+        .bind(i64::from(max.clamp(1, super::MAX_BATCH)))
         .fetch_all(&self.pool)
         .await
         .map_err(unavailable)?;
@@ -151,7 +151,7 @@ impl MessageQueue for EmbeddedQueue {
         )
         .bind(&self.name)
         .bind(now_ms())
-        .bind(i64::from(max.clamp(1, 32)))
+        .bind(i64::from(max.clamp(1, super::MAX_BATCH)))
         .fetch_all(&self.pool)
         .await
         .map_err(unavailable)?;

@@ -11,6 +11,9 @@ use chrono::{DateTime, Utc};
 use std::sync::Arc;
 use std::time::Duration;
 
+/// The most messages one receive or peek may ask for: Azure Queue Storage's limit.
+pub const MAX_BATCH: u32 = 32;
+
 /// The longest visibility timeout Azure Queue Storage accepts: 7 days.
 pub const MAX_VISIBILITY: Duration = Duration::from_secs(7 * 24 * 3600);
 
@@ -107,7 +110,7 @@ pub trait MessageQueue: Send + Sync + 'static {
     /// Puts a message on the queue, invisible for `visible_after` (clamped to 7 days). It never expires.
     async fn send(&self, body: &str, visible_after: Duration) -> Result<(), QueueError>;
 
-    /// Receives up to `max` (1–32) visible messages, each made invisible to others for `lease`.
+    /// Receives up to `max` (1–[`MAX_BATCH`]) visible messages, each made invisible to others for `lease`.
     async fn receive(&self, max: u32, lease: Duration) -> Result<Vec<ReceivedMessage>, QueueError>;
 
     /// Deletes a received message. [`QueueError::MessageGone`] if the receipt is stale.
@@ -116,7 +119,7 @@ pub trait MessageQueue: Send + Sync + 'static {
     /// Makes a received message visible again after `visible_after` (0 = at once).
     async fn release(&self, receipt: &Receipt, visible_after: Duration) -> Result<(), QueueError>;
 
-    /// Up to `max` (1–32) messages at the front of the queue, without receiving them.
+    /// Up to `max` (1–[`MAX_BATCH`]) messages at the front of the queue, without receiving them.
     async fn peek(&self, max: u32) -> Result<Vec<PeekedMessage>, QueueError>;
 
     /// The approximate number of messages, visible or not.

@@ -59,7 +59,7 @@ impl Default for WorkerSettings {
     fn default() -> Self {
         Self {
             code_ttl: Duration::from_secs(600),
-            batch_size: 32,
+            batch_size: crate::queue::MAX_BATCH,
             lease: Duration::from_secs(30),
             max_dequeue_count: 5,
             pollers: 2,
