@@ -371,6 +371,20 @@ async fn receive_twice_and_abandon(rig: &Rig) {
     }
 }
 
+/// Two abandoned receives, then a worker whose dequeue limit is 2 handles the third delivery.
+async fn third_delivery_past_a_limit_of_two(rig: &Rig) -> BatchReport {
+    receive_twice_and_abandon(rig).await;
+    let worker = rig.worker(WorkerSettings {
+        max_dequeue_count: 2,
+        ..settings(60)
+    });
+    eventually("the third delivery", Duration::from_secs(10), || async {
+        let r = drain(&worker).await;
+        (r.received > 0).then_some(r)
+    })
+    .await
+}
+
 #[tokio::test]
 async fn an_expiry_message_that_keeps_failing_goes_to_poison_after_the_dequeue_limit() {
     let rig = rig().await;
@@ -381,16 +395,7 @@ async fn an_expiry_message_that_keeps_failing_goes_to_poison_after_the_dequeue_l
     }
     .encode(MessageEncoding::Text);
     rig.send(&body).await;
-    receive_twice_and_abandon(&rig).await;
-    let worker = rig.worker(WorkerSettings {
-        max_dequeue_count: 2,
-        ..settings(60)
-    });
-    let report = eventually("the third delivery", Duration::from_secs(10), || async {
-        let r = drain(&worker).await;
-        (r.received > 0).then_some(r)
-    })
-    .await;
+    let report = third_delivery_past_a_limit_of_two(&rig).await;
     assert_eq!(report.poisoned, 1);
     assert_eq!(rig.queues.poison.peek(32).await.unwrap()[0].body, body);
     assert_eq!(rig.rows().await, 0);
@@ -403,16 +408,7 @@ async fn an_activation_past_the_dequeue_limit_is_still_activated_not_poisoned() 
     let rig = rig().await;
     rig.send(&activation(&issuance("lim-8-Act", Utc::now())))
         .await;
-    receive_twice_and_abandon(&rig).await;
-    let worker = rig.worker(WorkerSettings {
-        max_dequeue_count: 2,
-        ..settings(60)
-    });
-    let report = eventually("the third delivery", Duration::from_secs(10), || async {
-        let r = drain(&worker).await;
-        (r.received > 0).then_some(r)
-    })
-    .await;
+    let report = third_delivery_past_a_limit_of_two(&rig).await;
     assert_eq!((report.activated, report.poisoned), (1, 0), "{report:?}");
     assert_eq!(rig.valid("lim-8-Act").await, 1);
     assert!(rig.queues.poison.peek(32).await.unwrap().is_empty());

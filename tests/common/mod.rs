@@ -197,27 +197,7 @@ pub async fn postgres() -> TestDb {
     let admin = std::env::var(POSTGRES_ENV).unwrap_or_else(|_| {
         panic!("{POSTGRES_ENV} is not set: run the tests through scripts/test.sh")
     });
-    let name = format!("t_{}", uuid::Uuid::new_v4().simple());
-    let pool = sqlx::PgPool::connect(&admin)
-        .await
-        .expect("connect to the test PostgreSQL server");
-    // A generated identifier, not input: CREATE DATABASE takes no bind parameters.
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-        .execute(&pool)
-        .await
-        .unwrap();
-    pool.close().await;
-    let mut url = url::Url::parse(&admin).unwrap();
-    url.set_path(&name);
-    let url = url.to_string();
-    let database = Database::open(&DatabaseArgs::at(url.clone()))
-        .await
-        .unwrap();
-    TestDb {
-        database,
-        url,
-        _dir: None,
-    }
+    TestDb::postgres_on(&admin).await
 }
 
 /// The embedded queue and its poison queue in `db`.
