@@ -5,9 +5,34 @@ use crate::identity::CredentialChoice;
 use crate::message::MessageEncoding;
 use crate::secret::Secret;
 use crate::worker::WorkerSettings;
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::builder::TypedValueParser as _;
+use clap::{Args, FromArgMatches, Parser, Subcommand, ValueEnum};
 use std::net::SocketAddr;
+use std::num::NonZeroUsize;
 use std::time::Duration;
+
+/// The values of `T`'s flags when none is given and the environment is ignored. The clap definitions
+/// are the one home of every default: the settings' `Default` impls below are built from them.
+fn clap_defaults<T: Args + FromArgMatches>() -> T {
+    let command = T::augment_args(clap::Command::new("defaults")).mut_args(|arg| arg.env(None));
+    command
+        .try_get_matches_from(["defaults"])
+        .and_then(|matches| T::from_arg_matches(&matches))
+        .unwrap_or_else(|e| unreachable!("every flag of these groups has a valid default: {e}"))
+}
+
+/// A count of at least 1 within `range`, as a `NonZeroUsize`: 0 and values past the range are refused
+/// with the allowed range, never corrected.
+macro_rules! nonzero_count {
+    ($range:expr) => {
+        clap::value_parser!(u64).range($range).try_map(|n| {
+            usize::try_from(n)
+                .ok()
+                .and_then(NonZeroUsize::new)
+                .ok_or("out of range")
+        })
+    };
+}
 
 /// codewatch: short-lived two-factor codes on Azure Queue Storage.
 #[derive(Debug, Parser)]
@@ -292,8 +317,20 @@ pub struct HttpArgs {
     pub http_request_timeout_seconds: u64,
     /// Connections open at once per listener; more clients wait in the listen backlog. Keep it below
     /// the process's file descriptor limit (`ulimit -n`).
-    #[arg(long, env = "HTTP_MAX_CONNECTIONS", default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
-    pub http_max_connections: u64,
+    #[arg(long, env = "HTTP_MAX_CONNECTIONS", default_value_t = NonZeroUsize::new(1024).unwrap_or(NonZeroUsize::MIN), value_parser = nonzero_count!(1..=1_000_000))]
+    pub http_max_connections: NonZeroUsize,
+}
+
+impl Default for HttpArgs {
+    fn default() -> Self {
+        clap_defaults()
+    }
+}
+
+impl Default for crate::http::HttpLimits {
+    fn default() -> Self {
+        HttpArgs::default().limits()
+    }
 }
 
 impl HttpArgs {
@@ -302,7 +339,7 @@ impl HttpArgs {
         crate::http::HttpLimits {
             header_read_timeout: Duration::from_secs(self.http_header_read_timeout_seconds),
             request_timeout: Duration::from_secs(self.http_request_timeout_seconds),
-            max_connections: usize::try_from(self.http_max_connections).unwrap_or(usize::MAX),
+            max_connections: self.http_max_connections,
         }
     }
 }
@@ -455,6 +492,29 @@ pub struct VerifyArgs {
     pub verify_rate_limit_burst: u32,
 }
 
+impl VerifyArgs {
+    /// The throttle these flags describe.
+    pub fn throttle(&self) -> crate::verify::Throttle {
+        crate::verify::Throttle {
+            max_failures: self.verify_max_failed_checks,
+            window: Duration::from_secs(self.verify_lockout_window_seconds),
+            max_wrong_per_code: self.verify_max_wrong_per_code,
+        }
+    }
+}
+
+impl Default for VerifyArgs {
+    fn default() -> Self {
+        clap_defaults()
+    }
+}
+
+impl Default for crate::verify::Throttle {
+    fn default() -> Self {
+        VerifyArgs::default().throttle()
+    }
+}
+
 /// How the worker behaves.
 #[derive(Clone, Debug, Args)]
 pub struct WorkerTuning {
@@ -472,11 +532,11 @@ pub struct WorkerTuning {
     #[arg(long, env = "MAX_DEQUEUE_COUNT", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub max_dequeue_count: u32,
     /// Poll loops per worker process.
-    #[arg(long, env = "WORKER_POLLERS", default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=64))]
-    pub pollers: u64,
+    #[arg(long, env = "WORKER_POLLERS", default_value_t = NonZeroUsize::new(2).unwrap_or(NonZeroUsize::MIN), value_parser = nonzero_count!(1..=64))]
+    pub pollers: NonZeroUsize,
     /// Queue operations in flight at once within a batch.
-    #[arg(long, env = "WORKER_MAX_IN_FLIGHT", default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..=1024))]
-    pub max_in_flight: u64,
+    #[arg(long, env = "WORKER_MAX_IN_FLIGHT", default_value_t = NonZeroUsize::new(32).unwrap_or(NonZeroUsize::MIN), value_parser = nonzero_count!(1..=1024))]
+    pub max_in_flight: NonZeroUsize,
     /// First wait after an empty receive, in milliseconds.
     #[arg(long, env = "WORKER_MIN_POLL_INTERVAL_MS", default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=60_000))]
     pub min_poll_interval_ms: u64,
@@ -504,8 +564,8 @@ impl WorkerTuning {
             batch_size: self.batch_size,
             lease: Duration::from_secs(self.lease_seconds),
             max_dequeue_count: self.max_dequeue_count,
-            pollers: usize::try_from(self.pollers).unwrap_or(1),
-            max_in_flight: usize::try_from(self.max_in_flight).unwrap_or(1),
+            pollers: self.pollers,
+            max_in_flight: self.max_in_flight,
             min_poll_interval: Duration::from_millis(self.min_poll_interval_ms),
             max_poll_interval: Duration::from_millis(self.max_poll_interval_ms),
             encoding,
@@ -515,6 +575,18 @@ impl WorkerTuning {
             sweep_interval: (self.sweep_interval_seconds > 0)
                 .then(|| Duration::from_secs(self.sweep_interval_seconds)),
         }
+    }
+}
+
+impl Default for WorkerTuning {
+    fn default() -> Self {
+        clap_defaults()
+    }
+}
+
+impl Default for WorkerSettings {
+    fn default() -> Self {
+        WorkerTuning::default().settings(MessageEncoding::Text)
     }
 }
 
@@ -582,6 +654,23 @@ mod tests {
     }
 
     #[test]
+    fn the_settings_defaults_are_the_flags_defaults() {
+        let worker = WorkerSettings::default();
+        assert_eq!(worker.code_ttl, Duration::from_secs(600));
+        assert_eq!(worker.batch_size, crate::queue::MAX_BATCH);
+        assert_eq!(worker.pollers.get(), 2);
+        assert_eq!(worker.max_in_flight.get(), 32);
+        assert_eq!(worker.sweep_interval, Some(Duration::from_secs(60)));
+        let throttle = crate::verify::Throttle::default();
+        assert_eq!(throttle.max_failures, 100);
+        assert_eq!(throttle.window, Duration::from_secs(3600));
+        assert_eq!(throttle.max_wrong_per_code, 5);
+        let limits = crate::http::HttpLimits::default();
+        assert_eq!(limits.max_connections.get(), 1024);
+        assert_eq!(limits.request_timeout, Duration::from_secs(15));
+    }
+
+    #[test]
     fn nonsense_values_are_refused_with_the_allowed_range() {
         for (flag, value) in [
             ("--code-ttl-seconds", "0"),
@@ -589,6 +678,9 @@ mod tests {
             ("--code-ttl-seconds", "604801"),
             ("--lease-seconds", "0"),
             ("--pollers", "0"),
+            ("--pollers", "65"),
+            ("--max-in-flight", "0"),
+            ("--http-max-connections", "0"),
         ] {
             let arg = format!("{flag}={value}");
             let err = Cli::try_parse_from(["codewatch", "worker", &arg]).unwrap_err();

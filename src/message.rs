@@ -1,80 +1,13 @@
 //! The queue message: what `serve` writes, what the worker re-arms for expiry, and the foreign shapes it accepts.
 
-use crate::code::Code;
+use crate::domain::{Code, InvalidIssuanceId, Issuance, IssuanceId, Subject};
 use crate::signing::SigningKeys;
-use crate::subject::Subject;
 use crate::timestamp;
 use crate::untrusted::escaped;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
-use std::fmt;
-use std::time::Duration;
-
-/// The longest issuance id accepted from a message.
-pub const MAX_ID_CHARS: usize = 128;
-
-/// Identifies one issuance of a code. Two issuances may draw the same code; they never share an id.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct IssuanceId(String);
-
-impl IssuanceId {
-    /// A fresh random id, for a code `serve` issues.
-    pub fn random() -> Self {
-        Self(uuid::Uuid::new_v4().to_string())
-    }
-
-    /// The id of a foreign message that carries none: a hash of its code and time, so its duplicates share it.
-    pub fn derived(code: &Code, issued_at: DateTime<Utc>) -> Self {
-        let digest = Sha256::digest(format!("{code}|{}", timestamp::format(issued_at)));
-        let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
-        Self(format!("derived-{hex}"))
-    }
-
-    /// Wraps an id read from the database (written there by codewatch).
-    pub fn from_string(id: String) -> Self {
-        Self(id)
-    }
-
-    /// Reads an id given in a message: 1 to [`MAX_ID_CHARS`] characters without control characters.
-    pub fn parse(text: &str) -> Result<Self, MessageError> {
-        let text = text.trim();
-        if text.is_empty()
-            || text.chars().count() > MAX_ID_CHARS
-            || text.chars().any(char::is_control)
-        {
-            return Err(MessageError::BadId(escaped(text)));
-        }
-        Ok(Self(text.to_owned()))
-    }
-
-    /// The id as text.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Display for IssuanceId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-/// One issued code, as it travels through the queue.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Issuance {
-    /// Which issuance this is.
-    pub id: IssuanceId,
-    /// The code handed out.
-    pub code: Code,
-    /// When `serve` handed it out; the TTL counts from here.
-    pub issued_at: DateTime<Utc>,
-    /// The user the code is bound to, if any.
-    pub subject: Option<Subject>,
-}
 
 /// What a queue message asks the worker to do.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -118,32 +51,24 @@ pub enum MessageError {
     /// A recognised shape with a timestamp that cannot be read (the text is escaped and capped).
     #[error("message timestamp {0:?} is not a time")]
     BadTimestamp(String),
-    /// An activation dated later than the queue took it, beyond the clock allowance: its sender would
-    /// otherwise choose how long the code stays valid.
-    #[error(
-        "activation dated in the future: {ahead_ms} ms after the queue took it (allowed: {allowance_ms} ms)"
-    )]
-    DatedInFuture {
-        /// How far its timestamp lies after its insertion time.
-        ahead_ms: i64,
-        /// The clock allowance in force.
-        allowance_ms: i64,
-    },
     /// Signing is on and the activation carries no signature.
     #[error("activation is not signed (message signing is on)")]
     Unsigned,
     /// Signing is on and the activation's signature matches neither key.
     #[error("activation signature does not match (forged, altered, or signed with another key)")]
     BadSignature,
-    /// A time that cannot be computed with (its expiry would be out of range).
-    #[error("message time out of range")]
-    OutOfRange,
     /// An expiry message without its expiry time.
     #[error("expiry message has no expires_at")]
     MissingExpiry,
     /// An `action` other than `activate` or `expire` (the text is escaped and capped).
     #[error("unknown action {0:?}")]
     UnknownAction(String),
+}
+
+impl From<InvalidIssuanceId> for MessageError {
+    fn from(e: InvalidIssuanceId) -> Self {
+        Self::BadId(e.0)
+    }
 }
 
 /// The JSON shape `serve` and the worker write.
@@ -326,38 +251,6 @@ fn from_wire(wire: Wire, inserted_at: DateTime<Utc>) -> Result<Decoded, MessageE
         Some(other) => return Err(MessageError::UnknownAction(escaped(other))),
     };
     Ok((message, wire.sig))
-}
-
-impl Issuance {
-    /// When this issuance stops being valid, for an activation the queue took at `queued_at`:
-    /// `issued_at + ttl`. The sender's timestamp may lie at most `allowance` after `queued_at` (clock
-    /// skew), so a code is never valid past `queued_at + allowance + ttl`, whatever the sender wrote.
-    pub fn expiry(
-        &self,
-        ttl: Duration,
-        queued_at: DateTime<Utc>,
-        allowance: Duration,
-    ) -> Result<DateTime<Utc>, MessageError> {
-        let ttl = chrono::Duration::from_std(ttl).map_err(|_| MessageError::OutOfRange)?;
-        let allowance =
-            chrono::Duration::from_std(allowance).map_err(|_| MessageError::OutOfRange)?;
-        let ahead = self.issued_at.signed_duration_since(queued_at);
-        if ahead > allowance {
-            return Err(MessageError::DatedInFuture {
-                ahead_ms: ahead.num_milliseconds(),
-                allowance_ms: allowance.num_milliseconds(),
-            });
-        }
-        self.issued_at
-            .checked_add_signed(ttl)
-            .ok_or(MessageError::OutOfRange)
-    }
-
-    /// The earlier of its timestamp and its queue insertion time: a revocation made at or after this
-    /// reaches the issuance, whatever the sender wrote.
-    pub fn announced_at(&self, queued_at: DateTime<Utc>) -> DateTime<Utc> {
-        self.issued_at.min(queued_at)
-    }
 }
 
 /// A reader for the flat dict `repr()` the Python sample writes, with Python's literals.
@@ -681,26 +574,6 @@ mod tests {
             Err(MessageError::BadId(_))
         ));
     }
-
-    #[test]
-    fn an_activation_dated_after_its_insertion_beyond_the_allowance_is_refused() {
-        let ttl = Duration::from_secs(600);
-        let allowance = Duration::from_secs(30);
-        let mut i = issuance();
-        i.issued_at = inserted() + chrono::Duration::seconds(29);
-        assert_eq!(
-            i.expiry(ttl, inserted(), allowance),
-            Ok(inserted() + chrono::Duration::seconds(629))
-        );
-        i.issued_at = inserted() + chrono::Duration::minutes(5);
-        assert!(matches!(
-            i.expiry(ttl, inserted(), allowance),
-            Err(MessageError::DatedInFuture { .. })
-        ));
-        i.issued_at = DateTime::<Utc>::MAX_UTC;
-        assert!(i.expiry(ttl, DateTime::<Utc>::MAX_UTC, allowance).is_err());
-        assert_eq!(i.announced_at(inserted()), inserted());
-    }
 }
 
 #[cfg(test)]
@@ -754,30 +627,6 @@ mod properties {
             };
             let encoding = if base64 { MessageEncoding::Base64 } else { MessageEncoding::Text };
             prop_assert_eq!(CodeMessage::decode(&message.encode(encoding), Utc::now()), Ok(message));
-        }
-
-        #[test]
-        fn expiry_never_panics_and_never_passes_insertion_plus_allowance_plus_ttl(
-            issued in any::<i64>(),
-            queued in any::<i64>(),
-            ttl in 1u64..604_800,
-            allowance in 0u64..3600,
-        ) {
-            let at = |ms: i64| DateTime::<Utc>::from_timestamp_millis(ms);
-            if let (Some(issued_at), Some(queued_at)) = (at(issued), at(queued)) {
-                let i = Issuance {
-                    id: IssuanceId::random(),
-                    code: Code::parse("abc-1-def").unwrap(),
-                    issued_at,
-                    subject: None,
-                };
-                let (ttl, allowance) = (Duration::from_secs(ttl), Duration::from_secs(allowance));
-                if let Ok(expires_at) = i.expiry(ttl, queued_at, allowance) {
-                    let bound = queued_at
-                        .checked_add_signed(chrono::Duration::from_std(ttl + allowance).unwrap());
-                    prop_assert!(bound.is_none_or(|b| expires_at <= b));
-                }
-            }
         }
     }
 }

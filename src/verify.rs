@@ -1,12 +1,13 @@
 //! Answers "is this code valid?" for a sign-in service, with NIST SP 800-63B throttling per subject.
 
-use crate::code::Code;
-use crate::store::{CodeRecord, CodeState, Gate, SharedStore, StoreError};
-use crate::subject::Subject;
+use crate::domain::Code;
+use crate::domain::CodeState;
+use crate::domain::Subject;
+use crate::store::{CodeRecord, Gate, SharedStore, StoreError};
 use chrono::{DateTime, Utc};
 use std::time::Duration;
 
-/// How failed checks are throttled.
+/// How failed checks are throttled. Its `Default` is built from the flags' defaults (`config::VerifyArgs`).
 #[derive(Clone, Copy, Debug)]
 pub struct Throttle {
     /// Consecutive failed checks after which a subject's checks fail.
@@ -16,16 +17,6 @@ pub struct Throttle {
     /// Wrong checks for a subject after which each of its valid codes is burned: the user must ask
     /// for a new code (as Twilio Verify allows 5 checks per code).
     pub max_wrong_per_code: u32,
-}
-
-impl Default for Throttle {
-    fn default() -> Self {
-        Self {
-            max_failures: 100,
-            window: Duration::from_secs(3600),
-            max_wrong_per_code: 5,
-        }
-    }
 }
 
 /// The answer to a check or redeem.

@@ -3,10 +3,11 @@
 mod common;
 
 use chrono::{Duration, Utc};
-use codewatch::code::Code;
-use codewatch::message::{CodeMessage, Issuance, IssuanceId, MessageEncoding};
+use codewatch::domain::Code;
+use codewatch::domain::Subject;
+use codewatch::domain::{Issuance, IssuanceId};
+use codewatch::message::{CodeMessage, MessageEncoding};
 use codewatch::store::Activation;
-use codewatch::subject::Subject;
 use common::TestDb;
 use common::process::{run, spawn_up};
 use std::process::Output;

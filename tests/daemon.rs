@@ -4,8 +4,9 @@
 mod common;
 
 use chrono::Utc;
-use codewatch::code::Code;
-use codewatch::message::{CodeMessage, Issuance, IssuanceId, MessageEncoding};
+use codewatch::domain::Code;
+use codewatch::domain::{Issuance, IssuanceId};
+use codewatch::message::{CodeMessage, MessageEncoding};
 use common::eventually;
 use common::process::{Proc, codewatch};
 use std::path::Path;

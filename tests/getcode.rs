@@ -5,7 +5,7 @@ mod common;
 use axum::http::StatusCode as AxumStatus;
 use axum::routing::get;
 use axum::{Json, Router};
-use codewatch::code::Code;
+use codewatch::domain::Code;
 use codewatch::message::{CodeMessage, MessageEncoding};
 use codewatch::queue::SharedQueue;
 use codewatch::timestamp;

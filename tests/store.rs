@@ -5,10 +5,10 @@ mod common;
 
 use chrono::{DateTime, Duration, Utc};
 use codewatch::backends::Database;
-use codewatch::code::Code;
-use codewatch::message::{Issuance, IssuanceId};
+use codewatch::domain::Code;
+use codewatch::domain::Subject;
+use codewatch::domain::{Issuance, IssuanceId};
 use codewatch::store::{ActivateReport, Activation, Gate, SharedStore};
-use codewatch::subject::Subject;
 use common::TestDb;
 use std::slice::from_ref;
 

@@ -3,7 +3,7 @@
 
 mod common;
 
-use codewatch::subject::Subject;
+use codewatch::domain::Subject;
 use codewatch::verify::Throttle;
 use codewatch::worker::{PollOutcome, Worker, WorkerSettings};
 use common::{Server, TestDb};
@@ -519,9 +519,9 @@ async fn a_successful_check_writes_nothing_when_there_is_nothing_to_reset() {
     use std::str::FromStr;
     let db = common::sqlite().await;
     let activation = codewatch::store::Activation::new(
-        codewatch::message::Issuance {
-            id: codewatch::message::IssuanceId::random(),
-            code: codewatch::code::Code::parse("ron-1-Lyy").unwrap(),
+        codewatch::domain::Issuance {
+            id: codewatch::domain::IssuanceId::random(),
+            code: codewatch::domain::Code::parse("ron-1-Lyy").unwrap(),
             issued_at: chrono::Utc::now(),
             subject: Some(Subject::parse("ivy").unwrap()),
         },

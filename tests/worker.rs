@@ -6,8 +6,9 @@ mod common;
 use base64::Engine as _;
 use chrono::{Duration as ChronoDuration, Utc};
 use codewatch::backends::{Database, Queues};
-use codewatch::code::Code;
-use codewatch::message::{CodeMessage, Issuance, IssuanceId, MessageEncoding};
+use codewatch::domain::Code;
+use codewatch::domain::{Issuance, IssuanceId};
+use codewatch::message::{CodeMessage, MessageEncoding};
 use codewatch::store::SharedStore;
 use codewatch::timestamp;
 use codewatch::worker::{BatchReport, PollOutcome, Worker, WorkerSettings};
@@ -640,7 +641,7 @@ async fn a_poll_loop_that_panics_is_reported_by_liveness_and_restarted() {
         rig.queues.poison.clone(),
         rig.store.clone(),
         WorkerSettings {
-            pollers: 1,
+            pollers: std::num::NonZeroUsize::MIN,
             ..settings(60)
         },
     ));

@@ -1,10 +1,10 @@
 //! `codewatch codes list | show | revoke | unlock`: SQL inspection for operators.
 
 use crate::backends::Database;
-use crate::code::Code;
 use crate::config::{CodesArgs, CodesCommand, OutputFormat};
+use crate::domain::Code;
+use crate::domain::Subject;
 use crate::store::CodeRecord;
-use crate::subject::Subject;
 use crate::timestamp;
 use anyhow::{Context, Result, bail};
 use chrono::{DateTime, Utc};
@@ -131,7 +131,7 @@ fn csv_field(field: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::message::IssuanceId;
+    use crate::domain::IssuanceId;
 
     fn record() -> CodeRecord {
         let t = timestamp::parse("2026-11-28 09:10:52.123456").unwrap();

@@ -16,7 +16,7 @@ use crate::ops::{Readiness, ops_router};
 use crate::secret::Secret;
 use crate::shutdown;
 use crate::signing::SigningKeys;
-use crate::verify::{Throttle, Verifier};
+use crate::verify::Verifier;
 use crate::worker::Worker;
 use anyhow::{Context, Result, bail};
 use std::net::SocketAddr;
@@ -114,11 +114,7 @@ fn verification(
     key: Option<Secret>,
     database: &Database,
 ) -> Option<Verification> {
-    let throttle = Throttle {
-        max_failures: args.verify_max_failed_checks,
-        window: Duration::from_secs(args.verify_lockout_window_seconds),
-        max_wrong_per_code: args.verify_max_wrong_per_code,
-    };
+    let throttle = args.throttle();
     key.map(|api_key| Verification {
         verifier: Verifier::new(database.store(), throttle),
         api_key,

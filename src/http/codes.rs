@@ -2,9 +2,9 @@
 
 use super::error::ErrorBody;
 use super::{ApiError, AppState};
-use crate::code::Code;
+use crate::domain::Code;
+use crate::domain::Subject;
 use crate::store::CodeRecord;
-use crate::subject::Subject;
 use crate::verify::Verdict;
 use axum::Json;
 use axum::extract::{Path, Query, State};

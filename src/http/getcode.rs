@@ -1,8 +1,9 @@
 //! `GET /api/v1/getcode`: a number from the API, a code around it, a queue message, then the answer.
 
 use super::{ApiError, AppState};
-use crate::code::Code;
-use crate::message::{CodeMessage, Issuance, IssuanceId};
+use crate::domain::Code;
+use crate::domain::{Issuance, IssuanceId};
+use crate::message::CodeMessage;
 use crate::timestamp;
 use axum::Json;
 use axum::extract::{Query, State};

@@ -58,9 +58,9 @@ pub struct AppState {
 }
 
 /// Reads an optional `?subject=` parameter; a malformed one is a 400 with the reason.
-fn parse_subject(subject: Option<&str>) -> Result<Option<crate::subject::Subject>, ApiError> {
+fn parse_subject(subject: Option<&str>) -> Result<Option<crate::domain::Subject>, ApiError> {
     subject
-        .map(crate::subject::Subject::parse)
+        .map(crate::domain::Subject::parse)
         .transpose()
         .map_err(|e| ApiError::BadRequest(e.to_string()))
 }

@@ -22,7 +22,7 @@ const MAX_BODY_BYTES: usize = 16 * 1024;
 const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(10);
 const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 
-/// What a listener allows its clients.
+/// What a listener allows its clients. Its `Default` is built from the flags' defaults (`config::HttpArgs`).
 #[derive(Clone, Copy, Debug)]
 pub struct HttpLimits {
     /// How long a client may take to send a request's headers, and how long an idle keep-alive
@@ -31,17 +31,7 @@ pub struct HttpLimits {
     /// How long one request may take in all before it is answered 503.
     pub request_timeout: Duration,
     /// Connections open at once; further clients wait in the listen backlog.
-    pub max_connections: usize,
-}
-
-impl Default for HttpLimits {
-    fn default() -> Self {
-        Self {
-            header_read_timeout: Duration::from_secs(10),
-            request_timeout: Duration::from_secs(15),
-            max_connections: 1024,
-        }
-    }
+    pub max_connections: std::num::NonZeroUsize,
 }
 
 /// The limits that sit in the router: body size, deadline, panics.
@@ -85,7 +75,7 @@ pub async fn serve(
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout);
     let builder = Arc::new(builder);
-    let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let slots = Arc::new(Semaphore::new(limits.max_connections.get()));
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut backoff = ACCEPT_BACKOFF_MIN;
     let mut failing = false;

@@ -31,9 +31,9 @@ const DOWN: i64 = -1;
 
 impl Heartbeat {
     /// A heartbeat for `loops` loops, each alive for `allowed` after its [`Heartbeat::beat`].
-    pub fn new(allowed: Duration, loops: usize) -> Arc<Self> {
+    pub fn new(allowed: Duration, loops: std::num::NonZeroUsize) -> Arc<Self> {
         Arc::new(Self {
-            last_ms: (0..loops.max(1)).map(|_| AtomicI64::new(0)).collect(),
+            last_ms: (0..loops.get()).map(|_| AtomicI64::new(0)).collect(),
             allowed,
             started: Instant::now(),
         })

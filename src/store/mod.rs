@@ -3,9 +3,7 @@
 pub mod postgres;
 pub mod sqlite;
 
-use crate::code::Code;
-use crate::message::{Issuance, IssuanceId};
-use crate::subject::Subject;
+use crate::domain::{Code, CodeState, Issuance, IssuanceId, Subject};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -76,50 +74,10 @@ fn serialize_opt_display<S: serde::Serializer, T: std::fmt::Display>(
     }
 }
 
-/// A code issuance's state at a moment. The one validity rule: valid while before its expiry and
-/// neither redeemed nor revoked (the SQL of both dialects and the `active_codes` view say the same).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum CodeState {
-    /// Usable: before `expires_at`, not redeemed, not revoked.
-    Valid,
-    /// Its TTL has passed.
-    Expired,
-    /// Consumed by a redeem.
-    Redeemed,
-    /// Revoked by an operator, or burned by too many wrong checks.
-    Revoked,
-}
-
-impl CodeState {
-    /// The state's name, as `codewatch codes show` prints it.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Valid => "valid",
-            Self::Expired => "expired",
-            Self::Redeemed => "redeemed",
-            Self::Revoked => "revoked",
-        }
-    }
-}
-
-impl std::fmt::Display for CodeState {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
 impl CodeRecord {
-    /// The record's state at `now` (revocation and redemption first: they end a code for good).
+    /// The record's state at `now`, by [`CodeState::at`].
     pub fn state_at(&self, now: DateTime<Utc>) -> CodeState {
-        if self.revoked_at.is_some() {
-            CodeState::Revoked
-        } else if self.redeemed_at.is_some() {
-            CodeState::Redeemed
-        } else if self.expires_at <= now {
-            CodeState::Expired
-        } else {
-            CodeState::Valid
-        }
+        CodeState::at(self.expires_at, self.redeemed_at, self.revoked_at, now)
     }
 }
 

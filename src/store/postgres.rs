@@ -1,9 +1,9 @@
 //! The PostgreSQL store: `timestamptz` times, several workers (replicas) sharing one database.
 
 use super::{ActivateReport, Activation, CodeRecord, CodeStore, Gate, StoreError, subject_from};
-use crate::code::Code;
-use crate::message::IssuanceId;
-use crate::subject::Subject;
+use crate::domain::Code;
+use crate::domain::IssuanceId;
+use crate::domain::Subject;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};

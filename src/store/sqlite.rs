@@ -1,9 +1,9 @@
 //! The SQLite store: times are sortable UTC text (`YYYY-MM-DD HH:MM:SS.ffffff`).
 
 use super::{ActivateReport, Activation, CodeRecord, CodeStore, Gate, StoreError, subject_from};
-use crate::code::Code;
-use crate::message::IssuanceId;
-use crate::subject::Subject;
+use crate::domain::Code;
+use crate::domain::IssuanceId;
+use crate::domain::Subject;
 use crate::timestamp;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};

@@ -11,6 +11,7 @@ use crate::queue::{QueueError, ReceivedMessage, SharedQueue, clamp_visibility};
 use crate::store::{Activation, SharedStore, StoreError};
 use chrono::{DateTime, Utc};
 use futures::stream::{self, StreamExt};
+use std::num::NonZeroUsize;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -21,7 +22,8 @@ const LIVENESS_SILENCE: Duration = Duration::from_secs(120);
 /// How often the queue length and the oldest visible message's age are sampled for metrics.
 const SAMPLE_INTERVAL: Duration = Duration::from_secs(15);
 
-/// How the worker behaves; every field is a CLI flag.
+/// How the worker behaves; every field is a CLI flag (`config::WorkerTuning`), and its `Default`
+/// is built from those flags' defaults.
 #[derive(Clone, Debug)]
 pub struct WorkerSettings {
     /// How long a code stays valid after it was issued.
@@ -34,9 +36,9 @@ pub struct WorkerSettings {
     /// activations are always tried again).
     pub max_dequeue_count: u32,
     /// Poll loops running at once (each handles one batch at a time).
-    pub pollers: usize,
+    pub pollers: NonZeroUsize,
     /// Queue operations in flight at once within one batch.
-    pub max_in_flight: usize,
+    pub max_in_flight: NonZeroUsize,
     /// The first wait after an empty receive.
     pub min_poll_interval: Duration,
     /// The longest wait between receives of an idle queue.
@@ -53,26 +55,6 @@ pub struct WorkerSettings {
     /// With keys, activations must be signed by one of them (others are poisoned), and the expiry
     /// messages the worker writes are signed with the current one.
     pub signing: Option<crate::signing::SigningKeys>,
-}
-
-impl Default for WorkerSettings {
-    fn default() -> Self {
-        Self {
-            code_ttl: Duration::from_secs(600),
-            batch_size: crate::queue::MAX_BATCH,
-            lease: Duration::from_secs(30),
-            max_dequeue_count: 5,
-            pollers: 2,
-            max_in_flight: 32,
-            min_poll_interval: Duration::from_millis(100),
-            max_poll_interval: Duration::from_secs(1),
-            encoding: MessageEncoding::Text,
-            sweep_interval: Some(Duration::from_secs(60)),
-            retention: Duration::from_secs(24 * 3600),
-            clock_allowance: Duration::from_secs(30),
-            signing: None,
-        }
-    }
 }
 
 /// What one batch came to. `activated`, `duplicates` and `stale` say what the database did; `failed`
@@ -184,7 +166,7 @@ impl Worker {
         store: SharedStore,
         settings: WorkerSettings,
     ) -> Self {
-        let heartbeat = Heartbeat::new(LIVENESS_SILENCE, settings.pollers.max(1));
+        let heartbeat = Heartbeat::new(LIVENESS_SILENCE, settings.pollers);
         Self {
             queue,
             poison,
@@ -447,7 +429,7 @@ impl Worker {
     {
         stream::iter(items)
             .map(step)
-            .buffer_unordered(self.settings.max_in_flight.max(1))
+            .buffer_unordered(self.settings.max_in_flight.get())
             .filter(|outcome| std::future::ready(matches!(outcome, Outcome::Failed)))
             .count()
             .await
@@ -541,7 +523,7 @@ impl Worker {
         let mut tasks = tokio::task::JoinSet::new();
         let mut loops = std::collections::HashMap::new();
         let mut restarts: Vec<Backoff> = Vec::new();
-        let kinds: Vec<Loop> = (0..self.settings.pollers.max(1))
+        let kinds: Vec<Loop> = (0..self.settings.pollers.get())
             .map(Loop::Poll)
             .chain(self.settings.sweep_interval.map(Loop::Sweep))
             .chain([Loop::Sample])
