@@ -3,8 +3,9 @@
 use crate::domain::Code;
 use crate::domain::CodeState;
 use crate::domain::Subject;
-use crate::store::{CodeRecord, Gate, SharedStore, StoreError};
+use crate::store::{CodeRecord, Gate, StoreError, VerificationStore};
 use chrono::{DateTime, Utc};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// How failed checks are throttled. Its `Default` is built from the flags' defaults (`config::VerifyArgs`).
@@ -31,7 +32,7 @@ pub enum Verdict {
 /// Checks and redeems codes against the store.
 #[derive(Clone)]
 pub struct Verifier {
-    store: SharedStore,
+    store: Arc<dyn VerificationStore>,
     throttle: Throttle,
 }
 
@@ -44,7 +45,7 @@ enum Mode {
 
 impl Verifier {
     /// A verifier on `store`.
-    pub fn new(store: SharedStore, throttle: Throttle) -> Self {
+    pub fn new(store: Arc<dyn VerificationStore>, throttle: Throttle) -> Self {
         Self { store, throttle }
     }
 

@@ -195,7 +195,7 @@ async fn a_queue_url_carrying_a_sas_works_without_a_key_or_credential() {
             .unwrap();
     assert_eq!(factory.default_queue(), Some(name.as_str()));
     let queue = factory.queue(&name).unwrap();
-    use codewatch::queue::MessageQueue;
+    use codewatch::queue::QueueSender;
     queue.send("via sas", Duration::ZERO).await.unwrap();
     assert_eq!(
         keyed.main.receive(1, LONG).await.unwrap()[0].body,

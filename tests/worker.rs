@@ -579,16 +579,18 @@ struct PanickingQueue {
 }
 
 #[async_trait::async_trait]
-impl codewatch::queue::MessageQueue for PanickingQueue {
+impl codewatch::queue::QueueSender for PanickingQueue {
     fn name(&self) -> &str {
         self.inner.name()
     }
-    async fn ensure_exists(&self) -> Result<(), codewatch::queue::QueueError> {
-        self.inner.ensure_exists().await
-    }
+
     async fn send(&self, body: &str, after: Duration) -> Result<(), codewatch::queue::QueueError> {
         self.inner.send(body, after).await
     }
+}
+
+#[async_trait::async_trait]
+impl codewatch::queue::QueueConsumer for PanickingQueue {
     async fn receive(
         &self,
         max: u32,
@@ -602,12 +604,14 @@ impl codewatch::queue::MessageQueue for PanickingQueue {
         }
         self.inner.receive(max, lease).await
     }
+
     async fn delete(
         &self,
         receipt: &codewatch::queue::Receipt,
     ) -> Result<(), codewatch::queue::QueueError> {
         self.inner.delete(receipt).await
     }
+
     async fn release(
         &self,
         receipt: &codewatch::queue::Receipt,
@@ -615,15 +619,25 @@ impl codewatch::queue::MessageQueue for PanickingQueue {
     ) -> Result<(), codewatch::queue::QueueError> {
         self.inner.release(receipt, after).await
     }
+}
+
+#[async_trait::async_trait]
+impl codewatch::queue::QueueAdmin for PanickingQueue {
+    async fn ensure_exists(&self) -> Result<(), codewatch::queue::QueueError> {
+        self.inner.ensure_exists().await
+    }
+
     async fn peek(
         &self,
         max: u32,
     ) -> Result<Vec<codewatch::queue::PeekedMessage>, codewatch::queue::QueueError> {
         self.inner.peek(max).await
     }
+
     async fn approximate_len(&self) -> Result<u64, codewatch::queue::QueueError> {
         self.inner.approximate_len().await
     }
+
     async fn clear(&self) -> Result<(), codewatch::queue::QueueError> {
         self.inner.clear().await
     }

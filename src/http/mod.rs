@@ -18,7 +18,7 @@ pub use server::HttpLimits;
 
 use crate::message::MessageEncoding;
 use crate::number_api::NumberApiClient;
-use crate::queue::SharedQueue;
+use crate::queue::QueueSender;
 use crate::secret::Secret;
 use crate::verify::Verifier;
 use axum::Router;
@@ -42,7 +42,7 @@ pub struct AppState {
     /// The random-number API.
     pub number_api: NumberApiClient,
     /// The queue codes are announced on.
-    pub queue: SharedQueue,
+    pub queue: std::sync::Arc<dyn QueueSender>,
     /// How message text is written.
     pub encoding: MessageEncoding,
     /// The verification API, if `VERIFY_API_KEY` is set.

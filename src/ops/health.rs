@@ -1,7 +1,7 @@
 //! Liveness (`/healthz`: the process loop is alive) and readiness (`/readyz`: database and queue
 //! reachable), plus `/metrics`, as one router that `serve` merges and the worker serves on its own.
 
-use crate::queue::{QueueError, SharedQueue};
+use crate::queue::{QueueAdmin, QueueError};
 use crate::store::SharedStore;
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::StatusCode;
@@ -81,7 +81,7 @@ pub struct Readiness {
     /// The database, if this process uses one.
     pub store: Option<SharedStore>,
     /// The queue.
-    pub queue: SharedQueue,
+    pub queue: Arc<dyn QueueAdmin>,
 }
 
 impl Readiness {

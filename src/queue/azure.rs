@@ -2,7 +2,10 @@
 
 use super::connection_string::{Authorization, ConnectionString};
 use super::sas::SasPolicy;
-use super::{MessageQueue, PeekedMessage, QueueError, Receipt, ReceivedMessage, clamp_visibility};
+use super::{
+    PeekedMessage, QueueAdmin, QueueConsumer, QueueError, QueueSender, Receipt, ReceivedMessage,
+    clamp_visibility,
+};
 use crate::secret::redact_url_secrets;
 use async_trait::async_trait;
 use azure_core::credentials::TokenCredential;
@@ -312,25 +315,9 @@ impl AzureQueue {
 }
 
 #[async_trait]
-impl MessageQueue for AzureQueue {
+impl QueueSender for AzureQueue {
     fn name(&self) -> &str {
         &self.name
-    }
-
-    async fn ensure_exists(&self) -> Result<(), QueueError> {
-        match bounded(self.entra, self.client.create(None)).await {
-            // With least privilege (Message Sender / Processor) the app may not create queues: the
-            // deployment does. A missing queue then shows on the first send or receive.
-            Err(QueueError::TokenRefused {
-                code: Some(code), ..
-            }) if code == "AuthorizationPermissionMismatch" => {
-                tracing::debug!(queue = %self.name, "not allowed to create the queue; assuming it exists");
-                Ok(())
-            }
-            Ok(_) => Ok(()),
-            Err(QueueError::Refused { status: 409, .. }) => Ok(()),
-            Err(e) => Err(e),
-        }
     }
 
     async fn send(&self, body: &str, visible_after: Duration) -> Result<(), QueueError> {
@@ -341,7 +328,10 @@ impl MessageQueue for AzureQueue {
             result => result,
         }
     }
+}
 
+#[async_trait]
+impl QueueConsumer for AzureQueue {
     async fn receive(&self, max: u32, lease: Duration) -> Result<Vec<ReceivedMessage>, QueueError> {
         match self.receive_once(max, lease).await {
             Err(e) if queue_missing(&e) && self.recreate().await => {
@@ -373,6 +363,25 @@ impl MessageQueue for AzureQueue {
             .await
             .map(|_| ())
             .map_err(gone_with_its_queue)
+    }
+}
+
+#[async_trait]
+impl QueueAdmin for AzureQueue {
+    async fn ensure_exists(&self) -> Result<(), QueueError> {
+        match bounded(self.entra, self.client.create(None)).await {
+            // With least privilege (Message Sender / Processor) the app may not create queues: the
+            // deployment does. A missing queue then shows on the first send or receive.
+            Err(QueueError::TokenRefused {
+                code: Some(code), ..
+            }) if code == "AuthorizationPermissionMismatch" => {
+                tracing::debug!(queue = %self.name, "not allowed to create the queue; assuming it exists");
+                Ok(())
+            }
+            Ok(_) => Ok(()),
+            Err(QueueError::Refused { status: 409, .. }) => Ok(()),
+            Err(e) => Err(e),
+        }
     }
 
     async fn peek(&self, max: u32) -> Result<Vec<PeekedMessage>, QueueError> {

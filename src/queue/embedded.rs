@@ -1,7 +1,10 @@
 //! A queue inside the SQLite database with Azure's semantics (visibility timeout, dequeue count, pop
 //! receipts), so that `codewatch up` needs no other service.
 
-use super::{MessageQueue, PeekedMessage, QueueError, Receipt, ReceivedMessage, clamp_visibility};
+use super::{
+    PeekedMessage, QueueAdmin, QueueConsumer, QueueError, QueueSender, Receipt, ReceivedMessage,
+    clamp_visibility,
+};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::{Row, SqlitePool};
@@ -45,13 +48,9 @@ fn time(ms: i64) -> DateTime<Utc> {
 }
 
 #[async_trait]
-impl MessageQueue for EmbeddedQueue {
+impl QueueSender for EmbeddedQueue {
     fn name(&self) -> &str {
         &self.name
-    }
-
-    async fn ensure_exists(&self) -> Result<(), QueueError> {
-        Ok(())
     }
 
     async fn send(&self, body: &str, visible_after: Duration) -> Result<(), QueueError> {
@@ -70,11 +69,10 @@ impl MessageQueue for EmbeddedQueue {
         self.sent.notify_waiters();
         Ok(())
     }
+}
 
-    async fn sent_here(&self) {
-        self.sent.notified().await
-    }
-
+#[async_trait]
+impl QueueConsumer for EmbeddedQueue {
     async fn receive(&self, max: u32, lease: Duration) -> Result<Vec<ReceivedMessage>, QueueError> {
         let now = now_ms();
         // One statement, so two receivers never take the same message; each gets a new pop receipt.
@@ -142,6 +140,17 @@ impl MessageQueue for EmbeddedQueue {
         } else {
             Ok(())
         }
+    }
+
+    async fn sent_here(&self) {
+        self.sent.notified().await
+    }
+}
+
+#[async_trait]
+impl QueueAdmin for EmbeddedQueue {
+    async fn ensure_exists(&self) -> Result<(), QueueError> {
+        Ok(())
     }
 
     async fn peek(&self, max: u32) -> Result<Vec<PeekedMessage>, QueueError> {

@@ -17,7 +17,7 @@ pub const MAX_BATCH: u32 = 32;
 /// The longest visibility timeout Azure Queue Storage accepts: 7 days.
 pub const MAX_VISIBILITY: Duration = Duration::from_secs(7 * 24 * 3600);
 
-/// Proof of a receive: what [`MessageQueue::delete`] and [`MessageQueue::release`] need.
+/// Proof of a receive: what [`QueueConsumer::delete`] and [`QueueConsumer::release`] need.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Receipt {
     /// The queue's id for the message.
@@ -97,19 +97,20 @@ pub enum QueueError {
     Config(String),
 }
 
-/// A queue with visibility timeouts, dequeue counts and pop receipts, as Azure Queue Storage has them.
-/// Delivery is at least once and unordered.
+/// Sending: all the producer needs (Azure role: Storage Queue Data Message Sender).
 #[async_trait]
-pub trait MessageQueue: Send + Sync + 'static {
+pub trait QueueSender: Send + Sync + 'static {
     /// The queue's name.
     fn name(&self) -> &str;
 
-    /// Creates the queue if it does not exist.
-    async fn ensure_exists(&self) -> Result<(), QueueError>;
-
     /// Puts a message on the queue, invisible for `visible_after` (clamped to 7 days). It never expires.
     async fn send(&self, body: &str, visible_after: Duration) -> Result<(), QueueError>;
+}
 
+/// Receiving under a lease, with sending to re-arm: what the worker's stages need (Azure role:
+/// Storage Queue Data Message Processor, plus Sender). Delivery is at least once and unordered.
+#[async_trait]
+pub trait QueueConsumer: QueueSender {
     /// Receives up to `max` (1–[`MAX_BATCH`]) visible messages, each made invisible to others for `lease`.
     async fn receive(&self, max: u32, lease: Duration) -> Result<Vec<ReceivedMessage>, QueueError>;
 
@@ -119,6 +120,19 @@ pub trait MessageQueue: Send + Sync + 'static {
     /// Makes a received message visible again after `visible_after` (0 = at once).
     async fn release(&self, receipt: &Receipt, visible_after: Duration) -> Result<(), QueueError>;
 
+    /// Resolves when this process may just have sent a message to this queue, so an idle poller can wake
+    /// early. The default never resolves: another process's sends are seen by polling.
+    async fn sent_here(&self) {
+        std::future::pending::<()>().await
+    }
+}
+
+/// Inspection and upkeep: operators' tools, readiness and the worker's metrics sampler.
+#[async_trait]
+pub trait QueueAdmin: QueueSender {
+    /// Creates the queue if it does not exist.
+    async fn ensure_exists(&self) -> Result<(), QueueError>;
+
     /// Up to `max` (1–[`MAX_BATCH`]) messages at the front of the queue, without receiving them.
     async fn peek(&self, max: u32) -> Result<Vec<PeekedMessage>, QueueError>;
 
@@ -127,13 +141,14 @@ pub trait MessageQueue: Send + Sync + 'static {
 
     /// Deletes every message.
     async fn clear(&self) -> Result<(), QueueError>;
-
-    /// Resolves when this process may just have sent a message to this queue, so an idle poller can wake
-    /// early. The default never resolves: another process's sends are seen by polling.
-    async fn sent_here(&self) {
-        std::future::pending::<()>().await
-    }
 }
+
+/// A whole queue with visibility timeouts, dequeue counts and pop receipts, as Azure Queue Storage
+/// has them: every backend is one. Each caller takes only the part it needs ([`QueueSender`],
+/// [`QueueConsumer`], [`QueueAdmin`]); a `SharedQueue` coerces to any of them.
+pub trait MessageQueue: QueueConsumer + QueueAdmin {}
+
+impl<T: QueueConsumer + QueueAdmin + ?Sized> MessageQueue for T {}
 
 /// A shared queue handle.
 pub type SharedQueue = Arc<dyn MessageQueue>;

@@ -1,6 +1,7 @@
 //! The valid-codes table behind one trait; one implementation per database ([`sqlite`], [`postgres`]).
 
 pub mod postgres;
+mod sql;
 pub mod sqlite;
 
 use crate::domain::{Code, CodeState, Issuance, IssuanceId, Subject};
@@ -144,12 +145,10 @@ pub enum StoreError {
     UnsupportedUrl,
 }
 
-/// The valid-codes table. Every write is idempotent, so redelivered messages leave it right, and a code
-/// is valid exactly while `expires_at > now` and it is neither redeemed nor revoked.
-///
-/// `subject` arguments select codes bound to that subject; `None` selects only unbound codes.
+/// What the worker needs: make codes valid, mark them expired, purge old rows. Every write is
+/// idempotent, so redelivered messages leave the table right.
 #[async_trait]
-pub trait CodeStore: Send + Sync + 'static {
+pub trait ActivationStore: Send + Sync + 'static {
     /// In one transaction: records each activation whose `expires_at > now` (a second activation of the
     /// same issuance changes nothing; one whose code was revoked at or after its `announced_at` is recorded
     /// as revoked; one whose id is recorded for another code is reported in `conflicts`) and marks any
@@ -165,7 +164,14 @@ pub trait CodeStore: Send + Sync + 'static {
 
     /// Deletes rows (and revocations) whose time is at or before `before`: the retention sweep.
     async fn purge(&self, before: DateTime<Utc>) -> Result<u64, StoreError>;
+}
 
+/// What verification needs: find, check and redeem valid codes, and count a subject's failed checks.
+/// A code is valid exactly while `expires_at > now` and it is neither redeemed nor revoked.
+///
+/// `subject` arguments select codes bound to that subject; `None` selects only unbound codes.
+#[async_trait]
+pub trait VerificationStore: Send + Sync + 'static {
     /// A valid issuance of `code` for `subject` at `now`, if any.
     async fn find_valid(
         &self,
@@ -195,20 +201,8 @@ pub trait CodeStore: Send + Sync + 'static {
         gate: Option<&Gate>,
     ) -> Result<Option<CodeRecord>, StoreError>;
 
-    /// Revokes every recorded issuance of `code`, whatever its dates, and every activation still to come
-    /// that was announced at or before `now`. Idempotent; returns how many valid issuances it revoked now.
-    async fn revoke(&self, code: &Code, now: DateTime<Utc>) -> Result<u64, StoreError>;
-
     /// Every recorded issuance of `code`, newest first.
     async fn records(&self, code: &Code) -> Result<Vec<CodeRecord>, StoreError>;
-
-    /// The valid codes at `now` (soonest expiry first), or with `all` every row (newest first).
-    async fn list(
-        &self,
-        all: bool,
-        now: DateTime<Utc>,
-        limit: u32,
-    ) -> Result<Vec<CodeRecord>, StoreError>;
 
     /// Consecutive failed checks of `subject` in the window that started after `window_start`.
     async fn failures(
@@ -230,7 +224,28 @@ pub trait CodeStore: Send + Sync + 'static {
 
     /// Forgets `subject`'s failed checks (after a success, or by an operator).
     async fn reset_failures(&self, subject: &Subject) -> Result<(), StoreError>;
+}
 
+/// What operators need beyond verification's reads: list codes and revoke them.
+#[async_trait]
+pub trait OperatorStore: VerificationStore {
+    /// The valid codes at `now` (soonest expiry first), or with `all` every row (newest first).
+    async fn list(
+        &self,
+        all: bool,
+        now: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<CodeRecord>, StoreError>;
+
+    /// Revokes every recorded issuance of `code`, whatever its dates, and every activation still to come
+    /// that was announced at or before `now`. Idempotent; returns how many valid issuances it revoked now.
+    async fn revoke(&self, code: &Code, now: DateTime<Utc>) -> Result<u64, StoreError>;
+}
+
+/// The whole valid-codes table: what each caller needs, and a health check. Issuance (`getcode`)
+/// needs nothing from it: a code is announced on the queue, never written by the producer.
+#[async_trait]
+pub trait CodeStore: ActivationStore + OperatorStore {
     /// Checks that the database answers.
     async fn ping(&self) -> Result<(), StoreError>;
 }

@@ -1,9 +1,8 @@
 //! The SQLite store: times are sortable UTC text (`YYYY-MM-DD HH:MM:SS.ffffff`).
 
-use super::{ActivateReport, Activation, CodeRecord, CodeStore, Gate, StoreError, subject_from};
-use crate::domain::Code;
-use crate::domain::IssuanceId;
-use crate::domain::Subject;
+use super::sql;
+use super::{ActivateReport, Activation, ActivationStore, CodeRecord, Gate, StoreError};
+use crate::domain::{Code, IssuanceId, Subject};
 use crate::timestamp;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -19,25 +18,6 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqli
 
 /// Rows per statement; far below SQLite's limit on bound parameters.
 const CHUNK: usize = 200;
-
-macro_rules! columns {
-    () => {
-        "issuance_id, code, subject, issued_at, expires_at, activated_at, redeemed_at, revoked_at, expired_at"
-    };
-}
-
-/// The subject (bound first) has reached the cap (then window start, cap) in its window.
-macro_rules! locked {
-    () => {
-        "EXISTS (SELECT 1 FROM subject_failures WHERE subject = ? AND window_started_at > ? AND failures >= ?)"
-    };
-}
-
-macro_rules! valid_for {
-    () => {
-        "code = ? AND subject IS ? AND expires_at > ? AND redeemed_at IS NULL AND revoked_at IS NULL"
-    };
-}
 
 /// Opens a SQLite database in WAL mode, so that several processes can share it; `create` makes the
 /// file if it is missing. Switching a new file to WAL needs a moment alone with it, so a process that
@@ -100,28 +80,16 @@ impl SqliteStore {
     }
 }
 
+/// A time as SQLite stores it: sortable UTC text.
 fn t(time: DateTime<Utc>) -> String {
     timestamp::format(time)
 }
 
 fn record(row: &SqliteRow) -> Result<CodeRecord, StoreError> {
-    let time = |col: &str| -> Result<Option<DateTime<Utc>>, StoreError> {
+    sql::record(row, |row, col| {
         let text: Option<String> = row.try_get(col)?;
         text.map(|t| timestamp::parse(&t).ok_or(StoreError::Corrupt("timestamp")))
             .transpose()
-    };
-    let required = |col: &str| time(col)?.ok_or(StoreError::Corrupt("timestamp"));
-    let code: String = row.try_get("code")?;
-    Ok(CodeRecord {
-        issuance_id: IssuanceId::from_string(row.try_get("issuance_id")?),
-        code: Code::parse(&code).map_err(|_| StoreError::Corrupt("code"))?,
-        subject: subject_from(row.try_get("subject")?)?,
-        issued_at: required("issued_at")?,
-        expires_at: required("expires_at")?,
-        activated_at: required("activated_at")?,
-        redeemed_at: time("redeemed_at")?,
-        revoked_at: time("revoked_at")?,
-        expired_at: time("expired_at")?,
     })
 }
 
@@ -155,7 +123,7 @@ async fn mark_expired(
 }
 
 #[async_trait]
-impl CodeStore for SqliteStore {
+impl ActivationStore for SqliteStore {
     async fn activate(
         &self,
         batch: &[Activation],
@@ -172,9 +140,7 @@ impl CodeStore for SqliteStore {
         for chunk in live.chunks(CHUNK) {
             // One statement, so the revocation lookup and the insert see the same database: an operator
             // may have revoked the code while this activation was on its way.
-            let mut insert = QueryBuilder::<Sqlite>::new(
-                "INSERT INTO valid_codes (issuance_id, code, subject, issued_at, expires_at, activated_at, revoked_at) ",
-            );
+            let mut insert = QueryBuilder::<Sqlite>::new(sql::INSERT_ACTIVATIONS);
             insert.push_values(chunk, |mut row, a| {
                 row.push_bind(a.issuance.id.as_str())
                     .push_bind(a.issuance.code.as_str())
@@ -182,11 +148,11 @@ impl CodeStore for SqliteStore {
                     .push_bind(t(a.issuance.issued_at))
                     .push_bind(t(a.expires_at))
                     .push_bind(&now_text)
-                    .push("(SELECT max(revoked_at) FROM code_revocations WHERE code = ")
+                    .push(sql::REVOKED_SINCE[0])
                     .push_bind_unseparated(a.issuance.code.as_str())
-                    .push_unseparated(" AND revoked_at >= ")
+                    .push_unseparated(sql::REVOKED_SINCE[1])
                     .push_bind_unseparated(t(a.announced_at))
-                    .push_unseparated(")");
+                    .push_unseparated(sql::REVOKED_SINCE[2]);
             });
             insert.push(" ON CONFLICT (issuance_id) DO NOTHING");
             let inserted = insert.build().execute(&mut *tx).await?.rows_affected();
@@ -218,236 +184,8 @@ impl CodeStore for SqliteStore {
     }
 
     async fn purge(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        let rows = sqlx::query("DELETE FROM valid_codes WHERE expires_at <= ?")
-            .bind(t(before))
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        sqlx::query("DELETE FROM code_revocations WHERE revoked_at <= ?")
-            .bind(t(before))
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        Ok(rows)
-    }
-
-    async fn find_valid(
-        &self,
-        code: &Code,
-        subject: Option<&Subject>,
-        now: DateTime<Utc>,
-    ) -> Result<Option<CodeRecord>, StoreError> {
-        let row = sqlx::query(concat!(
-            "SELECT ",
-            columns!(),
-            " FROM valid_codes WHERE ",
-            valid_for!(),
-            " ORDER BY expires_at LIMIT 1"
-        ))
-        .bind(code.as_str())
-        .bind(subject.map(Subject::as_str))
-        .bind(t(now))
-        .fetch_optional(&self.pool)
-        .await?;
-        row.as_ref().map(record).transpose()
-    }
-
-    async fn check(
-        &self,
-        code: &Code,
-        subject: &Subject,
-        now: DateTime<Utc>,
-        gate: &Gate,
-    ) -> Result<Option<(CodeRecord, u32)>, StoreError> {
-        let row = sqlx::query(concat!(
-            "SELECT ",
-            columns!(),
-            ", (SELECT failures FROM subject_failures WHERE subject = valid_codes.subject \
-             AND window_started_at > ?) AS prior_failures FROM valid_codes WHERE ",
-            valid_for!(),
-            " AND NOT ",
-            locked!(),
-            " ORDER BY expires_at LIMIT 1"
-        ))
-        .bind(t(gate.window_start))
-        .bind(code.as_str())
-        .bind(subject.as_str())
-        .bind(t(now))
-        .bind(subject.as_str())
-        .bind(t(gate.window_start))
-        .bind(i64::from(gate.max_failures))
-        .fetch_optional(&self.pool)
-        .await?;
-        row.map(|row| {
-            let prior: Option<i64> = row.try_get("prior_failures")?;
-            Ok((
-                record(&row)?,
-                prior.unwrap_or(0).clamp(0, i64::from(u32::MAX)) as u32,
-            ))
-        })
-        .transpose()
-    }
-
-    async fn redeem(
-        &self,
-        code: &Code,
-        subject: Option<&Subject>,
-        now: DateTime<Utc>,
-        gate: Option<&Gate>,
-    ) -> Result<Option<CodeRecord>, StoreError> {
-        // One statement: SQLite runs one writer at a time, and `redeemed_at IS NULL` makes a second redeem miss.
-        let (window_start, max_failures) = gate
-            .map(|g| (t(g.window_start), i64::from(g.max_failures)))
-            .unwrap_or_else(|| (t(now), i64::MAX));
-        let row = sqlx::query(concat!(
-            "UPDATE valid_codes SET redeemed_at = ? WHERE redeemed_at IS NULL AND issuance_id = \
-             (SELECT issuance_id FROM valid_codes WHERE ",
-            valid_for!(),
-            " AND NOT ",
-            locked!(),
-            " ORDER BY expires_at LIMIT 1) RETURNING ",
-            columns!()
-        ))
-        .bind(t(now))
-        .bind(code.as_str())
-        .bind(subject.map(Subject::as_str))
-        .bind(t(now))
-        .bind(subject.map(Subject::as_str))
-        .bind(window_start)
-        .bind(max_failures)
-        .fetch_optional(&self.pool)
-        .await?;
-        row.as_ref().map(record).transpose()
-    }
-
-    async fn revoke(&self, code: &Code, now: DateTime<Utc>) -> Result<u64, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        sqlx::query("INSERT INTO code_revocations (code, revoked_at) VALUES (?, ?)")
-            .bind(code.as_str())
-            .bind(t(now))
-            .execute(&mut *tx)
-            .await?;
-        let revoked = sqlx::query(
-            "UPDATE valid_codes SET revoked_at = ? \
-             WHERE code = ? AND revoked_at IS NULL AND expires_at > ?",
-        )
-        .bind(t(now))
-        .bind(code.as_str())
-        .bind(t(now))
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        tx.commit().await?;
-        Ok(revoked)
-    }
-
-    async fn records(&self, code: &Code) -> Result<Vec<CodeRecord>, StoreError> {
-        let rows = sqlx::query(concat!(
-            "SELECT ",
-            columns!(),
-            " FROM valid_codes WHERE code = ? ORDER BY issued_at DESC"
-        ))
-        .bind(code.as_str())
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(record).collect()
-    }
-
-    async fn list(
-        &self,
-        all: bool,
-        now: DateTime<Utc>,
-        limit: u32,
-    ) -> Result<Vec<CodeRecord>, StoreError> {
-        let rows = if all {
-            sqlx::query(concat!(
-                "SELECT ",
-                columns!(),
-                " FROM valid_codes ORDER BY issued_at DESC LIMIT ?"
-            ))
-            .bind(i64::from(limit))
-            .fetch_all(&self.pool)
-            .await?
-        } else {
-            sqlx::query(concat!(
-                "SELECT ",
-                columns!(),
-                " FROM valid_codes WHERE expires_at > ? AND redeemed_at IS NULL \
-                 AND revoked_at IS NULL ORDER BY expires_at LIMIT ?"
-            ))
-            .bind(t(now))
-            .bind(i64::from(limit))
-            .fetch_all(&self.pool)
-            .await?
-        };
-        rows.iter().map(record).collect()
-    }
-
-    async fn failures(
-        &self,
-        subject: &Subject,
-        window_start: DateTime<Utc>,
-    ) -> Result<u32, StoreError> {
-        let n: Option<i64> = sqlx::query_scalar(
-            "SELECT failures FROM subject_failures WHERE subject = ? AND window_started_at > ?",
-        )
-        .bind(subject.as_str())
-        .bind(t(window_start))
-        .fetch_optional(&self.pool)
-        .await?;
-        Ok(n.unwrap_or(0).clamp(0, i64::from(u32::MAX)) as u32)
-    }
-
-    async fn record_failure(
-        &self,
-        subject: &Subject,
-        now: DateTime<Utc>,
-        gate: &Gate,
-    ) -> Result<u32, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        let n: i64 = sqlx::query_scalar(
-            "INSERT INTO subject_failures (subject, failures, window_started_at) VALUES (?, 1, ?) \
-             ON CONFLICT (subject) DO UPDATE SET \
-               failures = CASE WHEN subject_failures.window_started_at <= ? THEN 1 \
-                               WHEN subject_failures.failures >= ? THEN subject_failures.failures \
-                               ELSE subject_failures.failures + 1 END, \
-               window_started_at = CASE WHEN subject_failures.window_started_at <= ? \
-                                   THEN excluded.window_started_at ELSE subject_failures.window_started_at END \
-             RETURNING failures",
-        )
-        .bind(subject.as_str())
-        .bind(t(now))
-        .bind(t(gate.window_start))
-        .bind(i64::from(gate.max_failures))
-        .bind(t(gate.window_start))
-        .fetch_one(&mut *tx)
-        .await?;
-        sqlx::query(
-            "UPDATE valid_codes SET wrong_checks = wrong_checks + 1, \
-               revoked_at = CASE WHEN wrong_checks + 1 >= ? THEN ? ELSE revoked_at END \
-             WHERE subject = ? AND expires_at > ? AND redeemed_at IS NULL AND revoked_at IS NULL",
-        )
-        .bind(i64::from(gate.max_wrong_per_code))
-        .bind(t(now))
-        .bind(subject.as_str())
-        .bind(t(now))
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(n.clamp(0, i64::from(u32::MAX)) as u32)
-    }
-
-    async fn reset_failures(&self, subject: &Subject) -> Result<(), StoreError> {
-        sqlx::query("DELETE FROM subject_failures WHERE subject = ?")
-            .bind(subject.as_str())
-            .execute(&self.pool)
-            .await?;
-        Ok(())
-    }
-
-    async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
-        Ok(())
+        self.purge_before(before).await
     }
 }
+
+sql::shared_queries!(SqliteStore, sqlite, revoke_lock: None);

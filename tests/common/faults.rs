@@ -3,7 +3,8 @@
 
 use async_trait::async_trait;
 use codewatch::queue::{
-    MessageQueue, PeekedMessage, QueueError, Receipt, ReceivedMessage, SharedQueue,
+    PeekedMessage, QueueAdmin, QueueConsumer, QueueError, QueueSender, Receipt, ReceivedMessage,
+    SharedQueue,
 };
 use rand::RngExt;
 use std::sync::Arc;
@@ -92,13 +93,9 @@ impl FaultQueue {
 }
 
 #[async_trait]
-impl MessageQueue for FaultQueue {
+impl QueueSender for FaultQueue {
     fn name(&self) -> &str {
         self.inner.name()
-    }
-
-    async fn ensure_exists(&self) -> Result<(), QueueError> {
-        self.inner.ensure_exists().await
     }
 
     async fn send(&self, body: &str, visible_after: Duration) -> Result<(), QueueError> {
@@ -111,7 +108,10 @@ impl MessageQueue for FaultQueue {
         self.sent.lock().unwrap().push(body.to_owned());
         Ok(())
     }
+}
 
+#[async_trait]
+impl QueueConsumer for FaultQueue {
     async fn receive(&self, max: u32, lease: Duration) -> Result<Vec<ReceivedMessage>, QueueError> {
         if self.crashed() {
             return Err(QueueError::Unavailable("crashed".into()));
@@ -140,6 +140,13 @@ impl MessageQueue for FaultQueue {
             return Err(QueueError::Unavailable("crashed".into()));
         }
         self.inner.release(receipt, visible_after).await
+    }
+}
+
+#[async_trait]
+impl QueueAdmin for FaultQueue {
+    async fn ensure_exists(&self) -> Result<(), QueueError> {
+        self.inner.ensure_exists().await
     }
 
     async fn peek(&self, max: u32) -> Result<Vec<PeekedMessage>, QueueError> {

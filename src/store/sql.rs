@@ -1,0 +1,451 @@
+//! What both dialects share: the statements (written once, with `?` placeholders, numbered `$n` for
+//! PostgreSQL), the validity rule in SQL, the mapping of a row to a [`CodeRecord`], and the methods
+//! whose SQL is the same in both ([`shared_queries!`]). Each dialect file keeps only what differs:
+//! how times are stored (sortable UTC text in SQLite, `timestamptz` in PostgreSQL), batch `IN (…)`
+//! lists against `= ANY($n)`, and PostgreSQL's table locks.
+
+use super::{CodeRecord, StoreError, subject_from};
+use crate::domain::{Code, IssuanceId};
+use chrono::{DateTime, Utc};
+use sqlx::{ColumnIndex, Decode, Row, Type};
+use std::sync::OnceLock;
+
+/// The columns of a [`CodeRecord`], as [`record`] reads them.
+macro_rules! columns {
+    () => {
+        "issuance_id, code, subject, issued_at, expires_at, activated_at, redeemed_at, revoked_at, expired_at"
+    };
+}
+
+/// The one validity rule in SQL (bind: now), as [`CodeState::at`](crate::domain::CodeState::at)
+/// says it in Rust. The `active_codes` view of each migration set spells it for operators.
+macro_rules! valid {
+    () => {
+        "expires_at > ? AND redeemed_at IS NULL AND revoked_at IS NULL"
+    };
+}
+
+/// A valid issuance of a code for a subject or for none (bind: code, subject, now).
+macro_rules! valid_for {
+    () => {
+        concat!("code = ? AND subject IS NOT DISTINCT FROM ? AND ", valid!())
+    };
+}
+
+/// The subject has reached the cap in its window (bind: subject, window start, cap).
+macro_rules! locked {
+    () => {
+        "EXISTS (SELECT 1 FROM subject_failures WHERE subject = ? AND window_started_at > ? AND failures >= ?)"
+    };
+}
+
+/// A statement written once with `?` placeholders; PostgreSQL's `$1, $2, …` text is made on first use.
+pub(super) struct Statement {
+    text: &'static str,
+    numbered: OnceLock<String>,
+}
+
+impl Statement {
+    const fn new(text: &'static str) -> Self {
+        Self {
+            text,
+            numbered: OnceLock::new(),
+        }
+    }
+
+    /// The text for SQLite.
+    pub(super) fn sqlite(&self) -> &'static str {
+        self.text
+    }
+
+    /// The text for PostgreSQL: each `?` numbered in order (no statement here has a `?` in a literal).
+    pub(super) fn postgres(&self) -> &str {
+        self.numbered.get_or_init(|| {
+            let mut out = String::with_capacity(self.text.len() + 16);
+            let mut n = 0;
+            for c in self.text.chars() {
+                if c == '?' {
+                    n += 1;
+                    out.push('$');
+                    out.push_str(&n.to_string());
+                } else {
+                    out.push(c);
+                }
+            }
+            out
+        })
+    }
+}
+
+/// A valid issuance of a code (bind: code, subject, now).
+pub(super) static FIND_VALID: Statement = Statement::new(concat!(
+    "SELECT ",
+    columns!(),
+    " FROM valid_codes WHERE ",
+    valid_for!(),
+    " ORDER BY expires_at LIMIT 1"
+));
+
+/// A valid issuance of a code for a subject that is not locked, with the subject's failure count
+/// (bind: window start, code, subject, now, subject, window start, cap).
+pub(super) static CHECK: Statement = Statement::new(concat!(
+    "SELECT ",
+    columns!(),
+    ", (SELECT failures FROM subject_failures WHERE subject = valid_codes.subject \
+     AND window_started_at > ?) AS prior_failures FROM valid_codes WHERE ",
+    valid_for!(),
+    " AND NOT ",
+    locked!(),
+    " ORDER BY expires_at LIMIT 1"
+));
+
+/// Consumes a valid issuance, in one statement so that of concurrent redeems exactly one gets it
+/// (bind: now, code, subject, now, subject, window start, cap).
+pub(super) static REDEEM: Statement = Statement::new(concat!(
+    "UPDATE valid_codes SET redeemed_at = ? WHERE redeemed_at IS NULL AND issuance_id = \
+     (SELECT issuance_id FROM valid_codes WHERE ",
+    valid_for!(),
+    " AND NOT ",
+    locked!(),
+    " ORDER BY expires_at LIMIT 1) RETURNING ",
+    columns!()
+));
+
+/// Every issuance of a code, newest first (bind: code).
+pub(super) static RECORDS: Statement = Statement::new(concat!(
+    "SELECT ",
+    columns!(),
+    " FROM valid_codes WHERE code = ? ORDER BY issued_at DESC"
+));
+
+/// Every row, newest first (bind: limit).
+pub(super) static LIST_ALL: Statement = Statement::new(concat!(
+    "SELECT ",
+    columns!(),
+    " FROM valid_codes ORDER BY issued_at DESC LIMIT ?"
+));
+
+/// The valid rows, soonest expiry first (bind: now, limit).
+pub(super) static LIST_VALID: Statement = Statement::new(concat!(
+    "SELECT ",
+    columns!(),
+    " FROM valid_codes WHERE ",
+    valid!(),
+    " ORDER BY expires_at LIMIT ?"
+));
+
+/// A subject's failures in its current window (bind: subject, window start).
+pub(super) static FAILURES: Statement = Statement::new(
+    "SELECT failures FROM subject_failures WHERE subject = ? AND window_started_at > ?",
+);
+
+/// Counts one failure, never past the cap; a window that has ended starts again now
+/// (bind: subject, now, window start, cap, window start).
+pub(super) static COUNT_FAILURE: Statement = Statement::new(
+    "INSERT INTO subject_failures (subject, failures, window_started_at) VALUES (?, 1, ?) \
+     ON CONFLICT (subject) DO UPDATE SET \
+       failures = CASE WHEN subject_failures.window_started_at <= ? THEN 1 \
+                       WHEN subject_failures.failures >= ? THEN subject_failures.failures \
+                       ELSE subject_failures.failures + 1 END, \
+       window_started_at = CASE WHEN subject_failures.window_started_at <= ? \
+                           THEN excluded.window_started_at ELSE subject_failures.window_started_at END \
+     RETURNING failures",
+);
+
+/// Counts a wrong check on each of the subject's valid codes, burning those that reach the cap
+/// (bind: cap, now, subject, now).
+pub(super) static COUNT_WRONG_CHECK: Statement = Statement::new(concat!(
+    "UPDATE valid_codes SET wrong_checks = wrong_checks + 1, \
+       revoked_at = CASE WHEN wrong_checks + 1 >= ? THEN ? ELSE revoked_at END \
+     WHERE subject = ? AND ",
+    valid!()
+));
+
+/// Forgets a subject's failures (bind: subject).
+pub(super) static RESET_FAILURES: Statement =
+    Statement::new("DELETE FROM subject_failures WHERE subject = ?");
+
+/// Remembers a revocation for activations still to come (bind: code, now).
+pub(super) static RECORD_REVOCATION: Statement =
+    Statement::new("INSERT INTO code_revocations (code, revoked_at) VALUES (?, ?)");
+
+/// Revokes the recorded issuances of a code still before their expiry (bind: now, code, now).
+pub(super) static REVOKE: Statement = Statement::new(
+    "UPDATE valid_codes SET revoked_at = ? WHERE code = ? AND revoked_at IS NULL AND expires_at > ?",
+);
+
+/// Deletes rows past their retention (bind: cutoff).
+pub(super) static PURGE_CODES: Statement =
+    Statement::new("DELETE FROM valid_codes WHERE expires_at <= ?");
+
+/// Deletes revocations past their retention (bind: cutoff).
+pub(super) static PURGE_REVOCATIONS: Statement =
+    Statement::new("DELETE FROM code_revocations WHERE revoked_at <= ?");
+
+/// The start of an activation insert; each row's `revoked_at` is the latest revocation of its code
+/// at or after its announcement, looked up in the same statement.
+pub(super) const INSERT_ACTIVATIONS: &str = "INSERT INTO valid_codes \
+     (issuance_id, code, subject, issued_at, expires_at, activated_at, revoked_at) ";
+
+/// A row's `revoked_at` in [`INSERT_ACTIVATIONS`]: before the code, then between it and the time.
+pub(super) const REVOKED_SINCE: [&str; 3] = [
+    "(SELECT max(revoked_at) FROM code_revocations WHERE code = ",
+    " AND revoked_at >= ",
+    ")",
+];
+
+/// Reads a [`CodeRecord`] from a row of [`columns!`], with `time` reading a time column (the one
+/// thing the dialects store differently).
+pub(super) fn record<'r, R>(
+    row: &'r R,
+    time: impl Fn(&'r R, &str) -> Result<Option<DateTime<Utc>>, StoreError>,
+) -> Result<CodeRecord, StoreError>
+where
+    R: Row,
+    &'static str: ColumnIndex<R>,
+    String: Decode<'r, R::Database> + Type<R::Database>,
+{
+    let required = |col: &str| time(row, col)?.ok_or(StoreError::Corrupt("timestamp"));
+    let code: String = row.try_get("code")?;
+    Ok(CodeRecord {
+        issuance_id: IssuanceId::from_string(row.try_get("issuance_id")?),
+        code: Code::parse(&code).map_err(|_| StoreError::Corrupt("code"))?,
+        subject: subject_from(row.try_get("subject")?)?,
+        issued_at: required("issued_at")?,
+        expires_at: required("expires_at")?,
+        activated_at: required("activated_at")?,
+        redeemed_at: time(row, "redeemed_at")?,
+        revoked_at: time(row, "revoked_at")?,
+        expired_at: time(row, "expired_at")?,
+    })
+}
+
+/// A count bound for an `integer` column.
+pub(super) fn int(n: u32) -> i32 {
+    i32::try_from(n).unwrap_or(i32::MAX)
+}
+
+/// A count read from an `integer` column.
+pub(super) fn count(n: Option<i32>) -> u32 {
+    n.unwrap_or(0).max(0) as u32
+}
+
+/// Implements, for a dialect's store, the methods whose SQL both dialects share: all of
+/// verification's, listing, revoking (after `$revoke_lock`, if any), and the health check. The store
+/// has a `pool`; the dialect file has `record(&Row)` and `t(DateTime<Utc>)`, the bound form of a time;
+/// `$dialect` (`sqlite` or `postgres`) picks each statement's text.
+macro_rules! shared_queries {
+    ($store:ty, $dialect:ident, revoke_lock: $revoke_lock:expr) => {
+        #[async_trait::async_trait]
+        impl $crate::store::VerificationStore for $store {
+            async fn find_valid(
+                &self,
+                code: &Code,
+                subject: Option<&Subject>,
+                now: DateTime<Utc>,
+            ) -> Result<Option<CodeRecord>, StoreError> {
+                let row = sqlx::query(sql::FIND_VALID.$dialect())
+                    .bind(code.as_str())
+                    .bind(subject.map(Subject::as_str))
+                    .bind(t(now))
+                    .fetch_optional(&self.pool)
+                    .await?;
+                row.as_ref().map(record).transpose()
+            }
+
+            async fn check(
+                &self,
+                code: &Code,
+                subject: &Subject,
+                now: DateTime<Utc>,
+                gate: &Gate,
+            ) -> Result<Option<(CodeRecord, u32)>, StoreError> {
+                let row = sqlx::query(sql::CHECK.$dialect())
+                    .bind(t(gate.window_start))
+                    .bind(code.as_str())
+                    .bind(subject.as_str())
+                    .bind(t(now))
+                    .bind(subject.as_str())
+                    .bind(t(gate.window_start))
+                    .bind(sql::int(gate.max_failures))
+                    .fetch_optional(&self.pool)
+                    .await?;
+                row.map(|row| {
+                    let prior: Option<i32> = row.try_get("prior_failures")?;
+                    Ok((record(&row)?, sql::count(prior)))
+                })
+                .transpose()
+            }
+
+            async fn redeem(
+                &self,
+                code: &Code,
+                subject: Option<&Subject>,
+                now: DateTime<Utc>,
+                gate: Option<&Gate>,
+            ) -> Result<Option<CodeRecord>, StoreError> {
+                // SQLite runs one writer at a time; in PostgreSQL a concurrent redeem of the same row
+                // waits for the first to commit, then re-checks `redeemed_at IS NULL` and misses.
+                let (window_start, max_failures) = gate
+                    .map(|g| (g.window_start, sql::int(g.max_failures)))
+                    .unwrap_or((now, i32::MAX));
+                let row = sqlx::query(sql::REDEEM.$dialect())
+                    .bind(t(now))
+                    .bind(code.as_str())
+                    .bind(subject.map(Subject::as_str))
+                    .bind(t(now))
+                    .bind(subject.map(Subject::as_str))
+                    .bind(t(window_start))
+                    .bind(max_failures)
+                    .fetch_optional(&self.pool)
+                    .await?;
+                row.as_ref().map(record).transpose()
+            }
+
+            async fn records(&self, code: &Code) -> Result<Vec<CodeRecord>, StoreError> {
+                let rows = sqlx::query(sql::RECORDS.$dialect())
+                    .bind(code.as_str())
+                    .fetch_all(&self.pool)
+                    .await?;
+                rows.iter().map(record).collect()
+            }
+
+            async fn failures(
+                &self,
+                subject: &Subject,
+                window_start: DateTime<Utc>,
+            ) -> Result<u32, StoreError> {
+                let n: Option<i32> = sqlx::query_scalar(sql::FAILURES.$dialect())
+                    .bind(subject.as_str())
+                    .bind(t(window_start))
+                    .fetch_optional(&self.pool)
+                    .await?;
+                Ok(sql::count(n))
+            }
+
+            async fn record_failure(
+                &self,
+                subject: &Subject,
+                now: DateTime<Utc>,
+                gate: &Gate,
+            ) -> Result<u32, StoreError> {
+                let mut tx = self.pool.begin().await?;
+                // The upsert locks the subject's row, so concurrent failures count one after another.
+                let n: i32 = sqlx::query_scalar(sql::COUNT_FAILURE.$dialect())
+                    .bind(subject.as_str())
+                    .bind(t(now))
+                    .bind(t(gate.window_start))
+                    .bind(sql::int(gate.max_failures))
+                    .bind(t(gate.window_start))
+                    .fetch_one(&mut *tx)
+                    .await?;
+                sqlx::query(sql::COUNT_WRONG_CHECK.$dialect())
+                    .bind(sql::int(gate.max_wrong_per_code))
+                    .bind(t(now))
+                    .bind(subject.as_str())
+                    .bind(t(now))
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+                Ok(sql::count(Some(n)))
+            }
+
+            async fn reset_failures(&self, subject: &Subject) -> Result<(), StoreError> {
+                sqlx::query(sql::RESET_FAILURES.$dialect())
+                    .bind(subject.as_str())
+                    .execute(&self.pool)
+                    .await?;
+                Ok(())
+            }
+        }
+
+        #[async_trait::async_trait]
+        impl $crate::store::OperatorStore for $store {
+            async fn list(
+                &self,
+                all: bool,
+                now: DateTime<Utc>,
+                limit: u32,
+            ) -> Result<Vec<CodeRecord>, StoreError> {
+                let rows = if all {
+                    sqlx::query(sql::LIST_ALL.$dialect())
+                        .bind(i64::from(limit))
+                        .fetch_all(&self.pool)
+                        .await?
+                } else {
+                    sqlx::query(sql::LIST_VALID.$dialect())
+                        .bind(t(now))
+                        .bind(i64::from(limit))
+                        .fetch_all(&self.pool)
+                        .await?
+                };
+                rows.iter().map(record).collect()
+            }
+
+            async fn revoke(&self, code: &Code, now: DateTime<Utc>) -> Result<u64, StoreError> {
+                let mut tx = self.pool.begin().await?;
+                let lock: Option<&str> = $revoke_lock;
+                if let Some(lock) = lock {
+                    sqlx::query(lock).execute(&mut *tx).await?;
+                }
+                sqlx::query(sql::RECORD_REVOCATION.$dialect())
+                    .bind(code.as_str())
+                    .bind(t(now))
+                    .execute(&mut *tx)
+                    .await?;
+                let revoked = sqlx::query(sql::REVOKE.$dialect())
+                    .bind(t(now))
+                    .bind(code.as_str())
+                    .bind(t(now))
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                tx.commit().await?;
+                Ok(revoked)
+            }
+        }
+
+        #[async_trait::async_trait]
+        impl $crate::store::CodeStore for $store {
+            async fn ping(&self) -> Result<(), StoreError> {
+                sqlx::query("SELECT 1").execute(&self.pool).await?;
+                Ok(())
+            }
+        }
+
+        impl $store {
+            /// Deletes rows (and revocations) whose time is at or before `before`, in one transaction.
+            async fn purge_before(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {
+                let mut tx = self.pool.begin().await?;
+                let rows = sqlx::query(sql::PURGE_CODES.$dialect())
+                    .bind(t(before))
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                sqlx::query(sql::PURGE_REVOCATIONS.$dialect())
+                    .bind(t(before))
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+                Ok(rows)
+            }
+        }
+    };
+}
+pub(super) use shared_queries;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn postgres_text_numbers_each_placeholder_in_order() {
+        static S: Statement = Statement::new("a = ? AND b IS NOT DISTINCT FROM ? LIMIT ?");
+        assert_eq!(S.sqlite(), "a = ? AND b IS NOT DISTINCT FROM ? LIMIT ?");
+        assert_eq!(
+            S.postgres(),
+            "a = $1 AND b IS NOT DISTINCT FROM $2 LIMIT $3"
+        );
+        assert!(!CHECK.postgres().contains('?'));
+    }
+}

@@ -1,0 +1,186 @@
+//! Supervision: the poll loops, the retention sweeper and the metrics sampler, each restarted after
+//! a backoff if it ends unexpectedly (a panic), until shutdown.
+
+use super::{Backoff, PollOutcome, Worker};
+use crate::ops::metrics as m;
+use chrono::Utc;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// How often the queue length and the oldest visible message's age are sampled for metrics.
+const SAMPLE_INTERVAL: Duration = Duration::from_secs(15);
+
+/// The first and the longest wait before a loop that ended unexpectedly is started again.
+const RESTART_MIN: Duration = Duration::from_millis(200);
+const RESTART_MAX: Duration = Duration::from_secs(30);
+
+/// The worker's long-running loops, for supervision.
+#[derive(Clone, Copy, Debug)]
+enum Loop {
+    /// A poll loop, by index.
+    Poll(usize),
+    /// The retention sweeper, with its interval.
+    Sweep(Duration),
+    /// The queue metrics sampler.
+    Sample,
+}
+
+impl Loop {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Poll(_) => "poll",
+            Self::Sweep(_) => "sweep",
+            Self::Sample => "sample",
+        }
+    }
+}
+
+impl Worker {
+    /// Runs the poll loops, the sweeper and the metrics sampler until `cancel` fires; each poll loop
+    /// finishes its batch first (releasing what it had not started). A loop that ends unexpectedly (a
+    /// panic) is marked down for `/healthz` at once, counted, and restarted after a backoff.
+    pub async fn run(self: Arc<Self>, cancel: CancellationToken) {
+        let mut tasks = tokio::task::JoinSet::new();
+        let mut loops = std::collections::HashMap::new();
+        let mut restarts: Vec<Backoff> = Vec::new();
+        let kinds: Vec<Loop> = (0..self.settings.pollers.get())
+            .map(Loop::Poll)
+            .chain(self.settings.sweep_interval.map(Loop::Sweep))
+            .chain([Loop::Sample])
+            .collect();
+        for (index, kind) in kinds.iter().enumerate() {
+            let handle = tasks.spawn(self.clone().run_loop(*kind, Duration::ZERO, cancel.clone()));
+            loops.insert(handle.id(), index);
+            restarts.push(Backoff::new(RESTART_MIN, RESTART_MAX));
+        }
+        while let Some(joined) = tasks.join_next_with_id().await {
+            let (id, panic) = match joined {
+                Ok((id, ())) => (id, None),
+                Err(e) => (e.id(), e.try_into_panic().ok()),
+            };
+            let Some(index) = loops.remove(&id) else {
+                continue;
+            };
+            if cancel.is_cancelled() {
+                continue;
+            }
+            let kind = kinds[index];
+            if let Loop::Poll(poller) = kind {
+                self.heartbeat.mark_down(poller);
+            }
+            let message = panic
+                .as_ref()
+                .and_then(|p| {
+                    p.downcast_ref::<&str>()
+                        .map(|s| (*s).to_owned())
+                        .or_else(|| p.downcast_ref::<String>().cloned())
+                })
+                .unwrap_or_else(|| "ended".to_owned());
+            let wait = restarts[index].next_delay();
+            metrics::counter!(m::LOOP_RESTARTS, "loop" => kind.name()).increment(1);
+            tracing::error!(
+                worker_loop = kind.name(),
+                panic = %crate::untrusted::Untrusted::new(&message),
+                restart_in_ms = wait.as_millis() as u64,
+                "worker loop ended unexpectedly; restarting it"
+            );
+            let handle = tasks.spawn(self.clone().run_loop(kind, wait, cancel.clone()));
+            loops.insert(handle.id(), index);
+        }
+    }
+
+    /// Runs one loop after `delay` (the restart backoff), unless cancelled first.
+    async fn run_loop(self: Arc<Self>, kind: Loop, delay: Duration, cancel: CancellationToken) {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(delay) => {}
+        }
+        match kind {
+            Loop::Poll(poller) => self.poll_loop(poller, cancel).await,
+            Loop::Sweep(interval) => self.sweep_loop(interval, cancel).await,
+            Loop::Sample => self.sample_loop(cancel).await,
+        }
+    }
+
+    async fn poll_loop(&self, poller: usize, cancel: CancellationToken) {
+        let mut backoff = Backoff::new(
+            self.settings.min_poll_interval,
+            self.settings.max_poll_interval,
+        );
+        let mut failing = false;
+        while !cancel.is_cancelled() {
+            self.heartbeat.beat(poller);
+            let result = self.poll_until(&cancel).await;
+            if failing && result.is_ok() {
+                tracing::info!(poller, "queue reachable again");
+                failing = false;
+            }
+            let wait = match result {
+                // Nothing of the batch succeeded (the database is down): do not spin on the next one.
+                Ok(PollOutcome::Processed(r)) if r.failed == r.received => backoff.next_delay(),
+                Ok(PollOutcome::Processed(_)) => {
+                    backoff.reset();
+                    Duration::ZERO
+                }
+                Ok(PollOutcome::Empty) => backoff.next_delay(),
+                Err(e) => {
+                    if !failing {
+                        tracing::warn!(poller, error = %e, "receive failed; backing off");
+                    }
+                    failing = true;
+                    backoff.next_delay()
+                }
+            };
+            metrics::gauge!(m::POLL_BACKOFF, "poller" => poller.to_string())
+                .set(wait.as_secs_f64());
+            if !wait.is_zero() {
+                tokio::select! {
+                    _ = cancel.cancelled() => break,
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = self.queue.sent_here(), if !failing => {}
+                }
+            }
+        }
+    }
+
+    /// Samples the queue's length and the age of its oldest visible message into gauges.
+    async fn sample_loop(&self, cancel: CancellationToken) {
+        loop {
+            for queue in &self.sampled {
+                if let Ok(len) = queue.approximate_len().await {
+                    metrics::gauge!(m::QUEUE_LENGTH, "queue" => queue.name().to_owned())
+                        .set(len as f64);
+                }
+            }
+            if let Ok(peeked) = self.sampled[0].peek(1).await {
+                let age = peeked.first().map(|p| {
+                    (Utc::now() - p.inserted_at).num_milliseconds().max(0) as f64 / 1000.0
+                });
+                metrics::gauge!(m::OLDEST_VISIBLE_AGE).set(age.unwrap_or(0.0));
+            }
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                _ = tokio::time::sleep(SAMPLE_INTERVAL) => {}
+            }
+        }
+    }
+
+    async fn sweep_loop(&self, interval: Duration, cancel: CancellationToken) {
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                _ = tokio::time::sleep(interval) => {}
+            }
+            // Revocations must outlive every activation they may still meet: at least one TTL.
+            let keep = self.settings.retention.max(self.settings.code_ttl);
+            let cutoff =
+                Utc::now() - chrono::Duration::from_std(keep).unwrap_or(chrono::Duration::MAX);
+            match self.store.purge(cutoff).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(purged = n, "deleted rows past their retention"),
+                Err(e) => tracing::warn!(error = %e, "purge failed"),
+            }
+        }
+    }
+}
