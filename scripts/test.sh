@@ -87,7 +87,7 @@ if [ "${1:-}" = chaos ]; then
   env -u CODEWATCH_TEST_AZURITE_QUEUE_ENDPOINT \
     cargo test --locked --test guarantees -- --ignored --nocapture chaos
   phase "replica soak"
-  CODEWATCH_REPLICAS_CODES="${CODEWATCH_REPLICAS_CODES:-3000}" cargo test --locked --test replicas -- --nocapture
+  CODEWATCH_REPLICAS_CODES="${CODEWATCH_REPLICAS_CODES:-3000}" cargo test --locked --test processes -- --nocapture replicas::
   exit
 fi
 
@@ -109,13 +109,9 @@ cargo fmt --check
 phase "cargo clippy"
 cargo clippy --locked --all-targets -- -D warnings
 phase "cargo test"
-# Every test binary but the guarantees scenarios, which run apart so that their numbers are printed.
-gate=(--lib --bins)
-for t in tests/*.rs; do
-  name=$(basename "$t" .rs)
-  [ "$name" = guarantees ] || gate+=(--test "$name")
-done
-cargo test --locked "${gate[@]}" 2>&1 | tee "$work/test.log"
+# The unit tests, the library's integration binary and the processes binary; the guarantees scenarios
+# run apart so that their numbers are printed.
+cargo test --locked --lib --test integration --test processes 2>&1 | tee "$work/test.log"
 cargo test --locked --doc 2>&1 | tee -a "$work/test.log"
 phase "guarantees (the checker's numbers per scenario)"
 # On an Azurite of their own (started by the tests): Azurite slows with every message stored in it.
@@ -133,9 +129,9 @@ phase "deploy files"
 promtool check rules deploy/prometheus/alerts.yaml
 promtool test rules deploy/prometheus/alerts.test.yaml
 # The README's benchmark command (it runs cargo, so not inside the suite's parallel tests).
-cargo test --locked --test processes -- --ignored 2>&1 | tee -a "$work/test.log"
+cargo test --locked --test processes -- --ignored --exact up::the_readmes_benchmark_runs_as_pasted 2>&1 | tee -a "$work/test.log"
 # Last, since it rebuilds target/debug/codewatch from the image's build context.
-cargo test --locked --test deploy -- --ignored 2>&1 | tee -a "$work/test.log"
+cargo test --locked --test processes -- --ignored --exact deploy::the_image_builds_from_exactly_its_build_context 2>&1 | tee -a "$work/test.log"
 
 phase "summary"
 awk '/^test result:/ { passed += $4; failed += $6 } END { print passed " passed, " failed " failed" }' "$work/test.log"

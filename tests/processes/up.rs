@@ -1,7 +1,7 @@
 //! The real binary: `codewatch up` on embedded defaults, and `number-api`, `serve` and `worker` as
 //! separate processes sharing one Azurite queue and one database.
 
-mod common;
+use crate::common;
 
 use codewatch::queue::connection_string::DEV_ACCOUNT_KEY;
 use common::eventually;

@@ -1,7 +1,7 @@
 //! The worker against a real Azurite queue and a real SQLite database: activation, expiry, idempotency
 //! under redelivery, foreign message shapes, and the poison queue.
 
-mod common;
+use crate::common;
 
 use base64::Engine as _;
 use chrono::{Duration as ChronoDuration, Utc};

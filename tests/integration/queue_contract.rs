@@ -1,7 +1,7 @@
 //! One contract, two queues: Azure Queue Storage (against Azurite) and the embedded SQLite queue must
 //! behave the same way for everything the worker relies on.
 
-mod common;
+use crate::common;
 
 use codewatch::backends::Queues;
 use codewatch::queue::QueueError;

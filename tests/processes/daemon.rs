@@ -1,7 +1,7 @@
 //! The worker and producer as daemons: SIGTERM in the middle of work, readiness while the database goes
 //! away and comes back, and Prometheus metrics that count what a run did.
 
-mod common;
+use crate::common;
 
 use chrono::Utc;
 use codewatch::domain::Code;

@@ -3,7 +3,7 @@
 //! Vault stand-in with the same identity, pick up a rotated key after a 401, fail with errors that say
 //! what to fix, and never log a key or a token.
 
-mod common;
+use crate::common;
 
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};

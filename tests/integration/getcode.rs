@@ -1,6 +1,6 @@
 //! `GET /api/v1/getcode` against a real Azurite queue and the real number API stand-in.
 
-mod common;
+use crate::common;
 
 use axum::http::StatusCode as AxumStatus;
 use axum::routing::get;

@@ -1,7 +1,7 @@
 //! The valid-codes store, every case on both real SQLite and real PostgreSQL: idempotent activation and
 //! expiry, validity as `expires_at > now`, atomic redeem, revocation, subjects and failed-check counts.
 
-mod common;
+use crate::common;
 
 use chrono::{DateTime, Duration, Utc};
 use codewatch::backends::Database;

@@ -3,7 +3,7 @@
 //! be invalidated before its time, and no worker may fail. Runs on an Azurite of its own, so the load
 //! does not slow the other tests.
 
-mod common;
+use crate::common;
 
 use codewatch::message::MessageEncoding;
 use codewatch::queue::SharedQueue;

@@ -1,6 +1,6 @@
 //! The operator and on-call commands, run as the real binary: `codes`, `queue`, `smoke`.
 
-mod common;
+use crate::common;
 
 use chrono::{Duration, Utc};
 use codewatch::domain::Code;

@@ -1,7 +1,7 @@
 //! The sign-in service's API on `serve`: check, redeem, subjects, throttling, auth, rate limit, and the
 //! OpenAPI document. Against Azurite, on both SQLite and PostgreSQL.
 
-mod common;
+use crate::common;
 
 use codewatch::domain::Subject;
 use codewatch::verify::Throttle;
