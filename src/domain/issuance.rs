@@ -133,25 +133,17 @@ mod tests {
     use super::*;
     use chrono::TimeZone;
 
-    fn inserted() -> DateTime<Utc> {
-        Utc.with_ymd_and_hms(2026, 11, 28, 9, 0, 0).unwrap()
-    }
-
-    fn issuance() -> Issuance {
-        Issuance {
-            id: IssuanceId::random(),
-            code: Code::parse("ojE-161-pTv").unwrap(),
-            issued_at: timestamp::parse("2020-04-15 16:54:48.816549").unwrap(),
-            subject: None,
-        }
-    }
-
     #[test]
     fn an_activation_dated_after_its_insertion_beyond_the_allowance_is_refused() {
         let ttl = Duration::from_secs(600);
         let allowance = Duration::from_secs(30);
-        let mut i = issuance();
-        i.issued_at = inserted() + chrono::Duration::seconds(29);
+        let inserted = || Utc.with_ymd_and_hms(2026, 11, 28, 9, 0, 0).unwrap();
+        let mut i = Issuance {
+            id: IssuanceId::random(),
+            code: Code::parse("ojE-161-pTv").unwrap(),
+            issued_at: inserted() + chrono::Duration::seconds(29),
+            subject: None,
+        };
         assert_eq!(
             i.expiry(ttl, inserted(), allowance),
             Ok(inserted() + chrono::Duration::seconds(629))

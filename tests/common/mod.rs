@@ -296,7 +296,9 @@ pub async fn producer_with_timeout(
     .await
 }
 
-/// The producer with the verification API on `store`, behind `api_key`.
+/// The producer with the verification API on `store`, behind `api_key`, on `clock` (a shifted clock
+/// checks codes as of a later moment without waiting for it).
+#[allow(clippy::too_many_arguments)]
 pub async fn producer_with_verification(
     number_api_url: &str,
     key: &str,
@@ -305,6 +307,7 @@ pub async fn producer_with_verification(
     api_key: &str,
     throttle: codewatch::verify::Throttle,
     rate: (f64, f64),
+    clock: codewatch::clock::Clock,
 ) -> Server {
     let client = NumberApiClient::new(
         number_api_url.parse().unwrap(),
@@ -324,7 +327,7 @@ pub async fn producer_with_verification(
         getcode_limiter: None,
         trusted_proxies: Default::default(),
         signing: None,
-        clock: Default::default(),
+        clock,
     };
     Server::start(http::router(state)).await
 }

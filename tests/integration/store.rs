@@ -386,14 +386,18 @@ async fn failed_checks_count_up_within_a_window_and_reset(store: SharedStore) {
 
 async fn the_active_codes_view_answers_plain_sql(db: &Database) {
     let store = db.store();
+    // Activated five seconds ago, when both were valid; one has expired since.
+    let then = Utc::now() - Duration::seconds(5);
     store
         .activate(
-            &[activation("sql-1-Vue", 60), activation("old-2-Vue", 1)],
-            Utc::now(),
+            &[
+                activation("sql-1-Vue", 60),
+                activation_at("old-2-Vue", then, 1, None),
+            ],
+            then,
         )
         .await
         .unwrap();
-    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
     let query = "SELECT code FROM active_codes";
     let codes: Vec<String> = match db {
         Database::Sqlite(pool) => sqlx::query_scalar(query).fetch_all(pool).await.unwrap(),

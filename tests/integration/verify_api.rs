@@ -34,6 +34,7 @@ async fn rig(db: TestDb, ttl_secs: u64, throttle: Throttle, rate: (f64, f64)) ->
         API_KEY,
         throttle,
         rate,
+        codewatch::clock::Clock::system(),
     )
     .await;
     let settings = WorkerSettings {
@@ -75,7 +76,18 @@ impl Rig {
     }
 
     async fn check(&self, code: &str, subject: Option<&str>) -> (StatusCode, Value) {
-        self.call(
+        self.check_on(&self.app, code, subject).await
+    }
+
+    /// A check through `app` (a producer on this rig's database, perhaps with its clock ahead).
+    async fn check_on(
+        &self,
+        app: &Server,
+        code: &str,
+        subject: Option<&str>,
+    ) -> (StatusCode, Value) {
+        self.call_on(
+            app,
             reqwest::Method::GET,
             &format!("/api/v1/codes/{code}"),
             subject,
@@ -98,7 +110,17 @@ impl Rig {
         path: &str,
         subject: Option<&str>,
     ) -> (StatusCode, Value) {
-        let mut url = url::Url::parse(&self.app.url(path)).unwrap();
+        self.call_on(&self.app, method, path, subject).await
+    }
+
+    async fn call_on(
+        &self,
+        app: &Server,
+        method: reqwest::Method,
+        path: &str,
+        subject: Option<&str>,
+    ) -> (StatusCode, Value) {
+        let mut url = url::Url::parse(&app.url(path)).unwrap();
         if let Some(s) = subject {
             url.query_pairs_mut().append_pair("subject", s);
         }
@@ -150,12 +172,13 @@ async fn wrong_expired_and_redeemed_codes_all_get_the_same_answer(db: TestDb) {
     let expired = rig.issue(None).await;
     let redeemed = rig.issue(None).await;
     assert_eq!(rig.redeem(&redeemed, None).await.0, 200);
-    tokio::time::sleep(Duration::from_millis(1100)).await;
-    // No poll has processed the expiry messages yet: validity does not wait for the worker.
+    // Checked as of two seconds later, past the 1 s TTL. No poll has processed the expiry messages:
+    // validity does not wait for the worker.
+    let later = Verified::ahead(&rig, Throttle::default(), 2).await;
     let answers = [
-        rig.check("Wro-123-Ngg", None).await,
-        rig.check(&expired, None).await,
-        rig.check(&redeemed, None).await,
+        rig.check_on(&later.app, "Wro-123-Ngg", None).await,
+        rig.check_on(&later.app, &expired, None).await,
+        rig.check_on(&later.app, &redeemed, None).await,
     ];
     for answer in answers {
         assert_eq!(answer, (StatusCode::NOT_FOUND, not_valid()));
@@ -236,8 +259,9 @@ async fn a_lock_ends_with_its_window(db: TestDb) {
         rig.check("Bad-000-Gus", Some("frank")).await;
     }
     assert_eq!(rig.check(&code, Some("frank")).await.0, 404);
-    tokio::time::sleep(Duration::from_millis(2100)).await;
-    assert_eq!(rig.check(&code, Some("frank")).await.0, 200);
+    // Checked as of three seconds later, when the window has ended.
+    let later = Verified::ahead(&rig, throttle, 3).await;
+    assert_eq!(later.check(&code, "frank").await, 200);
 }
 
 /// A second producer on the same database, as after a restart.
@@ -248,6 +272,11 @@ struct Verified {
 
 impl Verified {
     async fn new(rig: &Rig, throttle: Throttle) -> Self {
+        Self::ahead(rig, throttle, 0).await
+    }
+
+    /// A producer whose clock runs `seconds` ahead: it checks codes as of that moment.
+    async fn ahead(rig: &Rig, throttle: Throttle, seconds: i64) -> Self {
         let api = common::number_api(KEY).await;
         let queues = common::azure_queues().await;
         let store = rig.db.database.store();
@@ -259,6 +288,7 @@ impl Verified {
             API_KEY,
             throttle,
             (1e3, 1e3),
+            codewatch::clock::Clock::shifted(chrono::TimeDelta::seconds(seconds)),
         )
         .await;
         Self { app, _api: api }

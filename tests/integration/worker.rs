@@ -62,9 +62,14 @@ impl Rig {
     }
 
     async fn valid(&self, code: &str) -> usize {
+        self.valid_at(code, Utc::now()).await
+    }
+
+    /// Whether `code` is valid at `at` (1 or 0).
+    async fn valid_at(&self, code: &str, at: chrono::DateTime<Utc>) -> usize {
         let found = self
             .store
-            .find_valid(&Code::parse(code).unwrap(), None, Utc::now())
+            .find_valid(&Code::parse(code).unwrap(), None, at)
             .await
             .unwrap();
         usize::from(found.is_some())
@@ -160,10 +165,10 @@ async fn validity_ends_at_expires_at_even_before_the_expiry_message_is_processed
         .await;
     drain(&worker).await;
     assert_eq!(rig.valid("abc-1-def").await, 1);
-    tokio::time::sleep(Duration::from_millis(1100)).await;
-    // No poll has run since: the row is still there, but the code is no longer valid.
+    // No poll has run since: the row is still there, but a second later the code is no longer valid.
     assert_eq!(rig.rows().await, 1);
-    assert_eq!(rig.valid("abc-1-def").await, 0);
+    let later = Utc::now() + ChronoDuration::milliseconds(1100);
+    assert_eq!(rig.valid_at("abc-1-def", later).await, 0);
 }
 
 #[tokio::test]
