@@ -56,10 +56,11 @@ pub fn start_azurite_oauth(pki: &entra::Pki) -> String {
 }
 
 fn start_azurite_with(extra: &str) -> String {
-    start_azurite_at(free_port(), extra)
+    start_azurite_at(0, extra)
 }
 
-/// Azurite on `port` (for a snippet that names Azurite's default port, 10001).
+/// Azurite on `port` (for a snippet that names Azurite's default port, 10001), or with 0 on a port
+/// the system picks, learnt from what Azurite prints: race-free.
 pub fn start_azurite_at(port: u16, extra: &str) -> String {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let bin = root.join("tools/azurite/node_modules/.bin/azurite-queue");
@@ -73,7 +74,7 @@ pub fn start_azurite_at(port: u16, extra: &str) -> String {
     ));
     std::fs::create_dir_all(&dir).expect("azurite folder");
     let script = format!(
-        "{bin} --queueHost 127.0.0.1 --queuePort {port} --location {dir} --disableTelemetry --skipApiVersionCheck --silent {debug} {extra} & \
+        "{bin} --queueHost 127.0.0.1 --queuePort {port} --location {dir} --disableTelemetry --skipApiVersionCheck --silent {debug} {extra} >{dir}/started.log 2>&1 & \
          child=$!; while kill -0 {parent} 2>/dev/null; do sleep 1; done; kill $child; rm -rf {dir}",
         bin = bin.display(),
         dir = dir.display(),
@@ -91,8 +92,29 @@ pub fn start_azurite_at(port: u16, extra: &str) -> String {
         .stderr(Stdio::null())
         .spawn()
         .expect("start azurite");
+    let port = listening_port(&dir.join("started.log"), Duration::from_secs(60));
     wait_for_port(port, Duration::from_secs(60));
     format!("http://127.0.0.1:{port}/devstoreaccount1")
+}
+
+/// The port Azurite says it listens on (`… successfully listens on http(s)://127.0.0.1:PORT`).
+fn listening_port(log: &std::path::Path, limit: Duration) -> u16 {
+    const SAYS: &str = "successfully listens on ";
+    const HOST: &str = "127.0.0.1:";
+    let deadline = Instant::now() + limit;
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        let said = text.find(SAYS).map(|at| &text[at..]);
+        if let Some(at) = said.and_then(|line| line.find(HOST).map(|i| &line[i + HOST.len()..])) {
+            let digits: String = at.chars().take_while(char::is_ascii_digit).collect();
+            return digits.parse().expect("Azurite's port");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "Azurite did not start within {limit:?}:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// A port that was free a moment ago.

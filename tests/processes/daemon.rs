@@ -368,11 +368,10 @@ where
     Fut: std::future::Future<Output = bool>,
 {
     let dir = tempfile::tempdir().unwrap();
-    let admin = common::free_port();
     let env: Vec<_> = env
         .into_iter()
         .chain([
-            ("ADMIN_LISTEN_ADDR", format!("127.0.0.1:{admin}")),
+            ("ADMIN_LISTEN_ADDR", "127.0.0.1:0".to_owned()),
             ("LOG_FORMAT", "json".to_owned()),
         ])
         .collect();
@@ -381,6 +380,7 @@ where
             .spawn()
             .unwrap(),
     );
+    let admin = common::process::bound_port(&dir.path().join("worker.log"), "admin");
     eventually("ready", Duration::from_secs(20), || async {
         (readyz(admin).await.0 == 200).then_some(())
     })
@@ -463,7 +463,6 @@ async fn a_second_signal_exits_at_once_without_waiting_for_the_grace_period() {
     let api = common::Server::start(slow).await;
     let queues = common::azure_queues().await;
     let dir = tempfile::tempdir().unwrap();
-    let port = common::free_port();
     let env = vec![
         (
             "AZURE_STORAGE_CONNECTION_STRING",
@@ -478,7 +477,7 @@ async fn a_second_signal_exits_at_once_without_waiting_for_the_grace_period() {
         ("THIRD_PARTY_API_KEY", "k".to_owned()),
         ("THIRD_PARTY_API_TIMEOUT_MS", "120000".to_owned()),
         ("SHUTDOWN_GRACE_SECONDS", "60".to_owned()),
-        ("LISTEN_ADDR", format!("127.0.0.1:{port}")),
+        ("LISTEN_ADDR", "127.0.0.1:0".to_owned()),
         ("ADMIN_LISTEN_ADDR", "127.0.0.1:0".to_owned()),
     ];
     let mut serve = Proc(
@@ -486,6 +485,7 @@ async fn a_second_signal_exits_at_once_without_waiting_for_the_grace_period() {
             .spawn()
             .unwrap(),
     );
+    let port = common::process::bound_port(&dir.path().join("serve.log"), "addr");
     eventually("serve to listen", Duration::from_secs(20), || async {
         reqwest::get(format!("http://127.0.0.1:{port}/healthz"))
             .await
@@ -519,7 +519,6 @@ async fn a_database_outage_leaves_serve_ready_and_issuing_while_verification_say
     let queues = common::azure_queues().await;
     let api = common::number_api("k").await;
     let dir = tempfile::tempdir().unwrap();
-    let (port, admin) = (common::free_port(), common::free_port());
     let env = vec![
         (
             "AZURE_STORAGE_CONNECTION_STRING",
@@ -530,13 +529,18 @@ async fn a_database_outage_leaves_serve_ready_and_issuing_while_verification_say
         ("THIRD_PARTY_API_ENDPOINT", api.url("/api/RandomNumber")),
         ("THIRD_PARTY_API_KEY", "k".to_owned()),
         ("VERIFY_API_KEY", "verify-key".to_owned()),
-        ("LISTEN_ADDR", format!("127.0.0.1:{port}")),
-        ("ADMIN_LISTEN_ADDR", format!("127.0.0.1:{admin}")),
+        ("LISTEN_ADDR", "127.0.0.1:0".to_owned()),
+        ("ADMIN_LISTEN_ADDR", "127.0.0.1:0".to_owned()),
     ];
     let mut serve = Proc(
         codewatch(dir.path(), &["serve"], &env, "serve.log")
             .spawn()
             .unwrap(),
+    );
+    let serve_log = dir.path().join("serve.log");
+    let (port, admin) = (
+        common::process::bound_port(&serve_log, "addr"),
+        common::process::bound_port(&serve_log, "admin"),
     );
     let ready = || async {
         reqwest::get(format!("http://127.0.0.1:{admin}/readyz"))

@@ -137,7 +137,6 @@ async fn full_cycle(
 ) -> String {
     let queue = common::queue_name();
     let db = world.dir.path().join(format!("{queue}.db"));
-    let serve_port = common::free_port();
     let shared: Vec<(&'static str, String)> = identity
         .into_iter()
         .chain([
@@ -152,7 +151,7 @@ async fn full_cycle(
         .chain([
             ("THIRD_PARTY_API_ENDPOINT", api.url("/api/RandomNumber")),
             ("THIRD_PARTY_API_KEY_REFRESH_SECONDS", "1".to_owned()),
-            ("LISTEN_ADDR", format!("127.0.0.1:{serve_port}")),
+            ("LISTEN_ADDR", "127.0.0.1:0".to_owned()),
             ("ADMIN_LISTEN_ADDR", "127.0.0.1:0".to_owned()),
         ])
         .collect();
@@ -201,6 +200,8 @@ async fn full_cycle(
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    let serve_log = dir.join(format!("{queue}-serve.log"));
+    let serve_port = common::process::bound_port(&serve_log, "addr");
     let url = format!("http://127.0.0.1:{serve_port}/api/v1/getcode");
     let answer_by = std::time::Instant::now() + Duration::from_secs(20);
     let body: serde_json::Value = loop {
@@ -291,7 +292,6 @@ async fn managed_identity_and_key_vault_run_the_whole_cycle_and_pick_up_a_rotate
 
     // Rotation: the API and the vault move to a new key; serve reads the vault again after the 401.
     let queue = common::queue_name();
-    let port = common::free_port();
     let env: Vec<_> = world
         .managed_identity_env()
         .into_iter()
@@ -304,7 +304,7 @@ async fn managed_identity_and_key_vault_run_the_whole_cycle_and_pick_up_a_rotate
             ),
             ("THIRD_PARTY_API_ENDPOINT", api.url("/api/RandomNumber")),
             ("THIRD_PARTY_API_KEY_REFRESH_SECONDS", "1".to_owned()),
-            ("LISTEN_ADDR", format!("127.0.0.1:{port}")),
+            ("LISTEN_ADDR", "127.0.0.1:0".to_owned()),
             ("ADMIN_LISTEN_ADDR", "127.0.0.1:0".to_owned()),
         ])
         .collect();
@@ -313,6 +313,7 @@ async fn managed_identity_and_key_vault_run_the_whole_cycle_and_pick_up_a_rotate
             .spawn()
             .unwrap(),
     );
+    let port = common::process::bound_port(&world.dir.path().join("rotate.log"), "addr");
     let url = format!("http://127.0.0.1:{port}/api/v1/getcode");
     eventually("serve to answer 200", Duration::from_secs(20), || async {
         (reqwest::get(&url).await.ok()?.status() == 200).then_some(())

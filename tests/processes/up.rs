@@ -64,7 +64,6 @@ async fn up_runs_everything_in_one_process_on_embedded_defaults() {
 async fn number_api_serve_and_worker_run_as_separate_processes_and_never_log_secrets() {
     let dir = tempfile::tempdir().unwrap();
     let key = "function-key-that-must-not-leak".to_owned();
-    let (api_port, serve_port) = (common::free_port(), common::free_port());
     let db = dir.path().join("shared.db");
     let shared = [
         (
@@ -84,13 +83,14 @@ async fn number_api_serve_and_worker_run_as_separate_processes_and_never_log_sec
             &["number-api"],
             &[
                 ("NUMBER_API_KEY", key.clone()),
-                ("NUMBER_API_LISTEN", format!("127.0.0.1:{api_port}")),
+                ("NUMBER_API_LISTEN", "127.0.0.1:0".to_owned()),
             ],
             "api.log",
         )
         .spawn()
         .unwrap(),
     );
+    let api_port = common::process::bound_port(&dir.path().join("api.log"), "addr");
     let mut serve = Proc(
         codewatch(
             dir.path(),
@@ -101,7 +101,7 @@ async fn number_api_serve_and_worker_run_as_separate_processes_and_never_log_sec
                     format!("http://127.0.0.1:{api_port}/api/RandomNumber"),
                 ),
                 ("THIRD_PARTY_API_KEY", key.clone()),
-                ("LISTEN_ADDR", format!("127.0.0.1:{serve_port}")),
+                ("LISTEN_ADDR", "127.0.0.1:0".to_owned()),
                 ("ADMIN_LISTEN_ADDR", "127.0.0.1:0".to_owned()),
             ]),
             "serve.log",
@@ -109,6 +109,7 @@ async fn number_api_serve_and_worker_run_as_separate_processes_and_never_log_sec
         .spawn()
         .unwrap(),
     );
+    let serve_port = common::process::bound_port(&dir.path().join("serve.log"), "addr");
     let mut worker = Proc(
         codewatch(
             dir.path(),
