@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
-# codewatch's test command. Installs and starts what the tests need on loopback ports (Azurite, pinned in
-# tools/azurite), runs the format and lint checks and the whole test suite, and stops everything after.
+# codewatch's test command. Installs what the tests need (Azurite pinned in tools/azurite, PostgreSQL and
+# promtool from Debian, the deploy linters in a venv) in the background while the code is checked and
+# built, starts Azurite and PostgreSQL on loopback ports, runs the format and lint checks and the whole
+# test suite, and stops everything after. `scripts/test.sh chaos` runs only the long runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+mode="${1:-}"
 work=$(mktemp -d)
 pids=()
 stop_pg() { :; }
@@ -30,31 +33,76 @@ wait_for_port() { # port name log
   return 1
 }
 
-# --- Azurite (npm, version pinned by tools/azurite/package-lock.json) ---
-pinned=$(python3 -c 'import json; print(json.load(open("tools/azurite/package.json"))["dependencies"]["azurite"])')
-installed=$(node -p 'require("./tools/azurite/node_modules/azurite/package.json").version' 2>/dev/null || true)
-if [ "$installed" != "$pinned" ]; then
-  echo "== installing Azurite $pinned"
-  npm ci --prefix tools/azurite --no-audit --no-fund --loglevel=error
+sudo_=""; [ "$(id -u)" = 0 ] || sudo_="sudo"
+apt_updated=""
+apt_install() { # package…
+  if [ -z "$apt_updated" ]; then $sudo_ apt-get update -qq; apt_updated=1; fi
+  DEBIAN_FRONTEND=noninteractive $sudo_ apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
+venv="${CODEWATCH_VENV:-$work/venv}"
+
+# Everything the tests need that may be missing. Network and disk bound: it runs while cargo compiles.
+install_tools() {
+  local pinned installed
+  pinned=$(python3 -c 'import json; print(json.load(open("tools/azurite/package.json"))["dependencies"]["azurite"])')
+  installed=$(node -p 'require("./tools/azurite/node_modules/azurite/package.json").version' 2>/dev/null || true)
+  if [ "$installed" != "$pinned" ]; then
+    echo "== installing Azurite $pinned"
+    npm ci --prefix tools/azurite --no-audit --no-fund --loglevel=error
+  fi
+  if ! ls -d /usr/lib/postgresql/*/bin >/dev/null 2>&1; then
+    echo "== installing PostgreSQL from Debian"
+    apt_install postgresql
+  fi
+  command -v openssl >/dev/null || apt_install openssl
+  [ "$mode" = chaos ] && return 0
+  # The deploy checks' tools: Python packages pinned in tools/deploy-checks, in a venv; promtool.
+  if ! "$venv/bin/python" -c 'import sys' 2>/dev/null; then python3 -m venv "$venv"; fi
+  echo "== installing the deploy checks (hadolint, kubernetes-validate, checkov)"
+  "$venv/bin/pip" install --quiet --disable-pip-version-check -r tools/deploy-checks/requirements.txt
+  if ! command -v promtool >/dev/null; then
+    echo "== installing promtool (Debian's prometheus)"
+    apt_install prometheus
+  fi
+}
+
+phase "installing what the tests need, in the background"
+install_tools >"$work/install.log" 2>&1 &
+install_pid=$!
+
+# --- checks and the build, meanwhile ---
+if [ "$mode" != chaos ]; then
+  phase "cargo fmt --check"
+  cargo fmt --check
+  phase "cargo clippy"
+  cargo clippy --locked --all-targets -- -D warnings
 fi
-azurite_port=$(free_port)
+phase "building the tests"
+cargo test --locked --no-run --lib --test integration --test processes --test guarantees 2>&1 \
+  | { grep -vE '^\s+(Compiling|Checking|Executable) ' || true; }
+phase "waiting for the installs"
+wait "$install_pid" || { cat "$work/install.log" >&2; echo "installing the test tools failed" >&2; exit 1; }
+cat "$work/install.log"
+
+# --- Azurite (npm, version pinned by tools/azurite/package-lock.json) ---
 mkdir -p "$work/azurite"
-tools/azurite/node_modules/.bin/azurite-queue --queueHost 127.0.0.1 --queuePort "$azurite_port" \
+# Port 0: Azurite binds a free port and says which (no window in which another process may take it).
+tools/azurite/node_modules/.bin/azurite-queue --queueHost 127.0.0.1 --queuePort 0 \
   --location "$work/azurite" --disableTelemetry --skipApiVersionCheck --silent >"$work/azurite.log" 2>&1 &
 pids+=("$!")
+azurite_port=""
+for _ in $(seq 1 300); do
+  azurite_port=$(sed -n 's|.*successfully listens on http://127\.0\.0\.1:\([0-9]*\).*|\1|p' "$work/azurite.log")
+  [ -n "$azurite_port" ] && break
+  sleep 0.2
+done
+[ -n "$azurite_port" ] || { echo "Azurite did not start:" >&2; cat "$work/azurite.log" >&2; exit 1; }
 wait_for_port "$azurite_port" Azurite "$work/azurite.log"
 export CODEWATCH_TEST_AZURITE_QUEUE_ENDPOINT="http://127.0.0.1:$azurite_port/devstoreaccount1"
-echo "== Azurite $pinned on 127.0.0.1:$azurite_port"
+echo "== Azurite $(node -p 'require("./tools/azurite/node_modules/azurite/package.json").version') on 127.0.0.1:$azurite_port"
 
 # --- PostgreSQL (Debian's package; a throwaway cluster in the temporary folder, trust auth on loopback) ---
-pg_bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1 || true)
-if [ -z "$pg_bin" ]; then
-  echo "== installing PostgreSQL from Debian"
-  sudo_=""; [ "$(id -u)" = 0 ] || sudo_="sudo"
-  $sudo_ apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo_ apt-get install -y -qq postgresql >/dev/null
-  pg_bin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1)
-fi
+pg_bin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1)
 as_pg=()
 if [ "$(id -u)" = 0 ]; then
   # PostgreSQL refuses to run as root: run it as Debian's postgres user.
@@ -67,7 +115,6 @@ mkdir -p "$work/pg"
 "${as_pg[@]}" "$pg_bin/initdb" -D "$work/pg/data" -U postgres --auth=trust -E UTF8 >"$work/initdb.log" 2>&1 \
   || { cat "$work/initdb.log" >&2; exit 1; }
 # TLS on, with a throwaway self-signed certificate, so that `sslmode=require` (as Azure requires) is tested.
-command -v openssl >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssl >/dev/null; }
 openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=127.0.0.1 \
   -keyout "$work/pg/server.key" -out "$work/pg/server.crt" >/dev/null 2>&1
 chmod 600 "$work/pg/server.key"
@@ -82,7 +129,7 @@ echo "== PostgreSQL $("$pg_bin/postgres" --version | awk '{print $3}') on 127.0.
 # `scripts/test.sh chaos`: only the long runs: the chaos run (CHAOS_SECONDS, default 120;
 # CHAOS_CODES_PER_SECOND, 20; CHAOS_TTL_SECONDS, 20) on an Azurite of its own, and the replica soak at
 # full scale (CODEWATCH_REPLICAS_CODES, 3000).
-if [ "${1:-}" = chaos ]; then
+if [ "$mode" = chaos ]; then
   phase "chaos run"
   env -u CODEWATCH_TEST_AZURITE_QUEUE_ENDPOINT \
     cargo test --locked --test guarantees -- --ignored --nocapture chaos
@@ -91,23 +138,7 @@ if [ "${1:-}" = chaos ]; then
   exit
 fi
 
-# --- deploy checks' tools: Python packages pinned in tools/deploy-checks, in a venv; promtool from Debian ---
-venv="${CODEWATCH_VENV:-$work/venv}"
-if ! "$venv/bin/python" -c 'import sys' 2>/dev/null; then python3 -m venv "$venv"; fi
-echo "== installing the deploy checks (hadolint, kubernetes-validate, checkov)"
-"$venv/bin/pip" install --quiet --disable-pip-version-check -r tools/deploy-checks/requirements.txt
-if ! command -v promtool >/dev/null; then
-  echo "== installing promtool (Debian's prometheus)"
-  sudo_=""; [ "$(id -u)" = 0 ] || sudo_="sudo"
-  $sudo_ apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo_ apt-get install -y -qq --no-install-recommends prometheus >/dev/null
-fi
-
-# --- checks and tests ---
-phase "cargo fmt --check"
-cargo fmt --check
-phase "cargo clippy"
-cargo clippy --locked --all-targets -- -D warnings
+# --- tests ---
 phase "cargo test"
 # The unit tests, the library's integration binary and the processes binary; the guarantees scenarios
 # run apart so that their numbers are printed.

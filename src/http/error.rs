@@ -67,50 +67,14 @@ fn json(status: StatusCode, error: &'static str, reason: impl Into<String>) -> R
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        if let ApiError::NumberApi(e) = &self {
-            metrics::counter!(crate::ops::metrics::NUMBER_API_ERRORS, "kind" => e.kind())
-                .increment(1);
-        }
         match &self {
+            // One answer for every reason a code is not valid.
             ApiError::NotValid => {
                 return (
                     StatusCode::NOT_FOUND,
                     Json(serde_json::json!({ "valid": false })),
                 )
                     .into_response();
-            }
-            ApiError::BadRequest(reason) => {
-                return json(StatusCode::BAD_REQUEST, "bad_request", reason.clone());
-            }
-            ApiError::Unauthorized => {
-                let mut response = json(
-                    StatusCode::UNAUTHORIZED,
-                    "unauthorized",
-                    "Send Authorization: Bearer <VERIFY_API_KEY>.",
-                );
-                response
-                    .headers_mut()
-                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-                return response;
-            }
-            ApiError::VerificationDisabled => {
-                return json(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "verification_disabled",
-                    "The verification API is off: start serve with VERIFY_API_KEY set.",
-                );
-            }
-            ApiError::RateLimited(wait) => {
-                let mut response = json(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    "rate_limited",
-                    "Too many requests; slow down.",
-                );
-                let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
-                if let Ok(value) = HeaderValue::from_str(&secs.to_string()) {
-                    response.headers_mut().insert(header::RETRY_AFTER, value);
-                }
-                return response;
             }
             // The sample's behaviour: its plain-text body with the API's own status.
             ApiError::NumberApi(NumberApiError::Status(code)) => {
@@ -120,37 +84,53 @@ impl IntoResponse for ApiError {
             }
             _ => {}
         }
-        tracing::warn!(error = %self, "request failed");
+        if self.is_ours() {
+            tracing::warn!(error = %self, "request failed");
+        }
+        let (status, error, reason) = self.answer();
+        let mut response = json(status, error, reason);
+        self.add_headers(response.headers_mut());
+        response
+    }
+}
+
+impl ApiError {
+    /// Whether the failure is on this side (or a dependency's), worth a log line; a client's mistakes
+    /// are not.
+    fn is_ours(&self) -> bool {
+        !matches!(
+            self,
+            ApiError::BadRequest(_)
+                | ApiError::Unauthorized
+                | ApiError::VerificationDisabled
+                | ApiError::RateLimited(_)
+                | ApiError::NotValid
+        )
+    }
+
+    /// The status, the stable error code and the reason for a person.
+    fn answer(&self) -> (StatusCode, &'static str, String) {
         match self {
-            ApiError::NumberApi(NumberApiError::Timeout(_)) => json(
-                StatusCode::GATEWAY_TIMEOUT,
-                "number_api_timeout",
-                "The random-number API did not answer in time.",
+            ApiError::BadRequest(reason) => {
+                (StatusCode::BAD_REQUEST, "bad_request", reason.clone())
+            }
+            ApiError::Unauthorized => (
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "Send Authorization: Bearer <VERIFY_API_KEY>.".into(),
             ),
-            ApiError::NumberApi(NumberApiError::Redirect(status)) => json(
-                StatusCode::BAD_GATEWAY,
-                "number_api_redirect",
-                format!(
-                    "The random-number API answered HTTP {status}, a redirect; it is not followed, so \
-                     the function key goes only to THIRD_PARTY_API_ENDPOINT. Configure the final URL."
-                ),
+            ApiError::VerificationDisabled => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "verification_disabled",
+                "The verification API is off: start serve with VERIFY_API_KEY set.".into(),
             ),
-            ApiError::NumberApi(NumberApiError::TooLarge) => json(
-                StatusCode::BAD_GATEWAY,
-                "number_api_bad_response",
-                "The random-number API's answer was larger than a number can be.",
+            ApiError::RateLimited(_) => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                "Too many requests; slow down.".into(),
             ),
-            ApiError::NumberApi(NumberApiError::Unreachable) => json(
-                StatusCode::BAD_GATEWAY,
-                "number_api_unreachable",
-                "The random-number API could not be reached.",
-            ),
-            ApiError::NumberApi(_) => json(
-                StatusCode::BAD_GATEWAY,
-                "number_api_bad_response",
-                "The random-number API answered with something that is not a number.",
-            ),
-            ApiError::RequestTimeout(deadline) => json(
+            ApiError::NumberApi(e) => number_api_answer(e),
+            ApiError::RequestTimeout(deadline) => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "request_timeout",
                 format!(
@@ -159,21 +139,71 @@ impl IntoResponse for ApiError {
                     deadline.as_secs_f64()
                 ),
             ),
-            ApiError::Store(_) => json(
+            ApiError::Store(_) => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "database_unavailable",
-                "The codes database cannot be reached; try again shortly.",
+                "The codes database cannot be reached; try again shortly.".into(),
             ),
-            ApiError::Queue(_) => json(
+            ApiError::Queue(_) => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "queue_unavailable",
-                "The code could not be recorded; no code was issued. Try again.",
+                "The code could not be recorded; no code was issued. Try again.".into(),
             ),
-            _ => json(
+            ApiError::NotValid | ApiError::Internal => (
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "internal",
-                "Internal error; see the service log.",
+                "Internal error; see the service log.".into(),
             ),
         }
+    }
+
+    /// The headers an answer carries: how to authenticate, when to try again.
+    fn add_headers(&self, headers: &mut axum::http::HeaderMap) {
+        match self {
+            ApiError::Unauthorized => {
+                headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            ApiError::RateLimited(wait) => {
+                let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
+                if let Ok(value) = HeaderValue::from_str(&secs.to_string()) {
+                    headers.insert(header::RETRY_AFTER, value);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// How a failure of the number API is answered (a refusal, `Status`, is answered as the sample did).
+fn number_api_answer(e: &NumberApiError) -> (StatusCode, &'static str, String) {
+    match e {
+        NumberApiError::Timeout(_) => (
+            StatusCode::GATEWAY_TIMEOUT,
+            "number_api_timeout",
+            "The random-number API did not answer in time.".into(),
+        ),
+        NumberApiError::Redirect(status) => (
+            StatusCode::BAD_GATEWAY,
+            "number_api_redirect",
+            format!(
+                "The random-number API answered HTTP {status}, a redirect; it is not followed, so \
+                 the function key goes only to THIRD_PARTY_API_ENDPOINT. Configure the final URL."
+            ),
+        ),
+        NumberApiError::TooLarge => (
+            StatusCode::BAD_GATEWAY,
+            "number_api_bad_response",
+            "The random-number API's answer was larger than a number can be.".into(),
+        ),
+        NumberApiError::Unreachable => (
+            StatusCode::BAD_GATEWAY,
+            "number_api_unreachable",
+            "The random-number API could not be reached.".into(),
+        ),
+        NumberApiError::Garbage | NumberApiError::Status(_) => (
+            StatusCode::BAD_GATEWAY,
+            "number_api_bad_response",
+            "The random-number API answered with something that is not a number.".into(),
+        ),
     }
 }

@@ -7,6 +7,7 @@ mod error;
 mod getcode;
 mod guard;
 mod home;
+mod metrics;
 mod openapi;
 pub mod rate_limit;
 pub mod server;
@@ -84,7 +85,7 @@ pub fn routers(state: AppState) -> Routers {
             state.clone(),
             guard::verification_guard,
         ))
-        .route_layer(middleware::from_fn(crate::ops::health::record_http))
+        .route_layer(middleware::from_fn(metrics::record_http))
         .with_state(state.clone());
     let getcode = Router::new()
         .route("/api/v1/getcode", get(getcode::get_code))
@@ -96,7 +97,7 @@ pub fn routers(state: AppState) -> Routers {
         .route("/", get(home::home))
         .merge(getcode)
         .route("/api/openapi.json", get(openapi::document))
-        .route_layer(middleware::from_fn(crate::ops::health::record_http))
+        .route_layer(middleware::from_fn(metrics::record_http))
         .with_state(state);
     Routers {
         public,

@@ -84,6 +84,16 @@ impl NumberApiClient {
     /// A 401 or 403 means the key may have been rotated: the key is read again (at most once per its
     /// interval) and, if it changed, the request is tried once more.
     pub async fn random_number(&self) -> Result<u32, NumberApiError> {
+        let result = self.ask().await;
+        if let Err(e) = &result {
+            metrics::counter!(crate::ops::metrics::NUMBER_API_ERRORS, "kind" => e.kind())
+                .increment(1);
+        }
+        result
+    }
+
+    /// [`NumberApiClient::random_number`], uncounted.
+    async fn ask(&self) -> Result<u32, NumberApiError> {
         let mut response = self.call().await?;
         if matches!(
             response.status(),

@@ -3,9 +3,8 @@
 
 use crate::queue::{QueueAdmin, QueueError};
 use crate::store::SharedStore;
-use axum::extract::{MatchedPath, Request, State};
+use axum::extract::State;
 use axum::http::StatusCode;
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -171,23 +170,4 @@ async fn readyz(State(state): State<Arc<OpsState>>) -> Response {
 
 async fn render_metrics(State(state): State<Arc<OpsState>>) -> String {
     state.metrics.render()
-}
-
-/// Middleware counting HTTP requests and their duration by matched route and status.
-pub async fn record_http(request: Request, next: Next) -> Response {
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_owned())
-        .unwrap_or_else(|| "unmatched".to_owned());
-    let started = Instant::now();
-    let response = next.run(request).await;
-    let labels = [
-        ("route", route),
-        ("status", response.status().as_u16().to_string()),
-    ];
-    metrics::counter!(super::metrics::HTTP_REQUESTS, &labels).increment(1);
-    metrics::histogram!(super::metrics::HTTP_SECONDS, &labels)
-        .record(started.elapsed().as_secs_f64());
-    response
 }

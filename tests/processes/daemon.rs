@@ -461,31 +461,17 @@ async fn a_second_signal_exits_at_once_without_waiting_for_the_grace_period() {
         }),
     );
     let api = common::Server::start(slow).await;
-    let queues = common::azure_queues().await;
     let dir = tempfile::tempdir().unwrap();
-    let env = vec![
-        (
-            "AZURE_STORAGE_CONNECTION_STRING",
-            common::connection_string(),
-        ),
-        ("STORAGE_QUEUE_NAME", queues.main.name().to_owned()),
-        (
-            "DATABASE_URL",
-            format!("sqlite:{}", dir.path().join("s.db").display()),
-        ),
-        ("THIRD_PARTY_API_ENDPOINT", api.url("/n")),
-        ("THIRD_PARTY_API_KEY", "k".to_owned()),
-        ("THIRD_PARTY_API_TIMEOUT_MS", "120000".to_owned()),
-        ("SHUTDOWN_GRACE_SECONDS", "60".to_owned()),
-        ("LISTEN_ADDR", "127.0.0.1:0".to_owned()),
-        ("ADMIN_LISTEN_ADDR", "127.0.0.1:0".to_owned()),
-    ];
-    let mut serve = Proc(
-        codewatch(dir.path(), &["serve"], &env, "serve.log")
-            .spawn()
-            .unwrap(),
-    );
-    let port = common::process::bound_port(&dir.path().join("serve.log"), "addr");
+    let (mut serve, port, _) = spawn_serve(
+        dir.path(),
+        None,
+        api.url("/n"),
+        &[
+            ("THIRD_PARTY_API_TIMEOUT_MS", "120000".to_owned()),
+            ("SHUTDOWN_GRACE_SECONDS", "60".to_owned()),
+        ],
+    )
+    .await;
     eventually("serve to listen", Duration::from_secs(20), || async {
         reqwest::get(format!("http://127.0.0.1:{port}/healthz"))
             .await
@@ -516,32 +502,15 @@ async fn a_second_signal_exits_at_once_without_waiting_for_the_grace_period() {
 #[tokio::test]
 async fn a_database_outage_leaves_serve_ready_and_issuing_while_verification_says_503() {
     let db = common::postgres().await;
-    let queues = common::azure_queues().await;
     let api = common::number_api("k").await;
     let dir = tempfile::tempdir().unwrap();
-    let env = vec![
-        (
-            "AZURE_STORAGE_CONNECTION_STRING",
-            common::connection_string(),
-        ),
-        ("STORAGE_QUEUE_NAME", queues.main.name().to_owned()),
-        ("DATABASE_URL", db.url.clone()),
-        ("THIRD_PARTY_API_ENDPOINT", api.url("/api/RandomNumber")),
-        ("THIRD_PARTY_API_KEY", "k".to_owned()),
-        ("VERIFY_API_KEY", "verify-key".to_owned()),
-        ("LISTEN_ADDR", "127.0.0.1:0".to_owned()),
-        ("ADMIN_LISTEN_ADDR", "127.0.0.1:0".to_owned()),
-    ];
-    let mut serve = Proc(
-        codewatch(dir.path(), &["serve"], &env, "serve.log")
-            .spawn()
-            .unwrap(),
-    );
-    let serve_log = dir.path().join("serve.log");
-    let (port, admin) = (
-        common::process::bound_port(&serve_log, "addr"),
-        common::process::bound_port(&serve_log, "admin"),
-    );
+    let (mut serve, port, admin) = spawn_serve(
+        dir.path(),
+        Some(db.url.clone()),
+        api.url("/api/RandomNumber"),
+        &[("VERIFY_API_KEY", "verify-key".to_owned())],
+    )
+    .await;
     let ready = || async {
         reqwest::get(format!("http://127.0.0.1:{admin}/readyz"))
             .await
@@ -584,4 +553,72 @@ async fn a_database_outage_leaves_serve_ready_and_issuing_while_verification_say
         .unwrap();
     assert_eq!(issued.status(), 200);
     assert!(serve.terminate().success());
+}
+
+#[tokio::test]
+async fn number_api_failures_are_counted_by_kind() {
+    use axum::routing::get;
+    let garbage = axum::Router::new().route("/n", get(|| async { "{\"value\": \"many\"}" }));
+    let api = common::Server::start(garbage).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (mut serve, port, admin) = spawn_serve(dir.path(), None, api.url("/n"), &[]).await;
+    for _ in 0..2 {
+        let answer = reqwest::get(format!("http://127.0.0.1:{port}/api/v1/getcode"))
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), 502);
+    }
+    let text = reqwest::get(format!("http://127.0.0.1:{admin}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(
+        metric(
+            &text,
+            r#"codewatch_number_api_errors_total{kind="garbage"}"#
+        ),
+        2.0,
+        "{text}"
+    );
+    assert!(serve.terminate().success());
+}
+
+/// `serve` in `dir` on a fresh Azurite queue, with `database_url` (a SQLite file in `dir` if `None`), the
+/// number API at `api_url` (key `k`), and `extra` settings, listening on ports it picks: the process,
+/// its public port and its admin port.
+async fn spawn_serve(
+    dir: &std::path::Path,
+    database_url: Option<String>,
+    api_url: String,
+    extra: &[(&'static str, String)],
+) -> (Proc, u16, u16) {
+    let queues = common::azure_queues().await;
+    let database_url =
+        database_url.unwrap_or_else(|| format!("sqlite:{}", dir.join("s.db").display()));
+    let env: Vec<_> = [
+        (
+            "AZURE_STORAGE_CONNECTION_STRING",
+            common::connection_string(),
+        ),
+        ("STORAGE_QUEUE_NAME", queues.main.name().to_owned()),
+        ("DATABASE_URL", database_url),
+        ("THIRD_PARTY_API_ENDPOINT", api_url),
+        ("THIRD_PARTY_API_KEY", "k".to_owned()),
+        ("LISTEN_ADDR", "127.0.0.1:0".to_owned()),
+        ("ADMIN_LISTEN_ADDR", "127.0.0.1:0".to_owned()),
+    ]
+    .into_iter()
+    .chain(extra.iter().cloned())
+    .collect();
+    let serve = Proc(
+        codewatch(dir, &["serve"], &env, "serve.log")
+            .spawn()
+            .unwrap(),
+    );
+    let log = dir.join("serve.log");
+    let port = common::process::bound_port(&log, "addr");
+    let admin = common::process::bound_port(&log, "admin");
+    (serve, port, admin)
 }
