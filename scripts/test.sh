@@ -39,7 +39,8 @@ apt_install() { # package…
   if [ -z "$apt_updated" ]; then $sudo_ apt-get update -qq; apt_updated=1; fi
   DEBIAN_FRONTEND=noninteractive $sudo_ apt-get install -y -qq --no-install-recommends "$@" >/dev/null
 }
-venv="${CODEWATCH_VENV:-$work/venv}"
+# Kept in target/ (ignored by git, removed by cargo clean) so that a second run reuses it.
+venv="${CODEWATCH_VENV:-target/deploy-checks-venv}"
 
 # Everything the tests need that may be missing. Network and disk bound: it runs while cargo compiles.
 install_tools() {
@@ -57,7 +58,7 @@ install_tools() {
   command -v openssl >/dev/null || apt_install openssl
   [ "$mode" = chaos ] && return 0
   # The deploy checks' tools: Python packages pinned in tools/deploy-checks, in a venv; promtool.
-  if ! "$venv/bin/python" -c 'import sys' 2>/dev/null; then python3 -m venv "$venv"; fi
+  if ! "$venv/bin/python" -c 'import sys' 2>/dev/null; then mkdir -p "$(dirname "$venv")"; python3 -m venv "$venv"; fi
   echo "== installing the deploy checks (hadolint, kubernetes-validate, checkov)"
   "$venv/bin/pip" install --quiet --disable-pip-version-check -r tools/deploy-checks/requirements.txt
   if ! command -v promtool >/dev/null; then

@@ -78,6 +78,13 @@ pub fn spawn_up(dir: &Path, env: &[(&str, String)]) -> (Proc, String) {
 
 /// [`spawn_up`], and the base URL of its admin listener (`/healthz`, `/readyz`, `/metrics`).
 pub fn spawn_up_with_admin(dir: &Path, env: &[(&str, String)]) -> (Proc, String, String) {
+    let (proc, base, admin, _) = spawn_up_from(codewatch(dir, &UP_ARGS, env, "up.log"));
+    (proc, base, admin)
+}
+
+/// [`spawn_up_with_admin`], and the base URL of its verification API (apart from the producer's
+/// when `VERIFY_LISTEN_ADDR` is set, e.g. to `127.0.0.1:0`).
+pub fn spawn_up_with_verify(dir: &Path, env: &[(&str, String)]) -> (Proc, String, String, String) {
     spawn_up_from(codewatch(dir, &UP_ARGS, env, "up.log"))
 }
 
@@ -103,11 +110,12 @@ pub fn spawn_up_with_fd_limit(dir: &Path, env: &[(&str, String)], fds: u32) -> (
         .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .stdin(Stdio::null())
         .stderr(std::fs::File::create(dir.join("up.log")).unwrap());
-    let (proc, base, _) = spawn_up_from(cmd);
+    let (proc, base, _, _) = spawn_up_from(cmd);
     (proc, base)
 }
 
-fn spawn_up_from(mut cmd: Command) -> (Proc, String, String) {
+/// Starts `up` and reads the base URLs it prints: producer, admin, verification.
+fn spawn_up_from(mut cmd: Command) -> (Proc, String, String, String) {
     let mut child = cmd.stdout(Stdio::piped()).spawn().unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let proc = Proc(child);
@@ -130,9 +138,19 @@ fn spawn_up_from(mut cmd: Command) -> (Proc, String, String) {
                 .map(|u| u.trim_end_matches("/healthz").to_owned())
         })
         .expect("up prints the admin listener's URL");
+    let verify = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .find_map(|l| {
+            l.trim()
+                .strip_prefix("verify")
+                .and_then(|u| u.split_whitespace().next())
+                .map(|u| u.trim_end_matches("/api/v1/codes/{code}").to_owned())
+        })
+        .expect("up prints the verification API's URL");
     // Keep reading, so that the process never writes into a closed pipe.
     std::thread::spawn(move || lines.for_each(drop));
-    (proc, base, admin)
+    (proc, base, admin, verify)
 }
 
 /// Runs the binary to its end with `stdin` as input; its status, stdout and stderr.

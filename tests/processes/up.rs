@@ -343,11 +343,10 @@ async fn a_forged_line_inside_a_message_stays_inside_its_log_line() {
 #[tokio::test]
 async fn each_surface_has_its_own_listener_and_the_public_one_serves_only_getcode() {
     let dir = tempfile::tempdir().unwrap();
-    let verify_port = common::free_port();
-    let (mut proc, public, admin) = common::process::spawn_up_with_admin(
+    let (mut proc, public, admin, verify) = common::process::spawn_up_with_verify(
         dir.path(),
         &[
-            ("VERIFY_LISTEN_ADDR", format!("127.0.0.1:{verify_port}")),
+            ("VERIFY_LISTEN_ADDR", "127.0.0.1:0".to_owned()),
             ("VERIFY_API_KEY", "surface-key".to_owned()),
         ],
     );
@@ -360,7 +359,10 @@ async fn each_surface_has_its_own_listener_and_the_public_one_serves_only_getcod
             "public {path}"
         );
     }
-    let verify = format!("http://127.0.0.1:{verify_port}");
+    assert_ne!(
+        verify, public,
+        "the verification API is on its own listener"
+    );
     assert_eq!(
         status(format!("{verify}/api/v1/codes/abc-1-def")).await,
         401,
