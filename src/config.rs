@@ -4,7 +4,7 @@
 use crate::identity::CredentialChoice;
 use crate::message::MessageEncoding;
 use crate::secret::Secret;
-use crate::worker::WorkerSettings;
+use crate::worker::{Rearm, WorkerSettings};
 use clap::builder::TypedValueParser as _;
 use clap::{Args, FromArgMatches, Parser, Subcommand, ValueEnum};
 use std::net::SocketAddr;
@@ -554,6 +554,11 @@ pub struct WorkerTuning {
     /// later goes to the poison queue.
     #[arg(long, env = "CLOCK_SKEW_ALLOWANCE_SECONDS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(0..=3600))]
     pub clock_skew_allowance_seconds: u64,
+    /// How an activation is re-armed as its expiry message: `send` (send it, then delete the
+    /// activation; roles Storage Queue Data Message Sender + Processor) or `update` (one Update Message
+    /// call; role Storage Queue Data Contributor).
+    #[arg(long, env = "WORKER_REARM", value_enum, default_value_t = Rearm::Send)]
+    pub rearm: Rearm,
 }
 
 impl WorkerTuning {
@@ -569,6 +574,7 @@ impl WorkerTuning {
             min_poll_interval: Duration::from_millis(self.min_poll_interval_ms),
             max_poll_interval: Duration::from_millis(self.max_poll_interval_ms),
             encoding,
+            rearm: self.rearm,
             retention: Duration::from_secs(self.retention_seconds),
             clock_allowance: Duration::from_secs(self.clock_skew_allowance_seconds),
             signing: None,

@@ -36,6 +36,8 @@ const NUMBER_KEY: &str = "checker-number-key";
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Kind {
     Codewatch,
+    /// codewatch re-arming by Update Message (`WORKER_REARM=update`).
+    CodewatchUpdate,
     Toggle,
 }
 
@@ -142,6 +144,19 @@ impl Rig {
             Kind::Codewatch => {
                 let worker = self.worker(queue);
                 Running(tokio::spawn(worker.run(CancellationToken::new())))
+            }
+            Kind::CodewatchUpdate => {
+                let settings = WorkerSettings {
+                    rearm: codewatch::worker::Rearm::Update,
+                    ..self.settings()
+                };
+                let worker = Worker::new(
+                    queue,
+                    self.queues.poison.clone(),
+                    self.db.database.store(),
+                    settings,
+                );
+                Running(tokio::spawn(Arc::new(worker).run(CancellationToken::new())))
             }
             Kind::Toggle => {
                 let pool = sqlx::SqlitePool::connect(&self.db.url).await.unwrap();
@@ -355,8 +370,9 @@ async fn duplicated_and_replayed_deliveries(db: TestDb, kind: Kind) -> Verdict {
 }
 
 /// A worker killed at each step of its order, restarted each time: after it received a batch (the
-/// leases taken), after the database write (instead of the follow-up send), after the follow-up send
-/// (instead of the delete); in the activation phase and again when the expiry messages return.
+/// leases taken), after the database write (instead of the follow-up send, or of the update), after the
+/// follow-up send (instead of the delete); in the activation phase and again when the expiry messages
+/// return.
 async fn a_worker_killed_at_each_step(db: TestDb, kind: Kind) -> Verdict {
     let rig = rig(db, Duration::from_secs(9)).await;
     let producer = rig.producer(rig.queues.main.clone()).await;
@@ -382,14 +398,26 @@ async fn a_worker_killed_at_each_step(db: TestDb, kind: Kind) -> Verdict {
             crashed
         }
     };
-    let activation = crash(&[
-        (Op::Receive, 1),
-        (Op::Send, 1),
-        (Op::Send, 5),
-        (Op::Delete, 1),
-        (Op::Delete, 4),
-    ])
-    .await;
+    // Re-arming by update has no delete in this phase: the update (counted as the follow-up write)
+    // is its last step, so it is crashed at more often instead.
+    let plan: &'static [(Op, usize)] = if kind == Kind::CodewatchUpdate {
+        &[
+            (Op::Receive, 1),
+            (Op::Send, 1),
+            (Op::Send, 2),
+            (Op::Send, 3),
+            (Op::Send, 4),
+        ]
+    } else {
+        &[
+            (Op::Receive, 1),
+            (Op::Send, 1),
+            (Op::Send, 5),
+            (Op::Delete, 1),
+            (Op::Delete, 4),
+        ]
+    };
+    let activation = crash(plan).await;
     assert_eq!(activation, 5, "every activation-phase crash happened");
     // A clean worker activates what is left, then is killed idle; the expiry phase starts at the TTL.
     let clean = rig.spawn(kind, rig.queues.main.clone()).await;
@@ -847,6 +875,8 @@ on_both!(
         |db| duplicated_and_replayed_deliveries(db, Kind::Codewatch),
     a_worker_killed_at_each_step_of_its_order_loses_nothing =>
         |db| a_worker_killed_at_each_step(db, Kind::Codewatch),
+    a_worker_re_arming_by_update_killed_at_each_step_loses_nothing =>
+        |db| a_worker_killed_at_each_step(db, Kind::CodewatchUpdate),
     a_worker_started_after_the_ttl_makes_none_valid => a_backlog_past_its_ttl,
     a_worker_started_half_way_keeps_each_code_until_its_own_expiry => a_backlog_half_way,
     terminated_connections_or_a_locked_database => a_failing_database,

@@ -13,7 +13,8 @@ use azure_core::http::policies::Policy;
 use azure_core::http::{ClientOptions, ExponentialRetryOptions, RetryOptions, StatusCode, Url};
 use azure_storage_queue::models::{
     QueueClientGetPropertiesResultHeaders, QueueClientPeekMessagesOptions,
-    QueueClientReceiveMessagesOptions, QueueClientSendMessageOptions, QueueMessage,
+    QueueClientReceiveMessagesOptions, QueueClientSendMessageOptions,
+    QueueClientUpdateMessageOptions, QueueMessage,
 };
 use azure_storage_queue::{QueueClient, QueueClientOptions};
 use chrono::{DateTime, Utc};
@@ -353,11 +354,47 @@ impl QueueConsumer for AzureQueue {
     }
 
     async fn release(&self, receipt: &Receipt, visible_after: Duration) -> Result<(), QueueError> {
+        self.update_message(receipt, None, visible_after).await
+    }
+
+    async fn update(
+        &self,
+        receipt: &Receipt,
+        body: &str,
+        visible_after: Duration,
+    ) -> Result<(), QueueError> {
+        self.update_message(receipt, Some(body), visible_after)
+            .await
+    }
+}
+
+impl AzureQueue {
+    /// Update Message: a new visibility, and new text if `body` is given.
+    async fn update_message(
+        &self,
+        receipt: &Receipt,
+        body: Option<&str>,
+        visible_after: Duration,
+    ) -> Result<(), QueueError> {
+        let queue_message = match body {
+            Some(text) => Some(
+                QueueMessage {
+                    message_text: Some(text.to_owned()),
+                }
+                .try_into()
+                .map_err(|e: azure_core::Error| QueueError::Config(clean(&e)))?,
+            ),
+            None => None,
+        };
+        let options = QueueClientUpdateMessageOptions {
+            queue_message,
+            ..Default::default()
+        };
         let op = self.client.update_message(
             &receipt.message_id,
             &receipt.pop_receipt,
             seconds(visible_after),
-            None,
+            Some(options),
         );
         bounded(self.entra, op)
             .await

@@ -124,11 +124,39 @@ impl QueueConsumer for EmbeddedQueue {
     }
 
     async fn release(&self, receipt: &Receipt, visible_after: Duration) -> Result<(), QueueError> {
+        self.update_message(receipt, None, visible_after).await
+    }
+
+    async fn update(
+        &self,
+        receipt: &Receipt,
+        body: &str,
+        visible_after: Duration,
+    ) -> Result<(), QueueError> {
+        self.update_message(receipt, Some(body), visible_after)
+            .await
+    }
+
+    async fn sent_here(&self) {
+        self.sent.notified().await
+    }
+}
+
+impl EmbeddedQueue {
+    /// A new visibility (and new text if `body` is given) for a received message, by its receipt.
+    async fn update_message(
+        &self,
+        receipt: &Receipt,
+        body: Option<&str>,
+        visible_after: Duration,
+    ) -> Result<(), QueueError> {
         let result = sqlx::query(
-            "UPDATE queue_messages SET visible_at = ?, pop_receipt = lower(hex(randomblob(16))) \
+            "UPDATE queue_messages SET visible_at = ?, body = coalesce(?, body), \
+             pop_receipt = lower(hex(randomblob(16))) \
              WHERE queue_name = ? AND message_id = ? AND pop_receipt = ?",
         )
         .bind(now_ms() + millis(visible_after))
+        .bind(body)
         .bind(&self.name)
         .bind(&receipt.message_id)
         .bind(&receipt.pop_receipt)
@@ -140,10 +168,6 @@ impl QueueConsumer for EmbeddedQueue {
         } else {
             Ok(())
         }
-    }
-
-    async fn sent_here(&self) {
-        self.sent.notified().await
     }
 }
 

@@ -120,6 +120,16 @@ pub trait QueueConsumer: QueueSender {
     /// Makes a received message visible again after `visible_after` (0 = at once).
     async fn release(&self, receipt: &Receipt, visible_after: Duration) -> Result<(), QueueError>;
 
+    /// Replaces a received message's text and makes it visible again after `visible_after`, in one
+    /// call (Azure's Update Message: the identity needs Storage Queue Data Contributor). The message
+    /// keeps its id, insertion time and dequeue count. [`QueueError::MessageGone`] if the receipt is stale.
+    async fn update(
+        &self,
+        receipt: &Receipt,
+        body: &str,
+        visible_after: Duration,
+    ) -> Result<(), QueueError>;
+
     /// Resolves when this process may just have sent a message to this queue, so an idle poller can wake
     /// early. The default never resolves: another process's sends are seen by polling.
     async fn sent_here(&self) {

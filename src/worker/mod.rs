@@ -55,6 +55,8 @@ pub struct WorkerSettings {
     pub max_poll_interval: Duration,
     /// How expiry messages are written.
     pub encoding: MessageEncoding,
+    /// How an activation becomes its expiry message.
+    pub rearm: Rearm,
     /// How often rows past their retention are deleted; `None` never.
     pub sweep_interval: Option<Duration>,
     /// How long a row is kept after its expiry, for inspection (at least `code_ttl` is kept anyway).
@@ -65,6 +67,19 @@ pub struct WorkerSettings {
     /// With keys, activations must be signed by one of them (others are poisoned), and the expiry
     /// messages the worker writes are signed with the current one.
     pub signing: Option<crate::signing::SigningKeys>,
+}
+
+/// How an activation is re-armed as its expiry message, after the database write.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Rearm {
+    /// Send the expiry message, then delete the activation: two calls, and the roles Storage Queue
+    /// Data Message Sender and Processor suffice.
+    #[default]
+    Send,
+    /// One Update Message call turns the activation into the expiry message (same message id; its
+    /// dequeue count carries on, so only a first delivery is updated: an activation that came back is
+    /// re-sent). Needs Storage Queue Data Contributor.
+    Update,
 }
 
 /// A worker failure that stops one poll (the loop backs off and tries again).

@@ -2,7 +2,7 @@
 //! and re-arm, expire, put back. [`Worker::process_batch`](super::Worker::process_batch) runs them in
 //! their order; every step is idempotent, so a crash between two of them only redelivers.
 
-use super::{BatchReport, Worker};
+use super::{BatchReport, Rearm, Worker};
 use crate::domain::Issuance;
 use crate::message::CodeMessage;
 use crate::ops::metrics as m;
@@ -86,7 +86,8 @@ impl Worker {
         report
     }
 
-    /// Sends each live activation's expiry message, then deletes the activation. Returns how many failed.
+    /// Sends each live activation's expiry message, then deletes the activation (or, with
+    /// [`Rearm::Update`], turns it into its expiry message in one call). Returns how many failed.
     async fn rearm(
         &self,
         activations: Vec<(ReceivedMessage, Activation)>,
@@ -101,6 +102,24 @@ impl Worker {
                     issuance: activation.issuance.clone(),
                 };
                 let body = follow_up.encode_signed(self.settings.encoding, self.settings.signing.as_ref());
+                // Only a first delivery is updated: the expiry message keeps the activation's dequeue
+                // count, so one that came back after crashes is re-sent instead (a fresh count), and
+                // an expiry message is never set aside for its activation's tries.
+                if self.settings.rearm == Rearm::Update && message.dequeue_count <= 1 {
+                    // One call: the activation becomes the expiry message, so there is nothing to delete.
+                    return match self.queue.update(&message.receipt, &body, delay).await {
+                        Ok(()) => {
+                            tracing::debug!(issuance = %id, expires_in_s = delay.as_secs(), "code activated; re-armed in place");
+                            Outcome::Done
+                        }
+                        // Another receive holds it now: it is activated again (idempotently) and re-armed.
+                        Err(QueueError::MessageGone) => Outcome::Done,
+                        Err(e) => {
+                            tracing::warn!(error = %e, issuance = %id, "activation not re-armed; will retry");
+                            Outcome::Failed
+                        }
+                    };
+                }
                 if let Err(e) = self.queue.send(&body, delay).await {
                     tracing::warn!(error = %e, issuance = %id, "expiry message not sent; will retry");
                     return Outcome::Failed;

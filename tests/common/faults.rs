@@ -141,6 +141,17 @@ impl QueueConsumer for FaultQueue {
         }
         self.inner.release(receipt, visible_after).await
     }
+
+    /// Counted as a [`Op::Send`]: in update mode it is the follow-up write after the database's.
+    async fn update(
+        &self,
+        receipt: &Receipt,
+        body: &str,
+        visible_after: Duration,
+    ) -> Result<(), QueueError> {
+        self.enter(Op::Send)?;
+        self.inner.update(receipt, body, visible_after).await
+    }
 }
 
 #[async_trait]

@@ -104,6 +104,32 @@ async fn release_makes_a_message_visible_again_at_once(f: Fixture) {
     assert_eq!(again[0].dequeue_count, 2);
 }
 
+async fn update_replaces_the_text_and_the_visibility_keeping_the_message(f: Fixture) {
+    let q = &f.queues.main;
+    q.send("activate <&>", Duration::ZERO).await.unwrap();
+    let first = q.receive(1, LONG).await.unwrap().remove(0);
+    q.update(&first.receipt, "expire <&> ü", Duration::from_secs(1))
+        .await
+        .unwrap();
+    assert!(
+        q.receive(32, LONG).await.unwrap().is_empty(),
+        "invisible until its new time"
+    );
+    let again = eventually("the updated message", Duration::from_secs(10), || async {
+        let got = q.receive(32, LONG).await.unwrap();
+        (!got.is_empty()).then_some(got)
+    })
+    .await;
+    assert_eq!(again.len(), 1, "updated in place, not copied");
+    assert_eq!(again[0].body, "expire <&> ü");
+    assert_eq!(again[0].receipt.message_id, first.receipt.message_id);
+    assert_eq!(again[0].dequeue_count, 2, "the dequeue count carries on");
+    assert!(matches!(
+        q.update(&first.receipt, "stale", Duration::ZERO).await,
+        Err(QueueError::MessageGone)
+    ));
+}
+
 async fn receive_takes_at_most_the_batch_size(f: Fixture) {
     let q = &f.queues.main;
     for i in 0..5 {
@@ -175,6 +201,7 @@ both!(
     an_undeleted_message_returns_after_its_lease_and_its_old_receipt_is_stale,
     a_deleted_message_is_gone_and_deleting_twice_says_so,
     release_makes_a_message_visible_again_at_once,
+    update_replaces_the_text_and_the_visibility_keeping_the_message,
     receive_takes_at_most_the_batch_size,
     peek_does_not_take_and_clear_empties_the_queue,
     bodies_with_markup_quotes_and_unicode_survive,

@@ -172,6 +172,45 @@ async fn validity_ends_at_expires_at_even_before_the_expiry_message_is_processed
 }
 
 #[tokio::test]
+async fn re_arming_by_update_turns_the_activation_into_its_expiry_message_in_one_call() {
+    let rig = rig().await;
+    let worker = rig.worker(WorkerSettings {
+        rearm: codewatch::worker::Rearm::Update,
+        ..settings(1)
+    });
+    rig.send(&activation(&issuance("upd-1-Arm", Utc::now())))
+        .await;
+    let sent = rig.queues.main.peek(1).await.unwrap().remove(0);
+    let report = drain(&worker).await;
+    assert_eq!((report.activated, report.failed), (1, 0));
+    assert_eq!(rig.valid("upd-1-Arm").await, 1);
+    assert_eq!(
+        rig.queues.main.approximate_len().await.unwrap(),
+        1,
+        "the activation became the expiry message: no copy, nothing deleted"
+    );
+    let expiry = eventually("the expiry message", Duration::from_secs(10), || async {
+        rig.queues.main.peek(1).await.unwrap().pop()
+    })
+    .await;
+    assert_eq!(expiry.message_id, sent.message_id);
+    assert!(matches!(
+        CodeMessage::decode(&expiry.body, Utc::now()).unwrap(),
+        CodeMessage::Expire { .. }
+    ));
+    let mut total = BatchReport::default();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while total.expired < 1 {
+        assert!(std::time::Instant::now() < deadline, "no expiry: {total:?}");
+        total += drain(&worker).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!((total.failed, total.poisoned), (0, 0));
+    assert_eq!(rig.rows().await, 0);
+    assert_eq!(rig.queues.main.approximate_len().await.unwrap(), 0);
+}
+
+#[tokio::test]
 async fn the_same_activation_twice_makes_one_valid_code() {
     let rig = rig().await;
     let worker = rig.worker(settings(60));
@@ -623,6 +662,15 @@ impl codewatch::queue::QueueConsumer for PanickingQueue {
         after: Duration,
     ) -> Result<(), codewatch::queue::QueueError> {
         self.inner.release(receipt, after).await
+    }
+
+    async fn update(
+        &self,
+        receipt: &codewatch::queue::Receipt,
+        body: &str,
+        after: Duration,
+    ) -> Result<(), codewatch::queue::QueueError> {
+        self.inner.update(receipt, body, after).await
     }
 }
 
