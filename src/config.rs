@@ -317,7 +317,7 @@ pub struct HttpArgs {
     pub http_request_timeout_seconds: u64,
     /// Connections open at once per listener; more clients wait in the listen backlog. Keep it below
     /// the process's file descriptor limit (`ulimit -n`).
-    #[arg(long, env = "HTTP_MAX_CONNECTIONS", default_value_t = NonZeroUsize::new(1024).unwrap_or(NonZeroUsize::MIN), value_parser = nonzero_count!(1..=1_000_000))]
+    #[arg(long, env = "HTTP_MAX_CONNECTIONS", default_value = "1024", value_parser = nonzero_count!(1..=1_000_000))]
     pub http_max_connections: NonZeroUsize,
 }
 
@@ -532,10 +532,10 @@ pub struct WorkerTuning {
     #[arg(long, env = "MAX_DEQUEUE_COUNT", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub max_dequeue_count: u32,
     /// Poll loops per worker process.
-    #[arg(long, env = "WORKER_POLLERS", default_value_t = NonZeroUsize::new(2).unwrap_or(NonZeroUsize::MIN), value_parser = nonzero_count!(1..=64))]
+    #[arg(long, env = "WORKER_POLLERS", default_value = "2", value_parser = nonzero_count!(1..=64))]
     pub pollers: NonZeroUsize,
     /// Queue operations in flight at once within a batch.
-    #[arg(long, env = "WORKER_MAX_IN_FLIGHT", default_value_t = NonZeroUsize::new(32).unwrap_or(NonZeroUsize::MIN), value_parser = nonzero_count!(1..=1024))]
+    #[arg(long, env = "WORKER_MAX_IN_FLIGHT", default_value = "32", value_parser = nonzero_count!(1..=1024))]
     pub max_in_flight: NonZeroUsize,
     /// First wait after an empty receive, in milliseconds.
     #[arg(long, env = "WORKER_MIN_POLL_INTERVAL_MS", default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=60_000))]

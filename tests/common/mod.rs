@@ -92,28 +92,42 @@ pub fn start_azurite_at(port: u16, extra: &str) -> String {
         .stderr(Stdio::null())
         .spawn()
         .expect("start azurite");
-    let port = listening_port(&dir.join("started.log"), Duration::from_secs(60));
+    // `… successfully listens on http(s)://127.0.0.1:PORT`.
+    let keys = ["http", "https"].map(|scheme| format!("listens on {scheme}://127.0.0.1:"));
+    let port = port_in_log(
+        &dir.join("started.log"),
+        &keys,
+        "Azurite",
+        Duration::from_secs(60),
+    );
     wait_for_port(port, Duration::from_secs(60));
     format!("http://127.0.0.1:{port}/devstoreaccount1")
 }
 
-/// The port Azurite says it listens on (`… successfully listens on http(s)://127.0.0.1:PORT`).
-fn listening_port(log: &std::path::Path, limit: Duration) -> u16 {
-    const SAYS: &str = "successfully listens on ";
-    const HOST: &str = "127.0.0.1:";
+/// The port a process wrote into `log` right after one of `keys` (such as `addr=127.0.0.1:`), waiting
+/// up to `limit` for it; `what` names the process in the failure. With a process that binds port 0 and
+/// says which port it got, this is race-free.
+pub fn port_in_log(log: &std::path::Path, keys: &[String], what: &str, limit: Duration) -> u16 {
     let deadline = Instant::now() + limit;
     loop {
         let text = std::fs::read_to_string(log).unwrap_or_default();
-        let said = text.find(SAYS).map(|at| &text[at..]);
-        if let Some(at) = said.and_then(|line| line.find(HOST).map(|i| &line[i + HOST.len()..])) {
-            let digits: String = at.chars().take_while(char::is_ascii_digit).collect();
-            return digits.parse().expect("Azurite's port");
+        let port = keys.iter().find_map(|key| {
+            let at = text.find(key.as_str())? + key.len();
+            let digits: String = text[at..]
+                .chars()
+                .take_while(char::is_ascii_digit)
+                .collect();
+            digits.parse().ok()
+        });
+        if let Some(port) = port {
+            return port;
         }
         assert!(
             Instant::now() < deadline,
-            "Azurite did not start within {limit:?}:\n{text}"
+            "{what} did not say its port within {limit:?} ({}):\n{text}",
+            log.display()
         );
-        std::thread::sleep(Duration::from_millis(100));
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 

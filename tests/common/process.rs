@@ -170,29 +170,14 @@ pub fn run(dir: &Path, args: &[&str], env: &[(&str, String)], stdin: &str) -> Ou
 /// that names it (`field=127.0.0.1:NNNN` as text, `"field":"127.0.0.1:NNNN"` as JSON), waiting up to
 /// 20 s for it. Race-free: the process binds port 0 and says which port it got.
 pub fn bound_port(log: &Path, field: &str) -> u16 {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let (text_key, json_key) = (
+    let keys = [
         format!("{field}=127.0.0.1:"),
         format!("\"{field}\":\"127.0.0.1:"),
-    );
-    loop {
-        let text = std::fs::read_to_string(log).unwrap_or_default();
-        let port = [&text_key, &json_key].iter().find_map(|key| {
-            let at = text.find(key.as_str())? + key.len();
-            let digits: String = text[at..]
-                .chars()
-                .take_while(char::is_ascii_digit)
-                .collect();
-            digits.parse().ok()
-        });
-        if let Some(port) = port {
-            return port;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{} never named its {field} listener:\n{text}",
-            log.display()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    ];
+    super::port_in_log(
+        log,
+        &keys,
+        &format!("the {field} listener"),
+        Duration::from_secs(20),
+    )
 }
