@@ -5,7 +5,8 @@ use crate::identity::AzureAuth;
 use crate::queue::azure::AzureQueueFactory;
 use crate::queue::connection_string::ConnectionString;
 use crate::queue::embedded::EmbeddedQueue;
-use crate::queue::{QueueError, SharedQueue, poison_name};
+use crate::queue::shards::{Shard, Spread, shard_names};
+use crate::queue::{QueueAdmin, QueueError, QueueSender, SharedQueue, poison_name};
 use crate::store::postgres::{self, PostgresStore};
 use crate::store::sqlite::{self, SqliteStore};
 use crate::store::{SharedStore, StoreError};
@@ -134,7 +135,7 @@ impl Database {
     }
 }
 
-/// The queue and its poison queue, both created if missing.
+/// One shard's queue and its poison queue, both created if missing.
 #[derive(Clone)]
 pub struct Queues {
     /// Where codes are announced and re-armed.
@@ -146,52 +147,23 @@ pub struct Queues {
 }
 
 impl Queues {
-    /// Opens the queues the arguments name: the URL (with `auth`'s credential unless it carries a SAS),
-    /// else the connection string, else the embedded queue.
+    /// Opens the first (or only) shard the arguments name; see [`QueueShards::open`].
     pub async fn open(
         args: &QueueArgs,
         database: Option<&Database>,
         auth: &AzureAuth,
     ) -> Result<Self, StartupError> {
-        let mut endpoint = None;
-        let (main, poison, backend): (SharedQueue, SharedQueue, _) = if let Some(url) =
-            &args.storage_queue_url
-        {
-            let factory = AzureQueueFactory::from_queue_url(url.expose(), || {
-                auth.credential()
-                    .map_err(|e| QueueError::NoIdentity(e.to_string()))
-            })?;
-            endpoint = Some(factory.endpoint().to_owned());
-            let name = factory
-                .default_queue()
-                .unwrap_or(&args.queue_name)
-                .to_owned();
-            (
-                Arc::new(factory.queue(&name)?),
-                Arc::new(factory.queue(&poison_name(&name))?),
-                "azure-url",
-            )
-        } else if let Some(cs) = &args.storage_connection_string {
-            let factory =
-                AzureQueueFactory::from_connection_string(&ConnectionString::parse(cs.expose())?)?;
-            endpoint = Some(factory.endpoint().to_owned());
-            let name = &args.queue_name;
-            (
-                Arc::new(factory.queue(name)?),
-                Arc::new(factory.queue(&poison_name(name))?),
-                "azure-connection-string",
-            )
-        } else {
-            let name = &args.queue_name;
-            let database = database.ok_or_else(|| {
-                QueueError::Config("the embedded queue needs the SQLite database".into())
-            })?;
-            (
-                database.embedded_queue(name)?,
-                database.embedded_queue(&poison_name(name))?,
-                "embedded",
-            )
-        };
+        let mut shards = QueueShards::open(args, database, auth).await?.shards;
+        Ok(shards.swap_remove(0))
+    }
+
+    /// The pair, once both queues exist (created if missing); an unreachable service names `endpoint`.
+    async fn created(
+        main: SharedQueue,
+        poison: SharedQueue,
+        backend: &'static str,
+        endpoint: Option<&str>,
+    ) -> Result<Self, StartupError> {
         let created = match main.ensure_exists().await {
             Ok(()) => poison.ensure_exists().await,
             Err(e) => Err(e),
@@ -205,7 +177,7 @@ impl Queues {
                     ""
                 };
                 return Err(StartupError::QueueUnreachable {
-                    endpoint,
+                    endpoint: endpoint.to_owned(),
                     cause,
                     hint,
                 });
@@ -217,5 +189,139 @@ impl Queues {
             poison,
             backend,
         })
+    }
+
+    /// The pair as the worker takes it.
+    pub fn shard(&self) -> Shard {
+        Shard {
+            main: self.main.clone(),
+            poison: self.poison.clone(),
+        }
+    }
+}
+
+/// Every shard's queues, in shard order (at least one).
+#[derive(Clone)]
+pub struct QueueShards {
+    /// The shards; the first keeps the configured queue's own name. Never empty.
+    shards: Vec<Queues>,
+}
+
+impl QueueShards {
+    /// Opens every shard the arguments name, in order: the URLs (each with `auth`'s credential unless
+    /// it carries a SAS), else the connection string, else the embedded queue; with one URL or none,
+    /// `STORAGE_QUEUE_SHARDS` names `<queue>`, `<queue>-1`, …
+    pub async fn open(
+        args: &QueueArgs,
+        database: Option<&Database>,
+        auth: &AzureAuth,
+    ) -> Result<Self, StartupError> {
+        let count = args.queue_shards.get();
+        let mut shards = Vec::with_capacity(count);
+        if let Some(urls) = &args.storage_queue_url {
+            let urls: Vec<&str> = urls
+                .expose()
+                .split(',')
+                .map(str::trim)
+                .filter(|u| !u.is_empty())
+                .collect();
+            if urls.len() > 1 && count != 1 && count != urls.len() {
+                return Err(QueueError::Config(format!(
+                    "STORAGE_QUEUE_URL lists {} queues but STORAGE_QUEUE_SHARDS is {count}: list one URL per \
+                     shard, or give one URL and a count",
+                    urls.len()
+                ))
+                .into());
+            }
+            for url in &urls {
+                let factory = AzureQueueFactory::from_queue_url(url, || {
+                    auth.credential()
+                        .map_err(|e| QueueError::NoIdentity(e.to_string()))
+                })?;
+                let base = factory
+                    .default_queue()
+                    .unwrap_or(&args.queue_name)
+                    .to_owned();
+                let names = shard_names(&base, if urls.len() == 1 { count } else { 1 });
+                for name in names {
+                    let main: SharedQueue = Arc::new(factory.queue(&name)?);
+                    let poison: SharedQueue = Arc::new(factory.queue(&poison_name(&name))?);
+                    shards.push(
+                        Queues::created(main, poison, "azure-url", Some(factory.endpoint()))
+                            .await?,
+                    );
+                }
+            }
+            if shards.is_empty() {
+                return Err(QueueError::Config("STORAGE_QUEUE_URL names no queue".into()).into());
+            }
+        } else if let Some(cs) = &args.storage_connection_string {
+            let factory =
+                AzureQueueFactory::from_connection_string(&ConnectionString::parse(cs.expose())?)?;
+            for name in shard_names(&args.queue_name, count) {
+                let main: SharedQueue = Arc::new(factory.queue(&name)?);
+                let poison: SharedQueue = Arc::new(factory.queue(&poison_name(&name))?);
+                shards.push(
+                    Queues::created(
+                        main,
+                        poison,
+                        "azure-connection-string",
+                        Some(factory.endpoint()),
+                    )
+                    .await?,
+                );
+            }
+        } else {
+            let database = database.ok_or_else(|| {
+                QueueError::Config("the embedded queue needs the SQLite database".into())
+            })?;
+            for name in shard_names(&args.queue_name, count) {
+                let main = database.embedded_queue(&name)?;
+                let poison = database.embedded_queue(&poison_name(&name))?;
+                shards.push(Queues::created(main, poison, "embedded", None).await?);
+            }
+        }
+        Ok(Self { shards })
+    }
+
+    /// The shards, in order.
+    pub fn iter(&self) -> impl Iterator<Item = &Queues> {
+        self.shards.iter()
+    }
+
+    /// The main queues' names, for logs: `code-requests` or `code-requests, code-requests-1, …`.
+    pub fn names(&self) -> String {
+        let names: Vec<&str> = self.shards.iter().map(|q| q.main.name()).collect();
+        names.join(", ")
+    }
+
+    /// Which backend, for the start-up log.
+    pub fn backend(&self) -> &'static str {
+        self.shards.first().map_or("none", |q| q.backend)
+    }
+
+    /// The producer's view: a message goes to its issuance id's shard.
+    pub fn spread(&self) -> Spread {
+        let mut mains = self
+            .shards
+            .iter()
+            .map(|q| q.main.clone() as Arc<dyn QueueSender>);
+        match mains.next() {
+            Some(first) => Spread::new(first, mains),
+            None => unreachable!("QueueShards::open opens at least one shard"),
+        }
+    }
+
+    /// The main queues, for readiness.
+    pub fn mains(&self) -> Vec<Arc<dyn QueueAdmin>> {
+        self.shards
+            .iter()
+            .map(|q| q.main.clone() as Arc<dyn QueueAdmin>)
+            .collect()
+    }
+
+    /// The worker's view: each shard's queue and poison queue.
+    pub fn worker_shards(&self) -> Vec<Shard> {
+        self.shards.iter().map(Queues::shard).collect()
     }
 }

@@ -234,6 +234,7 @@ impl DatabaseArgs {
 #[derive(Clone, Debug, Args)]
 pub struct QueueArgs {
     /// Queue URL, `https://<account>.queue.core.windows.net/<queue>`; Entra ID auth, or a SAS in the query.
+    /// Several URLs separated by commas are shards (they may live in different storage accounts).
     #[arg(
         long,
         env = "STORAGE_QUEUE_URL",
@@ -258,6 +259,10 @@ pub struct QueueArgs {
         global = true
     )]
     pub queue_name: String,
+    /// Shards of the queue: codes are spread over `<queue>`, `<queue>-1`, … `<queue>-(N-1)`, each with its
+    /// own poison queue; every worker polls all of them. Or list the shards' URLs in STORAGE_QUEUE_URL.
+    #[arg(long, env = "STORAGE_QUEUE_SHARDS", default_value = "1", value_parser = nonzero_count!(1..=crate::queue::shards::MAX_SHARDS as u64), global = true)]
+    pub queue_shards: NonZeroUsize,
     /// How messages are written: `text` (as the Python SDK) or `base64` (for Azure Functions). Reading detects both.
     #[arg(long, env = "MESSAGE_ENCODING", value_enum, default_value_t = MessageEncoding::Text, global = true)]
     pub message_encoding: MessageEncoding,

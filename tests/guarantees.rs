@@ -9,7 +9,7 @@
 mod common;
 
 use chrono::{TimeDelta, Utc};
-use codewatch::backends::Queues;
+use codewatch::backends::{QueueShards, Queues};
 use codewatch::clock::Clock;
 use codewatch::domain::Code;
 use codewatch::domain::{Issuance, IssuanceId};
@@ -17,6 +17,7 @@ use codewatch::function_key::FunctionKey;
 use codewatch::http::{self, AppState};
 use codewatch::message::{CodeMessage, MessageEncoding};
 use codewatch::number_api::NumberApiClient;
+use codewatch::queue::shards::Spread;
 use codewatch::queue::{QueueError, SharedQueue};
 use codewatch::secret::Secret;
 use codewatch::worker::{Worker, WorkerSettings};
@@ -57,7 +58,10 @@ impl Drop for Running {
 
 struct Rig {
     db: TestDb,
+    /// The first (usually only) shard.
     queues: Queues,
+    /// The other shards, if the scenario has any.
+    more_shards: Vec<Queues>,
     checker: Arc<Checker>,
     number_api: Server,
     ttl: Duration,
@@ -67,6 +71,7 @@ async fn rig(db: TestDb, ttl: Duration) -> Rig {
     let checker = Checker::install(&db.url, ttl).await;
     Rig {
         queues: common::azure_queues().await,
+        more_shards: Vec::new(),
         checker,
         number_api: common::number_api(NUMBER_KEY).await,
         db,
@@ -79,7 +84,7 @@ impl Rig {
     /// writing to `queue`, calling the number API at `number_api` (the rig's when `None`).
     async fn producer_on(
         &self,
-        queue: SharedQueue,
+        queue: impl Into<Spread>,
         clock: Clock,
         number_api: Option<(&str, Duration)>,
     ) -> Server {
@@ -103,7 +108,7 @@ impl Rig {
                 FunctionKey::fixed(Secret::new(NUMBER_KEY)),
                 timeout,
             ),
-            queue,
+            queue: queue.into(),
             encoding: MessageEncoding::Text,
             verification: Some(verification),
             getcode_limiter: None,
@@ -112,6 +117,14 @@ impl Rig {
             clock,
         }))
         .await
+    }
+
+    /// Every shard's queues.
+    fn shards(&self) -> Vec<Queues> {
+        std::iter::once(&self.queues)
+            .chain(&self.more_shards)
+            .cloned()
+            .collect()
     }
 
     async fn producer(&self, queue: SharedQueue) -> Server {
@@ -199,9 +212,9 @@ impl Rig {
             tokio::time::sleep(wait + Duration::from_millis(2500)).await;
         }
         self.checker
-            .wait_drained(&self.queues, Duration::from_secs(10))
+            .wait_drained(&self.shards(), Duration::from_secs(10))
             .await;
-        self.checker.verdict(&self.queues).await
+        self.checker.verdict(&self.shards()).await
     }
 }
 
@@ -451,7 +464,7 @@ async fn a_backlog_past_its_ttl(db: TestDb) -> Verdict {
         rig.checker.never_valid_ok(code);
     }
     rig.checker.probe_all(&producer.url(""), VERIFY_KEY).await;
-    let verdict = rig.checker.verdict(&rig.queues).await;
+    let verdict = rig.checker.verdict(&rig.shards()).await;
     assert_eq!(verdict.changes, 0, "nothing was ever written: {verdict}");
     verdict
 }
@@ -815,6 +828,75 @@ async fn a_postgresql_restart_under_load_delays_codes_and_loses_none() {
         .assert_holds("postgres a_postgresql_restart_under_load");
 }
 
+/// Three shards (`STORAGE_QUEUE_SHARDS=3` through the connection string): the producer spreads codes
+/// over `q`, `q-1` and `q-2` by issuance id, two workers poll every shard, a malformed message on the
+/// third shard goes to that shard's poison queue. Every code valid in its window then expired.
+async fn three_shards(db: TestDb) -> Verdict {
+    let mut rig = rig(db, Duration::from_secs(4)).await;
+    let base = common::queue_name();
+    let args = codewatch::config::QueueArgs {
+        storage_queue_url: None,
+        storage_connection_string: Some(Secret::new(common::connection_string())),
+        queue_name: base.clone(),
+        queue_shards: std::num::NonZeroUsize::new(3).unwrap(),
+        message_encoding: MessageEncoding::Text,
+        azure_credential: codewatch::identity::CredentialChoice::Auto,
+    };
+    let auth = codewatch::identity::AzureAuth::new(args.azure_credential);
+    let shards = QueueShards::open(&args, None, &auth).await.unwrap();
+    assert_eq!(shards.names(), format!("{base}, {base}-1, {base}-2"));
+    let mut all: Vec<Queues> = shards.iter().cloned().collect();
+    rig.queues = all.remove(0);
+    rig.more_shards = all;
+    let producer = rig
+        .producer_on(shards.spread(), Clock::system(), None)
+        .await;
+    let _prober = rig
+        .checker
+        .spawn_prober(producer.url(""), VERIFY_KEY.into());
+    let first = rig.issue(&producer, 45, Duration::ZERO, false).await;
+    assert_eq!(codes(&first).len(), 45);
+    for queues in shards.iter() {
+        let waiting = queues.main.peek(32).await.unwrap().len();
+        assert!(waiting > 0, "{} got none of 45 codes", queues.main.name());
+    }
+    let third = &rig.more_shards[1];
+    third
+        .main
+        .send("not a message", Duration::ZERO)
+        .await
+        .unwrap();
+    rig.checker.bad(1);
+    let workers: Vec<Running> = (0..2)
+        .map(|_| {
+            let worker = Worker::with_shards(
+                shards.worker_shards(),
+                rig.db.database.store(),
+                rig.settings(),
+            );
+            Running(tokio::spawn(Arc::new(worker).run(CancellationToken::new())))
+        })
+        .collect();
+    let later = rig
+        .issue(&producer, 30, Duration::from_millis(30), false)
+        .await;
+    assert_eq!(codes(&later).len(), 30);
+    let verdict = rig.finish().await;
+    drop(workers);
+    let poisoned: Vec<u64> = futures::future::join_all(
+        shards
+            .iter()
+            .map(|q| async { q.poison.approximate_len().await.unwrap() }),
+    )
+    .await;
+    assert_eq!(
+        poisoned,
+        [0, 0, 1],
+        "set aside on its own shard's poison queue"
+    );
+    verdict
+}
+
 async fn receive_all(queue: &SharedQueue, n: usize) -> Vec<codewatch::queue::ReceivedMessage> {
     let mut all = Vec::new();
     for _ in 0..50 {
@@ -883,6 +965,7 @@ on_both!(
 );
 
 holds!(sqlite_only:
+    three_shards_spread_polled_fairly_and_poisoned_apart => three_shards,
     fast_and_slow_producer_clocks_and_future_dated_messages => clock_skew,
     malformed_and_foreign_messages_interleaved_with_good_ones => malformed_and_foreign_messages,
     a_number_api_failing_hanging_and_answering_garbage => a_failing_number_api,

@@ -1,5 +1,5 @@
 // codewatch on Azure Container Apps, keyless: a storage account (shared keys off) with the queue and its
-// poison queue, Key Vault holding the third-party function key, one user-assigned managed identity per
+// poison queue (or queueShards of each, past one queue's ~2,000 messages/s), Key Vault holding the third-party function key, one user-assigned managed identity per
 // app with least-privilege roles, PostgreSQL Flexible Server on a private network (no public access),
 // a migration job, the producer with ingress to getcode only, and the worker scaled by KEDA on visible
 // queue messages.
@@ -58,8 +58,14 @@ param postgresSubnetPrefix string = '10.40.2.0/24'
 @description('Seconds a code stays valid.')
 param codeTtlSeconds int = 600
 
+@description('Queues codes are spread over (STORAGE_QUEUE_SHARDS): one serves about 500 codes/s.')
+@minValue(1)
+@maxValue(64)
+param queueShards int = 1
+
 var queueName = 'code-requests'
-var poisonQueueName = '${queueName}-poison'
+// As codewatch names them: the queue itself, then code-requests-1, code-requests-2, …
+var shardNames = [for i in range(0, queueShards): i == 0 ? queueName : '${queueName}-${i}']
 var secretName = 'third-party-api-key'
 var suffix = uniqueString(resourceGroup().id)
 
@@ -134,15 +140,15 @@ resource queueService 'Microsoft.Storage/storageAccounts/queueServices@2023-05-0
   name: 'default'
 }
 
-resource queue 'Microsoft.Storage/storageAccounts/queueServices/queues@2023-05-01' = {
+resource queues 'Microsoft.Storage/storageAccounts/queueServices/queues@2023-05-01' = [for name in shardNames: {
   parent: queueService
-  name: queueName
-}
+  name: name
+}]
 
-resource poisonQueue 'Microsoft.Storage/storageAccounts/queueServices/queues@2023-05-01' = {
+resource poisonQueues 'Microsoft.Storage/storageAccounts/queueServices/queues@2023-05-01' = [for name in shardNames: {
   parent: queueService
-  name: poisonQueueName
-}
+  name: '${name}-poison'
+}]
 
 resource vault 'Microsoft.KeyVault/vaults@2023-07-01' = {
   // checkov:skip=CKV_AZURE_189:reached from the apps' subnet through its service endpoint; the network rules deny every other network
@@ -181,15 +187,15 @@ resource workerIdentity 'Microsoft.ManagedIdentity/userAssignedIdentities@2023-0
 }
 
 // The producer only sends, and reads the function key.
-resource producerSends 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
-  scope: queue
-  name: guid(queue.id, producerIdentity.id, roles.queueMessageSender)
+resource producerSends 'Microsoft.Authorization/roleAssignments@2022-04-01' = [for (name, i) in shardNames: {
+  scope: queues[i]
+  name: guid(queues[i].id, producerIdentity.id, roles.queueMessageSender)
   properties: {
     roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.queueMessageSender)
     principalId: producerIdentity.properties.principalId
     principalType: 'ServicePrincipal'
   }
-}
+}]
 
 resource producerReadsKey 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
   scope: functionKeySecret
@@ -202,45 +208,45 @@ resource producerReadsKey 'Microsoft.Authorization/roleAssignments@2022-04-01' =
 }
 
 // The worker receives and deletes, re-sends expiry messages, sets poison aside; KEDA reads the length.
-resource workerProcesses 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
-  scope: queue
-  name: guid(queue.id, workerIdentity.id, roles.queueMessageProcessor)
+resource workerProcesses 'Microsoft.Authorization/roleAssignments@2022-04-01' = [for (name, i) in shardNames: {
+  scope: queues[i]
+  name: guid(queues[i].id, workerIdentity.id, roles.queueMessageProcessor)
   properties: {
     roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.queueMessageProcessor)
     principalId: workerIdentity.properties.principalId
     principalType: 'ServicePrincipal'
   }
-}
+}]
 
-resource workerSends 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
-  scope: queue
-  name: guid(queue.id, workerIdentity.id, roles.queueMessageSender)
+resource workerSends 'Microsoft.Authorization/roleAssignments@2022-04-01' = [for (name, i) in shardNames: {
+  scope: queues[i]
+  name: guid(queues[i].id, workerIdentity.id, roles.queueMessageSender)
   properties: {
     roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.queueMessageSender)
     principalId: workerIdentity.properties.principalId
     principalType: 'ServicePrincipal'
   }
-}
+}]
 
-resource workerReadsLength 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
-  scope: queue
-  name: guid(queue.id, workerIdentity.id, roles.queueDataReader)
+resource workerReadsLength 'Microsoft.Authorization/roleAssignments@2022-04-01' = [for (name, i) in shardNames: {
+  scope: queues[i]
+  name: guid(queues[i].id, workerIdentity.id, roles.queueDataReader)
   properties: {
     roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.queueDataReader)
     principalId: workerIdentity.properties.principalId
     principalType: 'ServicePrincipal'
   }
-}
+}]
 
-resource workerPoisons 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
-  scope: poisonQueue
-  name: guid(poisonQueue.id, workerIdentity.id, roles.queueMessageSender)
+resource workerPoisons 'Microsoft.Authorization/roleAssignments@2022-04-01' = [for (name, i) in shardNames: {
+  scope: poisonQueues[i]
+  name: guid(poisonQueues[i].id, workerIdentity.id, roles.queueMessageSender)
   properties: {
     roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.queueMessageSender)
     principalId: workerIdentity.properties.principalId
     principalType: 'ServicePrincipal'
   }
-}
+}]
 
 resource postgres 'Microsoft.DBforPostgreSQL/flexibleServers@2022-12-01' = {
   name: '${namePrefix}-pg-${take(suffix, 8)}'
@@ -328,6 +334,7 @@ resource producer 'Microsoft.App/containerApps@2024-03-01' = {
           env: [
             { name: 'AZURE_CLIENT_ID', value: producerIdentity.properties.clientId }
             { name: 'STORAGE_QUEUE_URL', value: queueUrl }
+            { name: 'STORAGE_QUEUE_SHARDS', value: string(queueShards) }
             { name: 'KEY_VAULT_URL', value: vault.properties.vaultUri }
             { name: 'THIRD_PARTY_API_SECRET_NAME', value: secretName }
             { name: 'THIRD_PARTY_API_ENDPOINT', value: thirdPartyApiEndpoint }
@@ -375,6 +382,7 @@ resource worker 'Microsoft.App/containerApps@2024-03-01' = {
           env: [
             { name: 'AZURE_CLIENT_ID', value: workerIdentity.properties.clientId }
             { name: 'STORAGE_QUEUE_URL', value: queueUrl }
+            { name: 'STORAGE_QUEUE_SHARDS', value: string(queueShards) }
             { name: 'DATABASE_URL', secretRef: 'database-url' } // checkov:skip=CKV_SECRET_6:a reference to a Container Apps secret, not a secret
             { name: 'MIGRATE_ON_START', value: 'false' }
             { name: 'CODE_TTL_SECONDS', value: string(codeTtlSeconds) }
@@ -392,22 +400,22 @@ resource worker 'Microsoft.App/containerApps@2024-03-01' = {
       scale: {
         minReplicas: 1
         maxReplicas: 10
-        rules: [
-          {
-            // Visible messages only: pending expiry messages are invisible until their code expires.
-            name: 'visible-queue-messages'
-            custom: {
-              type: 'azure-queue'
-              identity: workerIdentity.id
-              metadata: {
-                accountName: storage.name
-                queueName: queueName
-                queueLength: '32'
-                queueLengthStrategy: 'visibleonly'
-              }
+        // One rule per shard (KEDA scales on the largest): every worker polls every shard, and codes
+        // are spread evenly, so a shard's share of the 32 visible messages per replica is 32 / shards.
+        // Visible messages only: pending expiry messages are invisible until their code expires.
+        rules: [for name in shardNames: {
+          name: 'visible-${name}'
+          custom: {
+            type: 'azure-queue'
+            identity: workerIdentity.id
+            metadata: {
+              accountName: storage.name
+              queueName: name
+              queueLength: string(max(1, 32 / queueShards))
+              queueLengthStrategy: 'visibleonly'
             }
           }
-        ]
+        }]
       }
     }
   }
@@ -447,5 +455,5 @@ resource migrateJob 'Microsoft.App/jobs@2024-03-01' = {
 @description('The producer\'s public URL.')
 output producerUrl string = 'https://${producer.properties.configuration.ingress.fqdn}'
 
-@description('The queue URL both apps use.')
+@description('The first shard\'s queue URL both apps use (the others are named from it).')
 output queueUrl string = queueUrl

@@ -1,7 +1,7 @@
 //! `codewatch queue stats | peek | clear | requeue-poison`: the on-call engineer's view of the queue.
 
 use super::progress::Progress;
-use crate::backends::{Database, Queues};
+use crate::backends::{Database, QueueShards};
 use crate::config::{QueueCommand, QueueToolArgs};
 use crate::message::CodeMessage;
 use crate::queue::SharedQueue;
@@ -24,37 +24,50 @@ pub async fn run(args: QueueToolArgs) -> Result<()> {
         ),
     };
     let auth = crate::identity::AzureAuth::new(args.queue.azure_credential);
-    let queues = Queues::open(&args.queue, database.as_ref(), &auth)
+    let shards = QueueShards::open(&args.queue, database.as_ref(), &auth)
         .await
         .context("opening the queue")?;
+    // Every command covers every shard, each with its own poison queue.
     match args.command {
         QueueCommand::Stats => {
-            for queue in [&queues.main, &queues.poison] {
-                say!(
-                    "{:<40} ~{} messages",
-                    queue.name(),
-                    queue.approximate_len().await?
-                )?;
+            for queues in shards.iter() {
+                for queue in [&queues.main, &queues.poison] {
+                    say!(
+                        "{:<40} ~{} messages",
+                        queue.name(),
+                        queue.approximate_len().await?
+                    )?;
+                }
             }
         }
         QueueCommand::Peek { count, poison } => {
-            peek(if poison { &queues.poison } else { &queues.main }, count).await?
+            for queues in shards.iter() {
+                peek(if poison { &queues.poison } else { &queues.main }, count).await?
+            }
         }
         QueueCommand::Clear { poison, yes } => {
-            let queue = if poison { &queues.poison } else { &queues.main };
-            if !yes && !confirm(&format!("Delete every message in {}?", queue.name()))? {
+            let chosen: Vec<&SharedQueue> = shards
+                .iter()
+                .map(|q| if poison { &q.poison } else { &q.main })
+                .collect();
+            let names: Vec<&str> = chosen.iter().map(|q| q.name()).collect();
+            if !yes && !confirm(&format!("Delete every message in {}?", names.join(", ")))? {
                 bail!("not cleared");
             }
-            queue.clear().await?;
-            say!("{}: cleared", queue.name())?;
+            for queue in chosen {
+                queue.clear().await?;
+                say!("{}: cleared", queue.name())?;
+            }
         }
         QueueCommand::RequeuePoison => {
-            let moved = requeue(&queues.poison, &queues.main).await?;
-            say!(
-                "moved {moved} message(s) from {} to {}",
-                queues.poison.name(),
-                queues.main.name()
-            )?;
+            for queues in shards.iter() {
+                let moved = requeue(&queues.poison, &queues.main).await?;
+                say!(
+                    "moved {moved} message(s) from {} to {}",
+                    queues.poison.name(),
+                    queues.main.name()
+                )?;
+            }
         }
     }
     Ok(())

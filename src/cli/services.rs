@@ -1,7 +1,7 @@
 //! The long-running subcommands: `up`, `serve`, `worker`, `number-api`.
 
 use super::{display_database_url, spawn_http};
-use crate::backends::{Database, Queues};
+use crate::backends::{Database, QueueShards};
 use crate::config::{
     DatabaseArgs, NumberApiArgs, QueueArgs, ServeArgs, SigningArgs, UpArgs, VerifyArgs, WorkerArgs,
     WorkerTuning,
@@ -47,10 +47,10 @@ async fn until_stopped<T>(
     }
 }
 
-fn readiness(database: &Database, queues: &Queues) -> Readiness {
+fn readiness(database: &Database, queues: &QueueShards) -> Readiness {
     Readiness {
         store: Some(database.store()),
-        queue: queues.main.clone(),
+        queues: queues.mains(),
     }
 }
 
@@ -64,11 +64,11 @@ async fn open_backends(
     database: &DatabaseArgs,
     queue: &QueueArgs,
     auth: &AzureAuth,
-) -> Result<(Database, Queues)> {
+) -> Result<(Database, QueueShards)> {
     let database = Database::open(database)
         .await
         .context("opening the database")?;
-    let queues = Queues::open(queue, Some(&database), auth)
+    let queues = QueueShards::open(queue, Some(&database), auth)
         .await
         .context("opening the queue")?;
     Ok((database, queues))
@@ -159,13 +159,13 @@ fn app_state(
     key: Arc<FunctionKey>,
     verify_key: Option<Secret>,
     database: &Database,
-    queues: &Queues,
+    queues: &QueueShards,
     signing: Option<SigningKeys>,
 ) -> AppState {
     let timeout = Duration::from_millis(args.number_api.third_party_api_timeout_ms);
     AppState {
         number_api: NumberApiClient::new(endpoint, key, timeout),
-        queue: queues.main.clone(),
+        queue: queues.spread(),
         encoding: args.queue.message_encoding,
         verification: verification(&args.verify, verify_key, database),
         getcode_limiter: (args.getcode_limit.getcode_rate_limit_per_second > 0.0).then(|| {
@@ -182,7 +182,7 @@ fn app_state(
 
 fn worker_from(
     tuning: &WorkerTuning,
-    queues: &Queues,
+    queues: &QueueShards,
     database: &Database,
     encoding: MessageEncoding,
     signing: Option<SigningKeys>,
@@ -191,9 +191,8 @@ fn worker_from(
         signing,
         ..tuning.settings(encoding)
     };
-    Arc::new(Worker::new(
-        queues.main.clone(),
-        queues.poison.clone(),
+    Arc::new(Worker::with_shards(
+        queues.worker_shards(),
         database.store(),
         settings,
     ))
@@ -287,13 +286,13 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         None,
         Readiness {
             store: None,
-            queue: queues.main.clone(),
+            queues: queues.mains(),
         },
         crate::ops::metrics::install(),
     );
     let listeners = ProducerListeners::bind(&args).await?;
     let (public, verification, admin) = listeners.addrs()?;
-    tracing::info!(addr = %public, %verification, %admin, queue = queues.main.name(), backend = queues.backend, "producer listening");
+    tracing::info!(addr = %public, %verification, %admin, queues = %queues.names(), backend = queues.backend(), "producer listening");
     let server = listeners.spawn(state, ops, args.http.limits(), &cancel);
     let grace = args.shutdown.grace();
     until_stopped("the producer", server, &cancel, grace).await??;
@@ -308,8 +307,8 @@ pub async fn worker(args: WorkerArgs) -> Result<()> {
     let (database, queues) = open_backends(&args.database, &args.queue, &auth).await?;
     let cancel = shutdown::on_signal();
     tracing::info!(
-        queue = queues.main.name(),
-        backend = queues.backend,
+        queues = %queues.names(),
+        backend = queues.backend(),
         ttl_s = args.tuning.code_ttl_seconds,
         "worker started"
     );
@@ -461,8 +460,8 @@ pub async fn up(args: UpArgs) -> Result<()> {
          \x20 verify      http://{verify_addr}/api/v1/codes/{{code}}{verify_note}\n\
          \x20 worker      queue {} ({}), codes valid {} s\n\
          \x20 database    {}  (SELECT * FROM active_codes;)\n",
-        queues.main.name(),
-        queues.backend,
+        queues.names(),
+        queues.backend(),
         args.tuning.code_ttl_seconds,
         display_database_url(serve_args.database.database_url.expose()),
     );

@@ -60,6 +60,7 @@ pub async fn get_code(
     state
         .queue
         .send(
+            issuance.id.as_str(),
             &message.encode_signed(state.encoding, state.signing.as_ref()),
             Duration::ZERO,
         )

@@ -19,7 +19,7 @@ pub use server::HttpLimits;
 
 use crate::message::MessageEncoding;
 use crate::number_api::NumberApiClient;
-use crate::queue::QueueSender;
+use crate::queue::shards::Spread;
 use crate::secret::Secret;
 use crate::verify::Verifier;
 use axum::Router;
@@ -42,8 +42,8 @@ pub struct Verification {
 pub struct AppState {
     /// The random-number API.
     pub number_api: NumberApiClient,
-    /// The queue codes are announced on.
-    pub queue: std::sync::Arc<dyn QueueSender>,
+    /// The queues codes are announced on, one shard per issuance.
+    pub queue: Spread,
     /// How message text is written.
     pub encoding: MessageEncoding,
     /// The verification API, if `VERIFY_API_KEY` is set.

@@ -79,8 +79,8 @@ impl Heartbeat {
 pub struct Readiness {
     /// The database, if this process uses one.
     pub store: Option<SharedStore>,
-    /// The queue.
-    pub queue: Arc<dyn QueueAdmin>,
+    /// The queues (one per shard).
+    pub queues: Vec<Arc<dyn QueueAdmin>>,
 }
 
 impl Readiness {
@@ -95,8 +95,8 @@ impl Readiness {
                 Err(_) => Some(("database", format!("no answer within {CHECK_TIMEOUT:?}"))),
             }
         };
-        let queue = async {
-            match tokio::time::timeout(CHECK_TIMEOUT, self.queue.peek(1)).await {
+        let queues = futures::future::join_all(self.queues.iter().map(|queue| async move {
+            match tokio::time::timeout(CHECK_TIMEOUT, queue.peek(1)).await {
                 Ok(Ok(_)) => None,
                 // Reachable and authenticated; a sender-only identity may not read messages.
                 Ok(Err(QueueError::TokenRefused {
@@ -105,9 +105,13 @@ impl Readiness {
                 Ok(Err(e)) => Some(("queue", e.to_string())),
                 Err(_) => Some(("queue", format!("no answer within {CHECK_TIMEOUT:?}"))),
             }
-        };
-        let (store, queue) = tokio::join!(store, queue);
-        store.into_iter().chain(queue).collect()
+        }));
+        let (store, queues) = tokio::join!(store, queues);
+        // One entry per failing part: the first failing shard's reason stands for the queue.
+        store
+            .into_iter()
+            .chain(queues.into_iter().flatten().take(1))
+            .collect()
     }
 }
 

@@ -5,6 +5,7 @@ pub mod azure;
 pub mod connection_string;
 pub mod embedded;
 pub mod sas;
+pub mod shards;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};

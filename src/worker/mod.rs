@@ -18,9 +18,8 @@ pub use report::{BatchReport, PollOutcome};
 use crate::message::MessageEncoding;
 use crate::ops::Heartbeat;
 use crate::ops::metrics as m;
-use crate::queue::{
-    QueueAdmin, QueueConsumer, QueueError, QueueSender, ReceivedMessage, SharedQueue,
-};
+use crate::queue::shards::Shard;
+use crate::queue::{QueueError, ReceivedMessage, SharedQueue};
 use crate::store::{ActivationStore, StoreError};
 use chrono::{DateTime, Utc};
 use std::num::NonZeroUsize;
@@ -95,12 +94,9 @@ pub enum WorkerError {
 
 /// The queue watcher. Cheap to share; run several with [`Worker::run`] or drive it with [`Worker::poll_once`].
 pub struct Worker {
-    /// Received from, re-armed on.
-    queue: Arc<dyn QueueConsumer>,
-    /// Where malformed messages are set aside.
-    poison: Arc<dyn QueueSender>,
-    /// The main and the poison queue, as the metrics sampler sees them.
-    sampled: [Arc<dyn QueueAdmin>; 2],
+    /// Received from and re-armed on, each poll loop going round them in turn; a message is re-armed
+    /// and set aside on the shard it came from.
+    shards: Vec<Shard>,
     store: Arc<dyn ActivationStore>,
     settings: WorkerSettings,
     heartbeat: Arc<Heartbeat>,
@@ -115,11 +111,25 @@ impl Worker {
         store: Arc<dyn ActivationStore>,
         settings: WorkerSettings,
     ) -> Self {
+        Self::with_shards(
+            vec![Shard {
+                main: queue,
+                poison,
+            }],
+            store,
+            settings,
+        )
+    }
+
+    /// A worker polling every one of `shards` (at least one: with none it polls nothing).
+    pub fn with_shards(
+        shards: Vec<Shard>,
+        store: Arc<dyn ActivationStore>,
+        settings: WorkerSettings,
+    ) -> Self {
         let heartbeat = Heartbeat::new(LIVENESS_SILENCE, settings.pollers);
         Self {
-            sampled: [queue.clone(), poison.clone()],
-            queue,
-            poison,
+            shards,
             store,
             settings,
             heartbeat,
@@ -132,15 +142,24 @@ impl Worker {
         self.heartbeat.clone()
     }
 
-    /// Receives one batch and handles it to the end. Never leaves a message half-handled.
+    /// Receives one batch from the first shard and handles it to the end. Never leaves a message
+    /// half-handled.
     pub async fn poll_once(&self) -> Result<PollOutcome, WorkerError> {
-        self.poll_until(&CancellationToken::new()).await
+        match self.shards.first() {
+            Some(shard) => self.poll_until(shard, &CancellationToken::new()).await,
+            None => Ok(PollOutcome::Empty),
+        }
     }
 
-    /// [`Worker::poll_once`], releasing the batch's not yet started messages at once if `cancel` fires.
-    async fn poll_until(&self, cancel: &CancellationToken) -> Result<PollOutcome, WorkerError> {
-        let batch = self
-            .queue
+    /// [`Worker::poll_once`] on `shard`, releasing the batch's not yet started messages at once if
+    /// `cancel` fires.
+    async fn poll_until(
+        &self,
+        shard: &Shard,
+        cancel: &CancellationToken,
+    ) -> Result<PollOutcome, WorkerError> {
+        let batch = shard
+            .main
             .receive(self.settings.batch_size, self.settings.lease)
             .await?;
         metrics::counter!(m::POLLS).increment(1);
@@ -150,13 +169,15 @@ impl Worker {
         let started = Instant::now();
         metrics::counter!(m::RECEIVED).increment(batch.len() as u64);
         metrics::histogram!(m::BATCH_SIZE).record(batch.len() as f64);
-        let report = self.process_batch_until(batch, Utc::now(), cancel).await;
+        let report = self
+            .process_batch_until(shard, batch, Utc::now(), cancel)
+            .await;
         metrics::histogram!(m::BATCH_SECONDS).record(started.elapsed().as_secs_f64());
         report.record();
         Ok(PollOutcome::Processed(report))
     }
 
-    /// Handles received messages. The order that loses nothing, for each message: write the database,
+    /// Handles messages received from the first shard. The order that loses nothing, for each message: write the database,
     /// send the follow-up message, then delete the original. A crash anywhere redelivers the original,
     /// and every step is idempotent.
     pub async fn process_batch(
@@ -164,14 +185,20 @@ impl Worker {
         batch: Vec<ReceivedMessage>,
         now: DateTime<Utc>,
     ) -> BatchReport {
-        self.process_batch_until(batch, now, &CancellationToken::new())
-            .await
+        match self.shards.first() {
+            Some(shard) => {
+                self.process_batch_until(shard, batch, now, &CancellationToken::new())
+                    .await
+            }
+            None => BatchReport::failed(batch.len()),
+        }
     }
 
     /// [`Worker::process_batch`]; a stage not yet started when `cancel` fires releases its messages
     /// instead (they count as failed: they will be handled again).
     async fn process_batch_until(
         &self,
+        shard: &Shard,
         batch: Vec<ReceivedMessage>,
         now: DateTime<Utc>,
         cancel: &CancellationToken,
@@ -182,15 +209,21 @@ impl Worker {
         };
         // The stages, in their order.
         let sorted = sort::sort(batch, now, &self.settings);
-        report += self.set_aside(sorted.poison).await;
+        report += self.set_aside(shard, sorted.poison).await;
         report += self
-            .stage(sorted.activations, cancel, |a| self.activate(a, now))
+            .stage(shard, sorted.activations, cancel, |a| {
+                self.activate(shard, a, now)
+            })
             .await;
         report += self
-            .stage(sorted.due, cancel, |due| self.expire(due, now))
+            .stage(shard, sorted.due, cancel, |due| {
+                self.expire(shard, due, now)
+            })
             .await;
         report += self
-            .stage(sorted.early, cancel, |early| self.put_back(early, now))
+            .stage(shard, sorted.early, cancel, |early| {
+                self.put_back(shard, early, now)
+            })
             .await;
         report
     }
@@ -199,6 +232,7 @@ impl Worker {
     /// then its messages are released for another worker instead.
     async fn stage<T, F, Fut>(
         &self,
+        shard: &Shard,
         items: Vec<(ReceivedMessage, T)>,
         cancel: &CancellationToken,
         run: F,
@@ -210,7 +244,7 @@ impl Worker {
         if items.is_empty() {
             BatchReport::default()
         } else if cancel.is_cancelled() {
-            self.release_unstarted(items.into_iter().map(|(m, _)| m).collect())
+            self.release_unstarted(shard, items.into_iter().map(|(m, _)| m).collect())
                 .await
         } else {
             run(items).await

@@ -6,6 +6,7 @@ use super::{BatchReport, Rearm, Worker};
 use crate::domain::Issuance;
 use crate::message::CodeMessage;
 use crate::ops::metrics as m;
+use crate::queue::shards::Shard;
 use crate::queue::{QueueError, ReceivedMessage, clamp_visibility};
 use crate::store::{Activation, StoreError};
 use chrono::{DateTime, Utc};
@@ -27,17 +28,21 @@ pub(super) fn until(at: DateTime<Utc>, now: DateTime<Utc>) -> Duration {
 
 impl Worker {
     /// Copies each message to the poison queue as it was, then deletes it.
-    pub(super) async fn set_aside(&self, messages: Vec<(ReceivedMessage, String)>) -> BatchReport {
+    pub(super) async fn set_aside(
+        &self,
+        shard: &Shard,
+        messages: Vec<(ReceivedMessage, String)>,
+    ) -> BatchReport {
         let count = messages.len();
         let failed = self
             .bounded(messages, |(message, reason)| async move {
                 let id = &message.receipt.message_id;
-                if let Err(e) = self.poison.send(&message.body, Duration::ZERO).await {
+                if let Err(e) = shard.poison.send(&message.body, Duration::ZERO).await {
                     tracing::warn!(error = %e, message_id = %id, "poison queue refused; will retry");
                     return Outcome::Failed;
                 }
-                tracing::warn!(message_id = %id, %reason, poison_queue = self.poison.name(), "message set aside");
-                self.delete_one(&message).await
+                tracing::warn!(message_id = %id, %reason, poison_queue = shard.poison.name(), "message set aside");
+                self.delete_one(shard, &message).await
             })
             .await;
         BatchReport {
@@ -51,6 +56,7 @@ impl Worker {
     /// for another code; re-arms the rest (stale ones are only deleted).
     pub(super) async fn activate(
         &self,
+        shard: &Shard,
         activations: Vec<(ReceivedMessage, Activation)>,
         now: DateTime<Utc>,
     ) -> BatchReport {
@@ -74,7 +80,7 @@ impl Worker {
                 (m, reason)
             })
             .collect();
-        let mut report = self.set_aside(conflicting).await;
+        let mut report = self.set_aside(shard, conflicting).await;
         for a in rows.iter().filter(|a| a.expires_at > now) {
             let lag = (now - a.issuance.issued_at).num_milliseconds().max(0) as f64 / 1000.0;
             metrics::histogram!(m::ACTIVATION_LAG).record(lag);
@@ -82,7 +88,7 @@ impl Worker {
         report.activated = db.inserted as usize;
         report.duplicates = db.duplicates as usize;
         report.stale = db.stale as usize;
-        report.failed += self.rearm(activations, now).await;
+        report.failed += self.rearm(shard, activations, now).await;
         report
     }
 
@@ -90,6 +96,7 @@ impl Worker {
     /// [`Rearm::Update`], turns it into its expiry message in one call). Returns how many failed.
     async fn rearm(
         &self,
+        shard: &Shard,
         activations: Vec<(ReceivedMessage, Activation)>,
         now: DateTime<Utc>,
     ) -> usize {
@@ -107,7 +114,7 @@ impl Worker {
                 // an expiry message is never set aside for its activation's tries.
                 if self.settings.rearm == Rearm::Update && message.dequeue_count <= 1 {
                     // One call: the activation becomes the expiry message, so there is nothing to delete.
-                    return match self.queue.update(&message.receipt, &body, delay).await {
+                    return match shard.main.update(&message.receipt, &body, delay).await {
                         Ok(()) => {
                             tracing::debug!(issuance = %id, expires_in_s = delay.as_secs(), "code activated; re-armed in place");
                             Outcome::Done
@@ -120,7 +127,7 @@ impl Worker {
                         }
                     };
                 }
-                if let Err(e) = self.queue.send(&body, delay).await {
+                if let Err(e) = shard.main.send(&body, delay).await {
                     tracing::warn!(error = %e, issuance = %id, "expiry message not sent; will retry");
                     return Outcome::Failed;
                 }
@@ -128,7 +135,7 @@ impl Worker {
             } else {
                 tracing::debug!(issuance = %id, "activation arrived after expiry; nothing made valid");
             }
-            self.delete_one(&message).await
+            self.delete_one(shard, &message).await
         })
         .await
     }
@@ -136,6 +143,7 @@ impl Worker {
     /// Marks the issuances of expiry messages whose time has come expired, then deletes the messages.
     pub(super) async fn expire(
         &self,
+        shard: &Shard,
         due: Vec<(ReceivedMessage, Issuance)>,
         now: DateTime<Utc>,
     ) -> BatchReport {
@@ -151,7 +159,10 @@ impl Worker {
         }
         tracing::debug!(removed, messages = due.len(), "expiries stored");
         let failed = self
-            .bounded(due, |(m, _)| async move { self.delete_one(&m).await })
+            .bounded(
+                due,
+                |(m, _)| async move { self.delete_one(shard, &m).await },
+            )
             .await;
         BatchReport {
             expired: ids.len() - failed,
@@ -164,6 +175,7 @@ impl Worker {
     /// send and delete only, so the worker needs no right to update messages.
     pub(super) async fn put_back(
         &self,
+        shard: &Shard,
         early: Vec<(ReceivedMessage, DateTime<Utc>)>,
         now: DateTime<Utc>,
     ) -> BatchReport {
@@ -172,11 +184,11 @@ impl Worker {
             .bounded(early, |(message, expires_at)| async move {
                 let delay = until(expires_at, now).max(Duration::from_secs(1));
                 tracing::debug!(message_id = %message.receipt.message_id, wait_s = delay.as_secs(), "expiry message came early; re-sent");
-                if let Err(e) = self.queue.send(&message.body, delay).await {
+                if let Err(e) = shard.main.send(&message.body, delay).await {
                     tracing::warn!(error = %e, "early expiry message not re-sent; it returns after its lease");
                     return Outcome::Failed;
                 }
-                self.delete_one(&message).await
+                self.delete_one(shard, &message).await
             })
             .await;
         BatchReport {
@@ -189,10 +201,14 @@ impl Worker {
     /// Makes messages whose handling never started visible again at once (shutdown). If the identity
     /// may not update messages, they come back when their lease ends instead; nothing is lost either
     /// way. They count as failed: they will be handled again.
-    pub(super) async fn release_unstarted(&self, messages: Vec<ReceivedMessage>) -> BatchReport {
+    pub(super) async fn release_unstarted(
+        &self,
+        shard: &Shard,
+        messages: Vec<ReceivedMessage>,
+    ) -> BatchReport {
         let count = messages.len();
         for message in messages {
-            if let Err(e) = self.queue.release(&message.receipt, Duration::ZERO).await {
+            if let Err(e) = shard.main.release(&message.receipt, Duration::ZERO).await {
                 tracing::debug!(error = %e, "message not released; it returns when its lease ends");
             }
         }
@@ -213,8 +229,8 @@ impl Worker {
             .await
     }
 
-    async fn delete_one(&self, message: &ReceivedMessage) -> Outcome {
-        match self.queue.delete(&message.receipt).await {
+    async fn delete_one(&self, shard: &Shard, message: &ReceivedMessage) -> Outcome {
+        match shard.main.delete(&message.receipt).await {
             Ok(()) => Outcome::Done,
             // Another receive took it over after our lease ended; it will be handled again, idempotently.
             Err(QueueError::MessageGone) => Outcome::Done,

@@ -103,15 +103,27 @@ impl Worker {
         }
     }
 
+    /// Receives and handles batches until `cancel` fires, going round the shards: one batch from each
+    /// in turn (poller `p` starts at shard `p`, so the loops spread), and waiting only after a whole
+    /// round found nothing, so that a busy shard is never starved by idle ones.
     async fn poll_loop(&self, poller: usize, cancel: CancellationToken) {
+        let shards = self.shards.len();
+        if shards == 0 {
+            return cancel.cancelled().await;
+        }
         let mut backoff = Backoff::new(
             self.settings.min_poll_interval,
             self.settings.max_poll_interval,
         );
         let mut failing = false;
+        let mut next = poller % shards;
+        // Shards found empty in a row since the last batch.
+        let mut idle = 0;
         while !cancel.is_cancelled() {
             self.heartbeat.beat(poller);
-            let result = self.poll_until(&cancel).await;
+            let shard = &self.shards[next];
+            next = (next + 1) % shards;
+            let result = self.poll_until(shard, &cancel).await;
             if failing && result.is_ok() {
                 tracing::info!(poller, "queue reachable again");
                 failing = false;
@@ -121,12 +133,22 @@ impl Worker {
                 Ok(PollOutcome::Processed(r)) if r.failed == r.received => backoff.next_delay(),
                 Ok(PollOutcome::Processed(_)) => {
                     backoff.reset();
+                    idle = 0;
                     Duration::ZERO
                 }
-                Ok(PollOutcome::Empty) => backoff.next_delay(),
+                Ok(PollOutcome::Empty) => {
+                    idle += 1;
+                    if idle < shards {
+                        // The rest of the round first.
+                        Duration::ZERO
+                    } else {
+                        idle = 0;
+                        backoff.next_delay()
+                    }
+                }
                 Err(e) => {
                     if !failing {
-                        tracing::warn!(poller, error = %e, "receive failed; backing off");
+                        tracing::warn!(poller, queue = shard.main.name(), error = %e, "receive failed; backing off");
                     }
                     failing = true;
                     backoff.next_delay()
@@ -135,10 +157,13 @@ impl Worker {
             metrics::gauge!(m::POLL_BACKOFF, "poller" => poller.to_string())
                 .set(wait.as_secs_f64());
             if !wait.is_zero() {
+                let sent_here = futures::future::select_all(
+                    self.shards.iter().map(|s| Box::pin(s.main.sent_here())),
+                );
                 tokio::select! {
                     _ = cancel.cancelled() => break,
                     _ = tokio::time::sleep(wait) => {}
-                    _ = self.queue.sent_here(), if !failing => {}
+                    _ = sent_here, if !failing => {}
                 }
             }
         }
@@ -147,18 +172,22 @@ impl Worker {
     /// Samples the queue's length and the age of its oldest visible message into gauges.
     async fn sample_loop(&self, cancel: CancellationToken) {
         loop {
-            for queue in &self.sampled {
-                if let Ok(len) = queue.approximate_len().await {
-                    metrics::gauge!(m::QUEUE_LENGTH, "queue" => queue.name().to_owned())
-                        .set(len as f64);
+            let mut oldest: f64 = 0.0;
+            for shard in &self.shards {
+                for queue in [&shard.main, &shard.poison] {
+                    if let Ok(len) = queue.approximate_len().await {
+                        metrics::gauge!(m::QUEUE_LENGTH, "queue" => queue.name().to_owned())
+                            .set(len as f64);
+                    }
+                }
+                if let Ok(peeked) = shard.main.peek(1).await
+                    && let Some(p) = peeked.first()
+                {
+                    let age = (Utc::now() - p.inserted_at).num_milliseconds().max(0) as f64;
+                    oldest = oldest.max(age / 1000.0);
                 }
             }
-            if let Ok(peeked) = self.sampled[0].peek(1).await {
-                let age = peeked.first().map(|p| {
-                    (Utc::now() - p.inserted_at).num_milliseconds().max(0) as f64 / 1000.0
-                });
-                metrics::gauge!(m::OLDEST_VISIBLE_AGE).set(age.unwrap_or(0.0));
-            }
+            metrics::gauge!(m::OLDEST_VISIBLE_AGE).set(oldest);
             tokio::select! {
                 _ = cancel.cancelled() => break,
                 _ = tokio::time::sleep(SAMPLE_INTERVAL) => {}

@@ -504,26 +504,41 @@ impl Checker {
         status
     }
 
-    /// Waits up to `limit` for the main queue to hold no visible message.
-    pub async fn wait_drained(&self, queues: &Queues, limit: Duration) {
+    /// Waits up to `limit` for every shard's main queue to hold no visible message.
+    pub async fn wait_drained(&self, shards: &[Queues], limit: Duration) {
         let deadline = Instant::now() + limit;
         while Instant::now() < deadline {
-            if matches!(queues.main.peek(1).await, Ok(v) if v.is_empty()) {
+            if self.visible_left(shards).await == 0 {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
 
-    /// Checks every promise against the record, the audit trail and the queues.
-    pub async fn verdict(&self, queues: &Queues) -> Verdict {
-        let visible_left = queues
-            .main
-            .peek(32)
-            .await
-            .map(|v| v.len())
-            .unwrap_or(usize::MAX);
-        let poisoned = queues.poison.approximate_len().await.unwrap_or(u64::MAX) as usize;
+    /// Visible messages left on the shards' main queues (at most 32 counted per shard).
+    async fn visible_left(&self, shards: &[Queues]) -> usize {
+        let mut left = 0usize;
+        for queues in shards {
+            left = left.saturating_add(
+                queues
+                    .main
+                    .peek(32)
+                    .await
+                    .map(|v| v.len())
+                    .unwrap_or(usize::MAX),
+            );
+        }
+        left
+    }
+
+    /// Checks every promise against the record, the audit trail and the queues of every shard.
+    pub async fn verdict(&self, shards: &[Queues]) -> Verdict {
+        let visible_left = self.visible_left(shards).await;
+        let mut poisoned = 0usize;
+        for queues in shards {
+            let len = queues.poison.approximate_len().await.unwrap_or(u64::MAX);
+            poisoned = poisoned.saturating_add(len as usize);
+        }
         let changes = self.db.changes().await;
         let record = self.record.lock().unwrap();
         judge(&record, &changes, self.ttl, visible_left, poisoned)

@@ -321,7 +321,7 @@ pub async fn producer_with_timeout(
     );
     Server::start(http::router(AppState {
         number_api: client,
-        queue,
+        queue: queue.into(),
         encoding,
         verification: None,
         getcode_limiter: None,
@@ -357,7 +357,7 @@ pub async fn producer_with_verification(
     };
     let state = AppState {
         number_api: client,
-        queue,
+        queue: queue.into(),
         encoding: MessageEncoding::Text,
         verification: Some(verification),
         getcode_limiter: None,

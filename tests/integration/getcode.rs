@@ -378,7 +378,7 @@ async fn a_hung_queue_answers_503_with_a_reason_at_the_request_deadline() {
     let app = Server::start_with(
         codewatch::http::router(codewatch::http::AppState {
             number_api: client,
-            queue,
+            queue: queue.into(),
             encoding: MessageEncoding::Text,
             verification: None,
             getcode_limiter: None,
@@ -408,7 +408,7 @@ async fn limited_producer(queue: SharedQueue, api: &Server, trusted: &str) -> Se
     );
     Server::start(codewatch::http::router(codewatch::http::AppState {
         number_api: client,
-        queue,
+        queue: queue.into(),
         encoding: MessageEncoding::Text,
         verification: None,
         getcode_limiter: Some(codewatch::http::rate_limit::RateLimiter::new(0.001, 2.0)),

@@ -7,6 +7,7 @@ mod common;
 
 mod getcode;
 mod queue_contract;
+mod shards;
 mod store;
 mod verify_api;
 mod worker;

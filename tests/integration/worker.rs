@@ -805,3 +805,67 @@ on_both!(
     an_id_already_used_by_another_code_goes_to_poison,
     with_signing_on_only_activations_signed_by_a_current_or_previous_key_become_valid,
 );
+
+/// One poll loop over three shards takes one batch from each in turn: a code on a quiet shard is
+/// activated while a flooded shard still has batches waiting, not after it drained.
+#[tokio::test]
+async fn a_worker_polls_every_shard_in_turn_so_a_flooded_one_starves_none() {
+    let db = common::sqlite().await;
+    let store = db.database.store();
+    let shards = [
+        common::azure_queues().await,
+        common::azure_queues().await,
+        common::azure_queues().await,
+    ];
+    let now = Utc::now();
+    let codes = |prefix: &str, n: usize| -> Vec<String> {
+        (0..n).map(|i| format!("{prefix}-{i}-Shd")).collect()
+    };
+    let flood = codes("Fld", 96);
+    for code in &flood {
+        shards[0]
+            .main
+            .send(&activation(&issuance(code, now)), Duration::ZERO)
+            .await
+            .unwrap();
+    }
+    for (shard, code) in [(1, "Qta-1-Shd"), (2, "Qtb-2-Shd")] {
+        shards[shard]
+            .main
+            .send(&activation(&issuance(code, now)), Duration::ZERO)
+            .await
+            .unwrap();
+    }
+    let worker = Arc::new(Worker::with_shards(
+        shards.iter().map(|q| q.shard()).collect(),
+        store.clone(),
+        WorkerSettings {
+            pollers: std::num::NonZeroUsize::MIN,
+            ..settings(60)
+        },
+    ));
+    let cancel = CancellationToken::new();
+    let running = tokio::spawn(worker.run(cancel.clone()));
+    let rows = eventually("all 98 activated", Duration::from_secs(30), || {
+        let store = store.clone();
+        async move {
+            let rows = store.list(true, Utc::now(), 1000).await.unwrap();
+            (rows.len() == 98).then_some(rows)
+        }
+    })
+    .await;
+    cancel.cancel();
+    running.await.unwrap();
+    let activated = |code: &str| {
+        rows.iter()
+            .find(|r| r.code.to_string() == code)
+            .map(|r| r.activated_at)
+            .unwrap()
+    };
+    let quiet = activated("Qtb-2-Shd");
+    let flooded_after = flood.iter().filter(|c| activated(c) > quiet).count();
+    assert!(
+        flooded_after >= 32,
+        "the third shard waited for no more than one flooded batch: {flooded_after} of 96 came after it"
+    );
+}

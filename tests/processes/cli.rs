@@ -186,6 +186,47 @@ async fn queue_stats_peek_clear_and_requeue_poison_on_azurite() {
     assert_eq!(queues.main.approximate_len().await.unwrap(), 0);
 }
 
+/// `STORAGE_QUEUE_SHARDS=3`: every `queue` command covers each shard and its own poison queue.
+#[tokio::test]
+async fn queue_commands_cover_every_shard() {
+    let name = common::queue_name();
+    let third = common::azure_queues_named(&format!("{name}-2")).await;
+    third
+        .poison
+        .send("bad", std::time::Duration::ZERO)
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let env = [
+        (
+            "AZURE_STORAGE_CONNECTION_STRING",
+            common::connection_string(),
+        ),
+        ("STORAGE_QUEUE_NAME", name.clone()),
+        ("STORAGE_QUEUE_SHARDS", "3".to_owned()),
+    ];
+    let queue = |args: &[&str]| run(dir.path(), &[&["queue"], args].concat(), &env, "");
+    let stats = text(&queue(&["stats"]));
+    for q in [
+        name.clone(),
+        format!("{name}-poison"),
+        format!("{name}-1"),
+        format!("{name}-1-poison"),
+        format!("{name}-2"),
+        format!("{name}-2-poison"),
+    ] {
+        assert!(stats.contains(&format!("{q} ")), "{q} in {stats}");
+    }
+    let moved = text(&queue(&["requeue-poison"]));
+    assert!(
+        moved.contains(&format!(
+            "moved 1 message(s) from {name}-2-poison to {name}-2"
+        )),
+        "{moved}"
+    );
+    assert_eq!(third.main.approximate_len().await.unwrap(), 1);
+}
+
 #[tokio::test]
 async fn smoke_gets_a_code_from_a_running_serve_and_sees_it_become_valid() {
     let dir = tempfile::tempdir().unwrap();

@@ -274,9 +274,30 @@ fn kubernetes_manifests_match_the_binary_and_harden_the_pods() {
     assert_eq!(target_ports(service("codewatch-verify")), [8081]);
     assert_eq!(service("codewatch-verify")["spec"]["type"], "ClusterIP");
     let scaled = docs.iter().find(|d| kind(d) == "ScaledObject").unwrap();
-    let trigger = &scaled["spec"]["triggers"][0];
-    assert_eq!(trigger["type"], "azure-queue");
-    assert_eq!(trigger["metadata"]["queueLengthStrategy"], "visibleonly");
+    let config = docs.iter().find(|d| kind(d) == "ConfigMap").unwrap();
+    let shards: usize = config["data"]["STORAGE_QUEUE_SHARDS"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let triggers = scaled["spec"]["triggers"].as_sequence().unwrap();
+    let queue_names: Vec<&str> = triggers
+        .iter()
+        .map(|t| t["metadata"]["queueName"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        queue_names,
+        codewatch::queue::shards::shard_names("code-requests", shards),
+        "one trigger per shard, named as codewatch names them"
+    );
+    for trigger in triggers {
+        assert_eq!(trigger["type"], "azure-queue");
+        assert_eq!(trigger["metadata"]["queueLengthStrategy"], "visibleonly");
+        assert_eq!(
+            trigger["metadata"]["queueLength"],
+            (32 / shards).max(1).to_string()
+        );
+    }
     assert_eq!(scaled["spec"]["scaleTargetRef"]["name"], "codewatch-worker");
 }
 
@@ -307,6 +328,12 @@ fn the_bicep_template_passes_only_real_settings_and_scales_on_visible_messages()
         "'0.0.0.0:8081'",
         "'0.0.0.0:9090'",
         "'0.0.0.0:8080'",
+        // Every shard: created, granted, scaled on; both apps told how many.
+        "resource queues 'Microsoft.Storage/storageAccounts/queueServices/queues@2023-05-01' = [for name in shardNames",
+        "resource poisonQueues 'Microsoft.Storage/storageAccounts/queueServices/queues@2023-05-01' = [for name in shardNames",
+        "rules: [for name in shardNames",
+        "queueName: name",
+        "i == 0 ? queueName : '${queueName}-${i}'",
     ] {
         assert!(bicep.contains(needle), "main.bicep lacks {needle}");
     }
@@ -340,6 +367,18 @@ fn the_bicep_template_passes_only_real_settings_and_scales_on_visible_messages()
             .count(),
         2,
         "neither app changes the schema"
+    );
+    assert_eq!(
+        bicep
+            .matches("{ name: 'STORAGE_QUEUE_SHARDS', value: string(queueShards) }")
+            .count(),
+        2,
+        "both apps see every shard"
+    );
+    assert_eq!(
+        bicep.matches("= [for (name, i) in shardNames: {").count(),
+        5,
+        "each queue role granted on every shard"
     );
     let roles = read("deploy/postgres/roles.sql");
     assert!(roles.contains("codewatch_app") && roles.contains("codewatch_migrate"));
