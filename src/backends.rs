@@ -8,9 +8,10 @@ use crate::queue::embedded::EmbeddedQueue;
 use crate::queue::shards::{Shard, Spread, shard_names};
 use crate::queue::{QueueAdmin, QueueError, QueueSender, SharedQueue, poison_name};
 use crate::store::postgres::{self, PostgresStore};
+use crate::store::sqlite::SqlitePools;
 use crate::store::sqlite::{self, SqliteStore};
 use crate::store::{SharedStore, StoreError};
-use sqlx::{PgPool, SqlitePool};
+use sqlx::PgPool;
 use std::sync::Arc;
 
 /// A failure to start; the texts never hold a secret.
@@ -37,8 +38,8 @@ pub enum StartupError {
 /// An opened, migrated database.
 #[derive(Clone, Debug)]
 pub enum Database {
-    /// A SQLite file.
-    Sqlite(SqlitePool),
+    /// A SQLite file: its read pool and its one-connection write pool.
+    Sqlite(SqlitePools),
     /// A PostgreSQL database.
     Postgres(PgPool),
 }
@@ -76,7 +77,7 @@ impl Database {
                     },
                 })?;
             // A SQLite file has one owner: the schema is always brought up to date.
-            sqlite::migrate(&pool).await?;
+            sqlite::migrate(&pool.write).await?;
             Ok(Self::Sqlite(pool))
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             let pool = postgres::connect(url).await.map_err(|e| match e {
@@ -117,7 +118,7 @@ impl Database {
     /// Closes every connection, waiting for those in use.
     pub async fn close(&self) {
         match self {
-            Self::Sqlite(pool) => pool.close().await,
+            Self::Sqlite(pools) => pools.close().await,
             Self::Postgres(pool) => pool.close().await,
         }
     }

@@ -5,9 +5,10 @@ use super::{
     PeekedMessage, QueueAdmin, QueueConsumer, QueueError, QueueSender, Receipt, ReceivedMessage,
     clamp_visibility,
 };
+use crate::store::sqlite::SqlitePools;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use sqlx::{Row, SqlitePool};
+use sqlx::Row;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Notify;
@@ -15,16 +16,17 @@ use tokio::sync::Notify;
 /// One named queue in the `queue_messages` table.
 #[derive(Clone, Debug)]
 pub struct EmbeddedQueue {
-    pool: SqlitePool,
+    /// Receives, sends, deletes and updates write (on the one write connection); peeks read.
+    pools: SqlitePools,
     name: String,
     sent: Arc<Notify>,
 }
 
 impl EmbeddedQueue {
     /// The queue `name` in a migrated database.
-    pub fn new(pool: SqlitePool, name: impl Into<String>) -> Self {
+    pub fn new(pools: SqlitePools, name: impl Into<String>) -> Self {
         Self {
-            pool,
+            pools,
             name: name.into(),
             sent: Arc::new(Notify::new()),
         }
@@ -63,7 +65,7 @@ impl QueueSender for EmbeddedQueue {
         .bind(body)
         .bind(now)
         .bind(now + millis(visible_after))
-        .execute(&self.pool)
+        .execute(&self.pools.write)
         .await
         .map_err(unavailable)?;
         self.sent.notify_waiters();
@@ -87,7 +89,7 @@ impl QueueConsumer for EmbeddedQueue {
         .bind(&self.name)
         .bind(now)
         .bind(i64::from(max.clamp(1, super::MAX_BATCH)))
-        .fetch_all(&self.pool)
+        .fetch_all(&self.pools.write)
         .await
         .map_err(unavailable)?;
         rows.iter()
@@ -113,7 +115,7 @@ impl QueueConsumer for EmbeddedQueue {
             .bind(&self.name)
             .bind(&receipt.message_id)
             .bind(&receipt.pop_receipt)
-            .execute(&self.pool)
+            .execute(&self.pools.write)
             .await
             .map_err(unavailable)?;
         if result.rows_affected() == 0 {
@@ -160,7 +162,7 @@ impl EmbeddedQueue {
         .bind(&self.name)
         .bind(&receipt.message_id)
         .bind(&receipt.pop_receipt)
-        .execute(&self.pool)
+        .execute(&self.pools.write)
         .await
         .map_err(unavailable)?;
         if result.rows_affected() == 0 {
@@ -185,7 +187,7 @@ impl QueueAdmin for EmbeddedQueue {
         .bind(&self.name)
         .bind(now_ms())
         .bind(i64::from(max.clamp(1, super::MAX_BATCH)))
-        .fetch_all(&self.pool)
+        .fetch_all(&self.pools.read)
         .await
         .map_err(unavailable)?;
         rows.iter()
@@ -206,7 +208,7 @@ impl QueueAdmin for EmbeddedQueue {
     async fn approximate_len(&self) -> Result<u64, QueueError> {
         let n: i64 = sqlx::query_scalar("SELECT count(*) FROM queue_messages WHERE queue_name = ?")
             .bind(&self.name)
-            .fetch_one(&self.pool)
+            .fetch_one(&self.pools.read)
             .await
             .map_err(unavailable)?;
         Ok(n.max(0) as u64)
@@ -215,7 +217,7 @@ impl QueueAdmin for EmbeddedQueue {
     async fn clear(&self) -> Result<(), QueueError> {
         sqlx::query("DELETE FROM queue_messages WHERE queue_name = ?")
             .bind(&self.name)
-            .execute(&self.pool)
+            .execute(&self.pools.write)
             .await
             .map_err(unavailable)?;
         Ok(())

@@ -62,6 +62,16 @@ impl PostgresStore {
     pub fn new(pool: PgPool) -> Self {
         Self { pool }
     }
+
+    /// Where statements that only read run (the one pool: PostgreSQL runs writers side by side).
+    fn reads(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Where statements that write run.
+    fn writes(&self) -> &PgPool {
+        &self.pool
+    }
 }
 
 fn record(row: &PgRow) -> Result<CodeRecord, StoreError> {

@@ -248,7 +248,7 @@ macro_rules! shared_queries {
                     .bind(code.as_str())
                     .bind(subject.map(Subject::as_str))
                     .bind(t(now))
-                    .fetch_optional(&self.pool)
+                    .fetch_optional(self.reads())
                     .await?;
                 row.as_ref().map(record).transpose()
             }
@@ -268,7 +268,7 @@ macro_rules! shared_queries {
                     .bind(subject.as_str())
                     .bind(t(gate.window_start))
                     .bind(sql::int(gate.max_failures))
-                    .fetch_optional(&self.pool)
+                    .fetch_optional(self.reads())
                     .await?;
                 row.map(|row| {
                     let prior: Option<i32> = row.try_get("prior_failures")?;
@@ -297,7 +297,7 @@ macro_rules! shared_queries {
                     .bind(subject.map(Subject::as_str))
                     .bind(t(window_start))
                     .bind(max_failures)
-                    .fetch_optional(&self.pool)
+                    .fetch_optional(self.writes())
                     .await?;
                 row.as_ref().map(record).transpose()
             }
@@ -305,7 +305,7 @@ macro_rules! shared_queries {
             async fn records(&self, code: &Code) -> Result<Vec<CodeRecord>, StoreError> {
                 let rows = sqlx::query(sql::RECORDS.$dialect())
                     .bind(code.as_str())
-                    .fetch_all(&self.pool)
+                    .fetch_all(self.reads())
                     .await?;
                 rows.iter().map(record).collect()
             }
@@ -318,7 +318,7 @@ macro_rules! shared_queries {
                 let n: Option<i32> = sqlx::query_scalar(sql::FAILURES.$dialect())
                     .bind(subject.as_str())
                     .bind(t(window_start))
-                    .fetch_optional(&self.pool)
+                    .fetch_optional(self.reads())
                     .await?;
                 Ok(sql::count(n))
             }
@@ -329,7 +329,7 @@ macro_rules! shared_queries {
                 now: DateTime<Utc>,
                 gate: &Gate,
             ) -> Result<u32, StoreError> {
-                let mut tx = self.pool.begin().await?;
+                let mut tx = self.writes().begin().await?;
                 // The upsert locks the subject's row, so concurrent failures count one after another.
                 let n: i32 = sqlx::query_scalar(sql::COUNT_FAILURE.$dialect())
                     .bind(subject.as_str())
@@ -353,7 +353,7 @@ macro_rules! shared_queries {
             async fn reset_failures(&self, subject: &Subject) -> Result<(), StoreError> {
                 sqlx::query(sql::RESET_FAILURES.$dialect())
                     .bind(subject.as_str())
-                    .execute(&self.pool)
+                    .execute(self.writes())
                     .await?;
                 Ok(())
             }
@@ -370,20 +370,20 @@ macro_rules! shared_queries {
                 let rows = if all {
                     sqlx::query(sql::LIST_ALL.$dialect())
                         .bind(i64::from(limit))
-                        .fetch_all(&self.pool)
+                        .fetch_all(self.reads())
                         .await?
                 } else {
                     sqlx::query(sql::LIST_VALID.$dialect())
                         .bind(t(now))
                         .bind(i64::from(limit))
-                        .fetch_all(&self.pool)
+                        .fetch_all(self.reads())
                         .await?
                 };
                 rows.iter().map(record).collect()
             }
 
             async fn revoke(&self, code: &Code, now: DateTime<Utc>) -> Result<u64, StoreError> {
-                let mut tx = self.pool.begin().await?;
+                let mut tx = self.writes().begin().await?;
                 let lock: Option<&str> = $revoke_lock;
                 if let Some(lock) = lock {
                     sqlx::query(lock).execute(&mut *tx).await?;
@@ -408,7 +408,7 @@ macro_rules! shared_queries {
         #[async_trait::async_trait]
         impl $crate::store::CodeStore for $store {
             async fn ping(&self) -> Result<(), StoreError> {
-                sqlx::query("SELECT 1").execute(&self.pool).await?;
+                sqlx::query("SELECT 1").execute(self.reads()).await?;
                 Ok(())
             }
         }
@@ -416,7 +416,7 @@ macro_rules! shared_queries {
         impl $store {
             /// Deletes rows (and revocations) whose time is at or before `before`, in one transaction.
             async fn purge_before(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {
-                let mut tx = self.pool.begin().await?;
+                let mut tx = self.writes().begin().await?;
                 let rows = sqlx::query(sql::PURGE_CODES.$dialect())
                     .bind(t(before))
                     .execute(&mut *tx)

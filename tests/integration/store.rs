@@ -400,7 +400,10 @@ async fn the_active_codes_view_answers_plain_sql(db: &Database) {
         .unwrap();
     let query = "SELECT code FROM active_codes";
     let codes: Vec<String> = match db {
-        Database::Sqlite(pool) => sqlx::query_scalar(query).fetch_all(pool).await.unwrap(),
+        Database::Sqlite(pools) => sqlx::query_scalar(query)
+            .fetch_all(&pools.read)
+            .await
+            .unwrap(),
         Database::Postgres(pool) => sqlx::query_scalar(query).fetch_all(pool).await.unwrap(),
     };
     assert_eq!(codes, ["sql-1-Vue"]);
@@ -672,9 +675,10 @@ async fn the_readmes_operator_sql_runs_on_postgresql_and_sqlite() {
     }
     let lite = common::sqlite().await;
     some_rows(&lite.database.store()).await;
-    let Database::Sqlite(pool) = &lite.database else {
+    let Database::Sqlite(pools) = &lite.database else {
         panic!()
     };
+    let pool = &pools.write;
     let statements = readme_sql("And for `sqlite3");
     assert!(statements.len() >= 5);
     for statement in statements {

@@ -567,8 +567,12 @@ async fn a_successful_check_writes_nothing_when_there_is_nothing_to_reset() {
         .unwrap()
         .read_only(true);
     let read_only = sqlx::SqlitePool::connect_with(options).await.unwrap();
+    let pools = codewatch::store::sqlite::SqlitePools {
+        read: read_only.clone(),
+        write: read_only,
+    };
     let verifier = codewatch::verify::Verifier::new(
-        std::sync::Arc::new(codewatch::store::sqlite::SqliteStore::new(read_only)),
+        std::sync::Arc::new(codewatch::store::sqlite::SqliteStore::new(pools)),
         Throttle::default(),
     );
     let verdict = verifier

@@ -465,10 +465,10 @@ async fn a_database_failure_loses_nothing_the_message_is_retried() {
     let i = issuance("dbf-8-Ail", Utc::now());
     rig.send(&activation(&i)).await;
     let broken = common::sqlite().await;
-    let Database::Sqlite(pool) = &broken.database else {
+    let Database::Sqlite(pools) = &broken.database else {
         unreachable!("sqlite() opens SQLite")
     };
-    pool.close().await;
+    pools.close().await;
     let failing = Worker::new(
         rig.queues.main.clone(),
         rig.queues.poison.clone(),
