@@ -2,7 +2,8 @@
 # codewatch's test command. Installs what the tests need (Azurite pinned in tools/azurite, PostgreSQL and
 # promtool from Debian, the deploy linters in a venv) in the background while the code is checked and
 # built, starts Azurite and PostgreSQL on loopback ports, runs the format and lint checks and the whole
-# test suite, and stops everything after. `scripts/test.sh chaos` runs only the long runs.
+# test suite, and stops everything after. `scripts/test.sh chaos` runs only the long runs;
+# `scripts/test.sh bench` only the benchmark (benches/codewatch: it starts its own Azurite and PostgreSQL).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -56,7 +57,7 @@ install_tools() {
     apt_install postgresql
   fi
   command -v openssl >/dev/null || apt_install openssl
-  [ "$mode" = chaos ] && return 0
+  [ "$mode" = chaos ] || [ "$mode" = bench ] && return 0
   # The deploy checks' tools: Python packages pinned in tools/deploy-checks, in a venv; promtool.
   if ! "$venv/bin/python" -c 'import sys' 2>/dev/null; then mkdir -p "$(dirname "$venv")"; python3 -m venv "$venv"; fi
   echo "== installing the deploy checks (hadolint, kubernetes-validate, checkov)"
@@ -72,18 +73,29 @@ install_tools >"$work/install.log" 2>&1 &
 install_pid=$!
 
 # --- checks and the build, meanwhile ---
-if [ "$mode" != chaos ]; then
+if [ "$mode" = "" ]; then
   phase "cargo fmt --check"
   cargo fmt --check
   phase "cargo clippy"
   cargo clippy --locked --all-targets -- -D warnings
 fi
-phase "building the tests"
-cargo test --locked --no-run --lib --test integration --test processes --test guarantees 2>&1 \
-  | { grep -vE '^\s+(Compiling|Checking|Executable) ' || true; }
+if [ "$mode" != bench ]; then
+  phase "building the tests"
+  cargo test --locked --no-run --lib --test integration --test processes --test guarantees 2>&1 \
+    | { grep -vE '^\s+(Compiling|Checking|Executable) ' || true; }
+fi
 phase "waiting for the installs"
 wait "$install_pid" || { cat "$work/install.log" >&2; echo "installing the test tools failed" >&2; exit 1; }
 cat "$work/install.log"
+
+# `scripts/test.sh bench`: the benchmark, with RUST_BACKTRACE unset (an error built on a hot path would
+# capture a backtrace); BENCH_N, BENCH_SECONDS, BENCH_ROWS, BENCH_ONLY pass through, and BENCH_PROFILE
+# (the suite runs it in the dev profile, at a small scale, to check it works).
+if [ "$mode" = bench ]; then
+  phase "benchmark"
+  env -u RUST_BACKTRACE cargo bench --locked --profile "${BENCH_PROFILE:-bench}" --bench codewatch
+  exit
+fi
 
 # --- Azurite (npm, version pinned by tools/azurite/package-lock.json) ---
 mkdir -p "$work/azurite"

@@ -544,6 +544,15 @@ fn as_postgres_user(tool: &std::path::Path) -> Command {
 }
 
 impl TestDb {
+    /// An opened database at `url` that something else keeps (no folder to remove).
+    pub fn wrap(database: Database, url: String) -> Self {
+        Self {
+            database,
+            url,
+            _dir: None,
+        }
+    }
+
     /// A new, migrated database on the PostgreSQL server at `admin` (an administrator URL).
     pub async fn postgres_on(admin: &str) -> Self {
         let name = format!("t_{}", uuid::Uuid::new_v4().simple());

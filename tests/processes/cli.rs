@@ -263,6 +263,38 @@ async fn smoke_gets_a_code_from_a_running_serve_and_sees_it_become_valid() {
     assert!(up.terminate().success());
 }
 
+/// Under `RUST_BACKTRACE=1` (as many hosts set it) errors capture no backtrace: libraries build and
+/// discard errors on the success path (the Azure SDK, for an absent header, on every request), and each
+/// capture cost CPU. Seen from outside: a failing command's error has no stack trace, its text does.
+#[test]
+fn errors_capture_no_backtrace_even_under_rust_backtrace() {
+    let dir = tempfile::tempdir().unwrap();
+    let failed = run(
+        dir.path(),
+        &["migrate", "--database-url", "postgres://u@127.0.0.1:1/db"],
+        &[("RUST_BACKTRACE", "1".to_owned())],
+        "",
+    );
+    let err = String::from_utf8_lossy(&failed.stderr);
+    assert!(!failed.status.success());
+    assert!(err.contains("unreachable"), "{err}");
+    assert!(!err.contains("Stack backtrace"), "{err}");
+    let chosen = run(
+        dir.path(),
+        &["migrate", "--database-url", "postgres://u@127.0.0.1:1/db"],
+        &[
+            ("RUST_BACKTRACE", "1".to_owned()),
+            ("RUST_LIB_BACKTRACE", "1".to_owned()),
+        ],
+        "",
+    );
+    let err = String::from_utf8_lossy(&chosen.stderr);
+    assert!(
+        err.contains("Stack backtrace"),
+        "an operator's RUST_LIB_BACKTRACE wins: {err}"
+    );
+}
+
 #[test]
 fn start_up_errors_name_what_failed_and_where() {
     let dir = tempfile::tempdir().unwrap();

@@ -592,27 +592,53 @@ async fn the_readmes_postgresql_setup_runs_as_pasted() {
         .unwrap();
 }
 
-/// The README's benchmark command, as pasted but in the test build's profile (`--profile dev` shares the
-/// suite's compiled dependencies; the release build would take minutes) and with fewer messages.
+/// The README's benchmark command, as pasted but in the test build's profile (the release build would
+/// take minutes) and at a small scale: every part prints its rows, and the JSON and the chart are written.
 #[tokio::test]
 #[ignore = "runs cargo: scripts/test.sh runs it after the suite"]
 async fn the_readmes_benchmark_runs_as_pasted() {
-    let snippet = readme_snippet("Benchmark (not part of the tests")
-        .replace("cargo bench ", "cargo bench --profile dev ");
+    let snippet = readme_snippet("Benchmark (not part of the tests");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let (stdout, stderr) = run_snippet_in(
         &snippet,
-        Path::new(env!("CARGO_MANIFEST_DIR")),
+        root,
         &[],
-        &[("BENCH_MESSAGES", "100".to_owned())],
+        &[
+            ("BENCH_PROFILE", "dev".to_owned()),
+            ("BENCH_N", "40".to_owned()),
+            ("BENCH_SECONDS", "0.3".to_owned()),
+            ("BENCH_ROWS", "20".to_owned()),
+        ],
         Duration::from_secs(300),
     )
     .await;
-    for backend in ["Azurite", "embedded"] {
+    for part in [
+        "ceiling",
+        "producer",
+        "worker",
+        "embedded",
+        "verification",
+        "growth",
+    ] {
         assert!(
             stdout
                 .lines()
-                .any(|l| l.trim_start().starts_with(backend) && l.contains("ratio")),
-            "the benchmark printed a ratio for {backend}:\n{stdout}\n{stderr}"
+                .any(|l| l.starts_with(&format!("| {part} |"))),
+            "the benchmark printed a row for {part}:\n{stdout}\n{stderr}"
         );
     }
+    let json: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(root.join("target/bench/codewatch.json")).unwrap(),
+    )
+    .unwrap();
+    let rows = json["rows"].as_array().unwrap();
+    assert!(
+        rows.iter().any(|r| r["rate_ratio"].is_number()),
+        "rows compared with their baselines: {json}"
+    );
+    let svg = std::fs::read_to_string(root.join("target/bench/codewatch.svg")).unwrap();
+    assert!(
+        svg.starts_with("<svg") && svg.contains("verification"),
+        "{svg}"
+    );
 }

@@ -1,0 +1,832 @@
+//! codewatch's benchmark: every path next to its baseline, measured in the same run on the same
+//! services, since only ratios survive a noisy machine. It starts what it needs (Azurite from
+//! `tools/azurite`, a throwaway PostgreSQL from Debian's binaries) and runs codewatch as the real
+//! binary, measuring its processes' CPU and memory from `/proc`.
+//!
+//!   scripts/bench.sh                      (installs Azurite and PostgreSQL if missing, then runs this)
+//!   cargo bench --bench codewatch         BENCH_N=1000 (activations per worker run), BENCH_SECONDS=3
+//!
+//! It prints one table, and writes `target/bench/codewatch.json` and `target/bench/codewatch.svg`.
+//! Azurite is one Node.js thread: its absolute rates are not codewatch's speed, only the ratios are.
+
+mod chart;
+mod measure;
+mod minimal;
+mod sdk;
+
+#[path = "../../tests/common/mod.rs"]
+#[allow(unused_imports)]
+mod common;
+
+use chrono::{DateTime, Utc};
+use codewatch::domain::{Code, Issuance, IssuanceId, Subject};
+use codewatch::message::{CodeMessage, MessageEncoding};
+use codewatch::store::Activation;
+use common::process::{Proc, bound_port, codewatch as codewatch_cmd};
+use measure::{CpuMeter, Load, closed_loop, peak_rss_mib, percentile_ms};
+use serde::Serialize;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+const NUMBER_KEY: &str = "bench-number-key";
+const VERIFY_KEY: &str = "bench-verify-key";
+
+/// How much to measure: `BENCH_N` activations per worker run (growth at 10 ×), `BENCH_SECONDS` per
+/// load, verification at `BENCH_ROWS` and 100 × as many rows.
+struct Scale {
+    n: usize,
+    seconds: Duration,
+    rows: usize,
+}
+
+impl Scale {
+    fn from_env() -> Self {
+        let var = |name: &str, default: u64| {
+            std::env::var(name)
+                .ok()
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(default)
+        };
+        Self {
+            n: var("BENCH_N", 1000) as usize,
+            seconds: Duration::from_secs_f64(
+                std::env::var("BENCH_SECONDS")
+                    .ok()
+                    .and_then(|v| v.parse::<f64>().ok())
+                    .unwrap_or(3.0)
+                    .max(0.2),
+            ),
+            rows: var("BENCH_ROWS", 1000) as usize,
+        }
+    }
+}
+
+/// One measured line: codewatch (or a baseline) on one path.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Row {
+    /// Ceilings, producer, worker, embedded, verification, growth.
+    pub part: &'static str,
+    /// What ran, e.g. `getcode, 32 clients`.
+    pub case: String,
+    /// What one unit is: put, getcode, activation, code, check, row.
+    pub unit: &'static str,
+    /// Units per second.
+    pub rate: f64,
+    /// Median latency, ms.
+    pub p50_ms: Option<f64>,
+    /// 99th percentile latency, ms.
+    pub p99_ms: Option<f64>,
+    /// CPU per unit of the measured process(es), µs.
+    pub cpu_us: Option<f64>,
+    /// Peak resident memory of the measured process, MiB.
+    pub rss_mib: Option<f64>,
+    /// The baseline this row is compared with.
+    pub baseline: Option<String>,
+    /// rate / the baseline's rate.
+    pub rate_ratio: Option<f64>,
+    /// CPU per unit / the baseline's CPU per unit.
+    pub cpu_ratio: Option<f64>,
+}
+
+impl Row {
+    fn against(mut self, baseline: &Row) -> Self {
+        self.baseline = Some(baseline.case.clone());
+        self.rate_ratio = Some(self.rate / baseline.rate);
+        self.cpu_ratio = match (self.cpu_us, baseline.cpu_us) {
+            (Some(a), Some(b)) if b > 0.0 => Some(a / b),
+            _ => None,
+        };
+        self
+    }
+
+    fn with_latency(mut self, load: &Load) -> Self {
+        self.p50_ms = Some(load.percentile_ms(50.0));
+        self.p99_ms = Some(load.percentile_ms(99.0));
+        self
+    }
+}
+
+/// Everything the benchmark runs against.
+struct Bench {
+    scale: Scale,
+    azurite: String,
+    postgres: common::PrivatePostgres,
+    number_api: (Proc, String),
+    dir: tempfile::TempDir,
+    rows: Vec<Row>,
+    http: reqwest::Client,
+}
+
+fn activation_body(i: usize) -> String {
+    CodeMessage::Activate(Issuance {
+        id: IssuanceId::random(),
+        code: Code::parse(&format!("Ben-{i}-Chx")).unwrap(),
+        issued_at: Utc::now(),
+        subject: None,
+    })
+    .encode(MessageEncoding::Text)
+}
+
+/// A running codewatch process and the base URL it serves on (if any).
+struct Running {
+    proc: Proc,
+    base: Option<String>,
+}
+
+impl Running {
+    fn pid(&self) -> u32 {
+        self.proc.0.id()
+    }
+
+    fn peak_rss(&self) -> Option<f64> {
+        peak_rss_mib(self.pid())
+    }
+}
+
+impl Bench {
+    fn env(&self, extra: &[(&str, String)]) -> Vec<(&'static str, String)> {
+        let mut env: Vec<(&'static str, String)> = vec![
+            (
+                "AZURE_STORAGE_CONNECTION_STRING",
+                common::connection_string_at(&self.azurite),
+            ),
+            (
+                "THIRD_PARTY_API_ENDPOINT",
+                format!("{}/api/RandomNumber", self.number_api.1),
+            ),
+            ("THIRD_PARTY_API_KEY", NUMBER_KEY.into()),
+            ("VERIFY_API_KEY", VERIFY_KEY.into()),
+            ("LISTEN_ADDR", "127.0.0.1:0".into()),
+            ("ADMIN_LISTEN_ADDR", "127.0.0.1:0".into()),
+            ("GETCODE_RATE_LIMIT_PER_SECOND", "0".into()),
+            ("VERIFY_RATE_LIMIT_PER_SECOND", "1000000000".into()),
+            ("VERIFY_RATE_LIMIT_BURST", "4000000000".into()),
+            ("CODE_TTL_SECONDS", "3600".into()),
+            ("RUST_LOG", "info".into()),
+        ];
+        // An empty value removes the variable (the embedded queue: no connection string).
+        for (k, v) in extra {
+            env.retain(|(key, _)| key != k);
+            if !v.is_empty() {
+                let key: &'static str = Box::leak(k.to_string().into_boxed_str());
+                env.push((key, v.clone()));
+            }
+        }
+        env
+    }
+
+    /// Starts `codewatch <command>`; with `listens`, waits for its listener and returns its URL.
+    fn spawn(&self, command: &str, log: &str, listens: bool, extra: &[(&str, String)]) -> Running {
+        let env = self.env(extra);
+        let proc = Proc(
+            codewatch_cmd(self.dir.path(), &[command], &env, log)
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+        let base = listens.then(|| {
+            format!(
+                "http://127.0.0.1:{}",
+                bound_port(&self.dir.path().join(log), "addr")
+            )
+        });
+        Running { proc, base }
+    }
+
+    fn sqlite_url(&self, name: &str) -> String {
+        format!(
+            "sqlite:{}",
+            self.dir.path().join(format!("{name}.db")).display()
+        )
+    }
+
+    fn push(&mut self, row: Row) {
+        eprintln!("  {:<14} {:<44} {:>10.1}/s", row.part, row.case, row.rate);
+        self.rows.push(row);
+    }
+
+    fn find(&self, case: &str) -> Row {
+        self.rows
+            .iter()
+            .find(|r| r.case == case)
+            .cloned()
+            .unwrap_or_else(|| panic!("no row {case}"))
+    }
+
+    // --- 1. ceilings ------------------------------------------------------------------------------
+
+    async fn ceilings(&mut self) {
+        for in_flight in [1, 8, 32, 64] {
+            let client =
+                std::sync::Arc::new(sdk::client(&self.azurite, &common::queue_name()).await);
+            let (rate, cpu, n) =
+                sdk::put_ceiling(client.clone(), in_flight, self.scale.seconds).await;
+            client.delete(None).await.unwrap();
+            self.push(Row {
+                part: "ceiling",
+                case: format!("SDK Put, {in_flight} in flight"),
+                unit: "put",
+                rate,
+                cpu_us: Some(cpu / n as f64 * 1e6),
+                ..Row::default()
+            });
+        }
+        let n = self.scale.n;
+        let sqlite = common::sqlite().await;
+        let codewatch::backends::Database::Sqlite(pools) = &sqlite.database else {
+            unreachable!()
+        };
+        let rate = sdk::sqlite_inserts(&pools.write, n).await;
+        self.push(Row {
+            part: "ceiling",
+            case: "SQLite inserts, 32 per transaction".into(),
+            unit: "row",
+            rate,
+            ..Row::default()
+        });
+        let pg = common::TestDb::postgres_on(&self.postgres.url).await;
+        let codewatch::backends::Database::Postgres(pool) = &pg.database else {
+            unreachable!()
+        };
+        let rate = sdk::postgres_inserts(pool, n).await;
+        self.push(Row {
+            part: "ceiling",
+            case: "PostgreSQL inserts, 32 per transaction".into(),
+            unit: "row",
+            rate,
+            ..Row::default()
+        });
+    }
+
+    /// The bare SDK doing the worker's calls for `n` stored activations.
+    async fn mix_ceiling(&mut self, label: &str) -> Row {
+        let client = sdk::client(&self.azurite, &common::queue_name()).await;
+        sdk::fill(&client, (0..self.scale.n).map(activation_body).collect()).await;
+        let (rate, cpu) = sdk::mix_ceiling(&client, self.scale.n).await;
+        client.delete(None).await.unwrap();
+        let row = Row {
+            part: "ceiling",
+            case: format!("SDK receive/32 + send + delete ({label})"),
+            unit: "activation",
+            rate,
+            cpu_us: Some(cpu / self.scale.n as f64 * 1e6),
+            ..Row::default()
+        };
+        self.push(row.clone());
+        row
+    }
+
+    // --- 2. producer ------------------------------------------------------------------------------
+
+    async fn producer(&mut self) {
+        let queue = common::queue_name();
+        let serve = self.spawn(
+            "serve",
+            "serve.log",
+            true,
+            &[
+                ("STORAGE_QUEUE_NAME", queue.clone()),
+                ("DATABASE_URL", self.sqlite_url("serve")),
+            ],
+        );
+        let url = format!("{}/api/v1/getcode", serve.base.as_deref().unwrap());
+        for clients in [1, 8, 32, 64] {
+            let cpu = CpuMeter::start(&[serve.pid()]);
+            let (http, url) = (self.http.clone(), url.clone());
+            let load = closed_loop(clients, self.scale.seconds, 200, move |_| http.get(&url)).await;
+            let used = cpu.used();
+            let ceiling = self.find(&format!("SDK Put, {clients} in flight"));
+            let row = Row {
+                part: "producer",
+                case: format!("getcode, {clients} clients"),
+                unit: "getcode",
+                rate: load.rate(),
+                cpu_us: Some(used / load.ok.max(1) as f64 * 1e6),
+                rss_mib: serve.peak_rss(),
+                ..Row::default()
+            }
+            .with_latency(&load)
+            .against(&ceiling);
+            self.push(row);
+        }
+        drop(serve);
+        // As many hosts run it: errors built and discarded on the success path must cost nothing.
+        let serve = self.spawn(
+            "serve",
+            "serve-backtrace.log",
+            true,
+            &[
+                ("STORAGE_QUEUE_NAME", queue.clone()),
+                ("DATABASE_URL", self.sqlite_url("serve")),
+                ("RUST_BACKTRACE", "1".into()),
+            ],
+        );
+        let url = format!("{}/api/v1/getcode", serve.base.as_deref().unwrap());
+        let cpu = CpuMeter::start(&[serve.pid()]);
+        let http = self.http.clone();
+        let load = closed_loop(32, self.scale.seconds, 200, move |_| http.get(&url)).await;
+        let used = cpu.used();
+        let unset = self.find("getcode, 32 clients");
+        let row = Row {
+            part: "producer",
+            case: "getcode, 32 clients, RUST_BACKTRACE=1".into(),
+            unit: "getcode",
+            rate: load.rate(),
+            cpu_us: Some(used / load.ok.max(1) as f64 * 1e6),
+            rss_mib: serve.peak_rss(),
+            ..Row::default()
+        }
+        .with_latency(&load)
+        .against(&unset);
+        self.push(row);
+        let client = sdk::client(&self.azurite, &queue).await;
+        client.delete(None).await.unwrap();
+    }
+
+    // --- 3. worker drain --------------------------------------------------------------------------
+
+    /// The worker drain runs, between two measurements of the SDK mix ceiling.
+    async fn workers(&mut self) {
+        let before = self.mix_ceiling("before the worker runs").await;
+        let mut ceiling = before.clone();
+        for (backend, workers, rearm) in [
+            ("SQLite", 1, "send"),
+            ("SQLite", 3, "send"),
+            ("PostgreSQL", 1, "send"),
+            ("PostgreSQL", 3, "send"),
+            ("SQLite", 1, "update"),
+        ] {
+            self.worker_drain(backend, workers, rearm, &ceiling).await;
+        }
+        let after = self.mix_ceiling("after").await;
+        ceiling.rate = (before.rate + after.rate) / 2.0;
+        ceiling.cpu_us = Some((before.cpu_us.unwrap() + after.cpu_us.unwrap()) / 2.0);
+        ceiling.case = "SDK receive/32 + send + delete (mean)".into();
+        self.push(ceiling.clone());
+        // The worker rows were compared with the first; compare them with the mean of both.
+        for row in self.rows.iter_mut().filter(|r| r.part == "worker") {
+            *row = row.clone().against(&ceiling);
+        }
+    }
+
+    /// `workers` worker processes drain `n` preloaded activations into `backend`.
+    async fn worker_drain(&mut self, backend: &str, workers: usize, rearm: &str, ceiling: &Row) {
+        let n = self.scale.n;
+        let queue = common::queue_name();
+        let client = sdk::client(&self.azurite, &queue).await;
+        sdk::fill(&client, (0..n).map(activation_body).collect()).await;
+        let (url, counter, _db) = self.database(backend, "worker").await;
+        let running: Vec<Running> = (0..workers)
+            .map(|i| {
+                self.spawn(
+                    "worker",
+                    &format!("worker-{backend}-{workers}-{i}.log"),
+                    false,
+                    &[
+                        ("STORAGE_QUEUE_NAME", queue.clone()),
+                        ("DATABASE_URL", url.clone()),
+                        ("WORKER_REARM", rearm.to_owned()),
+                    ],
+                )
+            })
+            .collect();
+        let pids: Vec<u32> = running.iter().map(Running::pid).collect();
+        let cpu = CpuMeter::start(&pids);
+        let started = Instant::now();
+        counter.wait_for(n, Duration::from_secs(300)).await;
+        let elapsed = started.elapsed();
+        let used = cpu.used();
+        let rss = running
+            .iter()
+            .filter_map(Running::peak_rss)
+            .fold(0.0, f64::max);
+        drop(running);
+        client.delete(None).await.unwrap();
+        let rearm_note = if rearm == "update" {
+            ", re-arm by update"
+        } else {
+            ""
+        };
+        let row = Row {
+            part: "worker",
+            case: format!("{workers} worker(s), {backend}{rearm_note}"),
+            unit: "activation",
+            rate: n as f64 / elapsed.as_secs_f64(),
+            cpu_us: Some(used / n as f64 * 1e6),
+            rss_mib: Some(rss),
+            ..Row::default()
+        }
+        .against(ceiling);
+        self.push(row);
+    }
+
+    /// A fresh database of `backend` (migrated), its URL, a row counter, and what keeps it alive.
+    async fn database(&self, backend: &str, name: &str) -> (String, Counter, common::TestDb) {
+        let db = match backend {
+            "SQLite" => {
+                let url = self.sqlite_url(&format!("{name}-{}", uuid::Uuid::new_v4().simple()));
+                let database = codewatch::backends::Database::open(
+                    &codewatch::config::DatabaseArgs::at(url.clone()),
+                )
+                .await
+                .unwrap();
+                common::TestDb::wrap(database, url)
+            }
+            _ => common::TestDb::postgres_on(&self.postgres.url).await,
+        };
+        (db.url.clone(), Counter(db.database.clone()), db)
+    }
+
+    // --- 4. embedded mode and verification ----------------------------------------------------------
+
+    async fn embedded(&mut self) {
+        let url = self.sqlite_url("up");
+        let env = self.env(&[
+            ("DATABASE_URL", url.clone()),
+            ("CODE_TTL_SECONDS", "600".into()),
+            ("AZURE_STORAGE_CONNECTION_STRING", String::new()),
+            ("THIRD_PARTY_API_ENDPOINT", String::new()),
+            ("THIRD_PARTY_API_KEY", String::new()),
+        ]);
+        let (up, base) = common::process::spawn_up(self.dir.path(), &env);
+        let getcode = format!("{base}/api/v1/getcode");
+        let cpu = CpuMeter::start(&[up.0.id()]);
+        let started = Utc::now();
+        let (http, target) = (self.http.clone(), getcode.clone());
+        let load = closed_loop(32, self.scale.seconds, 200, move |_| http.get(&target)).await;
+        let ended = Utc::now();
+        let database =
+            codewatch::backends::Database::open_existing(&codewatch::config::DatabaseArgs::at(url))
+                .await
+                .unwrap();
+        let counter = Counter(database.clone());
+        counter
+            .wait_for(load.ok as usize, Duration::from_secs(120))
+            .await;
+        let used = cpu.used();
+        let rss = peak_rss_mib(up.0.id());
+        drop(up);
+        let codewatch::backends::Database::Sqlite(pools) = &database else {
+            unreachable!()
+        };
+        let times: Vec<(String, String)> =
+            sqlx::query_as("SELECT issued_at, activated_at FROM valid_codes")
+                .fetch_all(&pools.read)
+                .await
+                .unwrap();
+        let parse = |t: &str| codewatch::timestamp::parse(t).unwrap();
+        let lags: Vec<Duration> = times
+            .iter()
+            .map(|(i, a)| (parse(a) - parse(i)).to_std().unwrap_or_default())
+            .collect();
+        let last: DateTime<Utc> = times.iter().map(|(_, a)| parse(a)).max().unwrap_or(ended);
+        let during = times.iter().filter(|(_, a)| parse(a) <= ended).count();
+        let window = (ended - started).as_seconds_f64();
+        let issued = Row {
+            part: "embedded",
+            case: "up: codes issued, 32 clients".into(),
+            unit: "code",
+            rate: load.rate(),
+            cpu_us: Some(used / load.ok.max(1) as f64 * 1e6),
+            rss_mib: rss,
+            ..Row::default()
+        }
+        .with_latency(&load);
+        self.push(issued);
+        self.push(Row {
+            part: "embedded",
+            case: "up: activated while issuing".into(),
+            unit: "code",
+            rate: during as f64 / window,
+            ..Row::default()
+        });
+        self.push(Row {
+            part: "embedded",
+            case: "up: activated end to end (lag p50/p99)".into(),
+            unit: "code",
+            rate: times.len() as f64 / (last - started).as_seconds_f64(),
+            p50_ms: Some(percentile_ms(&lags, 50.0)),
+            p99_ms: Some(percentile_ms(&lags, 99.0)),
+            ..Row::default()
+        });
+    }
+
+    /// Checks against `rows` valid codes in `backend`: codewatch's endpoint, then the minimal server.
+    async fn verification(&mut self, backend: &str, rows: usize) {
+        let (url, _, db) = self.database(backend, "verify").await;
+        let store = db.database.store();
+        let now = Utc::now();
+        let activations: Vec<Activation> = (0..rows)
+            .map(|i| {
+                Activation::new(
+                    Issuance {
+                        id: IssuanceId::random(),
+                        code: Code::parse(&format!("Vrf-{i}-Chk")).unwrap(),
+                        issued_at: now,
+                        subject: Some(Subject::parse(&format!("user-{i}")).unwrap()),
+                    },
+                    now + chrono::TimeDelta::hours(2),
+                )
+            })
+            .collect();
+        for chunk in activations.chunks(1000) {
+            store.activate(chunk, now).await.unwrap();
+        }
+        let label = format!("{backend}, {rows} rows");
+        let check = |base: String, http: reqwest::Client| {
+            move |i: u64| {
+                let i = (i as usize * 7919) % rows;
+                http.get(format!("{base}/api/v1/codes/Vrf-{i}-Chk?subject=user-{i}"))
+                    .bearer_auth(VERIFY_KEY)
+            }
+        };
+        let serve = self.spawn(
+            "serve",
+            &format!("verify-{backend}-{rows}.log"),
+            true,
+            &[
+                ("STORAGE_QUEUE_NAME", common::queue_name()),
+                ("DATABASE_URL", url.clone()),
+            ],
+        );
+        let cpu = CpuMeter::start(&[serve.pid()]);
+        let load = closed_loop(
+            32,
+            self.scale.seconds,
+            200,
+            check(serve.base.clone().unwrap(), self.http.clone()),
+        )
+        .await;
+        let used = cpu.used();
+        let codewatch_row = Row {
+            part: "verification",
+            case: format!("codewatch check, {label}"),
+            unit: "check",
+            rate: load.rate(),
+            cpu_us: Some(used / load.ok.max(1) as f64 * 1e6),
+            rss_mib: serve.peak_rss(),
+            ..Row::default()
+        }
+        .with_latency(&load);
+        drop(serve);
+
+        let (minimal, base) = spawn_minimal(&url);
+        let cpu = CpuMeter::start(&[minimal.0.id()]);
+        let load = closed_loop(32, self.scale.seconds, 200, check(base, self.http.clone())).await;
+        let used = cpu.used();
+        let floor = Row {
+            part: "verification",
+            case: format!("minimal axum + sqlx, {label}"),
+            unit: "check",
+            rate: load.rate(),
+            cpu_us: Some(used / load.ok.max(1) as f64 * 1e6),
+            rss_mib: peak_rss_mib(minimal.0.id()),
+            ..Row::default()
+        }
+        .with_latency(&load);
+        drop(minimal);
+        self.push(floor.clone());
+        self.push(codewatch_row.against(&floor));
+    }
+
+    // --- 5. growth --------------------------------------------------------------------------------
+
+    /// The embedded worker draining `n` activations: CPU per activation; then its idle CPU.
+    async fn embedded_drain(&mut self, n: usize) -> Row {
+        let (url, counter, db) = self.database("SQLite", "growth").await;
+        let queue = db.database.embedded_queue("code-requests").unwrap();
+        futures::StreamExt::for_each_concurrent(futures::stream::iter(0..n), 32, |i| {
+            let queue = queue.clone();
+            async move {
+                queue
+                    .send(&activation_body(i), Duration::ZERO)
+                    .await
+                    .unwrap()
+            }
+        })
+        .await;
+        let worker = self.spawn(
+            "worker",
+            &format!("growth-{n}.log"),
+            false,
+            &[
+                ("DATABASE_URL", url),
+                ("AZURE_STORAGE_CONNECTION_STRING", String::new()),
+            ],
+        );
+        let cpu = CpuMeter::start(&[worker.pid()]);
+        let started = Instant::now();
+        counter.wait_for(n, Duration::from_secs(300)).await;
+        let elapsed = started.elapsed();
+        let used = cpu.used();
+        let row = Row {
+            part: "growth",
+            case: format!("embedded worker, {n} activations"),
+            unit: "activation",
+            rate: n as f64 / elapsed.as_secs_f64(),
+            cpu_us: Some(used / n as f64 * 1e6),
+            rss_mib: worker.peak_rss(),
+            ..Row::default()
+        };
+        // Idle: the queue holds only invisible expiry messages now.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let idle = CpuMeter::start(&[worker.pid()]);
+        tokio::time::sleep(self.scale.seconds).await;
+        let idle_share = idle.used() / self.scale.seconds.as_secs_f64();
+        self.push(Row {
+            part: "growth",
+            case: format!("idle worker after {n} (CPU share in rate column, %)"),
+            unit: "%",
+            rate: idle_share * 100.0,
+            ..Row::default()
+        });
+        row
+    }
+}
+
+/// Counts rows in `valid_codes`.
+struct Counter(codewatch::backends::Database);
+
+impl Counter {
+    async fn count(&self) -> usize {
+        let sql = "SELECT count(*) FROM valid_codes";
+        let n: i64 = match &self.0 {
+            codewatch::backends::Database::Sqlite(p) => {
+                sqlx::query_scalar(sql).fetch_one(&p.read).await.unwrap()
+            }
+            codewatch::backends::Database::Postgres(p) => {
+                sqlx::query_scalar(sql).fetch_one(p).await.unwrap()
+            }
+        };
+        n as usize
+    }
+
+    async fn wait_for(&self, n: usize, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        loop {
+            let count = self.count().await;
+            if count >= n {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "only {count} of {n} rows after {limit:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// The minimal verification server on `database_url`, and its base URL.
+fn spawn_minimal(database_url: &str) -> (Proc, String) {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .env(minimal::ROLE, "minimal-verify")
+        .env("DATABASE_URL", database_url)
+        .stdout(std::process::Stdio::piped())
+        .stdin(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let port = lines
+        .find_map(|l| l.ok()?.strip_prefix("listening on ").map(str::to_owned))
+        .expect("the minimal server's port");
+    (Proc(child), format!("http://127.0.0.1:{port}"))
+}
+
+fn machine() -> String {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .map(|m| m.trim_start_matches([' ', '\t', ':']).to_owned())
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    format!("{cores} cores, {model}")
+}
+
+fn print_table(rows: &[Row]) {
+    let opt = |v: Option<f64>, width: usize, digits: usize| match v {
+        Some(v) => format!("{v:>width$.digits$}"),
+        None => format!("{:>width$}", "–"),
+    };
+    println!(
+        "\n| part | case | rate /s | p50 ms | p99 ms | CPU µs/unit | RSS MiB | × baseline rate | × baseline CPU |"
+    );
+    println!("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    for r in rows {
+        println!(
+            "| {} | {} | {:.0} | {} | {} | {} | {} | {} | {} |",
+            r.part,
+            r.case,
+            r.rate,
+            opt(r.p50_ms, 1, 2),
+            opt(r.p99_ms, 1, 2),
+            opt(r.cpu_us, 1, 0),
+            opt(r.rss_mib, 1, 1),
+            opt(r.rate_ratio, 1, 2),
+            opt(r.cpu_ratio, 1, 2),
+        );
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    if std::env::var(minimal::ROLE).is_ok() {
+        return minimal::serve().await;
+    }
+    let scale = Scale::from_env();
+    let begun = Instant::now();
+    eprintln!(
+        "codewatch benchmark: N = {}, {} s per load, {} and {} verification rows",
+        scale.n,
+        scale.seconds.as_secs_f64(),
+        scale.rows,
+        scale.rows * 100
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let number_api = {
+        let proc = Proc(
+            codewatch_cmd(
+                dir.path(),
+                &["number-api", "--listen", "127.0.0.1:0"],
+                &[("NUMBER_API_KEY", NUMBER_KEY.into())],
+                "number-api.log",
+            )
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+        );
+        let port = bound_port(&dir.path().join("number-api.log"), "addr");
+        (proc, format!("http://127.0.0.1:{port}"))
+    };
+    let mut bench = Bench {
+        azurite: common::start_azurite(),
+        postgres: common::PrivatePostgres::start(),
+        number_api,
+        dir,
+        rows: Vec::new(),
+        http: reqwest::Client::builder()
+            .pool_max_idle_per_host(128)
+            .build()
+            .unwrap(),
+        scale,
+    };
+
+    // BENCH_ONLY=embedded,growth runs some parts only (the ceilings always run: the rest needs them).
+    let only = std::env::var("BENCH_ONLY").unwrap_or_default();
+    let run = |part: &str| only.is_empty() || only.split(',').any(|p| p.trim() == part);
+    bench.ceilings().await;
+    if run("producer") {
+        bench.producer().await;
+    }
+    if run("worker") {
+        bench.workers().await;
+    }
+    if run("embedded") {
+        bench.embedded().await;
+    }
+    if run("verification") {
+        let rows = bench.scale.rows;
+        for backend in ["SQLite", "PostgreSQL"] {
+            for n in [rows, rows * 100] {
+                bench.verification(backend, n).await;
+            }
+        }
+    }
+    let n = bench.scale.n;
+    if run("growth") {
+        let small = bench.embedded_drain(n).await;
+        let large = bench.embedded_drain(n * 10).await;
+        bench.push(small.clone());
+        bench.push(large.against(&small));
+    }
+
+    print_table(&bench.rows);
+    let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench");
+    std::fs::create_dir_all(&out).unwrap();
+    let result = serde_json::json!({
+        "date": Utc::now().to_rfc3339(),
+        "machine": machine(),
+        "n": n,
+        "seconds_per_load": bench.scale.seconds.as_secs_f64(),
+        "rows": bench.rows,
+    });
+    std::fs::write(
+        out.join("codewatch.json"),
+        serde_json::to_string_pretty(&result).unwrap(),
+    )
+    .unwrap();
+    std::fs::write(
+        out.join("codewatch.svg"),
+        chart::svg(&bench.rows, &machine()),
+    )
+    .unwrap();
+    println!(
+        "\n{} · {} · wrote {}/codewatch.json and codewatch.svg in {:.0} s",
+        Utc::now().format("%Y-%m-%d"),
+        machine(),
+        out.display(),
+        begun.elapsed().as_secs_f64()
+    );
+}
