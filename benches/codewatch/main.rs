@@ -672,7 +672,7 @@ impl Counter {
                 Instant::now() < deadline,
                 "only {count} of {n} rows after {limit:?}"
             );
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 }

@@ -1,5 +1,9 @@
 //! A queue inside the SQLite database with Azure's semantics (visibility timeout, dequeue count, pop
 //! receipts), so that `codewatch up` needs no other service.
+//!
+//! Sends and deletes are group-committed: each waits until it is in the database, but those that
+//! arrive together (the producer's concurrent getcodes, the worker's re-arms and deletes of a batch)
+//! share one transaction and one statement, written by one task per queue ([`GroupWriter`]).
 
 use super::{
     PeekedMessage, QueueAdmin, QueueConsumer, QueueError, QueueSender, Receipt, ReceivedMessage,
@@ -9,9 +13,16 @@ use crate::store::sqlite::SqlitePools;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::Row;
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, mpsc, oneshot};
+
+/// Writes taken into one group commit at most.
+const MAX_GROUP: usize = 256;
+
+/// Rows per statement within a group (at most four bound values each: far below SQLite's limit).
+const ROWS_PER_STATEMENT: usize = 100;
 
 /// One named queue in the `queue_messages` table.
 #[derive(Clone, Debug)]
@@ -20,6 +31,8 @@ pub struct EmbeddedQueue {
     pools: SqlitePools,
     name: String,
     sent: Arc<Notify>,
+    /// The group writer's inbox, started at the first write.
+    writer: Arc<OnceLock<mpsc::UnboundedSender<Write>>>,
 }
 
 impl EmbeddedQueue {
@@ -29,7 +42,175 @@ impl EmbeddedQueue {
             pools,
             name: name.into(),
             sent: Arc::new(Notify::new()),
+            writer: Arc::new(OnceLock::new()),
         }
+    }
+
+    /// Hands `write` to the group writer and waits for its commit.
+    async fn group(
+        &self,
+        write: impl FnOnce(oneshot::Sender<Result<(), QueueError>>) -> Write,
+    ) -> Result<(), QueueError> {
+        let inbox = self.writer.get_or_init(|| {
+            let (inbox, writes) = mpsc::unbounded_channel();
+            let writer = GroupWriter {
+                pools: self.pools.clone(),
+                name: self.name.clone(),
+                sent: self.sent.clone(),
+            };
+            tokio::spawn(writer.run(writes));
+            inbox
+        });
+        let (done, result) = oneshot::channel();
+        inbox
+            .send(write(done))
+            .map_err(|_| QueueError::Unavailable("embedded queue: its writer stopped".into()))?;
+        result.await.unwrap_or_else(|_| {
+            Err(QueueError::Unavailable(
+                "embedded queue: its writer stopped".into(),
+            ))
+        })
+    }
+}
+
+/// One write waiting for a group commit, and where its outcome goes.
+#[derive(Debug)]
+enum Write {
+    /// A new message, visible from `visible_at` (ms).
+    Send {
+        body: String,
+        inserted_at: i64,
+        visible_at: i64,
+        done: oneshot::Sender<Result<(), QueueError>>,
+    },
+    /// A received message, by its receipt.
+    Delete {
+        receipt: Receipt,
+        done: oneshot::Sender<Result<(), QueueError>>,
+    },
+}
+
+/// Writes one queue's sends and deletes in groups: whatever waits when it is free goes into one
+/// transaction (sends as one multi-row INSERT, deletes as one DELETE … RETURNING), and every caller
+/// hears its own outcome after the commit. It ends when the queue's last handle is dropped.
+struct GroupWriter {
+    pools: SqlitePools,
+    name: String,
+    sent: Arc<Notify>,
+}
+
+impl GroupWriter {
+    async fn run(self, mut writes: mpsc::UnboundedReceiver<Write>) {
+        while let Some(first) = writes.recv().await {
+            let mut group = vec![first];
+            while group.len() < MAX_GROUP {
+                match writes.try_recv() {
+                    Ok(write) => group.push(write),
+                    Err(_) => break,
+                }
+            }
+            self.commit(group).await;
+        }
+    }
+
+    async fn commit(&self, group: Vec<Write>) {
+        let mut sends = Vec::new();
+        let mut deletes = Vec::new();
+        for write in group {
+            match write {
+                Write::Send {
+                    body,
+                    inserted_at,
+                    visible_at,
+                    done,
+                } => sends.push(((body, inserted_at, visible_at), done)),
+                Write::Delete { receipt, done } => deletes.push((receipt, done)),
+            }
+        }
+        let rows: Vec<_> = sends.iter().map(|(row, _)| row).collect();
+        let receipts: Vec<&Receipt> = deletes.iter().map(|(r, _)| r).collect();
+        match self.write(&rows, &receipts).await {
+            Ok(deleted) => {
+                let any_sent = !sends.is_empty();
+                for (_, done) in sends {
+                    let _ = done.send(Ok(()));
+                }
+                for (receipt, done) in deletes {
+                    let key = (receipt.message_id, receipt.pop_receipt);
+                    let _ = done.send(if deleted.contains(&key) {
+                        Ok(())
+                    } else {
+                        Err(QueueError::MessageGone)
+                    });
+                }
+                if any_sent {
+                    self.sent.notify_waiters();
+                }
+            }
+            Err(e) => {
+                let reason = e.to_string();
+                for done in sends
+                    .into_iter()
+                    .map(|(_, d)| d)
+                    .chain(deletes.into_iter().map(|(_, d)| d))
+                {
+                    let _ = done.send(Err(QueueError::Unavailable(format!(
+                        "embedded queue: {reason}"
+                    ))));
+                }
+            }
+        }
+    }
+
+    /// Inserts `rows` and deletes `receipts` in one transaction; the receipts that deleted a message.
+    async fn write(
+        &self,
+        rows: &[&(String, i64, i64)],
+        receipts: &[&Receipt],
+    ) -> Result<HashSet<(String, String)>, sqlx::Error> {
+        let mut tx = self.pools.write.begin().await?;
+        for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+            let mut insert = sqlx::QueryBuilder::new(
+                "INSERT INTO queue_messages (queue_name, message_id, body, inserted_at, visible_at) ",
+            );
+            insert.push_values(chunk, |mut row, (body, inserted_at, visible_at)| {
+                row.push_bind(&self.name)
+                    .push("lower(hex(randomblob(16)))")
+                    .push_bind(body)
+                    .push_bind(inserted_at)
+                    .push_bind(visible_at);
+            });
+            insert.build().execute(&mut *tx).await?;
+        }
+        let mut deleted = HashSet::new();
+        for chunk in receipts.chunks(ROWS_PER_STATEMENT) {
+            // `message_id IN (…)` first, so that SQLite finds the rows by their unique index
+            // instead of scanning the queue; the receipt pairs then decide.
+            let mut delete =
+                sqlx::QueryBuilder::new("DELETE FROM queue_messages WHERE message_id IN (");
+            let mut ids = delete.separated(", ");
+            for receipt in chunk {
+                ids.push_bind(&receipt.message_id);
+            }
+            delete
+                .push(") AND queue_name = ")
+                .push_bind(&self.name)
+                .push(" AND (message_id, pop_receipt) IN (VALUES ");
+            let mut pairs = delete.separated(", ");
+            for receipt in chunk {
+                pairs
+                    .push("(")
+                    .push_bind_unseparated(&receipt.message_id)
+                    .push_unseparated(", ")
+                    .push_bind_unseparated(&receipt.pop_receipt)
+                    .push_unseparated(")");
+            }
+            delete.push(") RETURNING message_id, pop_receipt");
+            let ids: Vec<(String, String)> = delete.build_query_as().fetch_all(&mut *tx).await?;
+            deleted.extend(ids);
+        }
+        tx.commit().await?;
+        Ok(deleted)
     }
 }
 
@@ -57,19 +238,13 @@ impl QueueSender for EmbeddedQueue {
 
     async fn send(&self, body: &str, visible_after: Duration) -> Result<(), QueueError> {
         let now = now_ms();
-        sqlx::query(
-            "INSERT INTO queue_messages (queue_name, message_id, body, inserted_at, visible_at) \
-             VALUES (?, lower(hex(randomblob(16))), ?, ?, ?)",
-        )
-        .bind(&self.name)
-        .bind(body)
-        .bind(now)
-        .bind(now + millis(visible_after))
-        .execute(&self.pools.write)
+        self.group(|done| Write::Send {
+            body: body.to_owned(),
+            inserted_at: now,
+            visible_at: now + millis(visible_after),
+            done,
+        })
         .await
-        .map_err(unavailable)?;
-        self.sent.notify_waiters();
-        Ok(())
     }
 }
 
@@ -111,18 +286,11 @@ impl QueueConsumer for EmbeddedQueue {
     }
 
     async fn delete(&self, receipt: &Receipt) -> Result<(), QueueError> {
-        let result = sqlx::query("DELETE FROM queue_messages WHERE queue_name = ? AND message_id = ? AND pop_receipt = ?")
-            .bind(&self.name)
-            .bind(&receipt.message_id)
-            .bind(&receipt.pop_receipt)
-            .execute(&self.pools.write)
-            .await
-            .map_err(unavailable)?;
-        if result.rows_affected() == 0 {
-            Err(QueueError::MessageGone)
-        } else {
-            Ok(())
-        }
+        self.group(|done| Write::Delete {
+            receipt: receipt.clone(),
+            done,
+        })
+        .await
     }
 
     async fn release(&self, receipt: &Receipt, visible_after: Duration) -> Result<(), QueueError> {

@@ -175,6 +175,40 @@ async fn the_poison_queue_is_a_separate_queue(f: Fixture) {
     assert!(f.queues.poison.name().ends_with("-poison"));
 }
 
+/// Many sends and deletes at once (the embedded queue commits them in groups): each message lands
+/// once, each delete answers for its own receipt, and a stale receipt among good ones is refused alone.
+async fn concurrent_sends_and_deletes_each_answer_for_themselves(f: Fixture) {
+    let q = &f.queues.main;
+    let sends = (0..64).map(|i| async move { q.send(&format!("m{i}"), Duration::ZERO).await });
+    for result in futures::future::join_all(sends).await {
+        result.unwrap();
+    }
+    let mut received = Vec::new();
+    while received.len() < 64 {
+        let batch = q.receive(32, LONG).await.unwrap();
+        assert!(!batch.is_empty(), "only {} of 64 arrived", received.len());
+        received.extend(batch);
+    }
+    let mut bodies: Vec<&str> = received.iter().map(|m| m.body.as_str()).collect();
+    bodies.sort_unstable();
+    bodies.dedup();
+    assert_eq!(bodies.len(), 64, "each once");
+    let stale = codewatch::queue::Receipt {
+        message_id: received[0].receipt.message_id.clone(),
+        pop_receipt: "stale".into(),
+    };
+    let deletes = received
+        .iter()
+        .map(|m| m.receipt.clone())
+        .chain([stale])
+        .map(|r| async move { q.delete(&r).await });
+    let results = futures::future::join_all(deletes).await;
+    let (last, good) = results.split_last().unwrap();
+    assert!(good.iter().all(Result::is_ok), "{good:?}");
+    assert!(matches!(last, Err(QueueError::MessageGone)), "{last:?}");
+    assert_eq!(q.approximate_len().await.unwrap(), 0);
+}
+
 macro_rules! contract {
     ($backend:ident: $($case:ident),* $(,)?) => {
         mod $backend {
@@ -206,6 +240,7 @@ both!(
     peek_does_not_take_and_clear_empties_the_queue,
     bodies_with_markup_quotes_and_unicode_survive,
     the_poison_queue_is_a_separate_queue,
+    concurrent_sends_and_deletes_each_answer_for_themselves,
 );
 
 #[tokio::test]
