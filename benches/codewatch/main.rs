@@ -819,7 +819,10 @@ async fn main() {
     .unwrap();
     std::fs::write(
         out.join("codewatch.svg"),
-        chart::svg(&bench.rows, &machine()),
+        chart::svg(
+            &bench.rows,
+            &format!("{} · {}", Utc::now().format("%Y-%m-%d"), machine()),
+        ),
     )
     .unwrap();
     println!(
