@@ -536,8 +536,9 @@ pub struct WorkerTuning {
     /// activation is always tried again: setting it aside would lose its code).
     #[arg(long, env = "MAX_DEQUEUE_COUNT", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub max_dequeue_count: u32,
-    /// Poll loops per worker process.
-    #[arg(long, env = "WORKER_POLLERS", default_value = "2", value_parser = nonzero_count!(1..=64))]
+    /// Poll loops per worker process (while the queue is idle only the first polls; the others rest
+    /// until it finds messages).
+    #[arg(long, env = "WORKER_POLLERS", default_value = "4", value_parser = nonzero_count!(1..=64))]
     pub pollers: NonZeroUsize,
     /// Queue operations in flight at once within a batch.
     #[arg(long, env = "WORKER_MAX_IN_FLIGHT", default_value = "32", value_parser = nonzero_count!(1..=1024))]
@@ -669,7 +670,7 @@ mod tests {
         let worker = WorkerSettings::default();
         assert_eq!(worker.code_ttl, Duration::from_secs(600));
         assert_eq!(worker.batch_size, crate::queue::MAX_BATCH);
-        assert_eq!(worker.pollers.get(), 2);
+        assert_eq!(worker.pollers.get(), 4);
         assert_eq!(worker.max_in_flight.get(), 32);
         assert_eq!(worker.sweep_interval, Some(Duration::from_secs(60)));
         let throttle = crate::verify::Throttle::default();

@@ -444,6 +444,10 @@ impl Bench {
         let env = self.env(&[
             ("DATABASE_URL", url.clone()),
             ("CODE_TTL_SECONDS", "600".into()),
+            (
+                "WORKER_POLLERS",
+                std::env::var("BENCH_UP_POLLERS").unwrap_or_default(),
+            ),
             ("AZURE_STORAGE_CONNECTION_STRING", String::new()),
             ("THIRD_PARTY_API_ENDPOINT", String::new()),
             ("THIRD_PARTY_API_KEY", String::new()),

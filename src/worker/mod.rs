@@ -101,6 +101,8 @@ pub struct Worker {
     settings: WorkerSettings,
     heartbeat: Arc<Heartbeat>,
     store_failing: AtomicBool,
+    /// Wakes the resting poll loops when one of them found messages.
+    work_seen: tokio::sync::Notify,
 }
 
 impl Worker {
@@ -134,6 +136,7 @@ impl Worker {
             settings,
             heartbeat,
             store_failing: AtomicBool::new(false),
+            work_seen: tokio::sync::Notify::new(),
         }
     }
 

@@ -8,6 +8,10 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
+/// The longest a resting poll loop waits before it polls again on its own (well within the liveness
+/// silence): while the queue is idle only the first loop polls it.
+const REST_MAX: Duration = Duration::from_secs(30);
+
 /// How often the queue length and the oldest visible message's age are sampled for metrics.
 const SAMPLE_INTERVAL: Duration = Duration::from_secs(15);
 
@@ -105,7 +109,9 @@ impl Worker {
 
     /// Receives and handles batches until `cancel` fires, going round the shards: one batch from each
     /// in turn (poller `p` starts at shard `p`, so the loops spread), and waiting only after a whole
-    /// round found nothing, so that a busy shard is never starved by idle ones.
+    /// round found nothing, so that a busy shard is never starved by idle ones. While the queue is idle
+    /// only poller 0 keeps polling (with its backoff); the others rest until it finds messages, so an
+    /// idle worker costs one receive per interval, however many loops it runs.
     async fn poll_loop(&self, poller: usize, cancel: CancellationToken) {
         let shards = self.shards.len();
         if shards == 0 {
@@ -134,6 +140,7 @@ impl Worker {
                 Ok(PollOutcome::Processed(_)) => {
                     backoff.reset();
                     idle = 0;
+                    self.work_seen.notify_waiters();
                     Duration::ZERO
                 }
                 Ok(PollOutcome::Empty) => {
@@ -157,13 +164,15 @@ impl Worker {
             metrics::gauge!(m::POLL_BACKOFF, "poller" => poller.to_string())
                 .set(wait.as_secs_f64());
             if !wait.is_zero() {
+                let resting = poller != 0 && !failing;
                 let sent_here = futures::future::select_all(
                     self.shards.iter().map(|s| Box::pin(s.main.sent_here())),
                 );
                 tokio::select! {
                     _ = cancel.cancelled() => break,
-                    _ = tokio::time::sleep(wait) => {}
+                    _ = tokio::time::sleep(if resting { REST_MAX } else { wait }) => {}
                     _ = sent_here, if !failing => {}
+                    _ = self.work_seen.notified(), if resting => {}
                 }
             }
         }

@@ -31,6 +31,8 @@ pub struct FaultQueue {
     counts: [AtomicUsize; 3],
     dead: AtomicBool,
     sent: Mutex<Vec<String>>,
+    /// Every receive call, empty ones included.
+    receive_calls: AtomicUsize,
 }
 
 fn index(op: Op) -> usize {
@@ -50,6 +52,7 @@ impl FaultQueue {
             counts: Default::default(),
             dead: AtomicBool::new(false),
             sent: Mutex::new(Vec::new()),
+            receive_calls: AtomicUsize::new(0),
         })
     }
 
@@ -71,6 +74,11 @@ impl FaultQueue {
     /// Whether the crash happened.
     pub fn crashed(&self) -> bool {
         self.dead.load(Ordering::SeqCst)
+    }
+
+    /// How many receives were asked for, empty ones included.
+    pub fn receive_calls(&self) -> usize {
+        self.receive_calls.load(Ordering::SeqCst)
     }
 
     /// Every body sent through this wrapper (once per send call).
@@ -113,6 +121,7 @@ impl QueueSender for FaultQueue {
 #[async_trait]
 impl QueueConsumer for FaultQueue {
     async fn receive(&self, max: u32, lease: Duration) -> Result<Vec<ReceivedMessage>, QueueError> {
+        self.receive_calls.fetch_add(1, Ordering::SeqCst);
         if self.crashed() {
             return Err(QueueError::Unavailable("crashed".into()));
         }

@@ -869,3 +869,44 @@ async fn a_worker_polls_every_shard_in_turn_so_a_flooded_one_starves_none() {
         "the third shard waited for no more than one flooded batch: {flooded_after} of 96 came after it"
     );
 }
+
+/// An idle worker costs one receive per poll interval, not one per poll loop: only the first loop
+/// polls an empty queue, the others rest until it finds messages, then all of them work.
+#[tokio::test]
+async fn an_idle_worker_polls_with_one_loop_and_wakes_the_others_for_work() {
+    let rig = rig().await;
+    let counted = common::faults::FaultQueue::recording(rig.queues.main.clone());
+    let settings = WorkerSettings {
+        min_poll_interval: Duration::from_millis(100),
+        max_poll_interval: Duration::from_millis(100),
+        ..settings(60)
+    };
+    let pollers = settings.pollers.get();
+    assert!(pollers >= 4, "the default runs several loops");
+    let worker = Arc::new(Worker::new(
+        counted.clone(),
+        rig.queues.poison.clone(),
+        rig.store.clone(),
+        settings,
+    ));
+    let cancel = CancellationToken::new();
+    let running = tokio::spawn(worker.run(cancel.clone()));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let idle = counted.receive_calls();
+    // Poller 0: about 20 receives in 2 s at 100 ms; every other loop: its first round, then rest.
+    assert!(
+        idle <= 20 + 2 * pollers,
+        "{idle} receives in 2 s idle: more than one loop kept polling"
+    );
+    let now = Utc::now();
+    for i in 0..96 {
+        rig.send(&activation(&issuance(&format!("Rst-{i}-Wak"), now)))
+            .await;
+    }
+    eventually("all 96 activated", Duration::from_secs(20), || async {
+        (rig.rows().await == 96).then_some(())
+    })
+    .await;
+    cancel.cancel();
+    running.await.unwrap();
+}
