@@ -23,10 +23,13 @@ pub struct IssuanceId(String);
 pub struct InvalidIssuanceId(pub String);
 
 impl IssuanceId {
-    /// A fresh id for a code `serve` issues: a UUID v7 (the time, then 74 random bits), so that ids
-    /// grow with time and new rows land at the end of the table's key index instead of all over it.
+    /// A fresh id for a code `serve` issues: a UUID v7, the millisecond then 74 random bits, so that
+    /// ids grow with time and new rows land at the end of the table's key index instead of all over it.
+    /// No counter within the millisecond (`NoContext`): the next id must not be guessable from one seen,
+    /// or a sender could claim it first and have the real activation set aside as a conflict.
     pub fn random() -> Self {
-        Self(uuid::Uuid::now_v7().to_string())
+        let now = uuid::Timestamp::now(uuid::NoContext);
+        Self(uuid::Uuid::new_v7(now).to_string())
     }
 
     /// The id of a foreign message that carries none: a hash of its code and time, so its duplicates share it.
@@ -136,12 +139,36 @@ mod tests {
 
     #[test]
     fn new_ids_grow_with_time_so_rows_append_to_the_key_index() {
-        let ids: Vec<String> = (0..200).map(|_| IssuanceId::random().0).collect();
+        let ids: Vec<String> = (0..20)
+            .map(|_| {
+                std::thread::sleep(std::time::Duration::from_millis(2));
+                IssuanceId::random().0
+            })
+            .collect();
         let mut sorted = ids.clone();
         sorted.sort();
-        assert_eq!(ids, sorted);
-        sorted.dedup();
-        assert_eq!(sorted.len(), 200, "unique");
+        assert_eq!(ids, sorted, "ordered by their millisecond");
+    }
+
+    #[test]
+    fn ids_of_the_same_millisecond_do_not_follow_from_each_other() {
+        let ids: Vec<u128> = (0..200)
+            .map(|_| {
+                uuid::Uuid::parse_str(IssuanceId::random().as_str())
+                    .unwrap()
+                    .as_u128()
+            })
+            .collect();
+        // A counter would make most neighbours differ by a small step; 74 random bits make none.
+        let close = ids
+            .windows(2)
+            .filter(|w| w[0] >> 48 == w[1] >> 48 && w[0].abs_diff(w[1]) < 1 << 40)
+            .count();
+        assert_eq!(close, 0, "consecutive ids are guessable from each other");
+        let mut unique = ids.clone();
+        unique.sort_unstable();
+        unique.dedup();
+        assert_eq!(unique.len(), 200);
     }
 
     #[test]
