@@ -5,7 +5,7 @@ use crate::identity::AzureAuth;
 use crate::queue::azure::AzureQueueFactory;
 use crate::queue::connection_string::ConnectionString;
 use crate::queue::embedded::EmbeddedQueue;
-use crate::queue::shards::{Shard, Spread, shard_names};
+use crate::queue::shards::{MAX_SHARDS, Shard, Spread, shard_names};
 use crate::queue::{QueueAdmin, QueueError, QueueSender, SharedQueue, poison_name};
 use crate::store::postgres::{self, PostgresStore};
 use crate::store::sqlite::SqlitePools;
@@ -226,6 +226,29 @@ impl QueueShards {
                 .map(str::trim)
                 .filter(|u| !u.is_empty())
                 .collect();
+            if urls.len() > MAX_SHARDS {
+                return Err(QueueError::Config(format!(
+                    "STORAGE_QUEUE_URL lists {} queues; at most {MAX_SHARDS} shards are supported",
+                    urls.len()
+                ))
+                .into());
+            }
+            let mut seen = std::collections::HashSet::new();
+            for url in &urls {
+                // Without the query, so that a SAS never reaches the message.
+                let queue = url
+                    .split('?')
+                    .next()
+                    .unwrap_or_default()
+                    .trim_end_matches('/');
+                if !seen.insert(queue) {
+                    // Polled twice and sent to twice as often: a slip in the list, refused.
+                    return Err(QueueError::Config(format!(
+                        "STORAGE_QUEUE_URL names the queue {queue} twice"
+                    ))
+                    .into());
+                }
+            }
             if urls.len() > 1 && count != 1 && count != urls.len() {
                 return Err(QueueError::Config(format!(
                     "STORAGE_QUEUE_URL lists {} queues but STORAGE_QUEUE_SHARDS is {count}: list one URL per \

@@ -14,7 +14,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::Row;
 use std::collections::HashSet;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{Notify, mpsc, oneshot};
 
@@ -38,8 +38,9 @@ pub struct EmbeddedQueue {
     pools: SqlitePools,
     name: String,
     sent: Arc<Notify>,
-    /// The group writer's inbox, started at the first write.
-    writer: Arc<OnceLock<mpsc::UnboundedSender<Write>>>,
+    /// The group writer's inbox, started at the first write and again if the writer has gone (its
+    /// runtime shut down, or it panicked), so that one lost task never fails every later write.
+    writer: Arc<Mutex<Option<mpsc::UnboundedSender<Write>>>>,
 }
 
 impl EmbeddedQueue {
@@ -49,7 +50,7 @@ impl EmbeddedQueue {
             pools,
             name: name.into(),
             sent: Arc::new(Notify::new()),
-            writer: Arc::new(OnceLock::new()),
+            writer: Arc::new(Mutex::new(None)),
         }
     }
 
@@ -58,16 +59,26 @@ impl EmbeddedQueue {
         &self,
         write: impl FnOnce(oneshot::Sender<Result<(), QueueError>>) -> Write,
     ) -> Result<(), QueueError> {
-        let inbox = self.writer.get_or_init(|| {
-            let (inbox, writes) = mpsc::unbounded_channel();
-            let writer = GroupWriter {
-                pools: self.pools.clone(),
-                name: self.name.clone(),
-                sent: self.sent.clone(),
-            };
-            tokio::spawn(writer.run(writes));
-            inbox
-        });
+        let inbox = {
+            let mut slot = self
+                .writer
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            match slot.as_ref() {
+                Some(inbox) if !inbox.is_closed() => inbox.clone(),
+                _ => {
+                    let (inbox, writes) = mpsc::unbounded_channel();
+                    let writer = GroupWriter {
+                        pools: self.pools.clone(),
+                        name: self.name.clone(),
+                        sent: self.sent.clone(),
+                    };
+                    tokio::spawn(writer.run(writes));
+                    *slot = Some(inbox.clone());
+                    inbox
+                }
+            }
+        };
         let (done, result) = oneshot::channel();
         inbox
             .send(write(done))

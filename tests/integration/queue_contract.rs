@@ -264,3 +264,33 @@ async fn a_queue_url_carrying_a_sas_works_without_a_key_or_credential() {
         "via sas"
     );
 }
+
+/// The embedded queue's writer task lives on the runtime of the first write; when that runtime is
+/// gone (a test's, or after a panic in the task), the next write starts a new writer instead of
+/// failing for good.
+#[test]
+fn the_embedded_queue_outlives_the_runtime_that_started_its_writer() {
+    let first = tokio::runtime::Runtime::new().unwrap();
+    let (db, queues) = first.block_on(async {
+        let db = common::sqlite().await;
+        let queues = common::embedded_queues(&db.database);
+        queues.main.send("before", Duration::ZERO).await.unwrap();
+        (db, queues)
+    });
+    drop(first);
+    let second = tokio::runtime::Runtime::new().unwrap();
+    second.block_on(async {
+        queues.main.send("after", Duration::ZERO).await.unwrap();
+        let mut bodies: Vec<String> = queues
+            .main
+            .receive(32, LONG)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|m| m.body)
+            .collect();
+        bodies.sort();
+        assert_eq!(bodies, ["after", "before"]);
+    });
+    drop(db);
+}

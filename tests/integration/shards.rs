@@ -91,7 +91,7 @@ async fn a_list_of_queue_urls_is_one_shard_per_url_and_each_issuance_goes_to_its
 }
 
 #[tokio::test]
-async fn a_url_list_and_a_different_shard_count_are_refused() {
+async fn a_url_list_with_another_count_a_repeat_or_too_many_queues_is_refused() {
     let names: Vec<String> = (0..3).map(|_| common::queue_name()).collect();
     let auth = AzureAuth::new(CredentialChoice::Auto);
     let refused = QueueShards::open(
@@ -108,6 +108,30 @@ async fn a_url_list_and_a_different_shard_count_are_refused() {
         "{refused}"
     );
     assert!(!refused.contains("sig="), "no SAS in the error: {refused}");
+
+    let twice = vec![names[0].clone(), names[1].clone(), names[0].clone()];
+    let refused = QueueShards::open(
+        &args(Some(sas_urls(&twice)), None, "unused", 1),
+        None,
+        &auth,
+    )
+    .await
+    .err()
+    .expect("refused")
+    .to_string();
+    assert!(
+        refused.contains("twice") && refused.contains(&names[0]),
+        "{refused}"
+    );
+    assert!(!refused.contains("sig="), "no SAS in the error: {refused}");
+
+    let many: Vec<String> = (0..65).map(|i| format!("q{i}")).collect();
+    let refused = QueueShards::open(&args(Some(sas_urls(&many)), None, "unused", 1), None, &auth)
+        .await
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(refused.contains("at most 64"), "{refused}");
 }
 
 #[tokio::test]
