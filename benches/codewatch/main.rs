@@ -213,6 +213,24 @@ impl Bench {
             .unwrap_or_else(|| panic!("no row {case}"))
     }
 
+    /// `clients` closed loops of `request` against the process `pid` for the run's load time: its
+    /// rate, latency, CPU per answer and peak RSS (the caller names the row).
+    async fn load_row<F>(&self, pid: u32, clients: usize, request: F) -> Row
+    where
+        F: Fn(u64) -> reqwest::RequestBuilder + Send + Sync + 'static,
+    {
+        let cpu = CpuMeter::start(&[pid]);
+        let load = closed_loop(clients, self.scale.seconds, 200, request).await;
+        let used = cpu.used();
+        Row {
+            rate: load.rate(),
+            cpu_us: Some(used / load.ok.max(1) as f64 * 1e6),
+            rss_mib: peak_rss_mib(pid),
+            ..Row::default()
+        }
+        .with_latency(&load)
+    }
+
     // --- 1. ceilings ------------------------------------------------------------------------------
 
     async fn ceilings(&mut self) {
@@ -291,23 +309,20 @@ impl Bench {
         );
         let url = format!("{}/api/v1/getcode", serve.base.as_deref().unwrap());
         for clients in [1, 8, 32, 64] {
-            let cpu = CpuMeter::start(&[serve.pid()]);
             let (http, url) = (self.http.clone(), url.clone());
-            let load = closed_loop(clients, self.scale.seconds, 200, move |_| http.get(&url)).await;
-            let used = cpu.used();
+            let row = self
+                .load_row(serve.pid(), clients, move |_| http.get(&url))
+                .await;
             let ceiling = self.find(&format!("SDK Put, {clients} in flight"));
-            let row = Row {
-                part: "producer",
-                case: format!("getcode, {clients} clients"),
-                unit: "getcode",
-                rate: load.rate(),
-                cpu_us: Some(used / load.ok.max(1) as f64 * 1e6),
-                rss_mib: serve.peak_rss(),
-                ..Row::default()
-            }
-            .with_latency(&load)
-            .against(&ceiling);
-            self.push(row);
+            self.push(
+                Row {
+                    part: "producer",
+                    case: format!("getcode, {clients} clients"),
+                    unit: "getcode",
+                    ..row
+                }
+                .against(&ceiling),
+            );
         }
         drop(serve);
         // As many hosts run it: errors built and discarded on the success path must cost nothing.
@@ -322,23 +337,20 @@ impl Bench {
             ],
         );
         let url = format!("{}/api/v1/getcode", serve.base.as_deref().unwrap());
-        let cpu = CpuMeter::start(&[serve.pid()]);
         let http = self.http.clone();
-        let load = closed_loop(32, self.scale.seconds, 200, move |_| http.get(&url)).await;
-        let used = cpu.used();
+        let row = self
+            .load_row(serve.pid(), 32, move |_| http.get(&url))
+            .await;
         let unset = self.find("getcode, 32 clients");
-        let row = Row {
-            part: "producer",
-            case: "getcode, 32 clients, RUST_BACKTRACE=1".into(),
-            unit: "getcode",
-            rate: load.rate(),
-            cpu_us: Some(used / load.ok.max(1) as f64 * 1e6),
-            rss_mib: serve.peak_rss(),
-            ..Row::default()
-        }
-        .with_latency(&load)
-        .against(&unset);
-        self.push(row);
+        self.push(
+            Row {
+                part: "producer",
+                case: "getcode, 32 clients, RUST_BACKTRACE=1".into(),
+                unit: "getcode",
+                ..row
+            }
+            .against(&unset),
+        );
         let client = sdk::client(&self.azurite, &queue).await;
         client.delete(None).await.unwrap();
     }
@@ -553,41 +565,31 @@ impl Bench {
                 ("DATABASE_URL", url.clone()),
             ],
         );
-        let cpu = CpuMeter::start(&[serve.pid()]);
-        let load = closed_loop(
-            32,
-            self.scale.seconds,
-            200,
-            check(serve.base.clone().unwrap(), self.http.clone()),
-        )
-        .await;
-        let used = cpu.used();
+        let measured = self
+            .load_row(
+                serve.pid(),
+                32,
+                check(serve.base.clone().unwrap(), self.http.clone()),
+            )
+            .await;
         let codewatch_row = Row {
             part: "verification",
             case: format!("codewatch check, {label}"),
             unit: "check",
-            rate: load.rate(),
-            cpu_us: Some(used / load.ok.max(1) as f64 * 1e6),
-            rss_mib: serve.peak_rss(),
-            ..Row::default()
-        }
-        .with_latency(&load);
+            ..measured
+        };
         drop(serve);
 
         let (minimal, base) = spawn_minimal(&url);
-        let cpu = CpuMeter::start(&[minimal.0.id()]);
-        let load = closed_loop(32, self.scale.seconds, 200, check(base, self.http.clone())).await;
-        let used = cpu.used();
+        let measured = self
+            .load_row(minimal.0.id(), 32, check(base, self.http.clone()))
+            .await;
         let floor = Row {
             part: "verification",
             case: format!("minimal axum + sqlx, {label}"),
             unit: "check",
-            rate: load.rate(),
-            cpu_us: Some(used / load.ok.max(1) as f64 * 1e6),
-            rss_mib: peak_rss_mib(minimal.0.id()),
-            ..Row::default()
-        }
-        .with_latency(&load);
+            ..measured
+        };
         drop(minimal);
         self.push(floor.clone());
         self.push(codewatch_row.against(&floor));
