@@ -1,9 +1,7 @@
 //! Answers "is this code valid?" for a sign-in service, with NIST SP 800-63B throttling per subject.
 
-use crate::domain::Code;
-use crate::domain::CodeState;
-use crate::domain::Subject;
-use crate::store::{CodeRecord, Gate, StoreError, VerificationStore};
+use crate::domain::{Code, CodeState, IdempotencyKey, Subject, fingerprint};
+use crate::store::{CodeRecord, Gate, KeyedRedeem, RedeemKey, StoreError, VerificationStore};
 use chrono::{DateTime, Utc};
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,6 +25,17 @@ pub enum Verdict {
     Valid(CodeRecord),
     /// Not valid. The reason is for the log only: callers see one answer for all of them.
     Invalid(&'static str),
+}
+
+/// The answer to a redeem sent with an idempotency key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KeyedVerdict {
+    /// The key was new: this request was judged.
+    Judged(Verdict),
+    /// The key came with the same code and subject before: the first answer again, nothing counted.
+    Replayed(Verdict),
+    /// The key came with another code or subject before: refused, nothing done.
+    KeyReused,
 }
 
 /// Checks and redeems codes against the store.
@@ -113,9 +122,67 @@ impl Verifier {
             }
             (Mode::Redeem, None) => self.store.redeem(code, None, now, None).await?,
         };
-        if let Some(record) = found {
-            return Ok(Verdict::Valid(record));
+        match found {
+            Some(record) => Ok(Verdict::Valid(record)),
+            None => self.failed(code, subject, now, mode).await,
         }
+    }
+
+    /// Consumes `code` like [`redeem`](Self::redeem), once per `key`: a repeat of the same request with
+    /// the same key (a lost answer retried), while the key is remembered, gets the first answer again
+    /// without counting a failure. A success is remembered until its code's expiry, a failure for the
+    /// lockout window.
+    pub async fn redeem_keyed(
+        &self,
+        key: &IdempotencyKey,
+        code: &Code,
+        subject: Option<&Subject>,
+        now: DateTime<Utc>,
+    ) -> Result<KeyedVerdict, StoreError> {
+        let gate = self.gate(now);
+        let print = fingerprint(code, subject);
+        let remembered = RedeemKey {
+            key,
+            fingerprint: &print,
+            keep_failure_until: now
+                .checked_add_signed(
+                    chrono::Duration::from_std(self.throttle.window)
+                        .unwrap_or(chrono::Duration::MAX),
+                )
+                .unwrap_or(DateTime::<Utc>::MAX_UTC),
+        };
+        let gate = subject.map(|_| &gate);
+        match self
+            .store
+            .redeem_keyed(remembered, code, subject, now, gate)
+            .await?
+        {
+            KeyedRedeem::First(Some(record)) => {
+                if let Some(subject) = subject {
+                    self.store.reset_failures(subject).await?;
+                }
+                Ok(KeyedVerdict::Judged(Verdict::Valid(record)))
+            }
+            KeyedRedeem::First(None) => Ok(KeyedVerdict::Judged(
+                self.failed(code, subject, now, Mode::Redeem).await?,
+            )),
+            KeyedRedeem::Repeat(Some(record)) => Ok(KeyedVerdict::Replayed(Verdict::Valid(record))),
+            KeyedRedeem::Repeat(None) => Ok(KeyedVerdict::Replayed(Verdict::Invalid(
+                "repeat of a redeem that failed",
+            ))),
+            KeyedRedeem::Reused => Ok(KeyedVerdict::KeyReused),
+        }
+    }
+
+    /// Counts a failed check or redeem against its subject, and says why it failed (for the log).
+    async fn failed(
+        &self,
+        code: &Code,
+        subject: Option<&Subject>,
+        now: DateTime<Utc>,
+        mode: Mode,
+    ) -> Result<Verdict, StoreError> {
+        let gate = self.gate(now);
         let mut reason = self.why_not(code, subject, now).await?;
         match subject {
             Some(subject) => {

@@ -4,7 +4,7 @@ pub mod postgres;
 mod sql;
 pub mod sqlite;
 
-use crate::domain::{Code, CodeState, Issuance, IssuanceId, Subject};
+use crate::domain::{Code, CodeState, IdempotencyKey, Issuance, IssuanceId, Subject};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -106,6 +106,28 @@ pub struct Gate {
     pub max_wrong_per_code: u32,
 }
 
+/// The idempotency key a redeem came with, and what it remembers.
+#[derive(Clone, Copy, Debug)]
+pub struct RedeemKey<'a> {
+    /// The client's key.
+    pub key: &'a IdempotencyKey,
+    /// The request's [`fingerprint`](crate::domain::fingerprint): the same key with another one is a reuse.
+    pub fingerprint: &'a str,
+    /// Until when a "not valid" answer is remembered (a success is remembered until its code's expiry).
+    pub keep_failure_until: DateTime<Utc>,
+}
+
+/// What a redeem under an idempotency key did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KeyedRedeem {
+    /// The key was new: the redeem ran, and its answer (the record consumed, or none) is remembered.
+    First(Option<CodeRecord>),
+    /// The key was seen with the same request: the first answer again, nothing changed.
+    Repeat(Option<CodeRecord>),
+    /// The key was seen with another code or subject: nothing done.
+    Reused,
+}
+
 /// A database failure. The text is the driver's, which never holds the connection password.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -162,7 +184,8 @@ pub trait ActivationStore: Send + Sync + 'static {
     /// Marks the given issuances expired if their `expires_at <= now`; returns how many rows changed.
     async fn expire(&self, ids: &[IssuanceId], now: DateTime<Utc>) -> Result<u64, StoreError>;
 
-    /// Deletes rows (and revocations) whose time is at or before `before`: the retention sweep.
+    /// Deletes rows (and revocations, and remembered redeem keys) whose time is at or before `before`:
+    /// the retention sweep.
     async fn purge(&self, before: DateTime<Utc>) -> Result<u64, StoreError>;
 }
 
@@ -200,6 +223,19 @@ pub trait VerificationStore: Send + Sync + 'static {
         now: DateTime<Utc>,
         gate: Option<&Gate>,
     ) -> Result<Option<CodeRecord>, StoreError>;
+
+    /// [`redeem`](Self::redeem) under an idempotency key, in one transaction with the key: a key still
+    /// remembered at `now` gives its first answer again ([`KeyedRedeem::Repeat`], or
+    /// [`KeyedRedeem::Reused`] for another request); a new one runs the redeem and remembers its answer.
+    /// Concurrent calls with one key are answered one after the other, so only one of them redeems.
+    async fn redeem_keyed(
+        &self,
+        key: RedeemKey<'_>,
+        code: &Code,
+        subject: Option<&Subject>,
+        now: DateTime<Utc>,
+        gate: Option<&Gate>,
+    ) -> Result<KeyedRedeem, StoreError>;
 
     /// Every recorded issuance of `code`, newest first.
     async fn records(&self, code: &Code) -> Result<Vec<CodeRecord>, StoreError>;

@@ -164,4 +164,4 @@ fn t(time: DateTime<Utc>) -> DateTime<Utc> {
 /// never interleave: either the revocation sees the new rows, or the insert sees the revocation.
 const REVOKE_LOCK: &str = "LOCK TABLE code_revocations IN SHARE ROW EXCLUSIVE MODE";
 
-sql::shared_queries!(PostgresStore, postgres, revoke_lock: Some(REVOKE_LOCK));
+sql::shared_queries!(PostgresStore, sqlx::Postgres, postgres, revoke_lock: Some(REVOKE_LOCK));

@@ -111,6 +111,36 @@ pub(super) static REDEEM: Statement = Statement::new(concat!(
     columns!()
 ));
 
+/// Claims an idempotency key for a redeem, or takes over one that is forgotten (past its
+/// `expires_at`); returns a row only if this call now holds the key (bind: key, fingerprint,
+/// remember until, now). In PostgreSQL a concurrent claim of the same key waits for the first
+/// transaction to end.
+pub(super) static CLAIM_REDEEM_KEY: Statement = Statement::new(
+    "INSERT INTO redeem_requests (idempotency_key, fingerprint, issuance_id, expires_at) \
+     VALUES (?, ?, NULL, ?) \
+     ON CONFLICT (idempotency_key) DO UPDATE SET fingerprint = excluded.fingerprint, \
+       issuance_id = NULL, expires_at = excluded.expires_at \
+     WHERE redeem_requests.expires_at <= ? \
+     RETURNING idempotency_key",
+);
+
+/// What a held idempotency key remembers (bind: key).
+pub(super) static REDEEM_KEY_ANSWER: Statement = Statement::new(
+    "SELECT fingerprint, issuance_id FROM redeem_requests WHERE idempotency_key = ?",
+);
+
+/// Remembers a redeem's success under its key until the code's expiry (bind: issuance id, expiry, key).
+pub(super) static REMEMBER_REDEEMED: Statement = Statement::new(
+    "UPDATE redeem_requests SET issuance_id = ?, expires_at = ? WHERE idempotency_key = ?",
+);
+
+/// One issuance (bind: issuance id).
+pub(super) static RECORD_BY_ID: Statement = Statement::new(concat!(
+    "SELECT ",
+    columns!(),
+    " FROM valid_codes WHERE issuance_id = ?"
+));
+
 /// Every issuance of a code, newest first (bind: code).
 pub(super) static RECORDS: Statement = Statement::new(concat!(
     "SELECT ",
@@ -178,6 +208,10 @@ pub(super) static REVOKE: Statement = Statement::new(
 pub(super) static PURGE_CODES: Statement =
     Statement::new("DELETE FROM valid_codes WHERE expires_at <= ?");
 
+/// Forgets redeem keys past their retention (bind: cutoff).
+pub(super) static PURGE_REDEEM_KEYS: Statement =
+    Statement::new("DELETE FROM redeem_requests WHERE expires_at <= ?");
+
 /// Deletes revocations past their retention (bind: cutoff).
 pub(super) static PURGE_REVOCATIONS: Statement =
     Statement::new("DELETE FROM code_revocations WHERE revoked_at <= ?");
@@ -232,10 +266,10 @@ pub(super) fn count(n: Option<i32>) -> u32 {
 
 /// Implements, for a dialect's store, the methods whose SQL both dialects share: all of
 /// verification's, listing, revoking (after `$revoke_lock`, if any), and the health check. The store
-/// has a `pool`; the dialect file has `record(&Row)` and `t(DateTime<Utc>)`, the bound form of a time;
+/// has a `pool`; `$db` is the sqlx database; the dialect file has `record(&Row)` and `t(DateTime<Utc>)`, the bound form of a time;
 /// `$dialect` (`sqlite` or `postgres`) picks each statement's text.
 macro_rules! shared_queries {
-    ($store:ty, $dialect:ident, revoke_lock: $revoke_lock:expr) => {
+    ($store:ty, $db:ty, $dialect:ident, revoke_lock: $revoke_lock:expr) => {
         #[async_trait::async_trait]
         impl $crate::store::VerificationStore for $store {
             async fn find_valid(
@@ -284,22 +318,58 @@ macro_rules! shared_queries {
                 now: DateTime<Utc>,
                 gate: Option<&Gate>,
             ) -> Result<Option<CodeRecord>, StoreError> {
-                // SQLite runs one writer at a time; in PostgreSQL a concurrent redeem of the same row
-                // waits for the first to commit, then re-checks `redeemed_at IS NULL` and misses.
-                let (window_start, max_failures) = gate
-                    .map(|g| (g.window_start, sql::int(g.max_failures)))
-                    .unwrap_or((now, i32::MAX));
-                let row = sqlx::query(sql::REDEEM.$dialect())
+                Self::redeem_on(self.writes(), code, subject, now, gate).await
+            }
+
+            async fn redeem_keyed(
+                &self,
+                key: $crate::store::RedeemKey<'_>,
+                code: &Code,
+                subject: Option<&Subject>,
+                now: DateTime<Utc>,
+                gate: Option<&Gate>,
+            ) -> Result<$crate::store::KeyedRedeem, StoreError> {
+                use $crate::store::KeyedRedeem;
+                let mut tx = self.writes().begin().await?;
+                let claimed = sqlx::query(sql::CLAIM_REDEEM_KEY.$dialect())
+                    .bind(key.key.as_str())
+                    .bind(key.fingerprint)
+                    .bind(t(key.keep_failure_until))
                     .bind(t(now))
-                    .bind(code.as_str())
-                    .bind(subject.map(Subject::as_str))
-                    .bind(t(now))
-                    .bind(subject.map(Subject::as_str))
-                    .bind(t(window_start))
-                    .bind(max_failures)
-                    .fetch_optional(self.writes())
-                    .await?;
-                row.as_ref().map(record).transpose()
+                    .fetch_optional(&mut *tx)
+                    .await?
+                    .is_some();
+                if !claimed {
+                    // Held by an earlier request (committed: a concurrent claim waited for it).
+                    let row = sqlx::query(sql::REDEEM_KEY_ANSWER.$dialect())
+                        .bind(key.key.as_str())
+                        .fetch_one(&mut *tx)
+                        .await?;
+                    let fingerprint: String = row.try_get("fingerprint")?;
+                    if fingerprint != key.fingerprint {
+                        return Ok(KeyedRedeem::Reused);
+                    }
+                    let issuance: Option<String> = row.try_get("issuance_id")?;
+                    let Some(issuance) = issuance else {
+                        return Ok(KeyedRedeem::Repeat(None));
+                    };
+                    let row = sqlx::query(sql::RECORD_BY_ID.$dialect())
+                        .bind(issuance)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                    return Ok(KeyedRedeem::Repeat(row.as_ref().map(record).transpose()?));
+                }
+                let redeemed = Self::redeem_on(&mut *tx, code, subject, now, gate).await?;
+                if let Some(record) = &redeemed {
+                    sqlx::query(sql::REMEMBER_REDEEMED.$dialect())
+                        .bind(record.issuance_id.as_str())
+                        .bind(t(record.expires_at))
+                        .bind(key.key.as_str())
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                tx.commit().await?;
+                Ok(KeyedRedeem::First(redeemed))
             }
 
             async fn records(&self, code: &Code) -> Result<Vec<CodeRecord>, StoreError> {
@@ -414,7 +484,34 @@ macro_rules! shared_queries {
         }
 
         impl $store {
-            /// Deletes rows (and revocations) whose time is at or before `before`, in one transaction.
+            /// Consumes a valid issuance in one statement on `executor` (a pool or a transaction).
+            /// SQLite runs one writer at a time; in PostgreSQL a concurrent redeem of the same row waits
+            /// for the first to commit, then re-checks `redeemed_at IS NULL` and misses.
+            async fn redeem_on<'c, E: sqlx::Executor<'c, Database = $db>>(
+                executor: E,
+                code: &Code,
+                subject: Option<&Subject>,
+                now: DateTime<Utc>,
+                gate: Option<&Gate>,
+            ) -> Result<Option<CodeRecord>, StoreError> {
+                let (window_start, max_failures) = gate
+                    .map(|g| (g.window_start, sql::int(g.max_failures)))
+                    .unwrap_or((now, i32::MAX));
+                let row = sqlx::query(sql::REDEEM.$dialect())
+                    .bind(t(now))
+                    .bind(code.as_str())
+                    .bind(subject.map(Subject::as_str))
+                    .bind(t(now))
+                    .bind(subject.map(Subject::as_str))
+                    .bind(t(window_start))
+                    .bind(max_failures)
+                    .fetch_optional(executor)
+                    .await?;
+                row.as_ref().map(record).transpose()
+            }
+
+            /// Deletes rows (and revocations, and redeem keys) whose time is at or before `before`, in
+            /// one transaction.
             async fn purge_before(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {
                 let mut tx = self.writes().begin().await?;
                 let rows = sqlx::query(sql::PURGE_CODES.$dialect())
@@ -423,6 +520,10 @@ macro_rules! shared_queries {
                     .await?
                     .rows_affected();
                 sqlx::query(sql::PURGE_REVOCATIONS.$dialect())
+                    .bind(t(before))
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query(sql::PURGE_REDEEM_KEYS.$dialect())
                     .bind(t(before))
                     .execute(&mut *tx)
                     .await?;

@@ -231,4 +231,4 @@ impl ActivationStore for SqliteStore {
     }
 }
 
-sql::shared_queries!(SqliteStore, sqlite, revoke_lock: None);
+sql::shared_queries!(SqliteStore, sqlx::Sqlite, sqlite, revoke_lock: None);

@@ -7,8 +7,9 @@ use chrono::{DateTime, Duration, Utc};
 use codewatch::backends::Database;
 use codewatch::domain::Code;
 use codewatch::domain::Subject;
+use codewatch::domain::{IdempotencyKey, fingerprint};
 use codewatch::domain::{Issuance, IssuanceId};
-use codewatch::store::{ActivateReport, Activation, Gate, SharedStore};
+use codewatch::store::{ActivateReport, Activation, Gate, KeyedRedeem, RedeemKey, SharedStore};
 use common::TestDb;
 use std::slice::from_ref;
 
@@ -346,6 +347,54 @@ async fn purge_deletes_rows_past_retention_only(store: SharedStore) {
     assert_eq!(store.list(true, Utc::now(), 10).await.unwrap().len(), 1);
 }
 
+async fn a_redeem_key_keeps_its_first_answer_until_its_time_and_is_purged(store: SharedStore) {
+    let now = Utc::now();
+    let a = activation_at("idm-1-Pot", now, 60, Some("kim"));
+    store.activate(from_ref(&a), now).await.unwrap();
+    let kim = subject("kim");
+    let g = gate(now - Duration::hours(1), 100);
+    let key = IdempotencyKey::parse("key-1").unwrap();
+    let print = fingerprint(&a.issuance.code, Some(&kim));
+    let keyed = |print: &str, at: DateTime<Utc>| {
+        let (store, key, kim, code) = (
+            store.clone(),
+            key.clone(),
+            kim.clone(),
+            a.issuance.code.clone(),
+        );
+        let print = print.to_owned();
+        async move {
+            let remembered = RedeemKey {
+                key: &key,
+                fingerprint: &print,
+                keep_failure_until: at + Duration::seconds(10),
+            };
+            store
+                .redeem_keyed(remembered, &code, Some(&kim), at, Some(&g))
+                .await
+                .unwrap()
+        }
+    };
+    let KeyedRedeem::First(Some(first)) = keyed(&print, now).await else {
+        panic!("the first redeem consumes the code")
+    };
+    assert_eq!(
+        keyed(&print, now).await,
+        KeyedRedeem::Repeat(Some(first.clone()))
+    );
+    assert_eq!(keyed("another", now).await, KeyedRedeem::Reused);
+    assert_eq!(
+        keyed("another", a.expires_at + Duration::seconds(1)).await,
+        KeyedRedeem::First(None),
+        "past the code's expiry the key is forgotten and may be used again"
+    );
+    // That use failed, so it is remembered for 10 s; a purge past that forgets it at once.
+    let later = a.expires_at + Duration::seconds(2);
+    assert_eq!(keyed("another", later).await, KeyedRedeem::Repeat(None));
+    store.purge(later + Duration::seconds(20)).await.unwrap();
+    assert_eq!(keyed("a third", later).await, KeyedRedeem::First(None));
+}
+
 async fn failed_checks_count_up_within_a_window_and_reset(store: SharedStore) {
     let alice = subject("alice");
     let now = Utc::now();
@@ -448,6 +497,7 @@ both!(
     revoke_reaches_issuances_whatever_their_dates,
     an_id_recorded_for_another_code_is_a_conflict_not_a_duplicate,
     purge_deletes_rows_past_retention_only,
+    a_redeem_key_keeps_its_first_answer_until_its_time_and_is_purged,
     failed_checks_count_up_within_a_window_and_reset,
     concurrent_wrong_checks_never_count_past_the_cap_and_a_locked_subject_cannot_pass,
     wrong_checks_burn_a_subjects_codes_at_the_per_code_limit,
@@ -551,6 +601,26 @@ async fn the_runtime_role_works_every_store_operation_and_cannot_change_the_sche
             .await
             .unwrap()
             .is_some()
+    );
+    let key = IdempotencyKey::parse("roles-key").unwrap();
+    let remembered = RedeemKey {
+        key: &key,
+        fingerprint: "f",
+        keep_failure_until: now + Duration::hours(1),
+    };
+    assert_eq!(
+        store
+            .redeem_keyed(
+                remembered,
+                &code("rol-1-Esx"),
+                Some(&subject("roles")),
+                now,
+                Some(&g)
+            )
+            .await
+            .unwrap(),
+        KeyedRedeem::First(None),
+        "the runtime role may remember redeem keys"
     );
     store.revoke(&code("rol-1-Esx"), now).await.unwrap();
     store
