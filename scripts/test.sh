@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # codewatch's test command. Installs what the tests need (Azurite pinned in tools/azurite, PostgreSQL and
-# promtool from Debian, the deploy linters in a venv) in the background while the code is checked and
+# promtool from Debian, the deploy linters and the OpenAPI tools in venvs) in the background while the code is checked and
 # built, starts Azurite and PostgreSQL on loopback ports, runs the format and lint checks and the whole
 # test suite, and stops everything after. `scripts/test.sh chaos` runs only the long runs;
 # `scripts/test.sh bench` only the benchmark (benches/codewatch: it starts its own Azurite and PostgreSQL).
@@ -40,8 +40,11 @@ apt_install() { # package…
   if [ -z "$apt_updated" ]; then $sudo_ apt-get update -qq; apt_updated=1; fi
   DEBIAN_FRONTEND=noninteractive $sudo_ apt-get install -y -qq --no-install-recommends "$@" >/dev/null
 }
-# Kept in target/ (ignored by git, removed by cargo clean) so that a second run reuses it.
+# Kept in target/ (ignored by git, removed by cargo clean) so that a second run reuses them.
 venv="${CODEWATCH_VENV:-target/deploy-checks-venv}"
+# The sign-in contract's tools (openapi-spec-validator, openapi-python-client and what the generated
+# client imports), apart from the deploy linters so that their pins never have to agree.
+export CODEWATCH_OPENAPI_VENV="${CODEWATCH_OPENAPI_VENV:-$PWD/target/openapi-venv}"
 
 # Everything the tests need that may be missing. Network and disk bound: it runs while cargo compiles.
 install_tools() {
@@ -62,6 +65,9 @@ install_tools() {
   if ! "$venv/bin/python" -c 'import sys' 2>/dev/null; then mkdir -p "$(dirname "$venv")"; python3 -m venv "$venv"; fi
   echo "== installing the deploy checks (hadolint, kubernetes-validate, checkov)"
   "$venv/bin/pip" install --quiet --disable-pip-version-check -r tools/deploy-checks/requirements.txt
+  echo "== installing the OpenAPI tools (openapi-spec-validator, openapi-python-client)"
+  if ! "$CODEWATCH_OPENAPI_VENV/bin/python" -c 'import sys' 2>/dev/null; then python3 -m venv "$CODEWATCH_OPENAPI_VENV"; fi
+  "$CODEWATCH_OPENAPI_VENV/bin/pip" install --quiet --disable-pip-version-check -r tools/openapi/requirements.txt
   if ! command -v promtool >/dev/null; then
     echo "== installing promtool (Debian's prometheus)"
     apt_install prometheus

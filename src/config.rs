@@ -60,7 +60,7 @@ pub enum LogFormat {
 pub enum Command {
     /// Everything in one process: the number API stand-in, the producer and the worker.
     Up(UpArgs),
-    /// The producer: `GET /api/v1/getcode`.
+    /// The producer: the public getcode and the sign-in API (issue for a user, check, redeem).
     Serve(ServeArgs),
     /// The queue watcher that keeps the valid-codes table.
     Worker(WorkerArgs),
@@ -137,7 +137,7 @@ pub enum CodesCommand {
     },
     /// Forgets a subject's failed checks, lifting its lock.
     Unlock {
-        /// The subject, as given to getcode?subject=.
+        /// The subject, as the sign-in service issued its codes for (`POST /api/v1/codes`).
         subject: String,
     },
 }
@@ -189,7 +189,10 @@ pub struct SmokeArgs {
     /// Base URL of a running `serve`.
     #[arg(long, env = "CODEWATCH_URL", default_value = "http://127.0.0.1:8080")]
     pub url: url::Url,
-    /// The verification API key of that `serve`.
+    /// Base URL of its sign-in API, if it has a listener of its own (VERIFY_LISTEN_ADDR); else `--url`.
+    #[arg(long, env = "CODEWATCH_SIGNIN_URL")]
+    pub signin_url: Option<url::Url>,
+    /// The sign-in API key of that `serve`.
     #[arg(long, env = "VERIFY_API_KEY", hide_env_values = true)]
     pub verify_api_key: Secret,
     /// How long to wait for the code to become valid, in seconds.
@@ -406,10 +409,15 @@ pub struct ServeArgs {
         default_value = "127.0.0.1:9091"
     )]
     pub admin_listen: SocketAddr,
-    /// Address for the verification API alone (e.g. 0.0.0.0:8081, reachable only by the sign-in
-    /// service); without it the verification API shares LISTEN_ADDR.
+    /// Address for the sign-in API alone (e.g. 0.0.0.0:8081, reachable only by the sign-in service);
+    /// without it the sign-in API shares LISTEN_ADDR.
     #[arg(long = "verify-listen", env = "VERIFY_LISTEN_ADDR")]
     pub verify_listen: Option<SocketAddr>,
+    /// Serve the walkthrough's unauthenticated `GET /api/v1/getcode` (unbound codes, a demonstration)
+    /// on LISTEN_ADDR. A sign-in flow issues bound codes through the sign-in API instead; turn this off
+    /// where nobody needs the demonstration.
+    #[arg(long, env = "PUBLIC_GETCODE", default_value_t = true, action = clap::ArgAction::Set)]
+    pub public_getcode: bool,
     #[command(flatten)]
     #[allow(missing_docs)]
     pub http: HttpArgs,
@@ -476,9 +484,15 @@ fn parse_trusted_proxies(text: &str) -> Result<crate::http::TrustedProxies, Stri
 /// The verification API for the sign-in service.
 #[derive(Clone, Debug, Args)]
 pub struct VerifyArgs {
-    /// Bearer key the sign-in service must send; without it the verification endpoints are off.
+    /// Bearer key the sign-in service must send to issue, check and redeem codes; without it the
+    /// sign-in API is off.
     #[arg(long, env = "VERIFY_API_KEY", hide_env_values = true)]
     pub verify_api_key: Option<Secret>,
+    /// Answer checks and redeems that name no subject (the sample's unbound codes, from the public
+    /// getcode). Off by default, so that a sign-in service that forgets the subject cannot be passed
+    /// with a code anyone could ask for.
+    #[arg(long, env = "ALLOW_UNBOUND_CODES", default_value_t = false, action = clap::ArgAction::Set)]
+    pub allow_unbound_codes: bool,
     /// Consecutive failed checks after which a subject's checks fail until reset or the window ends.
     #[arg(long, env = "VERIFY_MAX_FAILED_CHECKS", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
     pub verify_max_failed_checks: u32,
@@ -680,6 +694,33 @@ mod tests {
         let limits = crate::http::HttpLimits::default();
         assert_eq!(limits.max_connections.get(), 1024);
         assert_eq!(limits.request_timeout, Duration::from_secs(15));
+    }
+
+    #[test]
+    fn secure_by_default_no_unbound_checks_and_the_public_getcode_a_stated_choice() {
+        let Command::Serve(serve) = Cli::try_parse_from(["codewatch", "serve"]).unwrap().command
+        else {
+            panic!("serve")
+        };
+        assert!(!serve.verify.allow_unbound_codes, "unbound checks are off");
+        assert!(
+            serve.public_getcode,
+            "the sample's getcode is on unless turned off"
+        );
+        let Command::Serve(off) = Cli::try_parse_from([
+            "codewatch",
+            "serve",
+            "--public-getcode",
+            "false",
+            "--allow-unbound-codes",
+            "true",
+        ])
+        .unwrap()
+        .command
+        else {
+            panic!("serve")
+        };
+        assert!(!off.public_getcode && off.verify.allow_unbound_codes);
     }
 
     #[test]

@@ -101,6 +101,7 @@ impl Rig {
             ),
             api_key: Secret::new(VERIFY_KEY),
             limiter: http::rate_limit::RateLimiter::new(1e9, 1e9),
+            allow_unbound: true,
         };
         Server::start(http::router(AppState {
             number_api: NumberApiClient::new(
@@ -115,6 +116,7 @@ impl Rig {
             trusted_proxies: Default::default(),
             signing: None,
             clock,
+            public_getcode: true,
         }))
         .await
     }
@@ -197,8 +199,13 @@ impl Rig {
         let base = producer.url("");
         let mut answers = Vec::new();
         for i in 0..n {
-            let subject = bound.then(|| format!("subject-{i}"));
-            answers.push(self.checker.get_code(&base, subject.as_deref()).await);
+            let answer = if bound {
+                let subject = format!("subject-{i}");
+                self.checker.get_code_for(&base, VERIFY_KEY, &subject).await
+            } else {
+                self.checker.get_code(&base).await
+            };
+            answers.push(answer);
             tokio::time::sleep(every).await;
         }
         answers
@@ -315,16 +322,18 @@ async fn duplicated_and_replayed_deliveries(db: TestDb, kind: Kind) -> Verdict {
     // Redeem each bound code three times at once, once it is valid.
     if kind == Kind::Codewatch {
         for (i, code) in bound.iter().enumerate() {
-            let url = format!("{base}/api/v1/codes/{code}?subject=subject-{i}");
+            let url = format!("{base}/api/v1/codes/check");
+            let body = serde_json::json!({ "code": code, "subject": format!("subject-{i}") });
             common::eventually(
                 "the bound code to be valid",
                 Duration::from_secs(10),
                 || {
-                    let url = url.clone();
+                    let (url, body) = (url.clone(), body.clone());
                     async move {
                         let r = reqwest::Client::new()
-                            .get(url)
+                            .post(url)
                             .bearer_auth(VERIFY_KEY)
+                            .json(&body)
                             .send()
                             .await
                             .ok()?;
@@ -1147,7 +1156,7 @@ mod processes {
             let (checker, base) = (rig.checker.clone(), producer.url(""));
             tokio::spawn(async move {
                 for _ in 0..60 {
-                    checker.get_code(&base, None).await;
+                    checker.get_code(&base).await;
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
             })
@@ -1196,6 +1205,8 @@ mod processes {
             ),
             ("THIRD_PARTY_API_KEY", FUNCTION_KEY.to_owned()),
             ("VERIFY_API_KEY", PROCESS_VERIFY_KEY.to_owned()),
+            // The prober checks the unbound codes the public getcode hands out.
+            ("ALLOW_UNBOUND_CODES", "true".to_owned()),
             ("LISTEN_ADDR", "127.0.0.1:0".to_owned()),
             ("GETCODE_RATE_LIMIT_PER_SECOND", "0".to_owned()),
             ("VERIFY_RATE_LIMIT_PER_SECOND", "1000000".to_owned()),
@@ -1214,7 +1225,7 @@ mod processes {
             async move {
                 let calls = (0..8).map(|_| {
                     let (checker, base) = (checker.clone(), base.clone());
-                    async move { checker.get_code(&base, None).await }
+                    async move { checker.get_code(&base).await }
                 });
                 futures::future::join_all(calls).await
             }
@@ -1346,7 +1357,7 @@ async fn chaos() {
             while std::time::Instant::now() < until {
                 tick.tick().await;
                 let (checker, base) = (checker.clone(), base.clone());
-                tokio::spawn(async move { checker.get_code(&base, None).await });
+                tokio::spawn(async move { checker.get_code(&base).await });
             }
         })
     };

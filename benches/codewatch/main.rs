@@ -552,8 +552,9 @@ impl Bench {
         let check = |base: String, http: reqwest::Client| {
             move |i: u64| {
                 let i = (i as usize * 7919) % rows;
-                http.get(format!("{base}/api/v1/codes/Vrf-{i}-Chk?subject=user-{i}"))
+                http.post(format!("{base}/api/v1/codes/check"))
                     .bearer_auth(VERIFY_KEY)
+                    .json(&serde_json::json!({ "code": format!("Vrf-{i}-Chk"), "subject": format!("user-{i}") }))
             }
         };
         let serve = self.spawn(

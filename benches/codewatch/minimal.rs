@@ -3,10 +3,11 @@
 //! as a child process of the benchmark (the benchmark's own binary, re-run with
 //! `CODEWATCH_BENCH_ROLE=minimal-verify`), so that its CPU is measured as `serve`'s is.
 
-use axum::extract::{Path, Query, State};
+use axum::Json;
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::post;
 use serde::Deserialize;
 use std::sync::Arc;
 
@@ -21,14 +22,11 @@ enum Pool {
 
 #[derive(Deserialize)]
 struct Check {
+    code: String,
     subject: Option<String>,
 }
 
-async fn check(
-    State(pool): State<Arc<Pool>>,
-    Path(code): Path<String>,
-    Query(q): Query<Check>,
-) -> Response {
+async fn check(State(pool): State<Arc<Pool>>, Json(q): Json<Check>) -> Response {
     let now = chrono::Utc::now();
     let found: Result<Option<(String, String)>, sqlx::Error> = match &*pool {
         Pool::Sqlite(p) => {
@@ -37,7 +35,7 @@ async fn check(
                  AND expires_at > ? AND redeemed_at IS NULL AND revoked_at IS NULL \
                  ORDER BY expires_at LIMIT 1",
             )
-            .bind(&code)
+            .bind(&q.code)
             .bind(&q.subject)
             .bind(codewatch::timestamp::format(now))
             .fetch_optional(p)
@@ -49,7 +47,7 @@ async fn check(
              WHERE code = $1 AND subject IS NOT DISTINCT FROM $2 AND expires_at > $3 \
              AND redeemed_at IS NULL AND revoked_at IS NULL ORDER BY expires_at LIMIT 1",
             )
-            .bind(&code)
+            .bind(&q.code)
             .bind(&q.subject)
             .bind(now)
             .fetch_optional(p)
@@ -66,7 +64,7 @@ async fn check(
     }
 }
 
-/// Serves `GET /api/v1/codes/{code}?subject=` on a free loopback port for the database in
+/// Serves `POST /api/v1/codes/check` (`{"code", "subject"}`, as codewatch's) on a free loopback port for the database in
 /// `DATABASE_URL`; prints `listening on <port>` and runs until killed.
 pub async fn serve() {
     let url = std::env::var("DATABASE_URL").expect("DATABASE_URL");
@@ -93,7 +91,7 @@ pub async fn serve() {
         )
     };
     let app = axum::Router::new()
-        .route("/api/v1/codes/{code}", get(check))
+        .route("/api/v1/codes/check", post(check))
         .with_state(Arc::new(pool));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     println!("listening on {}", listener.local_addr().unwrap().port());

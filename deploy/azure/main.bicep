@@ -63,6 +63,9 @@ param codeTtlSeconds int = 600
 @maxValue(64)
 param queueShards int = 1
 
+@description('Serve the walkthrough\'s unauthenticated GET /api/v1/getcode on the public ingress (unbound codes, a demonstration that no sign-in check naming its user accepts). A sign-in service issues codes through the internal sign-in API either way.')
+param publicGetcode bool = false
+
 var queueName = 'code-requests'
 // As codewatch names them: the queue itself, then code-requests-1, code-requests-2, …
 var shardNames = [for i in range(0, queueShards): i == 0 ? queueName : '${queueName}-${i}']
@@ -311,8 +314,9 @@ resource producer 'Microsoft.App/containerApps@2024-03-01' = {
   properties: {
     managedEnvironmentId: environment.id
     configuration: {
-      // Public: getcode only. The verification API is reachable only inside the environment (8081),
-      // probes and metrics are not exposed at all (9090).
+      // Public: the home page, the public OpenAPI document and, with publicGetcode, the sample's getcode.
+      // The sign-in API is reachable only inside the environment (8081); probes and metrics are not
+      // exposed at all (9090).
       ingress: {
         external: true
         targetPort: 8080
@@ -342,6 +346,7 @@ resource producer 'Microsoft.App/containerApps@2024-03-01' = {
             { name: 'MIGRATE_ON_START', value: 'false' }
             { name: 'VERIFY_API_KEY', secretRef: 'verify-api-key' } // checkov:skip=CKV_SECRET_6:a reference to a Container Apps secret, not a secret
             { name: 'LISTEN_ADDR', value: '0.0.0.0:8080' }
+            { name: 'PUBLIC_GETCODE', value: publicGetcode ? 'true' : 'false' }
             { name: 'VERIFY_LISTEN_ADDR', value: '0.0.0.0:8081' }
             { name: 'ADMIN_LISTEN_ADDR', value: '0.0.0.0:9090' }
             { name: 'SHUTDOWN_GRACE_SECONDS', value: '20' }

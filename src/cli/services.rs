@@ -122,6 +122,7 @@ fn verification(
             args.verify_rate_limit_per_second,
             f64::from(args.verify_rate_limit_burst),
         ),
+        allow_unbound: args.allow_unbound_codes,
     })
 }
 
@@ -177,6 +178,7 @@ fn app_state(
         trusted_proxies: args.getcode_limit.trusted_proxies.clone(),
         signing,
         clock: crate::clock::Clock::system(),
+        public_getcode: args.public_getcode,
     }
 }
 
@@ -236,19 +238,17 @@ impl ProducerListeners {
         limits: crate::http::HttpLimits,
         cancel: &CancellationToken,
     ) -> JoinHandle<std::io::Result<()>> {
-        let http::Routers {
-            public,
-            verification,
-        } = http::routers(state);
+        let routers = http::routers(state);
         let mut servers = vec![spawn_http(self.admin, ops, limits, cancel.clone())];
         match self.verification {
             Some(listener) => {
+                let (public, signin) = routers.apart();
                 servers.push(spawn_http(self.public, public, limits, cancel.clone()));
-                servers.push(spawn_http(listener, verification, limits, cancel.clone()));
+                servers.push(spawn_http(listener, signin, limits, cancel.clone()));
             }
             None => servers.push(spawn_http(
                 self.public,
-                public.merge(verification),
+                routers.together(),
                 limits,
                 cancel.clone(),
             )),
@@ -452,12 +452,17 @@ pub async fn up(args: UpArgs) -> Result<()> {
         ),
         None => String::new(),
     };
+    let getcode = if serve_args.public_getcode {
+        "/api/v1/getcode  (public, unbound codes: the sample's demonstration)"
+    } else {
+        "/  (public getcode off)"
+    };
     let banner = format!(
         "codewatch is up (Ctrl-C to stop)\n\
          \x20 number API  {endpoint}{stand_in_note}\n\
-         \x20 producer    http://{producer_addr}/api/v1/getcode\n\
+         \x20 producer    http://{producer_addr}{getcode}\n\
          \x20 admin       http://{admin_addr}/healthz /readyz /metrics\n\
-         \x20 verify      http://{verify_addr}/api/v1/codes/{{code}}{verify_note}\n\
+         \x20 sign-in     http://{verify_addr}/api/v1/codes  (POST; /check, /redeem){verify_note}\n\
          \x20 worker      queue {} ({}), codes valid {} s\n\
          \x20 database    {}  (SELECT * FROM active_codes;)\n",
         queues.names(),

@@ -37,6 +37,18 @@ pub enum ApiError {
     /// No or wrong bearer key.
     #[error("missing or wrong bearer key")]
     Unauthorized,
+    /// The public getcode was asked to bind a code to a subject, which only the sign-in service may do.
+    #[error("a subject named on the public getcode")]
+    SubjectNeedsKey,
+    /// No endpoint at this path on this listener.
+    #[error("no such endpoint")]
+    NoSuchEndpoint,
+    /// The path exists, for another method.
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    /// A redeem's `Idempotency-Key` was used before with another code or subject.
+    #[error("idempotency key reused for another request")]
+    IdempotencyKeyReused,
     /// `VERIFY_API_KEY` is not set.
     #[error("verification API is off")]
     VerificationDisabled,
@@ -102,6 +114,10 @@ impl ApiError {
             self,
             ApiError::BadRequest(_)
                 | ApiError::Unauthorized
+                | ApiError::SubjectNeedsKey
+                | ApiError::IdempotencyKeyReused
+                | ApiError::NoSuchEndpoint
+                | ApiError::MethodNotAllowed
                 | ApiError::VerificationDisabled
                 | ApiError::RateLimited(_)
                 | ApiError::NotValid
@@ -118,6 +134,33 @@ impl ApiError {
                 StatusCode::UNAUTHORIZED,
                 "unauthorized",
                 "Send Authorization: Bearer <VERIFY_API_KEY>.".into(),
+            ),
+            ApiError::SubjectNeedsKey => (
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "A code bound to a user is issued only to the sign-in service: POST /api/v1/codes \
+                 {\"subject\": …} with Authorization: Bearer <VERIFY_API_KEY>, on the sign-in \
+                 listener. The public getcode issues unbound codes only."
+                    .into(),
+            ),
+            ApiError::NoSuchEndpoint => (
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "No such endpoint on this listener; GET /api/openapi.json lists what it serves.".into(),
+            ),
+            ApiError::MethodNotAllowed => (
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "This endpoint does not take that method; GET /api/openapi.json says which it takes \
+                 (codes are checked and redeemed by POST, with the code in the JSON body)."
+                    .into(),
+            ),
+            ApiError::IdempotencyKeyReused => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "idempotency_key_reused",
+                "This Idempotency-Key was used for a redeem of another code or subject; use a new \
+                 key for each redeem."
+                    .into(),
             ),
             ApiError::VerificationDisabled => (
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -160,7 +203,7 @@ impl ApiError {
     /// The headers an answer carries: how to authenticate, when to try again.
     fn add_headers(&self, headers: &mut axum::http::HeaderMap) {
         match self {
-            ApiError::Unauthorized => {
+            ApiError::Unauthorized | ApiError::SubjectNeedsKey => {
                 headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             }
             ApiError::RateLimited(wait) => {

@@ -1,8 +1,9 @@
-//! `GET /api/v1/getcode`: a number from the API, a code around it, a queue message, then the answer.
+//! `GET /api/v1/getcode`, the sample's public endpoint: a number from the API, a code around it, a
+//! queue message, then the answer. Its codes are unbound, a demonstration: binding a code to a user is
+//! the sign-in service's authenticated call (`POST /api/v1/codes`), which shares [`issue_code`].
 
 use super::{ApiError, AppState};
-use crate::domain::Code;
-use crate::domain::{Issuance, IssuanceId};
+use crate::domain::{Code, Issuance, IssuanceId, Subject};
 use crate::message::CodeMessage;
 use crate::timestamp;
 use axum::Json;
@@ -10,12 +11,13 @@ use axum::extract::{Query, State};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use std::time::Duration;
-use utoipa::{IntoParams, ToSchema};
+use utoipa::ToSchema;
 
-/// Optional binding of the code to the user signing in.
-#[derive(Debug, Deserialize, IntoParams)]
+/// getcode takes no parameter; `subject` is read only to refuse it (401): a code for a named user is
+/// issued only to the sign-in service, by `POST /api/v1/codes` with its bearer key.
+#[derive(Debug, Deserialize)]
 pub struct GetCodeQuery {
-    /// The user the code is for; checks and redeems must then name the same subject.
+    /// The user a caller wished to bind the code to.
     pub subject: Option<String>,
 }
 
@@ -28,27 +30,45 @@ pub struct CodeResponse {
     pub timestamp: String,
 }
 
-/// Issues a code. It is answered only after the queue accepted the message, so every code handed out
-/// will become valid.
+/// Issues an unbound code, as the walkthrough's sample does. It is answered only after the queue
+/// accepted the message, so every code handed out will become valid.
 #[utoipa::path(
     get,
     path = "/api/v1/getcode",
-    params(GetCodeQuery),
+    tag = "getcode",
     responses(
         (status = 200, description = "A code was issued and will become valid within about a second", body = CodeResponse),
-        (status = 400, description = "Not a valid subject", body = super::error::ErrorBody),
-        (status = 429, description = "Too many codes asked for by this client (GETCODE_RATE_LIMIT_PER_SECOND)", body = super::error::ErrorBody),
+        (status = 401, description = "A subject was named: binding a code to a user needs the sign-in service's key (POST /api/v1/codes)", body = super::error::ErrorBody,
+            headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
+        (status = 429, description = "Too many codes asked for by this client (GETCODE_RATE_LIMIT_PER_SECOND)", body = super::error::ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait before trying again"))),
         (status = 502, description = "The random-number API is unreachable or answered garbage", body = super::error::ErrorBody),
         (status = 503, description = "The queue refused the message, or the request passed HTTP_REQUEST_TIMEOUT_SECONDS; no code was issued", body = super::error::ErrorBody),
         (status = 504, description = "The random-number API did not answer in time", body = super::error::ErrorBody),
-        (status = "4XX", description = "The random-number API's own status, body `Could not get you a code.` (as the sample)"),
+        (status = "4XX", description = "The random-number API refused: its own status, body `Could not get you a code.` (as the sample)", content_type = "text/plain", body = String),
+        (status = "5XX", description = "The random-number API failed: its own status, body `Could not get you a code.` (as the sample)", content_type = "text/plain", body = String),
     )
 )]
 pub async fn get_code(
     State(state): State<Arc<AppState>>,
     Query(query): Query<GetCodeQuery>,
 ) -> Result<Json<CodeResponse>, ApiError> {
-    let subject = super::parse_subject(query.subject.as_deref())?;
+    if query.subject.is_some() {
+        return Err(ApiError::SubjectNeedsKey);
+    }
+    let issuance = issue_code(&state, None).await?;
+    Ok(Json(CodeResponse {
+        code: issuance.code.to_string(),
+        timestamp: timestamp::format(issuance.issued_at),
+    }))
+}
+
+/// Issues a code (bound to `subject` if given): a number from the API, the code, its message on the
+/// queue. Returns only after the queue accepted the message.
+pub(super) async fn issue_code(
+    state: &AppState,
+    subject: Option<Subject>,
+) -> Result<Issuance, ApiError> {
     let number = state.number_api.random_number().await?;
     let issuance = Issuance {
         id: IssuanceId::random(),
@@ -66,8 +86,5 @@ pub async fn get_code(
         )
         .await?;
     tracing::debug!(issuance = %issuance.id, "code issued");
-    Ok(Json(CodeResponse {
-        code: issuance.code.to_string(),
-        timestamp: timestamp::format(issuance.issued_at),
-    }))
+    Ok(issuance)
 }

@@ -1,6 +1,8 @@
-//! The producer's HTTP API: issuing codes, the sign-in service's verification endpoints, the OpenAPI
-//! document and the home page.
+//! The producer's HTTP API, by audience: the public's (the sample's getcode, the home page) and the
+//! sign-in service's (issue a code for a user, check, redeem), each with the OpenAPI document of what
+//! it serves.
 
+mod body;
 mod client_ip;
 mod codes;
 mod error;
@@ -14,7 +16,6 @@ pub mod server;
 
 pub use client_ip::TrustedProxies;
 pub use error::ApiError;
-pub use openapi::ApiDoc;
 pub use server::HttpLimits;
 
 use crate::message::MessageEncoding;
@@ -23,10 +24,13 @@ use crate::queue::shards::Spread;
 use crate::secret::Secret;
 use crate::verify::Verifier;
 use axum::Router;
+use axum::http::HeaderValue;
+use axum::http::header::CACHE_CONTROL;
 use axum::middleware;
 use axum::routing::{get, post};
 use rate_limit::RateLimiter;
 use std::sync::Arc;
+use tower_http::set_header::SetResponseHeaderLayer;
 
 /// The verification endpoints' settings; without them those endpoints answer that they are off.
 pub struct Verification {
@@ -36,6 +40,9 @@ pub struct Verification {
     pub api_key: Secret,
     /// Requests per client.
     pub limiter: RateLimiter,
+    /// Whether checks and redeems without a subject are answered (the sample's unbound codes);
+    /// otherwise they are refused, so a forgotten subject cannot pass with a publicly minted code.
+    pub allow_unbound: bool,
 }
 
 /// What the handlers share.
@@ -56,9 +63,11 @@ pub struct AppState {
     pub signing: Option<crate::signing::SigningKeys>,
     /// The time codes are issued and checked at.
     pub clock: crate::clock::Clock,
+    /// Whether the sample's unauthenticated `GET /api/v1/getcode` is served.
+    pub public_getcode: bool,
 }
 
-/// Reads an optional `?subject=` parameter; a malformed one is a 400 with the reason.
+/// Reads an optional subject; a malformed one is a 400 with the reason.
 fn parse_subject(subject: Option<&str>) -> Result<Option<crate::domain::Subject>, ApiError> {
     subject
         .map(crate::domain::Subject::parse)
@@ -66,50 +75,90 @@ fn parse_subject(subject: Option<&str>) -> Result<Option<crate::domain::Subject>
         .map_err(|e| ApiError::BadRequest(e.to_string()))
 }
 
-/// The producer's routes, by audience: what the public may call (getcode, the OpenAPI document, the
-/// home page), and the sign-in service's verification endpoints.
+/// The producer's routes, by audience; each listener also serves the OpenAPI document of what it
+/// serves ([`Routers::apart`], [`Routers::together`]).
 pub struct Routers {
-    /// `GET /`, `GET /api/v1/getcode`, `GET /api/openapi.json`.
+    /// `GET /`, and `GET /api/v1/getcode` unless it is turned off.
     pub public: Router,
-    /// `GET /api/v1/codes/{code}`, `POST /api/v1/codes/{code}/redeem`, behind the bearer key.
-    pub verification: Router,
+    /// `POST /api/v1/codes`, `POST /api/v1/codes/check`, `POST /api/v1/codes/redeem`, behind the
+    /// bearer key.
+    pub signin: Router,
+    public_getcode: bool,
+}
+
+impl Routers {
+    /// The public and the sign-in routes for listeners of their own, each with its document.
+    pub fn apart(self) -> (Router, Router) {
+        (
+            with_fallbacks(
+                self.public
+                    .merge(openapi::route(openapi::public(self.public_getcode))),
+            ),
+            with_fallbacks(self.signin.merge(openapi::route(openapi::signin()))),
+        )
+    }
+
+    /// Every route on one listener, with one document of both.
+    pub fn together(self) -> Router {
+        let document = openapi::both(self.public_getcode);
+        with_fallbacks(
+            self.public
+                .merge(self.signin)
+                .merge(openapi::route(document)),
+        )
+    }
+}
+
+/// JSON answers, with a reason, for a path this listener does not serve and for a wrong method.
+fn with_fallbacks(router: Router) -> Router {
+    router
+        .fallback(|| async { ApiError::NoSuchEndpoint })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+}
+
+/// `Cache-Control: no-store`, on every answer of the API: an answer may carry a live code.
+fn no_store() -> SetResponseHeaderLayer<HeaderValue> {
+    SetResponseHeaderLayer::overriding(CACHE_CONTROL, HeaderValue::from_static("no-store"))
 }
 
 /// The producer's routes, split by audience so each can have its own listener.
 pub fn routers(state: AppState) -> Routers {
+    let public_getcode = state.public_getcode;
     let state = Arc::new(state);
-    let verification = Router::new()
-        .route("/api/v1/codes/{code}", get(codes::check))
-        .route("/api/v1/codes/{code}/redeem", post(codes::redeem))
+    let signin = Router::new()
+        .route("/api/v1/codes", post(codes::issue))
+        .route("/api/v1/codes/check", post(codes::check))
+        .route("/api/v1/codes/redeem", post(codes::redeem))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             guard::verification_guard,
         ))
+        .route_layer(no_store())
         .route_layer(middleware::from_fn(metrics::record_http))
         .with_state(state.clone());
-    let getcode = Router::new()
-        .route("/api/v1/getcode", get(getcode::get_code))
-        .route_layer(middleware::from_fn_with_state(
-            state.clone(),
-            guard::getcode_guard,
-        ));
-    let public = Router::new()
-        .route("/", get(home::home))
-        .merge(getcode)
-        .route("/api/openapi.json", get(openapi::document))
+    let mut public = Router::new().route("/", get(home::home));
+    if public_getcode {
+        public = public.merge(
+            Router::new()
+                .route("/api/v1/getcode", get(getcode::get_code))
+                .route_layer(middleware::from_fn_with_state(
+                    state.clone(),
+                    guard::getcode_guard,
+                ))
+                .route_layer(no_store()),
+        );
+    }
+    let public = public
         .route_layer(middleware::from_fn(metrics::record_http))
         .with_state(state);
     Routers {
         public,
-        verification,
+        signin,
+        public_getcode,
     }
 }
 
-/// All the producer's routes on one router.
+/// All the producer's routes on one router, with the document of both.
 pub fn router(state: AppState) -> Router {
-    let Routers {
-        public,
-        verification,
-    } = routers(state);
-    public.merge(verification)
+    routers(state).together()
 }

@@ -1,11 +1,14 @@
 //! Serves a router on a listener with the limits every codewatch listener has: a header-read timeout
 //! (which is also the keep-alive idle timeout), a total request deadline, a cap on open connections,
-//! a small request body limit, panics answered as JSON 500s, and an accept loop that backs off (and
+//! a small request body limit, panics answered as JSON 500s, `X-Content-Type-Options: nosniff` on
+//! every answer, and an accept loop that backs off (and
 //! logs once) when the process runs out of file descriptors.
 
 use super::ApiError;
 use axum::Router;
 use axum::extract::{ConnectInfo, Request};
+use axum::http::HeaderValue;
+use axum::http::header::X_CONTENT_TYPE_OPTIONS;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -15,8 +18,9 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt as _;
+use tower_http::set_header::SetResponseHeaderLayer;
 
-/// The largest request body accepted; no endpoint takes a body.
+/// The largest request body accepted; the largest body an endpoint takes is a code and a subject.
 const MAX_BODY_BYTES: usize = 16 * 1024;
 /// The waits of an accept loop that fails (no descriptors left), doubling up to the longest.
 const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(10);
@@ -38,6 +42,10 @@ pub struct HttpLimits {
 fn with_limits(router: Router, limits: HttpLimits) -> Router {
     let deadline = limits.request_timeout;
     router
+        .layer(SetResponseHeaderLayer::overriding(
+            X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        ))
         .layer(axum::middleware::from_fn(
             move |request: Request, next: Next| within(deadline, request, next),
         ))

@@ -315,18 +315,32 @@ impl Checker {
         })
     }
 
-    /// Asks the producer at `base` (`http://host:port`) for a code and records the answer.
-    pub async fn get_code(&self, base: &str, subject: Option<&str>) -> Answer {
-        let url = match subject {
-            Some(s) => format!("{base}/api/v1/getcode?subject={s}"),
-            None => format!("{base}/api/v1/getcode"),
-        };
-        let answer = match self.http.get(&url).send().await {
+    /// Asks the producer at `base` (`http://host:port`) for an unbound code (the public getcode) and
+    /// records the answer.
+    pub async fn get_code(&self, base: &str) -> Answer {
+        let request = self.http.get(format!("{base}/api/v1/getcode"));
+        self.issued(request, None).await
+    }
+
+    /// Asks the producer's sign-in API at `base` for a code bound to `subject`, with the bearer `key`,
+    /// and records the answer.
+    pub async fn get_code_for(&self, base: &str, key: &str, subject: &str) -> Answer {
+        let request = self
+            .http
+            .post(format!("{base}/api/v1/codes"))
+            .bearer_auth(key)
+            .json(&serde_json::json!({ "subject": subject }));
+        self.issued(request, Some(subject)).await
+    }
+
+    /// Sends an issuing request and records its answer.
+    async fn issued(&self, request: reqwest::RequestBuilder, subject: Option<&str>) -> Answer {
+        let answer = match request.send().await {
             Ok(response) => {
                 let status = response.status().as_u16();
                 let body = response.text().await.unwrap_or_default();
                 let answer = match status {
-                    200 => {
+                    200 | 201 => {
                         let v: serde_json::Value = serde_json::from_str(&body)
                             .unwrap_or_else(|e| panic!("getcode answered {body:?}: {e}"));
                         let code = v["code"].as_str().unwrap().to_owned();
@@ -347,7 +361,7 @@ impl Checker {
                     }
                     status => Answer::Refused(status),
                 };
-                if status != 200 {
+                if !matches!(status, 200 | 201) {
                     self.record.lock().unwrap().error_bodies.push(body);
                 }
                 answer
@@ -447,12 +461,19 @@ impl Checker {
         let codes = self.codes();
         let probes: Vec<Probe> = futures::stream::iter(codes)
             .map(|(code, subject)| async move {
-                let url = match &subject {
-                    Some(s) => format!("{base}/api/v1/codes/{code}?subject={s}"),
-                    None => format!("{base}/api/v1/codes/{code}"),
+                let body = match &subject {
+                    Some(s) => serde_json::json!({ "code": code, "subject": s }),
+                    None => serde_json::json!({ "code": code }),
                 };
                 let started = Utc::now();
-                let response = self.http.get(&url).bearer_auth(key).send().await.ok()?;
+                let response = self
+                    .http
+                    .post(format!("{base}/api/v1/codes/check"))
+                    .bearer_auth(key)
+                    .json(&body)
+                    .send()
+                    .await
+                    .ok()?;
                 match response.status().as_u16() {
                     200 => Some(Probe {
                         code,
@@ -489,8 +510,12 @@ impl Checker {
 
     /// Redeems `code` for `subject` through the verification API at `base`; records the status.
     pub async fn redeem(&self, base: &str, key: &str, code: &str, subject: &str) -> u16 {
-        let url = format!("{base}/api/v1/codes/{code}/redeem?subject={subject}");
-        let status = match self.http.post(&url).bearer_auth(key).send().await {
+        let request = self
+            .http
+            .post(format!("{base}/api/v1/codes/redeem"))
+            .bearer_auth(key)
+            .json(&serde_json::json!({ "code": code, "subject": subject }));
+        let status = match request.send().await {
             Ok(r) => r.status().as_u16(),
             Err(_) => 0,
         };

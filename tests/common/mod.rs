@@ -328,12 +328,14 @@ pub async fn producer_with_timeout(
         trusted_proxies: Default::default(),
         signing: None,
         clock: Default::default(),
+        public_getcode: true,
     }))
     .await
 }
 
-/// The producer with the verification API on `store`, behind `api_key`, on `clock` (a shifted clock
-/// checks codes as of a later moment without waiting for it).
+/// The producer with the sign-in API on `store`, behind `api_key`, on `clock` (a shifted clock
+/// checks codes as of a later moment without waiting for it); `allow_unbound`: checks without a
+/// subject are answered (ALLOW_UNBOUND_CODES).
 #[allow(clippy::too_many_arguments)]
 pub async fn producer_with_verification(
     number_api_url: &str,
@@ -344,6 +346,7 @@ pub async fn producer_with_verification(
     throttle: codewatch::verify::Throttle,
     rate: (f64, f64),
     clock: codewatch::clock::Clock,
+    allow_unbound: bool,
 ) -> Server {
     let client = NumberApiClient::new(
         number_api_url.parse().unwrap(),
@@ -354,6 +357,7 @@ pub async fn producer_with_verification(
         verifier: codewatch::verify::Verifier::new(store, throttle),
         api_key: Secret::new(api_key),
         limiter: codewatch::http::rate_limit::RateLimiter::new(rate.0, rate.1),
+        allow_unbound,
     };
     let state = AppState {
         number_api: client,
@@ -364,6 +368,7 @@ pub async fn producer_with_verification(
         trusted_proxies: Default::default(),
         signing: None,
         clock,
+        public_getcode: true,
     };
     Server::start(http::router(state)).await
 }
@@ -574,4 +579,17 @@ impl TestDb {
             _dir: None,
         }
     }
+}
+
+/// The fenced block in `lang` of README.md that follows the line containing `after`.
+pub fn readme_block(after: &str, lang: &str) -> String {
+    let readme =
+        std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md"))
+            .unwrap();
+    let from = readme.find(after).expect("the README names the snippet");
+    let block = &readme[from..];
+    let fence = format!("```{lang}\n");
+    let start = block.find(&fence).unwrap() + fence.len();
+    let end = block[start..].find("```").unwrap();
+    block[start..start + end].to_owned()
 }

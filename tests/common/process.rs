@@ -125,7 +125,12 @@ fn spawn_up_from(mut cmd: Command) -> (Proc, String, String, String) {
         .find_map(|l| {
             l.trim()
                 .strip_prefix("producer")
-                .map(|u| u.trim().trim_end_matches("/api/v1/getcode").to_owned())
+                .and_then(|u| u.split_whitespace().next())
+                .map(|u| {
+                    u.trim_end_matches("/api/v1/getcode")
+                        .trim_end_matches('/')
+                        .to_owned()
+                })
         })
         .expect("up prints the producer's URL");
     let admin = lines
@@ -143,11 +148,11 @@ fn spawn_up_from(mut cmd: Command) -> (Proc, String, String, String) {
         .map_while(Result::ok)
         .find_map(|l| {
             l.trim()
-                .strip_prefix("verify")
+                .strip_prefix("sign-in")
                 .and_then(|u| u.split_whitespace().next())
-                .map(|u| u.trim_end_matches("/api/v1/codes/{code}").to_owned())
+                .map(|u| u.trim_end_matches("/api/v1/codes").to_owned())
         })
-        .expect("up prints the verification API's URL");
+        .expect("up prints the sign-in API's URL");
     // Keep reading, so that the process never writes into a closed pipe.
     std::thread::spawn(move || lines.for_each(drop));
     (proc, base, admin, verify)

@@ -385,6 +385,7 @@ async fn a_hung_queue_answers_503_with_a_reason_at_the_request_deadline() {
             trusted_proxies: Default::default(),
             signing: None,
             clock: Default::default(),
+            public_getcode: true,
         }),
         codewatch::http::HttpLimits {
             request_timeout: Duration::from_secs(1),
@@ -415,6 +416,7 @@ async fn limited_producer(queue: SharedQueue, api: &Server, trusted: &str) -> Se
         trusted_proxies: codewatch::http::TrustedProxies::parse(trusted).unwrap(),
         signing: None,
         clock: Default::default(),
+        public_getcode: true,
     }))
     .await
 }

@@ -1,5 +1,6 @@
-//! The sign-in service's API on `serve`: check, redeem, subjects, throttling, auth, rate limit, and the
-//! OpenAPI document. Against Azurite, on both SQLite and PostgreSQL.
+//! The sign-in service's API on `serve`: issuing for a subject, check and redeem by POST, idempotent
+//! redeems, subjects, throttling, auth, rate limit, headers, and the OpenAPI documents. Against
+//! Azurite, on both SQLite and PostgreSQL.
 
 use crate::common;
 
@@ -23,6 +24,17 @@ struct Rig {
 }
 
 async fn rig(db: TestDb, ttl_secs: u64, throttle: Throttle, rate: (f64, f64)) -> Rig {
+    rig_with(db, ttl_secs, throttle, rate, true).await
+}
+
+/// A rig whose producer answers checks without a subject only if `allow_unbound`.
+async fn rig_with(
+    db: TestDb,
+    ttl_secs: u64,
+    throttle: Throttle,
+    rate: (f64, f64),
+    allow_unbound: bool,
+) -> Rig {
     let queues = common::azure_queues().await;
     let api = common::number_api(KEY).await;
     let store = db.database.store();
@@ -35,6 +47,7 @@ async fn rig(db: TestDb, ttl_secs: u64, throttle: Throttle, rate: (f64, f64)) ->
         throttle,
         rate,
         codewatch::clock::Clock::system(),
+        allow_unbound,
     )
     .await;
     let settings = WorkerSettings {
@@ -56,23 +69,23 @@ async fn default_rig(db: TestDb) -> Rig {
 }
 
 impl Rig {
-    /// Issues a code (bound to `subject` if given) and lets the worker activate it.
+    /// Issues a code and lets the worker activate it: bound to `subject` through the sign-in API, or
+    /// unbound through the public getcode.
     async fn issue(&self, subject: Option<&str>) -> String {
-        let mut url = self.app.url("/api/v1/getcode");
-        if let Some(s) = subject {
-            url += &format!("?subject={s}");
-        }
-        let body: Value = self
-            .http
-            .get(url)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let request = match subject {
+            Some(s) => self
+                .http
+                .post(self.app.url("/api/v1/codes"))
+                .bearer_auth(API_KEY)
+                .json(&serde_json::json!({ "subject": s })),
+            None => self.http.get(self.app.url("/api/v1/getcode")),
+        };
+        let body: Value = request.send().await.unwrap().json().await.unwrap();
         while let PollOutcome::Processed(_) = self.worker.poll_once().await.unwrap() {}
-        body["code"].as_str().unwrap().to_owned()
+        body["code"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no code issued: {body}"))
+            .to_owned()
     }
 
     async fn check(&self, code: &str, subject: Option<&str>) -> (StatusCode, Value) {
@@ -86,53 +99,60 @@ impl Rig {
         code: &str,
         subject: Option<&str>,
     ) -> (StatusCode, Value) {
-        self.call_on(
-            app,
-            reqwest::Method::GET,
-            &format!("/api/v1/codes/{code}"),
-            subject,
-        )
-        .await
+        let (status, _, body) = self
+            .call_on(app, "/api/v1/codes/check", code, subject, None)
+            .await;
+        (status, body)
     }
 
     async fn redeem(&self, code: &str, subject: Option<&str>) -> (StatusCode, Value) {
-        self.call(
-            reqwest::Method::POST,
-            &format!("/api/v1/codes/{code}/redeem"),
-            subject,
-        )
-        .await
+        let (status, _, body) = self.redeem_keyed(code, subject, None).await;
+        (status, body)
     }
 
-    async fn call(
+    /// A redeem with an `Idempotency-Key`, if given; with the answer's headers.
+    async fn redeem_keyed(
         &self,
-        method: reqwest::Method,
-        path: &str,
+        code: &str,
         subject: Option<&str>,
-    ) -> (StatusCode, Value) {
-        self.call_on(&self.app, method, path, subject).await
+        key: Option<&str>,
+    ) -> (StatusCode, reqwest::header::HeaderMap, Value) {
+        self.call_on(&self.app, "/api/v1/codes/redeem", code, subject, key)
+            .await
     }
 
+    /// POSTs `{"code", "subject"}` to `path` on `app` with the bearer key (and an idempotency key).
     async fn call_on(
         &self,
         app: &Server,
-        method: reqwest::Method,
         path: &str,
+        code: &str,
         subject: Option<&str>,
-    ) -> (StatusCode, Value) {
-        let mut url = url::Url::parse(&app.url(path)).unwrap();
-        if let Some(s) = subject {
-            url.query_pairs_mut().append_pair("subject", s);
-        }
-        let response = self
+        idempotency_key: Option<&str>,
+    ) -> (StatusCode, reqwest::header::HeaderMap, Value) {
+        let mut request = self
             .http
-            .request(method, url)
+            .post(app.url(path))
             .bearer_auth(API_KEY)
-            .send()
-            .await
-            .unwrap();
-        let status = response.status();
-        (status, response.json().await.unwrap_or(Value::Null))
+            .json(&attempt(code, subject));
+        if let Some(key) = idempotency_key {
+            request = request.header("idempotency-key", key);
+        }
+        let response = request.send().await.unwrap();
+        let (status, headers) = (response.status(), response.headers().clone());
+        (
+            status,
+            headers,
+            response.json().await.unwrap_or(Value::Null),
+        )
+    }
+}
+
+/// The body of a check or redeem.
+fn attempt(code: &str, subject: Option<&str>) -> Value {
+    match subject {
+        Some(s) => serde_json::json!({ "code": code, "subject": s }),
+        None => serde_json::json!({ "code": code }),
     }
 }
 
@@ -289,23 +309,36 @@ impl Verified {
             throttle,
             (1e3, 1e3),
             codewatch::clock::Clock::shifted(chrono::TimeDelta::seconds(seconds)),
+            true,
         )
         .await;
         Self { app, _api: api }
     }
 
     async fn check(&self, code: &str, subject: &str) -> u16 {
-        let url = self
-            .app
-            .url(&format!("/api/v1/codes/{code}?subject={subject}"));
         reqwest::Client::new()
-            .get(url)
+            .post(self.app.url("/api/v1/codes/check"))
             .bearer_auth(API_KEY)
+            .json(&attempt(code, Some(subject)))
             .send()
             .await
             .unwrap()
             .status()
             .as_u16()
+    }
+
+    /// A redeem with an idempotency key: the status and the body.
+    async fn redeem_keyed(&self, code: &str, subject: &str, key: &str) -> (u16, Value) {
+        let response = reqwest::Client::new()
+            .post(self.app.url("/api/v1/codes/redeem"))
+            .bearer_auth(API_KEY)
+            .header("idempotency-key", key)
+            .json(&attempt(code, Some(subject)))
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap())
     }
 }
 
@@ -359,6 +392,101 @@ async fn concurrent_wrong_guesses_never_count_past_the_cap(db: TestDb) {
     assert_eq!(rig.check(&code, Some("hank")).await.0, 404, "locked");
 }
 
+async fn a_check_without_a_subject_is_refused_unless_unbound_codes_are_allowed(db: TestDb) {
+    let rig = rig_with(db, 60, Throttle::default(), (1000.0, 1000.0), false).await;
+    let unbound = rig.issue(None).await;
+    for path in ["/api/v1/codes/check", "/api/v1/codes/redeem"] {
+        let (status, _, body) = rig.call_on(&rig.app, path, &unbound, None, None).await;
+        assert_eq!(status, 400, "{path}: {body}");
+        assert!(
+            body["reason"]
+                .as_str()
+                .unwrap()
+                .contains("ALLOW_UNBOUND_CODES")
+        );
+    }
+    let bound = rig.issue(Some("sam")).await;
+    assert_eq!(rig.check(&bound, Some("sam")).await.0, 200);
+    assert_eq!(rig.check(&unbound, Some("sam")).await.0, 404);
+}
+
+async fn a_redeem_whose_answer_was_lost_can_be_retried_with_its_key(db: TestDb) {
+    let rig = default_rig(db).await;
+    let code = rig.issue(Some("rita")).await;
+    let (status, headers, first) = rig.redeem_keyed(&code, Some("rita"), Some("key-1")).await;
+    assert_eq!(status, 200, "{first}");
+    assert!(headers.get("idempotent-replayed").is_none());
+    assert!(first["redeemed_at"].is_string());
+    let (status, headers, again) = rig.redeem_keyed(&code, Some("rita"), Some("key-1")).await;
+    assert_eq!(
+        (status.as_u16(), &again),
+        (200, &first),
+        "the first answer again"
+    );
+    assert_eq!(headers["idempotent-replayed"], "true");
+    let store = rig.db.database.store();
+    let rita = Subject::parse("rita").unwrap();
+    let hour_ago = chrono::Utc::now() - chrono::Duration::hours(1);
+    assert_eq!(
+        store.failures(&rita, hour_ago).await.unwrap(),
+        0,
+        "no failure counted"
+    );
+
+    for (other_code, other_subject) in [(code.as_str(), "mallory"), ("Oth-1-Cod", "rita")] {
+        let (status, _, body) = rig
+            .redeem_keyed(other_code, Some(other_subject), Some("key-1"))
+            .await;
+        assert_eq!(status, 422, "{body}");
+        assert_eq!(body["error"], "idempotency_key_reused");
+    }
+
+    // A restarted producer on the same database gives the same answer.
+    let restarted = Verified::new(&rig, Throttle::default()).await;
+    assert_eq!(
+        restarted.redeem_keyed(&code, "rita", "key-1").await,
+        (200, first.clone())
+    );
+
+    // A failed redeem is remembered too: its repeat is not counted again.
+    for _ in 0..3 {
+        let (status, _, body) = rig
+            .redeem_keyed("Wro-123-Ngg", Some("rita"), Some("key-2"))
+            .await;
+        assert_eq!((status, body), (StatusCode::NOT_FOUND, not_valid()));
+    }
+    assert_eq!(store.failures(&rita, hour_ago).await.unwrap(), 1);
+    // Without a key, a repeat is a new redeem of a consumed code.
+    assert_eq!(rig.redeem(&code, Some("rita")).await.0, 404);
+}
+
+async fn concurrent_redeems_with_one_key_all_get_its_one_answer(db: TestDb) {
+    let rig = default_rig(db).await;
+    let code = rig.issue(Some("tom")).await;
+    let redeems = (0..12).map(|_| rig.redeem_keyed(&code, Some("tom"), Some("same-key")));
+    let answers = futures::future::join_all(redeems).await;
+    let first = &answers[0].2;
+    for (status, _, body) in &answers {
+        assert_eq!((status.as_u16(), body), (200, first), "{answers:?}");
+    }
+    let fresh = answers
+        .iter()
+        .filter(|(_, headers, _)| headers.get("idempotent-replayed").is_none())
+        .count();
+    assert_eq!(fresh, 1, "one redeem ran; the others repeat its answer");
+    let tom = Subject::parse("tom").unwrap();
+    let hour_ago = chrono::Utc::now() - chrono::Duration::hours(1);
+    assert_eq!(
+        rig.db
+            .database
+            .store()
+            .failures(&tom, hour_ago)
+            .await
+            .unwrap(),
+        0
+    );
+}
+
 both!(
     five_wrong_checks_burn_the_subjects_code_and_a_new_one_works,
     concurrent_wrong_guesses_never_count_past_the_cap,
@@ -367,34 +495,115 @@ both!(
     exactly_one_of_many_concurrent_redeems_succeeds,
     failed_checks_lock_a_subject_until_reset_even_across_restarts,
     a_lock_ends_with_its_window,
+    a_check_without_a_subject_is_refused_unless_unbound_codes_are_allowed,
+    a_redeem_whose_answer_was_lost_can_be_retried_with_its_key,
+    concurrent_redeems_with_one_key_all_get_its_one_answer,
 );
+
+/// The sign-in API's three calls, each with a body it would accept.
+fn signin_calls() -> [(&'static str, Value); 3] {
+    [
+        ("/api/v1/codes", serde_json::json!({ "subject": "alice" })),
+        ("/api/v1/codes/check", attempt("abc-1-def", Some("alice"))),
+        ("/api/v1/codes/redeem", attempt("abc-1-def", Some("alice"))),
+    ]
+}
 
 #[tokio::test]
 async fn the_endpoints_need_the_bearer_key() {
     let rig = default_rig(common::sqlite().await).await;
-    let url = rig.app.url("/api/v1/codes/abc-1-def");
-    let none = rig.http.get(&url).send().await.unwrap();
-    assert_eq!(none.status(), 401);
-    assert_eq!(none.headers()["www-authenticate"], "Bearer");
-    assert_eq!(none.json::<Value>().await.unwrap()["error"], "unauthorized");
-    assert_eq!(
-        rig.http
-            .get(&url)
-            .bearer_auth("wrong")
+    for (path, body) in signin_calls() {
+        let none = rig
+            .http
+            .post(rig.app.url(path))
+            .json(&body)
             .send()
             .await
-            .unwrap()
-            .status(),
-        401
+            .unwrap();
+        assert_eq!(none.status(), 401, "{path}");
+        assert_eq!(none.headers()["www-authenticate"], "Bearer");
+        assert_eq!(none.json::<Value>().await.unwrap()["error"], "unauthorized");
+        let wrong = rig
+            .http
+            .post(rig.app.url(path))
+            .bearer_auth("wrong")
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(wrong.status(), 401, "{path}");
+    }
+}
+
+#[tokio::test]
+async fn an_unauthenticated_getcode_that_names_a_subject_gets_no_code() {
+    let rig = default_rig(common::sqlite().await).await;
+    for query in ["?subject=dave", "?subject=", "?other=1&subject=dave"] {
+        let response = rig
+            .http
+            .get(rig.app.url(&format!("/api/v1/getcode{query}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 401, "{query}");
+        assert_eq!(response.headers()["www-authenticate"], "Bearer");
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["error"], "unauthorized");
+        assert!(
+            body["reason"]
+                .as_str()
+                .unwrap()
+                .contains("POST /api/v1/codes")
+        );
+        assert!(body.get("code").is_none(), "{body}");
+    }
+    assert_eq!(
+        rig.worker.poll_once().await.unwrap(),
+        PollOutcome::Empty,
+        "nothing was queued"
+    );
+    // The sign-in service's call binds, and the check for dave then passes.
+    let code = rig.issue(Some("dave")).await;
+    assert_eq!(rig.check(&code, Some("dave")).await.0, 200);
+}
+
+#[tokio::test]
+async fn the_old_get_check_no_longer_answers_and_no_path_takes_a_code() {
+    let rig = default_rig(common::sqlite().await).await;
+    let code = rig.issue(Some("olga")).await;
+    for path in [
+        format!("/api/v1/codes/{code}?subject=olga"),
+        format!("/api/v1/codes/{code}/redeem?subject=olga"),
+    ] {
+        for method in [reqwest::Method::GET, reqwest::Method::POST] {
+            let response = rig
+                .http
+                .request(method.clone(), rig.app.url(&path))
+                .bearer_auth(API_KEY)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 404, "{method} {path}");
+            let body: Value = response.json().await.unwrap();
+            assert_eq!(body["error"], "not_found", "{body}");
+        }
+    }
+    let get_check = rig
+        .http
+        .get(rig.app.url("/api/v1/codes/check"))
+        .bearer_auth(API_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(get_check.status(), 405, "a check is a POST");
+    assert_eq!(
+        get_check.json::<Value>().await.unwrap()["error"],
+        "method_not_allowed"
     );
     assert_eq!(
-        rig.http
-            .post(format!("{url}/redeem"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        401
+        rig.check(&code, Some("olga")).await.0,
+        200,
+        "none of it counted as a failure or burned the code"
     );
 }
 
@@ -407,12 +616,13 @@ async fn an_unauthenticated_flood_never_spends_the_sign_in_services_budget() {
         (0.001, 3.0),
     )
     .await;
-    let url = rig.app.url("/api/v1/codes/abc-1-def");
+    let url = rig.app.url("/api/v1/codes/check");
     for _ in 0..20 {
         let status = rig
             .http
-            .get(&url)
+            .post(&url)
             .bearer_auth("wrong")
+            .json(&attempt("abc-1-def", None))
             .send()
             .await
             .unwrap()
@@ -426,8 +636,9 @@ async fn an_unauthenticated_flood_never_spends_the_sign_in_services_budget() {
     );
     let lower = rig
         .http
-        .get(&url)
+        .post(&url)
         .header("authorization", format!("bearer {API_KEY}"))
+        .json(&attempt("abc-1-def", None))
         .send()
         .await
         .unwrap();
@@ -444,34 +655,69 @@ async fn without_a_key_configured_the_endpoints_are_off_and_say_so() {
         codewatch::message::MessageEncoding::Text,
     )
     .await;
-    let response = reqwest::Client::new()
-        .get(app.url("/api/v1/codes/abc-1-def"))
-        .bearer_auth("x")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 503);
-    let body: Value = response.json().await.unwrap();
-    assert_eq!(body["error"], "verification_disabled");
-    assert!(body["reason"].as_str().unwrap().contains("VERIFY_API_KEY"));
+    for (path, body) in signin_calls() {
+        let response = reqwest::Client::new()
+            .post(app.url(path))
+            .bearer_auth("x")
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 503, "{path}");
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["error"], "verification_disabled");
+        assert!(body["reason"].as_str().unwrap().contains("VERIFY_API_KEY"));
+    }
 }
 
 #[tokio::test]
-async fn malformed_codes_and_subjects_get_400_with_a_reason() {
+async fn malformed_codes_subjects_keys_and_bodies_get_400_with_a_reason() {
     let rig = default_rig(common::sqlite().await).await;
     for (code, subject) in [
         ("abc-1-de", None),
         ("abc_1_def", None),
         ("abc-1-def", Some("a\u{7}b")),
+        ("abc-1-def", Some("")),
     ] {
         let (status, body) = rig.check(code, subject).await;
         assert_eq!(status, 400, "{code:?} {subject:?}");
         assert_eq!(body["error"], "bad_request");
         assert!(!body["reason"].as_str().unwrap().is_empty());
     }
+    for key in ["", "has space", &"k".repeat(256)] {
+        let (status, _, body) = rig.redeem_keyed("abc-1-def", Some("a"), Some(key)).await;
+        assert_eq!(status, 400, "{key:?}");
+        assert!(body["reason"].as_str().unwrap().contains("Idempotency-Key"));
+    }
+    let bodies: [(&str, &str); 5] = [
+        ("application/json", "{\"code\": \"abc-1-def\""),
+        ("application/json", "{\"code\": 5}"),
+        (
+            "application/json",
+            "{\"code\": \"abc-1-def\", \"subjet\": \"alice\"}",
+        ),
+        ("text/plain", "{\"code\": \"abc-1-def\"}"),
+        ("application/json", "{\"subject\": \"alice\"}"),
+    ];
+    for (content_type, body) in bodies {
+        let response = rig
+            .http
+            .post(rig.app.url("/api/v1/codes/check"))
+            .bearer_auth(API_KEY)
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 400, "{content_type} {body}");
+        let answer: Value = response.json().await.unwrap();
+        assert_eq!(answer["error"], "bad_request", "{answer}");
+    }
     let response = rig
         .http
-        .get(rig.app.url("/api/v1/getcode?subject="))
+        .post(rig.app.url("/api/v1/codes"))
+        .bearer_auth(API_KEY)
+        .json(&serde_json::json!({ "subject": "" }))
         .send()
         .await
         .unwrap();
@@ -485,8 +731,9 @@ async fn clients_past_the_rate_limit_get_429_with_retry_after() {
     assert_eq!(rig.check("abc-1-def", None).await.0, 404);
     let response = rig
         .http
-        .get(rig.app.url("/api/v1/codes/abc-1-def"))
+        .post(rig.app.url("/api/v1/codes/check"))
         .bearer_auth(API_KEY)
+        .json(&attempt("abc-1-def", None))
         .send()
         .await
         .unwrap();
@@ -499,7 +746,81 @@ async fn clients_past_the_rate_limit_get_429_with_retry_after() {
 }
 
 #[tokio::test]
-async fn the_openapi_document_describes_every_endpoint() {
+async fn every_answer_that_may_carry_a_code_is_not_to_be_stored() {
+    let rig = default_rig(common::sqlite().await).await;
+    let issued = rig
+        .http
+        .post(rig.app.url("/api/v1/codes"))
+        .bearer_auth(API_KEY)
+        .json(&serde_json::json!({ "subject": "pia" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(issued.status(), 201);
+    let code = issued.json::<Value>().await.unwrap()["code"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    while let PollOutcome::Processed(_) = rig.worker.poll_once().await.unwrap() {}
+    let public = rig
+        .http
+        .get(rig.app.url("/api/v1/getcode"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(public.status(), 200);
+    let mut answers = vec![("getcode".to_owned(), public.headers().clone())];
+    for (path, key) in [
+        ("/api/v1/codes/check", None),
+        ("/api/v1/codes/redeem", Some("no-store-1")),
+        ("/api/v1/codes/redeem", Some("no-store-1")),
+        ("/api/v1/codes/check", None),
+    ] {
+        let (status, headers, _) = rig.call_on(&rig.app, path, &code, Some("pia"), key).await;
+        answers.push((format!("{path} {status}"), headers));
+    }
+    for (what, headers) in &answers {
+        assert_eq!(headers["cache-control"], "no-store", "{what}");
+        assert_eq!(headers["x-content-type-options"], "nosniff", "{what}");
+    }
+    for path in ["/", "/api/openapi.json", "/nowhere"] {
+        let response = rig.http.get(rig.app.url(path)).send().await.unwrap();
+        assert_eq!(
+            response.headers()["x-content-type-options"],
+            "nosniff",
+            "{path}"
+        );
+    }
+}
+
+/// The paths a document lists, sorted.
+fn paths_of(doc: &Value) -> Vec<String> {
+    let mut paths: Vec<String> = doc["paths"].as_object().unwrap().keys().cloned().collect();
+    paths.sort();
+    paths
+}
+
+/// Each operation's answer statuses, sorted, by "METHOD path".
+fn statuses_of(doc: &Value) -> Vec<(String, Vec<String>)> {
+    let mut all = Vec::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, operation) in item.as_object().unwrap() {
+            let mut codes: Vec<String> = operation["responses"]
+                .as_object()
+                .unwrap()
+                .keys()
+                .cloned()
+                .collect();
+            codes.sort();
+            all.push((format!("{method} {path}"), codes));
+        }
+    }
+    all.sort();
+    all
+}
+
+#[tokio::test]
+async fn the_openapi_document_describes_every_endpoint_with_its_answers() {
     let rig = default_rig(common::sqlite().await).await;
     let doc: Value = rig
         .http
@@ -510,20 +831,60 @@ async fn the_openapi_document_describes_every_endpoint() {
         .json()
         .await
         .unwrap();
-    assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
-    for path in [
-        "/api/v1/getcode",
-        "/api/v1/codes/{code}",
-        "/api/v1/codes/{code}/redeem",
-    ] {
-        assert!(doc["paths"][path].is_object(), "{path} missing");
-    }
+    assert_eq!(doc["openapi"], "3.1.0");
+    assert_eq!(doc["info"]["license"]["name"], "MIT");
+    assert_eq!(doc["servers"][0]["url"], "/");
+    let mut tags: Vec<&str> = doc["tags"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    tags.sort();
+    assert_eq!(tags, ["getcode", "sign-in"]);
+    assert_eq!(
+        statuses_of(&doc),
+        [
+            (
+                "get /api/v1/getcode",
+                vec!["200", "401", "429", "4XX", "502", "503", "504", "5XX"]
+            ),
+            (
+                "post /api/v1/codes",
+                vec!["201", "400", "401", "429", "502", "503", "504"]
+            ),
+            (
+                "post /api/v1/codes/check",
+                vec!["200", "400", "401", "404", "429", "503"]
+            ),
+            (
+                "post /api/v1/codes/redeem",
+                vec!["200", "400", "401", "404", "422", "429", "503"]
+            ),
+        ]
+        .map(|(op, codes)| (
+            op.to_owned(),
+            codes.into_iter().map(str::to_owned).collect()
+        ))
+    );
+    let redeem = &doc["paths"]["/api/v1/codes/redeem"]["post"];
+    assert_eq!(redeem["parameters"][0]["name"], "Idempotency-Key");
+    assert_eq!(redeem["parameters"][0]["in"], "header");
+    assert!(redeem["requestBody"]["content"]["application/json"].is_object());
+    assert!(redeem["responses"]["401"]["headers"]["WWW-Authenticate"].is_object());
+    assert!(redeem["responses"]["429"]["headers"]["Retry-After"].is_object());
+    let getcode = &doc["paths"]["/api/v1/getcode"]["get"];
+    assert!(getcode["responses"]["5XX"]["content"]["text/plain"].is_object());
+    assert!(
+        getcode.get("parameters").is_none(),
+        "getcode takes no subject"
+    );
     assert_eq!(
         doc["components"]["securitySchemes"]["bearer"]["scheme"],
         "bearer"
     );
-    assert!(doc["components"]["schemas"]["ValidCode"].is_object());
     let text = doc.to_string();
+    assert!(!text.contains("super::"), "tags read as module paths");
     for reference in text.split("\"#/components/schemas/").skip(1) {
         let name = reference.split('"').next().unwrap();
         assert!(
@@ -531,17 +892,117 @@ async fn the_openapi_document_describes_every_endpoint() {
             "dangling reference to {name}"
         );
     }
-    for path in ["/api/v1/codes/{code}", "/api/v1/codes/{code}/redeem"] {
-        let operation = doc["paths"][path]
-            .as_object()
+}
+
+/// The producer's routes served apart, as with VERIFY_LISTEN_ADDR (and PUBLIC_GETCODE as given).
+async fn apart(public_getcode: bool) -> (Server, Server, Server) {
+    let queues = common::azure_queues().await;
+    let api = common::number_api(KEY).await;
+    let db = common::sqlite().await;
+    let state = codewatch::http::AppState {
+        number_api: codewatch::number_api::NumberApiClient::new(
+            api.url("/api/RandomNumber").parse().unwrap(),
+            codewatch::function_key::FunctionKey::fixed(codewatch::secret::Secret::new(KEY)),
+            Duration::from_secs(5),
+        ),
+        queue: queues.main.into(),
+        encoding: codewatch::message::MessageEncoding::Text,
+        verification: Some(codewatch::http::Verification {
+            verifier: codewatch::verify::Verifier::new(db.database.store(), Throttle::default()),
+            api_key: codewatch::secret::Secret::new(API_KEY),
+            limiter: codewatch::http::rate_limit::RateLimiter::new(1e3, 1e3),
+            allow_unbound: false,
+        }),
+        getcode_limiter: None,
+        trusted_proxies: Default::default(),
+        signing: None,
+        clock: Default::default(),
+        public_getcode,
+    };
+    let (public, signin) = codewatch::http::routers(state).apart();
+    (
+        Server::start(public).await,
+        Server::start(signin).await,
+        api,
+    )
+}
+
+#[tokio::test]
+async fn each_listener_serves_the_document_of_what_it_exposes_and_nothing_else() {
+    let (public, signin, _api) = apart(true).await;
+    let http = reqwest::Client::new();
+    let doc = |server: &Server| {
+        let request = http.get(server.url("/api/openapi.json"));
+        async move { request.send().await.unwrap().json::<Value>().await.unwrap() }
+    };
+    assert_eq!(paths_of(&doc(&public).await), ["/api/v1/getcode"]);
+    assert_eq!(
+        paths_of(&doc(&signin).await),
+        [
+            "/api/v1/codes",
+            "/api/v1/codes/check",
+            "/api/v1/codes/redeem"
+        ]
+    );
+    let check = http
+        .post(public.url("/api/v1/codes/check"))
+        .bearer_auth(API_KEY)
+        .json(&attempt("abc-1-def", Some("a")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        check.status(),
+        404,
+        "the public listener has no sign-in API"
+    );
+    assert_eq!(check.json::<Value>().await.unwrap()["error"], "not_found");
+    let getcode = http
+        .get(signin.url("/api/v1/getcode"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(getcode.status(), 404, "the sign-in listener has no getcode");
+
+    let (public, signin, _api) = apart(false).await;
+    assert!(
+        paths_of(&doc(&public).await).is_empty(),
+        "PUBLIC_GETCODE=false"
+    );
+    assert_eq!(
+        http.get(public.url("/api/v1/getcode"))
+            .send()
+            .await
             .unwrap()
-            .values()
-            .next()
-            .unwrap();
-        let mut codes: Vec<&String> = operation["responses"].as_object().unwrap().keys().collect();
-        codes.sort();
-        assert_eq!(codes, ["200", "400", "401", "404", "429", "503"], "{path}");
-    }
+            .status(),
+        404
+    );
+    let issued = http
+        .post(signin.url("/api/v1/codes"))
+        .bearer_auth(API_KEY)
+        .json(&serde_json::json!({ "subject": "quinn" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(issued.status(), 201, "issuing for a subject still works");
+    let check = http
+        .post(signin.url("/api/v1/codes/check"))
+        .bearer_auth(API_KEY)
+        .json(&attempt("abc-1-def", None))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        check.status(),
+        400,
+        "no subject, and unbound codes not allowed"
+    );
+    assert!(
+        check.json::<Value>().await.unwrap()["reason"]
+            .as_str()
+            .unwrap()
+            .contains("subject is required")
+    );
 }
 
 #[tokio::test]

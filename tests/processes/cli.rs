@@ -393,8 +393,9 @@ async fn up_keeps_its_generated_verify_key_across_restarts() {
     let (mut second, base) = spawn_up(dir.path(), &[]);
     assert_eq!(std::fs::read_to_string(&key_file).unwrap(), key);
     let status = reqwest::Client::new()
-        .get(format!("{base}/api/v1/codes/abc-1-def"))
+        .post(format!("{base}/api/v1/codes/check"))
         .bearer_auth(key.trim())
+        .json(&serde_json::json!({ "code": "abc-1-def", "subject": "a" }))
         .send()
         .await
         .unwrap()

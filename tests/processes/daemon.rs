@@ -250,7 +250,8 @@ async fn metrics_count_what_a_run_did() {
             .await
             .unwrap()
             .status(),
-        400
+        401,
+        "a subject is bound only through the sign-in API"
     );
     assert_eq!(
         reqwest::get(format!("{admin}/healthz"))
@@ -293,7 +294,7 @@ async fn metrics_count_what_a_run_did() {
     assert_eq!(
         metric(
             &text,
-            r#"codewatch_http_requests_total{route="/api/v1/getcode",status="400"}"#
+            r#"codewatch_http_requests_total{route="/api/v1/getcode",status="401"}"#
         ),
         1.0
     );
@@ -546,10 +547,9 @@ async fn a_database_outage_leaves_serve_ready_and_issuing_while_verification_say
     .await
     .unwrap();
     let check = reqwest::Client::new()
-        .get(format!(
-            "http://127.0.0.1:{port}/api/v1/codes/abc-1-def?subject=a"
-        ))
+        .post(format!("http://127.0.0.1:{port}/api/v1/codes/check"))
         .bearer_auth("verify-key")
+        .json(&serde_json::json!({ "code": "abc-1-def", "subject": "a" }))
         .send()
         .await
         .unwrap();

@@ -302,6 +302,34 @@ fn kubernetes_manifests_match_the_binary_and_harden_the_pods() {
 }
 
 #[test]
+fn every_deploy_file_chooses_whether_the_unauthenticated_getcode_is_served() {
+    // The sign-in API (issuing for a user, check, redeem) stays on the internal listener everywhere;
+    // the sample's public getcode is a choice each file makes in the open.
+    for (file, choice) in [
+        (
+            "deploy/k8s/codewatch.yaml",
+            "- name: PUBLIC_GETCODE\n              value: \"false\"",
+        ),
+        (
+            "deploy/azure/main.bicep",
+            "{ name: 'PUBLIC_GETCODE', value: publicGetcode ? 'true' : 'false' }",
+        ),
+        ("deploy/compose.yaml", "PUBLIC_GETCODE: \"true\""),
+    ] {
+        let text = read(file);
+        assert!(
+            text.contains(choice),
+            "{file} does not choose PUBLIC_GETCODE"
+        );
+        assert!(
+            text.contains("VERIFY_LISTEN_ADDR"),
+            "{file}: the sign-in API on its own listener"
+        );
+    }
+    assert!(read("deploy/azure/main.bicep").contains("param publicGetcode bool = false"));
+}
+
+#[test]
 fn the_bicep_template_passes_only_real_settings_and_scales_on_visible_messages() {
     let bicep = read("deploy/azure/main.bicep");
     let (_, subcommands) = cli_surface();

@@ -10,4 +10,5 @@ mod daemon;
 mod deploy;
 mod keyless;
 mod replicas;
+mod signin;
 mod up;

@@ -352,22 +352,36 @@ async fn each_surface_has_its_own_listener_and_the_public_one_serves_only_getcod
     );
     let status = |url: String| async move { reqwest::get(url).await.unwrap().status().as_u16() };
     assert_eq!(status(format!("{public}/api/v1/getcode")).await, 200);
-    for path in ["/metrics", "/readyz", "/healthz", "/api/v1/codes/abc-1-def"] {
+    let post = |url: String| async move {
+        reqwest::Client::new()
+            .post(url)
+            .json(&serde_json::json!({ "code": "abc-1-def", "subject": "a" }))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    for path in ["/metrics", "/readyz", "/healthz"] {
         assert_eq!(
             status(format!("{public}{path}")).await,
             404,
             "public {path}"
         );
     }
-    assert_ne!(
-        verify, public,
-        "the verification API is on its own listener"
-    );
-    assert_eq!(
-        status(format!("{verify}/api/v1/codes/abc-1-def")).await,
-        401,
-        "the verification API is on its own listener"
-    );
+    for path in [
+        "/api/v1/codes",
+        "/api/v1/codes/check",
+        "/api/v1/codes/redeem",
+    ] {
+        assert_eq!(post(format!("{public}{path}")).await, 404, "public {path}");
+        assert_eq!(
+            post(format!("{verify}{path}")).await,
+            401,
+            "the sign-in API is on its own listener: {path}"
+        );
+    }
+    assert_ne!(verify, public, "the sign-in API is on its own listener");
     assert_eq!(status(format!("{verify}/api/v1/getcode")).await, 404);
     for path in ["/healthz", "/readyz", "/metrics"] {
         assert_eq!(status(format!("{admin}{path}")).await, 200, "admin {path}");
@@ -436,13 +450,7 @@ async fn up_with_a_signing_key_file_signs_its_codes_and_poisons_a_forged_activat
 
 /// The fenced `sh` block of README.md that follows the line containing `after`.
 fn readme_snippet(after: &str) -> String {
-    let readme =
-        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
-    let from = readme.find(after).expect("the README names the snippet");
-    let block = &readme[from..];
-    let start = block.find("```sh\n").unwrap() + "```sh\n".len();
-    let end = block[start..].find("```").unwrap();
-    block[start..start + end].to_owned()
+    common::readme_block(after, "sh")
 }
 
 /// Runs a README snippet with bash in a new folder, `codewatch` (the test build) on PATH, within 90 s.

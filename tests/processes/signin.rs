@@ -1,0 +1,165 @@
+//! The sign-in contract as a sign-in service's team meets it: `codewatch up` with the sign-in API on a
+//! listener of its own, each served OpenAPI document validated with `openapi-spec-validator`, a Python
+//! client generated from each with `openapi-python-client`, and that client driving issue → check →
+//! redeem (tests/python/signin_contract.py), then the README's Python example. At debug level, no code
+//! it saw appears in the log or in the metrics.
+//!
+//! The Python tools are pinned in tools/openapi/requirements.txt; scripts/test.sh installs them in
+//! target/openapi-venv (or CODEWATCH_OPENAPI_VENV).
+
+use crate::common;
+
+use common::process::spawn_up_with_verify;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+const KEY: &str = "signin-contract-key";
+
+/// The venv with the OpenAPI tools.
+fn venv() -> PathBuf {
+    let venv = std::env::var("CODEWATCH_OPENAPI_VENV").map_or_else(
+        |_| Path::new(env!("CARGO_MANIFEST_DIR")).join("target/openapi-venv"),
+        PathBuf::from,
+    );
+    assert!(
+        venv.join("bin/python").exists(),
+        "no venv with the OpenAPI tools at {}: run scripts/test.sh, or python3 -m venv {0} && {0}/bin/pip \
+         install -r tools/openapi/requirements.txt",
+        venv.display()
+    );
+    venv
+}
+
+/// Runs `command`, which must succeed; its standard output.
+fn succeed(command: &mut Command, what: &str) -> String {
+    let Output {
+        status,
+        stdout,
+        stderr,
+    } = command.output().unwrap_or_else(|e| panic!("{what}: {e}"));
+    let (out, err) = (
+        String::from_utf8_lossy(&stdout),
+        String::from_utf8_lossy(&stderr),
+    );
+    assert!(status.success(), "{what} failed:\n{out}\n{err}");
+    out.into_owned()
+}
+
+/// Fetches the document a listener serves and writes it to `dir/<name>.json`.
+async fn document(base: &str, dir: &Path, name: &str) -> PathBuf {
+    let text = reqwest::get(format!("{base}/api/openapi.json"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let path = dir.join(format!("{name}.json"));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// Generates the Python package `package` from the document at `spec`, in `dir`.
+fn generate(venv: &Path, spec: &Path, dir: &Path, package: &str) {
+    let config = dir.join("generator.yaml");
+    // No formatter run after generating: the venv has none, and the code is only imported.
+    std::fs::write(&config, "post_hooks: []\n").unwrap();
+    succeed(
+        Command::new(venv.join("bin/openapi-python-client"))
+            .args(["generate", "--meta", "none", "--overwrite", "--path"])
+            .arg(spec)
+            .arg("--config")
+            .arg(&config)
+            .arg("--output-path")
+            .arg(dir.join(package)),
+        &format!("generating {package}"),
+    );
+}
+
+#[tokio::test]
+async fn the_served_documents_are_valid_and_a_generated_client_signs_a_user_in_leaking_no_code() {
+    let venv = venv();
+    let dir = tempfile::tempdir().unwrap();
+    let (mut up, public, admin, signin) = spawn_up_with_verify(
+        dir.path(),
+        &[
+            ("VERIFY_LISTEN_ADDR", "127.0.0.1:0".to_owned()),
+            ("VERIFY_API_KEY", KEY.to_owned()),
+            ("WORKER_MAX_POLL_INTERVAL_MS", "100".to_owned()),
+            ("RUST_LOG", "debug".to_owned()),
+        ],
+    );
+    let clients = dir.path().join("clients");
+    std::fs::create_dir(&clients).unwrap();
+    let public_doc = document(&public, &clients, "public").await;
+    let signin_doc = document(&signin, &clients, "signin").await;
+    succeed(
+        Command::new(venv.join("bin/openapi-spec-validator"))
+            .arg(&public_doc)
+            .arg(&signin_doc),
+        "openapi-spec-validator",
+    );
+    generate(&venv, &public_doc, &clients, "codewatch_public");
+    generate(&venv, &signin_doc, &clients, "codewatch_signin");
+
+    let python = |script: &Path, what: &str| {
+        succeed(
+            Command::new(venv.join("bin/python"))
+                .arg(script)
+                .env("PYTHONPATH", &clients)
+                .env("CODEWATCH_URL", &public)
+                .env("CODEWATCH_SIGNIN_URL", &signin)
+                .env("VERIFY_API_KEY", KEY),
+            what,
+        )
+    };
+    let contract = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/signin_contract.py");
+    let mut out = python(&contract, "the generated client's sign-in");
+    assert!(out.contains("signin contract: ok"), "{out}");
+    let example = dir.path().join("readme_example.py");
+    std::fs::write(
+        &example,
+        common::readme_block("The sign-in service's side, in Python", "python"),
+    )
+    .unwrap();
+    out += &python(&example, "the README's Python example");
+    assert!(out.contains("signed in as alice"), "{out}");
+
+    // Every code issued in the run: the contract's (which it printed) and the README example's.
+    let db = sqlx::SqlitePool::connect(&format!(
+        "sqlite:{}?mode=ro",
+        dir.path().join("codewatch.db").display()
+    ))
+    .await
+    .unwrap();
+    let codes: Vec<String> = sqlx::query_scalar("SELECT code FROM valid_codes")
+        .fetch_all(&db)
+        .await
+        .unwrap();
+    db.close().await;
+    for printed in out.lines().filter_map(|l| l.strip_prefix("CODE ")) {
+        assert!(codes.iter().any(|c| c == printed), "{printed} was recorded");
+    }
+    assert!(codes.len() >= 3, "{codes:?}");
+    let metrics = reqwest::get(format!("{admin}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(up.terminate().success());
+    let log = std::fs::read_to_string(dir.path().join("up.log")).unwrap();
+    assert!(log.contains("DEBUG"), "the log was at debug level");
+    for code in &codes {
+        let number = code.split('-').nth(1).unwrap();
+        assert!(!log.contains(code), "{code} in the log");
+        assert!(!metrics.contains(code), "{code} in the metrics");
+        assert!(
+            !metrics.contains(&format!("-{number}-")),
+            "{code}'s number in the metrics"
+        );
+    }
+    assert!(
+        metrics.contains("route=\"/api/v1/codes/redeem\""),
+        "the routes are labelled by their template"
+    );
+}
