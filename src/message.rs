@@ -574,6 +574,12 @@ mod tests {
             Err(MessageError::BadId(_))
         ));
     }
+
+    #[test]
+    fn a_subject_with_a_bidirectional_override_is_refused_to_the_poison_queue() {
+        let spoof = "{\"code\": \"ojE-161-pTv\", \"subject\": \"admin\u{202e}nimda\"}";
+        assert!(CodeMessage::decode(spoof, inserted()).is_err());
+    }
 }
 
 #[cfg(test)]

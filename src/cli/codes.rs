@@ -6,6 +6,7 @@ use crate::domain::Code;
 use crate::domain::Subject;
 use crate::store::CodeRecord;
 use crate::timestamp;
+use crate::untrusted::{escape_all, is_format_char};
 use anyhow::{Context, Result, bail};
 use chrono::{DateTime, Utc};
 
@@ -62,13 +63,15 @@ const HEADER: [&str; 9] = [
     "issuance_id",
 ];
 
+/// A row's fields as text, each control or format character escaped: a subject stored before such
+/// characters were refused (or written by hand) cannot reorder or hide what an operator sees.
 fn fields(r: &CodeRecord, now: DateTime<Utc>) -> [String; 9] {
     [
         r.code.to_string(),
         r.state_at(now).to_string(),
         r.subject
             .as_ref()
-            .map(ToString::to_string)
+            .map(|s| escape_all(s.as_str()))
             .unwrap_or_default(),
         timestamp::format(r.issued_at),
         timestamp::format(r.expires_at),
@@ -82,7 +85,7 @@ fn fields(r: &CodeRecord, now: DateTime<Utc>) -> [String; 9] {
 /// Renders records as an aligned table, a JSON array, or CSV.
 fn render(records: &[CodeRecord], format: OutputFormat, now: DateTime<Utc>) -> Result<String> {
     Ok(match format {
-        OutputFormat::Json => serde_json::to_string_pretty(records)? + "\n",
+        OutputFormat::Json => json_escaped(&serde_json::to_string_pretty(records)?) + "\n",
         OutputFormat::Csv => {
             let mut out = HEADER.join(",") + "\n";
             for r in records {
@@ -120,8 +123,32 @@ fn render(records: &[CodeRecord], format: OutputFormat, now: DateTime<Utc>) -> R
     })
 }
 
+/// JSON text with every format character written as a `\\uXXXX` escape (serde_json escapes control
+/// characters itself): the same JSON value, which no terminal can reorder. Outside strings JSON is ASCII,
+/// so every such character is inside a string.
+fn json_escaped(json: &str) -> String {
+    let mut out = String::with_capacity(json.len());
+    for c in json.chars() {
+        if is_format_char(c) {
+            let mut units = [0u16; 2];
+            for unit in c.encode_utf16(&mut units) {
+                out.push_str(&format!("\\u{unit:04x}"));
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// A CSV field: quoted when it holds a separator, a quote or a line break; one that a spreadsheet would
+/// read as a formula (starting with `=`, `+`, `-`, `@`, a tab or a carriage return) is prefixed with
+/// `'` and quoted, as OWASP advises against CSV injection.
 fn csv_field(field: &str) -> String {
-    if field.contains([',', '"', '\n', '\r']) {
+    let formula = field.starts_with(['=', '+', '-', '@', '\t', '\r']);
+    if formula {
+        format!("\"'{}\"", field.replace('"', "\"\""))
+    } else if field.contains([',', '"', '\n', '\r']) {
         format!("\"{}\"", field.replace('"', "\"\""))
     } else {
         field.to_owned()
@@ -170,5 +197,53 @@ mod tests {
         let json: serde_json::Value =
             serde_json::from_str(&render(&[record()], OutputFormat::Json, later).unwrap()).unwrap();
         assert_eq!(json[0]["code"], "ojE-161-pTv");
+    }
+
+    /// A record whose subject was stored before format characters were refused.
+    fn stored(subject: &str) -> CodeRecord {
+        CodeRecord {
+            subject: Some(Subject::from_stored(subject.to_owned())),
+            ..record()
+        }
+    }
+
+    #[test]
+    fn every_format_escapes_bidirectional_and_invisible_characters() {
+        let now = timestamp::parse("2026-11-28 09:11:00").unwrap();
+        let spoof = stored("admin\u{202e}txt.exe\u{200b}");
+        for format in [OutputFormat::Table, OutputFormat::Csv, OutputFormat::Json] {
+            let out = render(std::slice::from_ref(&spoof), format, now).unwrap();
+            assert!(!out.chars().any(is_format_char), "{format:?}: {out:?}");
+        }
+        let table = render(std::slice::from_ref(&spoof), OutputFormat::Table, now).unwrap();
+        assert!(table.contains("admin\\u{202e}txt.exe\\u{200b}"), "{table}");
+        let json = render(&[spoof], OutputFormat::Json, now).unwrap();
+        assert!(json.contains("admin\\u202etxt.exe\\u200b"), "{json}");
+        let value: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(
+            value[0]["subject"], "admin\u{202e}txt.exe\u{200b}",
+            "the same value"
+        );
+    }
+
+    #[test]
+    fn csv_neutralises_formulas_as_owasp_advises() {
+        let now = timestamp::parse("2026-11-28 09:11:00").unwrap();
+        for (subject, shown) in [
+            (
+                "=HYPERLINK(\"http://x\",\"y\")",
+                "\"'=HYPERLINK(\"\"http://x\"\",\"\"y\"\")\"",
+            ),
+            ("+1", "\"'+1\""),
+            ("-1", "\"'-1\""),
+            ("@SUM(A1)", "\"'@SUM(A1)\""),
+        ] {
+            let csv = render(&[stored(subject)], OutputFormat::Csv, now).unwrap();
+            let line = csv.lines().nth(1).unwrap();
+            assert!(
+                line.starts_with(&format!("ojE-161-pTv,valid,{shown},")),
+                "{line}"
+            );
+        }
     }
 }

@@ -289,10 +289,16 @@ pub trait CodeStore: ActivationStore + OperatorStore {
 /// A shared store handle.
 pub type SharedStore = Arc<dyn CodeStore>;
 
-/// Reads an optional subject column.
+/// Reads an optional subject column, as stored (an empty one is not codewatch's).
 fn subject_from(text: Option<String>) -> Result<Option<Subject>, StoreError> {
-    text.map(|s| Subject::parse(&s).map_err(|_| StoreError::Corrupt("subject")))
-        .transpose()
+    text.map(|s| {
+        if s.is_empty() {
+            Err(StoreError::Corrupt("subject"))
+        } else {
+            Ok(Subject::from_stored(s))
+        }
+    })
+    .transpose()
 }
 
 /// The activations of `chunk` whose id `recorded` (id, code) holds for another code.

@@ -678,6 +678,7 @@ async fn malformed_codes_subjects_keys_and_bodies_get_400_with_a_reason() {
         ("abc_1_def", None),
         ("abc-1-def", Some("a\u{7}b")),
         ("abc-1-def", Some("")),
+        ("abc-1-def", Some("admin\u{202e}nimda")),
     ] {
         let (status, body) = rig.check(code, subject).await;
         assert_eq!(status, 400, "{code:?} {subject:?}");
@@ -722,6 +723,25 @@ async fn malformed_codes_subjects_keys_and_bodies_get_400_with_a_reason() {
         .await
         .unwrap();
     assert_eq!(response.status(), 400);
+    for spoof in ["admin\u{202e}nimda", "\u{2066}bob\u{2069}", "ali\u{200b}ce"] {
+        let response = rig
+            .http
+            .post(rig.app.url("/api/v1/codes"))
+            .bearer_auth(API_KEY)
+            .json(&serde_json::json!({ "subject": spoof }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 400, "{spoof:?}");
+        let body: Value = response.json().await.unwrap();
+        assert!(
+            body["reason"]
+                .as_str()
+                .unwrap()
+                .contains("format characters"),
+            "{body}"
+        );
+    }
 }
 
 #[tokio::test]

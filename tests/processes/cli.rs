@@ -34,6 +34,34 @@ fn activation(
     )
 }
 
+/// A subject stored before format characters were refused, or a formula, as `codes list` shows it.
+async fn codes_list_shows_spoofing_subjects_escaped_in_every_format(db: TestDb) {
+    let store = db.database.store();
+    let mut spoof = activation("Spf-1-Ooo", 10, 60, None);
+    spoof.issuance.subject = Some(Subject::from_stored("admin\u{202e}gpj.exe".to_owned()));
+    let mut formula = activation("Fml-2-Ooo", 10, 60, None);
+    formula.issuance.subject = Some(Subject::from_stored("=HYPERLINK(\"http://x\")".to_owned()));
+    store.activate(&[spoof, formula], Utc::now()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let env = [("DATABASE_URL", db.url.clone())];
+    for format in ["table", "json", "csv"] {
+        let out = run(dir.path(), &["codes", "list", "--format", format], &env, "");
+        assert!(out.status.success(), "{format}");
+        let shown = text(&out);
+        assert!(
+            !shown.contains('\u{202e}'),
+            "{format} printed the override raw: {shown:?}"
+        );
+        assert!(
+            shown.contains("admin\\u"),
+            "{format} shows it escaped: {shown}"
+        );
+        if format == "csv" {
+            assert!(shown.contains("\"'=HYPERLINK("), "a live formula: {shown}");
+        }
+    }
+}
+
 async fn codes_list_show_revoke_and_unlock(db: TestDb) {
     let store = db.database.store();
     let valid = activation("Val-1-Idd", 10, 60, Some("alice"));
@@ -115,6 +143,16 @@ async fn codes_commands_on_sqlite() {
 #[tokio::test]
 async fn codes_commands_on_postgres() {
     codes_list_show_revoke_and_unlock(common::postgres().await).await;
+}
+
+#[tokio::test]
+async fn codes_list_escapes_on_sqlite() {
+    codes_list_shows_spoofing_subjects_escaped_in_every_format(common::sqlite().await).await;
+}
+
+#[tokio::test]
+async fn codes_list_escapes_on_postgres() {
+    codes_list_shows_spoofing_subjects_escaped_in_every_format(common::postgres().await).await;
 }
 
 #[tokio::test]
