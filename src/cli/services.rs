@@ -288,7 +288,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
             store: None,
             queues: queues.mains(),
         },
-        crate::ops::metrics::install(),
+        crate::ops::metrics::install_for(crate::ops::metrics::Role::Producer),
     );
     let listeners = ProducerListeners::bind(&args).await?;
     let (public, verification, admin) = listeners.addrs()?;
@@ -323,7 +323,7 @@ pub async fn worker(args: WorkerArgs) -> Result<()> {
     let ops = ops_router(
         Some(worker.heartbeat()),
         readiness(&database, &queues),
-        crate::ops::metrics::install(),
+        crate::ops::metrics::install_for(crate::ops::metrics::Role::Worker),
     );
     let admin = bind(args.admin_listen, "admin listener").await?;
     tracing::info!(admin = %admin.local_addr()?, "admin listener on /healthz, /readyz, /metrics");
@@ -431,7 +431,7 @@ pub async fn up(args: UpArgs) -> Result<()> {
     let ops = ops_router(
         Some(worker.heartbeat()),
         readiness(&database, &queues),
-        crate::ops::metrics::install(),
+        crate::ops::metrics::install_for(crate::ops::metrics::Role::Both),
     );
     let listeners = ProducerListeners::bind(serve_args).await?;
     let (producer_addr, verify_addr, admin_addr) = listeners.addrs()?;

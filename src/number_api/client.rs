@@ -161,3 +161,25 @@ impl NumberApiClient {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_kind_is_one_the_metrics_start_at_zero() {
+        for e in [
+            NumberApiError::Status(500),
+            NumberApiError::Unreachable,
+            NumberApiError::Timeout(Duration::from_secs(1)),
+            NumberApiError::Garbage,
+            NumberApiError::Redirect(302),
+            NumberApiError::TooLarge,
+        ] {
+            assert!(
+                crate::ops::metrics::NUMBER_API_ERROR_KINDS.contains(&e.kind()),
+                "{e:?}"
+            );
+        }
+    }
+}

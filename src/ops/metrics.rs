@@ -50,6 +50,69 @@ pub const ALL: &[&str] = &[
     NUMBER_API_ERRORS,
 ];
 
+/// The outcomes [`MESSAGES`] counts.
+pub const OUTCOMES: [&str; 7] = [
+    "activated",
+    "duplicate",
+    "stale",
+    "expired",
+    "early",
+    "poisoned",
+    "failed",
+];
+/// The worker loops [`LOOP_RESTARTS`] counts.
+pub const LOOPS: [&str; 3] = ["poll", "sweep", "sample"];
+/// The kinds of failure [`NUMBER_API_ERRORS`] counts.
+pub const NUMBER_API_ERROR_KINDS: [&str; 6] = [
+    "status",
+    "unreachable",
+    "timeout",
+    "garbage",
+    "redirect",
+    "too_large",
+];
+
+/// Which series a process exports from its start.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// `serve`: the number API's errors.
+    Producer,
+    /// `worker`: messages, receives, polls, loop restarts.
+    Worker,
+    /// `up`: both.
+    Both,
+}
+
+/// Writes every counter the alerts and dashboards use at 0, with each label value it can take, and
+/// `codewatch_ready` at 0 until the first readiness check passes. A counter that first appears at 1
+/// has no increase to see, so without this `increase()` would miss the first poisoned message or loop
+/// restart after a start.
+pub fn start_at_zero(role: Role) {
+    if role != Role::Worker {
+        for kind in NUMBER_API_ERROR_KINDS {
+            metrics::counter!(NUMBER_API_ERRORS, "kind" => kind).absolute(0);
+        }
+    }
+    if role != Role::Producer {
+        for outcome in OUTCOMES {
+            metrics::counter!(MESSAGES, "outcome" => outcome).absolute(0);
+        }
+        for name in LOOPS {
+            metrics::counter!(LOOP_RESTARTS, "loop" => name).absolute(0);
+        }
+        metrics::counter!(RECEIVED).absolute(0);
+        metrics::counter!(POLLS).absolute(0);
+    }
+    metrics::gauge!(READY).set(0.0);
+}
+
+/// [`install`], then the series of `role` [at zero](start_at_zero).
+pub fn install_for(role: Role) -> PrometheusHandle {
+    let handle = install();
+    start_at_zero(role);
+    handle
+}
+
 /// Installs the Prometheus recorder once per process and returns the handle that renders `/metrics`.
 pub fn install() -> PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();

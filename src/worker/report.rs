@@ -48,15 +48,16 @@ impl BatchReport {
 
     /// Counts the batch's outcomes into the messages metric and logs one line for it.
     pub(super) fn record(&self) {
-        for (outcome, n) in [
-            ("activated", self.activated),
-            ("duplicate", self.duplicates),
-            ("stale", self.stale),
-            ("expired", self.expired),
-            ("early", self.early),
-            ("poisoned", self.poisoned),
-            ("failed", self.failed),
-        ] {
+        let counts = [
+            self.activated,
+            self.duplicates,
+            self.stale,
+            self.expired,
+            self.early,
+            self.poisoned,
+            self.failed,
+        ];
+        for (outcome, n) in m::OUTCOMES.into_iter().zip(counts) {
             if n > 0 {
                 metrics::counter!(m::MESSAGES, "outcome" => outcome).increment(n as u64);
             }

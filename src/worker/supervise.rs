@@ -222,3 +222,22 @@ impl Worker {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_loop_is_one_the_metrics_start_at_zero() {
+        for kind in [
+            Loop::Poll(0),
+            Loop::Sweep(Duration::from_secs(1)),
+            Loop::Sample,
+        ] {
+            assert!(
+                crate::ops::metrics::LOOPS.contains(&kind.name()),
+                "{kind:?}"
+            );
+        }
+    }
+}

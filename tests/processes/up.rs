@@ -650,3 +650,39 @@ async fn the_readmes_benchmark_runs_as_pasted() {
         "{svg}"
     );
 }
+
+#[tokio::test]
+async fn every_counter_an_alert_watches_exists_at_zero_from_the_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut up, _, admin) = common::process::spawn_up_with_admin(dir.path(), &[]);
+    let metrics = reqwest::get(format!("{admin}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(up.terminate().success());
+    for series in [
+        r#"codewatch_messages_total{outcome="poisoned"} 0"#,
+        r#"codewatch_messages_total{outcome="activated"} 0"#,
+        r#"codewatch_worker_loop_restarts_total{loop="poll"} 0"#,
+        r#"codewatch_worker_loop_restarts_total{loop="sweep"} 0"#,
+        r#"codewatch_number_api_errors_total{kind="status"} 0"#,
+        r#"codewatch_number_api_errors_total{kind="unreachable"} 0"#,
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == series),
+            "{series} missing:\n{metrics}"
+        );
+    }
+    for name in [
+        "codewatch_polls_total",
+        "codewatch_messages_received_total",
+        "codewatch_ready",
+    ] {
+        assert!(
+            metrics.lines().any(|l| l.starts_with(&format!("{name} "))),
+            "{name} missing:\n{metrics}"
+        );
+    }
+}
