@@ -83,10 +83,11 @@ pub enum Role {
     Both,
 }
 
-/// Writes every counter the alerts and dashboards use at 0, with each label value it can take, and
-/// `codewatch_ready` at 0 until the first readiness check passes. A counter that first appears at 1
-/// has no increase to see, so without this `increase()` would miss the first poisoned message or loop
-/// restart after a start.
+/// Writes every counter the alerts and dashboards use at 0, with each label value it can take. A
+/// counter that first appears at 1 has no increase to see, so without this `increase()` would miss the
+/// first poisoned message or loop restart after a start. `codewatch_ready` is not among them: its 0
+/// means "not ready", which a process that no probe has asked yet is not known to be; its alert reads
+/// its value, not an increase.
 pub fn start_at_zero(role: Role) {
     if role != Role::Worker {
         for kind in NUMBER_API_ERROR_KINDS {
@@ -103,7 +104,6 @@ pub fn start_at_zero(role: Role) {
         metrics::counter!(RECEIVED).absolute(0);
         metrics::counter!(POLLS).absolute(0);
     }
-    metrics::gauge!(READY).set(0.0);
 }
 
 /// [`install`], then the series of `role` [at zero](start_at_zero).
