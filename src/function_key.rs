@@ -117,7 +117,7 @@ impl KeySource {
     pub async fn fetch(&self) -> Result<Secret, KeyError> {
         let value = match self {
             Self::Literal(secret) => secret.expose().to_owned(),
-            Self::File(path) => std::fs::read_to_string(path).map_err(|e| KeyError::File {
+            Self::File(path) => crate::files::read_key_file(path).map_err(|e| KeyError::File {
                 path: path.display().to_string(),
                 reason: e.to_string(),
             })?,

@@ -35,6 +35,7 @@ pub mod ops;
 pub mod shutdown;
 
 // --- Shared helpers: secrets, outside text made safe to log, the sample's timestamp format. ---
+pub mod files;
 pub mod secret;
 pub mod timestamp;
 pub mod untrusted;

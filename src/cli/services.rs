@@ -132,7 +132,7 @@ async fn signing_keys(args: &SigningArgs, auth: &AzureAuth) -> Result<Option<Sig
     let keys = if let Some(current) = &args.message_signing_key {
         SigningKeys::new(current.clone(), args.message_signing_key_previous.clone())?
     } else if let Some(path) = &args.message_signing_key_file {
-        let text = std::fs::read_to_string(path)
+        let text = crate::files::read_key_file(path)
             .with_context(|| format!("reading MESSAGE_SIGNING_KEY_FILE {}", path.display()))?;
         SigningKeys::parse(&text)?
     } else if let Some(vault) = &args.message_signing_key_vault_url {
@@ -368,20 +368,20 @@ fn verify_key_path(database_url: &str) -> std::path::PathBuf {
 }
 
 /// The verify key kept at `path`, or a new one written there (readable by this user only), so that a
-/// key copied from the banner keeps working after a restart.
+/// key copied from the banner keeps working after a restart. A kept key that another user owns or that
+/// others may write is refused: it may have been planted.
 fn kept_verify_key(path: &std::path::Path) -> Result<Secret> {
-    if let Ok(text) = std::fs::read_to_string(path)
-        && !text.trim().is_empty()
-    {
-        return Ok(Secret::new(text.trim()));
+    if path.exists() {
+        let text = crate::files::read_key_file(path)
+            .with_context(|| format!("using the verify key kept in {}", path.display()))?;
+        if !text.trim().is_empty() {
+            return Ok(Secret::new(text.trim()));
+        }
+        std::fs::remove_file(path)
+            .with_context(|| format!("replacing the empty verify key file {}", path.display()))?;
     }
     let key = uuid::Uuid::new_v4().simple().to_string();
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut file = options
-        .open(path)
+    let mut file = crate::files::create_private(path)
         .with_context(|| format!("keeping the generated verify key in {}", path.display()))?;
     std::io::Write::write_all(&mut file, key.as_bytes())?;
     Ok(Secret::new(key))

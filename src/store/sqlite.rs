@@ -47,7 +47,9 @@ const READ_CONNECTIONS: u32 = 8;
 /// opens it while another is migrating it gets "database is locked" at once (no busy wait applies to
 /// that switch): such an open is retried for a few seconds.
 pub async fn connect(url: &str, create: bool) -> Result<SqlitePools, StoreError> {
-    let options = SqliteConnectOptions::from_str(url)?
+    let options = SqliteConnectOptions::from_str(url)?;
+    keep_private(options.get_filename(), create)?;
+    let options = options
         .create_if_missing(create)
         .journal_mode(SqliteJournalMode::Wal)
         .synchronous(SqliteSynchronous::Normal)
@@ -56,6 +58,34 @@ pub async fn connect(url: &str, create: bool) -> Result<SqlitePools, StoreError>
     let write = open_pool(&options, 1).await?;
     let read = open_pool(&options.create_if_missing(false), READ_CONNECTIONS).await?;
     Ok(SqlitePools { read, write })
+}
+
+/// The database holds live codes: a new file is created owner-only (0600) before SQLite opens it, and
+/// SQLite gives its `-wal` and `-shm` files the same mode; an existing one that others may read gets
+/// one warning.
+fn keep_private(path: &std::path::Path, create: bool) -> Result<(), StoreError> {
+    let in_memory = path.as_os_str().is_empty() || path.as_os_str() == ":memory:";
+    if in_memory {
+        return Ok(());
+    }
+    if path.exists() {
+        crate::files::warn_if_shared(path, "the SQLite database (it holds live codes)");
+        return Ok(());
+    }
+    if create {
+        match crate::files::create_private(path) {
+            Ok(_) => {}
+            // Another process created it in the meantime: it is theirs to have made private.
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => {
+                return Err(StoreError::SqliteOpen {
+                    path: path.display().to_string(),
+                    cause: e.to_string(),
+                });
+            }
+        }
+    }
+    Ok(())
 }
 
 async fn open_pool(

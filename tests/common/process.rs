@@ -99,9 +99,14 @@ const UP_ARGS: [&str; 5] = [
 
 /// [`spawn_up`] with at most `fds` open file descriptors (`ulimit -n`).
 pub fn spawn_up_with_fd_limit(dir: &Path, env: &[(&str, String)], fds: u32) -> (Proc, String) {
+    spawn_up_after(dir, env, &format!("ulimit -n {fds}"))
+}
+
+/// [`spawn_up`] started by `sh` after the shell command `setup` (such as `umask 022`).
+pub fn spawn_up_after(dir: &Path, env: &[(&str, String)], setup: &str) -> (Proc, String) {
     let mut cmd = Command::new("sh");
     cmd.arg("-c")
-        .arg(format!("ulimit -n {fds} && exec \"$0\" \"$@\""))
+        .arg(format!("{setup} && exec \"$0\" \"$@\""))
         .arg(BIN)
         .args(UP_ARGS)
         .current_dir(dir)
@@ -169,6 +174,22 @@ pub fn run(dir: &Path, args: &[&str], env: &[(&str, String)], stdin: &str) -> Ou
     std::io::Write::write_all(child.stdin.as_mut().unwrap(), stdin.as_bytes()).unwrap();
     drop(child.stdin.take());
     child.wait_with_output().unwrap()
+}
+
+/// [`run`] without input, ended (by `timeout`, exit status 124) if it has not exited within `secs`:
+/// for a process that should refuse to start, and would otherwise run on.
+pub fn run_within(dir: &Path, args: &[&str], env: &[(&str, String)], secs: u32) -> Output {
+    Command::new("timeout")
+        .arg(secs.to_string())
+        .arg(BIN)
+        .args(args)
+        .current_dir(dir)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
 }
 
 /// The port a process bound for `field` (a listener given as `127.0.0.1:0`), read from the log line

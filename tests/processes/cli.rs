@@ -10,6 +10,7 @@ use codewatch::message::{CodeMessage, MessageEncoding};
 use codewatch::store::Activation;
 use common::TestDb;
 use common::process::{run, spawn_up};
+use std::path::Path;
 use std::process::Output;
 
 fn text(output: &Output) -> String {
@@ -449,5 +450,144 @@ async fn up_keeps_its_generated_verify_key_across_restarts() {
             0,
             "the key file is readable by its owner only"
         );
+    }
+}
+
+/// Whether this test runs as root (then it can act as another user).
+fn root() -> bool {
+    run(Path::new("/"), &["--version"], &[], "")
+        .status
+        .success()
+        && std::process::Command::new("id")
+            .arg("-u")
+            .output()
+            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+#[tokio::test]
+async fn up_keeps_its_database_and_key_owner_only_under_the_usual_umask() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let (mut up, base) = common::process::spawn_up_after(dir.path(), &[], "umask 022");
+    // A code issued, so that the write-ahead log holds one.
+    assert_eq!(
+        reqwest::get(format!("{base}/api/v1/getcode"))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let files = [
+        "codewatch.db",
+        "codewatch.db-wal",
+        "codewatch.db-shm",
+        "codewatch.db.verify-key",
+    ];
+    for name in files {
+        let mode = std::fs::metadata(dir.path().join(name))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "{name} is {:o}", mode & 0o777);
+    }
+    if root() {
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let other = std::process::Command::new("runuser")
+            .args(["-u", "nobody", "--", "cat"])
+            .arg(dir.path().join("codewatch.db"))
+            .output()
+            .unwrap();
+        assert!(!other.status.success(), "another user read the database");
+    }
+    assert!(up.terminate().success());
+    // A database others may read, from before: one warning at start.
+    let db = dir.path().join("codewatch.db");
+    std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let (mut again, _) = spawn_up(dir.path(), &[]);
+    assert!(again.terminate().success());
+    let log = std::fs::read_to_string(dir.path().join("up.log")).unwrap();
+    assert_eq!(log.matches("readable by other users").count(), 1, "{log}");
+}
+
+#[tokio::test]
+async fn a_planted_or_shared_key_file_is_refused_at_start() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("codewatch.db.verify-key");
+    std::fs::write(&key, "known-to-the-attacker").unwrap();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let refused = common::process::run_within(
+        dir.path(),
+        &[
+            "up",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ],
+        &[],
+        20,
+    );
+    let said = String::from_utf8_lossy(&refused.stderr).into_owned();
+    assert!(!refused.status.success(), "{said}");
+    assert!(
+        said.contains("writable by group or others") && said.contains("chmod 600"),
+        "{said}"
+    );
+    assert!(!said.contains("known-to-the-attacker"), "{said}");
+
+    let function_key = dir.path().join("function.key");
+    std::fs::write(&function_key, "fn-key").unwrap();
+    std::fs::set_permissions(&function_key, std::fs::Permissions::from_mode(0o664)).unwrap();
+    let env = [
+        (
+            "THIRD_PARTY_API_ENDPOINT",
+            "http://127.0.0.1:9/api/RandomNumber".to_owned(),
+        ),
+        (
+            "THIRD_PARTY_API_KEY_FILE",
+            function_key.display().to_string(),
+        ),
+        ("VERIFY_API_KEY", "v".to_owned()),
+    ];
+    let refused = common::process::run_within(
+        dir.path(),
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ],
+        &env,
+        20,
+    );
+    let said = String::from_utf8_lossy(&refused.stderr).into_owned();
+    assert!(!refused.status.success(), "{said}");
+    assert!(said.contains("writable by group or others"), "{said}");
+
+    if root() {
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let chown = std::process::Command::new("chown")
+            .arg("nobody")
+            .arg(&key)
+            .status()
+            .unwrap();
+        assert!(chown.success());
+        let refused = run(
+            dir.path(),
+            &[
+                "up",
+                "--listen",
+                "127.0.0.1:0",
+                "--admin-listen",
+                "127.0.0.1:0",
+            ],
+            &[],
+            "",
+        );
+        let said = String::from_utf8_lossy(&refused.stderr).into_owned();
+        assert!(!refused.status.success(), "{said}");
+        assert!(said.contains("planted"), "{said}");
     }
 }
