@@ -457,6 +457,20 @@ pub struct GetcodeLimitArgs {
     /// from these is `X-Forwarded-For` believed to name the client, for both rate limits.
     #[arg(long, env = "TRUSTED_PROXIES", default_value = "", value_parser = parse_trusted_proxies)]
     pub trusted_proxies: crate::http::TrustedProxies,
+    /// The header the trusted ingress names the client in: `x-forwarded-for` (Application Gateway,
+    /// Front Door, most ingresses; `ip:port` entries are read) or `forwarded` (RFC 7239).
+    #[arg(long, env = "CLIENT_IP_HEADER", value_enum, default_value_t = crate::http::ForwardHeader::XForwardedFor)]
+    pub client_ip_header: crate::http::ForwardHeader,
+    /// IPv6 clients are limited per network of this prefix length (one host usually holds a whole /64).
+    #[arg(long, env = "IPV6_CLIENT_PREFIX", default_value_t = crate::http::rate_limit::DEFAULT_IPV6_PREFIX, value_parser = clap::value_parser!(u8).range(1..=128))]
+    pub ipv6_client_prefix: u8,
+}
+
+impl GetcodeLimitArgs {
+    /// The trusted ranges, reading the configured header.
+    pub fn proxies(&self) -> crate::http::TrustedProxies {
+        self.trusted_proxies.clone().reading(self.client_ip_header)
+    }
 }
 
 /// A rate in requests per second: a finite number above 0.

@@ -113,14 +113,16 @@ fn verification(
     args: &VerifyArgs,
     key: Option<Secret>,
     database: &Database,
+    ipv6_prefix: u8,
 ) -> Option<Verification> {
     let throttle = args.throttle();
     key.map(|api_key| Verification {
         verifier: Verifier::new(database.store(), throttle),
         api_key,
-        limiter: RateLimiter::new(
+        limiter: RateLimiter::with_ipv6_prefix(
             args.verify_rate_limit_per_second,
             f64::from(args.verify_rate_limit_burst),
+            ipv6_prefix,
         ),
         allow_unbound: args.allow_unbound_codes,
     })
@@ -168,14 +170,20 @@ fn app_state(
         number_api: NumberApiClient::new(endpoint, key, timeout),
         queue: queues.spread(),
         encoding: args.queue.message_encoding,
-        verification: verification(&args.verify, verify_key, database),
+        verification: verification(
+            &args.verify,
+            verify_key,
+            database,
+            args.getcode_limit.ipv6_client_prefix,
+        ),
         getcode_limiter: (args.getcode_limit.getcode_rate_limit_per_second > 0.0).then(|| {
-            RateLimiter::new(
+            RateLimiter::with_ipv6_prefix(
                 args.getcode_limit.getcode_rate_limit_per_second,
                 f64::from(args.getcode_limit.getcode_rate_limit_burst),
+                args.getcode_limit.ipv6_client_prefix,
             )
         }),
-        trusted_proxies: args.getcode_limit.trusted_proxies.clone(),
+        trusted_proxies: args.getcode_limit.proxies(),
         signing,
         clock: crate::clock::Clock::system(),
         public_getcode: args.public_getcode,

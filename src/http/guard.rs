@@ -10,7 +10,6 @@ use axum::middleware::Next;
 use axum::response::Response;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
-use std::time::Instant;
 
 /// Lets a request through to a verification endpoint, or answers 503 / 429 / 401.
 pub async fn verification_guard(
@@ -37,7 +36,7 @@ pub async fn verification_guard(
     }
     verification
         .limiter
-        .check(client, Instant::now())
+        .check(client)
         .map_err(ApiError::RateLimited)?;
     Ok(next.run(request).await)
 }
@@ -50,7 +49,7 @@ pub async fn getcode_guard(
 ) -> Result<Response, ApiError> {
     if let Some(limiter) = &state.getcode_limiter {
         limiter
-            .check(client_of(&state, &request), Instant::now())
+            .check(client_of(&state, &request))
             .map_err(ApiError::RateLimited)?;
     }
     Ok(next.run(request).await)

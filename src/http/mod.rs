@@ -14,7 +14,7 @@ mod openapi;
 pub mod rate_limit;
 pub mod server;
 
-pub use client_ip::TrustedProxies;
+pub use client_ip::{ForwardHeader, TrustedProxies};
 pub use error::ApiError;
 pub use server::HttpLimits;
 

@@ -682,3 +682,49 @@ async fn every_counter_an_alert_watches_exists_at_zero_from_the_start() {
         );
     }
 }
+
+#[tokio::test]
+async fn behind_a_port_appending_gateway_a_client_cannot_mint_rate_limit_buckets() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut up, base) = spawn_up(
+        dir.path(),
+        &[
+            ("TRUSTED_PROXIES", "127.0.0.0/8".to_owned()),
+            ("GETCODE_RATE_LIMIT_PER_SECOND", "0.001".to_owned()),
+            ("GETCODE_RATE_LIMIT_BURST", "2".to_owned()),
+        ],
+    );
+    let http = reqwest::Client::new();
+    let allowed = |forwarded: Vec<String>| {
+        let (http, url) = (http.clone(), format!("{base}/api/v1/getcode"));
+        async move {
+            let mut n = 0;
+            for header in forwarded {
+                let response = http
+                    .get(&url)
+                    .header("x-forwarded-for", header)
+                    .send()
+                    .await
+                    .unwrap();
+                n += usize::from(response.status() == 200);
+            }
+            n
+        }
+    };
+    // Application Gateway appends the client as ip:port; the attacker writes whatever it likes to the left.
+    let v4 = (0..60)
+        .map(|i| format!("198.51.100.{i}, 203.0.113.9:{}", 40_000 + i))
+        .collect();
+    assert_eq!(allowed(v4).await, 2, "one client, one burst");
+    // One IPv6 host owns a whole /64: 60 of its addresses are one client.
+    let v6 = (0..60)
+        .map(|i| format!("[2001:db8:1:2::{i:x}]:{}", 40_000 + i))
+        .collect();
+    assert_eq!(allowed(v6).await, 2, "one /64, one burst");
+    // Garbage to the right of a forged entry ends the walk at the gateway: those requests share its bucket.
+    let garbage = (0..10)
+        .map(|i| format!("198.51.100.{i}, not-an-address"))
+        .collect();
+    assert_eq!(allowed(garbage).await, 2, "the gateway's own bucket");
+    assert!(up.terminate().success());
+}
