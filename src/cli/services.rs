@@ -54,10 +54,18 @@ fn readiness(database: &Database, queues: &QueueShards) -> Readiness {
     }
 }
 
-async fn bind(addr: SocketAddr, what: &str) -> Result<TcpListener> {
-    TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("binding the {what} to {addr}"))
+/// Binds `what`'s listener at `addr`, set by `setting`; a port already taken (most often by another
+/// codewatch on the same defaults) is refused with what to change.
+async fn bind(addr: SocketAddr, what: &str, setting: &str) -> Result<TcpListener> {
+    match TcpListener::bind(addr).await {
+        Ok(listener) => Ok(listener),
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => bail!(
+            "cannot bind the {what} to {addr}: the address is in use, perhaps by another codewatch \
+             (up and serve both default to 127.0.0.1:8080 and admin 127.0.0.1:9091, the worker to admin \
+             127.0.0.1:9090); stop it, or give this one another address with {setting} (port 0: any free port)"
+        ),
+        Err(e) => Err(e).with_context(|| format!("binding the {what} to {addr} ({setting})")),
+    }
 }
 
 async fn open_backends(
@@ -218,13 +226,13 @@ struct ProducerListeners {
 impl ProducerListeners {
     async fn bind(args: &ServeArgs) -> Result<Self> {
         let verification = match args.verify_listen {
-            Some(addr) => Some(bind(addr, "verification listener").await?),
+            Some(addr) => Some(bind(addr, "sign-in listener", "VERIFY_LISTEN_ADDR").await?),
             None => None,
         };
         Ok(Self {
-            public: bind(args.listen, "producer").await?,
+            public: bind(args.listen, "producer", "LISTEN_ADDR").await?,
             verification,
-            admin: bind(args.admin_listen, "admin listener").await?,
+            admin: bind(args.admin_listen, "admin listener", "ADMIN_LISTEN_ADDR").await?,
         })
     }
 
@@ -333,7 +341,7 @@ pub async fn worker(args: WorkerArgs) -> Result<()> {
         readiness(&database, &queues),
         crate::ops::metrics::install_for(crate::ops::metrics::Role::Worker),
     );
-    let admin = bind(args.admin_listen, "admin listener").await?;
+    let admin = bind(args.admin_listen, "admin listener", "ADMIN_LISTEN_ADDR").await?;
     tracing::info!(admin = %admin.local_addr()?, "admin listener on /healthz, /readyz, /metrics");
     let admin_server = spawn_http(admin, ops, args.http.limits(), cancel.clone());
     let running = tokio::spawn(worker.run(cancel.clone()));
@@ -348,7 +356,7 @@ pub async fn worker(args: WorkerArgs) -> Result<()> {
 /// `codewatch number-api`.
 pub async fn number_api(args: NumberApiArgs) -> Result<()> {
     let cancel = shutdown::on_signal();
-    let listener = bind(args.listen, "number API").await?;
+    let listener = bind(args.listen, "number API", "NUMBER_API_LISTEN").await?;
     tracing::info!(addr = %listener.local_addr()?, "number API listening on /api/RandomNumber");
     spawn_http(
         listener,
@@ -404,7 +412,12 @@ pub async fn up(args: UpArgs) -> Result<()> {
         Some((endpoint, key)) => (endpoint, key, None),
         None => {
             let key = Secret::new(uuid::Uuid::new_v4().simple().to_string());
-            let listener = bind(SocketAddr::from(([127, 0, 0, 1], 0)), "number API").await?;
+            let listener = bind(
+                SocketAddr::from(([127, 0, 0, 1], 0)),
+                "number API",
+                "a free port",
+            )
+            .await?;
             let addr = listener.local_addr()?;
             let task = spawn_http(
                 listener,

@@ -591,3 +591,30 @@ async fn a_planted_or_shared_key_file_is_refused_at_start() {
         assert!(said.contains("planted"), "{said}");
     }
 }
+
+#[tokio::test]
+async fn a_listener_address_already_taken_refuses_the_start_and_names_the_setting() {
+    let dir = tempfile::tempdir().unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    let at = format!("127.0.0.1:{port}");
+    for (args, setting) in [
+        (
+            vec!["up", "--listen", &at, "--admin-listen", "127.0.0.1:0"],
+            "LISTEN_ADDR",
+        ),
+        (
+            vec!["up", "--listen", "127.0.0.1:0", "--admin-listen", &at],
+            "ADMIN_LISTEN_ADDR",
+        ),
+        (vec!["worker", "--admin-listen", &at], "ADMIN_LISTEN_ADDR"),
+    ] {
+        let refused = common::process::run_within(dir.path(), &args, &[], 20);
+        let said = String::from_utf8_lossy(&refused.stderr).into_owned();
+        assert!(!refused.status.success(), "{args:?}: {said}");
+        assert!(
+            said.contains("in use") && said.contains(setting) && said.contains(&port),
+            "{args:?}: {said}"
+        );
+    }
+}
