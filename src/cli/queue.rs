@@ -117,6 +117,7 @@ async fn peek(queue: &SharedQueue, count: u32) -> Result<()> {
 /// Moves every message from `from` to `to`: send the copy, then delete the original, so nothing is lost.
 pub async fn requeue(from: &SharedQueue, to: &SharedQueue) -> Result<usize> {
     let mut moved = 0;
+    let mut kept = Vec::new();
     let total = from.approximate_len().await.ok();
     let mut progress = Progress::new(&format!("requeueing {}", from.name()), total);
     loop {
@@ -125,14 +126,44 @@ pub async fn requeue(from: &SharedQueue, to: &SharedQueue) -> Result<usize> {
             .await?;
         if batch.is_empty() {
             progress.finish();
-            return Ok(moved);
+            break;
         }
         for m in batch {
+            if dated_by_insertion(&m.body) {
+                kept.push(m.receipt);
+                continue;
+            }
             to.send(&m.body, Duration::ZERO).await?;
             from.delete(&m.receipt).await?;
             moved += 1;
             progress.inc(1);
         }
+    }
+    for receipt in &kept {
+        from.release(receipt, Duration::ZERO).await?;
+    }
+    if !kept.is_empty() {
+        say!(
+            "left {} message(s) in {}: they carry no timestamp (a bare code, or one without \
+             \"timestamp\"), so their code is dated by the time it is put on a queue, and requeueing \
+             would give an old code a new lifetime; issue a new code instead",
+            kept.len(),
+            from.name()
+        )?;
+    }
+    Ok(moved)
+}
+
+/// Whether a message's code takes its issue time from the queue's insertion time (a bare code, or a
+/// message without `timestamp`): decoded as inserted at two different times, it is dated differently.
+fn dated_by_insertion(body: &str) -> bool {
+    let (a, b) = (
+        chrono::DateTime::UNIX_EPOCH,
+        chrono::DateTime::UNIX_EPOCH + chrono::Duration::days(1),
+    );
+    match (CodeMessage::decode(body, a), CodeMessage::decode(body, b)) {
+        (Ok(CodeMessage::Activate(x)), Ok(CodeMessage::Activate(y))) => x.issued_at != y.issued_at,
+        _ => false,
     }
 }
 

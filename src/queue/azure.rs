@@ -309,6 +309,9 @@ impl AzureQueue {
                     dequeue_count: m.dequeue_count.unwrap_or(1).clamp(0, i64::from(u32::MAX))
                         as u32,
                     inserted_at: to_chrono(m.insertion_time),
+                    expires_at: m
+                        .expiration_time
+                        .and_then(|t| DateTime::from_timestamp(t.unix_timestamp(), t.nanosecond())),
                 })
             })
             .collect())

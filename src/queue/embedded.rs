@@ -298,6 +298,8 @@ impl QueueConsumer for EmbeddedQueue {
                         .try_get::<i64, _>("dequeue_count")?
                         .clamp(0, i64::from(u32::MAX)) as u32,
                     inserted_at: time(r.try_get("inserted_at")?),
+                    // The embedded queue keeps every message until it is deleted.
+                    expires_at: None,
                 })
             })
             .collect::<Result<_, sqlx::Error>>()

@@ -38,6 +38,9 @@ pub struct ReceivedMessage {
     pub dequeue_count: u32,
     /// When it was first put on the queue.
     pub inserted_at: DateTime<Utc>,
+    /// When the queue drops it (its sender's time-to-live); `None`: never. An update keeps it, so a
+    /// message that dies before its code's expiry cannot carry that expiry.
+    pub expires_at: Option<DateTime<Utc>>,
 }
 
 /// A message seen without receiving it.

@@ -91,8 +91,10 @@ pub struct ActivateReport {
     pub duplicates: u64,
     /// Activations whose expiry had already passed: nothing made valid.
     pub stale: u64,
-    /// Activations whose id is already recorded for another code: nothing changed; they are not ours.
-    pub conflicts: Vec<IssuanceId>,
+    /// Activations (id and code) whose id is already recorded for another code: nothing changed; they
+    /// are not ours. The one whose code was recorded under that id, in the same batch or before, is not
+    /// among them.
+    pub conflicts: Vec<(IssuanceId, Code)>,
 }
 
 /// The throttle a subject's checks pass through, applied in the same statement as the check.
@@ -183,6 +185,9 @@ pub trait ActivationStore: Send + Sync + 'static {
 
     /// Marks the given issuances expired if their `expires_at <= now`; returns how many rows changed.
     async fn expire(&self, ids: &[IssuanceId], now: DateTime<Utc>) -> Result<u64, StoreError>;
+
+    /// Whether the issuance `id` has a row (an expiry message for one that has none is forged).
+    async fn recorded(&self, id: &IssuanceId) -> Result<bool, StoreError>;
 
     /// Deletes rows (and revocations, and remembered redeem keys) whose time is at or before `before`:
     /// the retention sweep.
@@ -301,8 +306,8 @@ fn subject_from(text: Option<String>) -> Result<Option<Subject>, StoreError> {
     .transpose()
 }
 
-/// The activations of `chunk` whose id `recorded` (id, code) holds for another code.
-fn conflicts(chunk: &[&Activation], recorded: &[(String, String)]) -> Vec<IssuanceId> {
+/// The activations of `chunk` (id and code) whose id `recorded` (id, code) holds for another code.
+fn conflicts(chunk: &[&Activation], recorded: &[(String, String)]) -> Vec<(IssuanceId, Code)> {
     let codes: std::collections::HashMap<&str, &str> = recorded
         .iter()
         .map(|(id, code)| (id.as_str(), code.as_str()))
@@ -314,6 +319,6 @@ fn conflicts(chunk: &[&Activation], recorded: &[(String, String)]) -> Vec<Issuan
                 .get(a.issuance.id.as_str())
                 .is_some_and(|code| *code != a.issuance.code.as_str())
         })
-        .map(|a| a.issuance.id.clone())
+        .map(|a| (a.issuance.id.clone(), a.issuance.code.clone()))
         .collect()
 }

@@ -153,6 +153,10 @@ impl ActivationStore for PostgresStore {
     async fn purge(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {
         self.purge_before(before).await
     }
+
+    async fn recorded(&self, id: &IssuanceId) -> Result<bool, StoreError> {
+        self.is_recorded(id).await
+    }
 }
 
 /// A time as PostgreSQL stores it: `timestamptz`, bound as it is.

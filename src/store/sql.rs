@@ -510,6 +510,15 @@ macro_rules! shared_queries {
                 row.as_ref().map(record).transpose()
             }
 
+            /// Whether the issuance `id` has a row.
+            async fn is_recorded(&self, id: &IssuanceId) -> Result<bool, StoreError> {
+                let row = sqlx::query(sql::RECORD_BY_ID.$dialect())
+                    .bind(id.as_str())
+                    .fetch_optional(self.reads())
+                    .await?;
+                Ok(row.is_some())
+            }
+
             /// Deletes rows (and revocations, and redeem keys) whose time is at or before `before`, in
             /// one transaction.
             async fn purge_before(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {

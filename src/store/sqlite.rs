@@ -259,6 +259,10 @@ impl ActivationStore for SqliteStore {
     async fn purge(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {
         self.purge_before(before).await
     }
+
+    async fn recorded(&self, id: &IssuanceId) -> Result<bool, StoreError> {
+        self.is_recorded(id).await
+    }
 }
 
 sql::shared_queries!(SqliteStore, sqlx::Sqlite, sqlite, revoke_lock: None);

@@ -16,8 +16,17 @@ pub(super) struct Sorted {
     pub activations: Vec<(ReceivedMessage, Activation)>,
     /// Expiry messages whose time has come.
     pub due: Vec<(ReceivedMessage, Issuance)>,
-    /// Expiry messages that came back before their code's expiry, with that expiry.
-    pub early: Vec<(ReceivedMessage, DateTime<Utc>)>,
+    /// Expiry messages that came back before their code's expiry, with their issuance and that expiry.
+    pub early: Vec<(ReceivedMessage, (Issuance, DateTime<Utc>))>,
+}
+
+/// The latest expiry a message inserted at `inserted_at` can carry: insertion + allowance + TTL.
+fn latest_expiry(inserted_at: DateTime<Utc>, settings: &WorkerSettings) -> DateTime<Utc> {
+    let span = chrono::Duration::from_std(settings.clock_allowance + settings.code_ttl)
+        .unwrap_or(chrono::Duration::MAX);
+    inserted_at
+        .checked_add_signed(span)
+        .unwrap_or(DateTime::<Utc>::MAX_UTC)
 }
 
 /// Decodes (and, with keys, verifies) each message and sorts it. Nothing here touches the queue or
@@ -68,12 +77,26 @@ pub(super) fn sort(
                 let reason = format!("received {} times without success", message.dequeue_count);
                 sorted.poison.push((message, reason));
             }
+            // No code lives past its insertion + the allowance + the TTL: an expiry dated later is
+            // forged or foreign, and would otherwise be re-sent (with a fresh count) until then.
+            Ok(CodeMessage::Expire { expires_at, .. })
+                if expires_at > latest_expiry(message.inserted_at, settings) =>
+            {
+                let reason = format!(
+                    "expiry dated {expires_at}, past its insertion time + the clock allowance + \
+                     CODE_TTL_SECONDS: no code of this queue lives that long"
+                );
+                sorted.poison.push((message, reason));
+            }
             Ok(CodeMessage::Expire {
                 issuance,
                 expires_at,
             }) if expires_at <= now => sorted.due.push((message, issuance)),
-            Ok(CodeMessage::Expire { expires_at, .. }) => {
-                sorted.early.push((message, expires_at));
+            Ok(CodeMessage::Expire {
+                issuance,
+                expires_at,
+            }) => {
+                sorted.early.push((message, (issuance, expires_at)));
             }
         }
     }

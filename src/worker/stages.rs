@@ -14,6 +14,9 @@ use futures::stream::{self, StreamExt};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+/// How long past its code's expiry a message re-armed by update must still be kept by the queue.
+const UPDATE_MARGIN: chrono::Duration = chrono::Duration::minutes(5);
+
 /// How one message's last step ended.
 enum Outcome {
     Done,
@@ -67,9 +70,13 @@ impl Worker {
             Ok(db) => db,
             Err(_) => return BatchReport::failed(activations.len()),
         };
-        let (activations, conflicting): (Vec<_>, Vec<_>) = activations
-            .into_iter()
-            .partition(|(_, a)| !db.conflicts.contains(&a.issuance.id));
+        // Only the losers: the activation whose code was recorded under a contested id is re-armed.
+        let (activations, conflicting): (Vec<_>, Vec<_>) =
+            activations.into_iter().partition(|(_, a)| {
+                !db.conflicts
+                    .iter()
+                    .any(|(id, code)| *id == a.issuance.id && *code == a.issuance.code)
+            });
         let conflicting = conflicting
             .into_iter()
             .map(|(m, a)| {
@@ -112,7 +119,12 @@ impl Worker {
                 // Only a first delivery is updated: the expiry message keeps the activation's dequeue
                 // count, so one that came back after crashes is re-sent instead (a fresh count), and
                 // an expiry message is never set aside for its activation's tries.
-                if self.settings.rearm == Rearm::Update && message.dequeue_count <= 1 {
+                // And only a message the queue keeps past the code's expiry: an update keeps the
+                // sender's time-to-live, and a foreign one may drop the message before it comes back.
+                let outlives = message
+                    .expires_at
+                    .is_none_or(|dropped| dropped >= activation.expires_at + UPDATE_MARGIN);
+                if self.settings.rearm == Rearm::Update && message.dequeue_count <= 1 && outlives {
                     // One call: the activation becomes the expiry message, so there is nothing to delete.
                     return match shard.main.update(&message.receipt, &body, delay).await {
                         Ok(()) => {
@@ -172,16 +184,37 @@ impl Worker {
     }
 
     /// Re-sends early expiry messages to become visible when their code expires, then deletes them:
-    /// send and delete only, so the worker needs no right to update messages.
+    /// send and delete only, so the worker needs no right to update messages. One for an issuance the
+    /// table never recorded is set aside instead (forged: re-sending it would keep it forever).
     pub(super) async fn put_back(
         &self,
         shard: &Shard,
-        early: Vec<(ReceivedMessage, DateTime<Utc>)>,
+        early: Vec<(ReceivedMessage, (Issuance, DateTime<Utc>))>,
         now: DateTime<Utc>,
     ) -> BatchReport {
-        let count = early.len();
+        let mut known = Vec::with_capacity(early.len());
+        let mut unknown = Vec::new();
+        let mut report = BatchReport::default();
+        for (message, (issuance, expires_at)) in early {
+            match self.store.recorded(&issuance.id).await {
+                Ok(true) => known.push((message, expires_at)),
+                Ok(false) => unknown.push((
+                    message,
+                    format!(
+                        "expiry message for issuance {:?}, which was never activated here",
+                        issuance.id.as_str()
+                    ),
+                )),
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not look up an early expiry's issuance; it returns after its lease");
+                    report.failed += 1;
+                }
+            }
+        }
+        report += self.set_aside(shard, unknown).await;
+        let count = known.len();
         let failed = self
-            .bounded(early, |(message, expires_at)| async move {
+            .bounded(known, |(message, expires_at)| async move {
                 let delay = until(expires_at, now).max(Duration::from_secs(1));
                 tracing::debug!(message_id = %message.receipt.message_id, wait_s = delay.as_secs(), "expiry message came early; re-sent");
                 if let Err(e) = shard.main.send(&message.body, delay).await {
@@ -191,11 +224,12 @@ impl Worker {
                 self.delete_one(shard, &message).await
             })
             .await;
-        BatchReport {
+        report += BatchReport {
             early: count - failed,
             failed,
             ..BatchReport::default()
-        }
+        };
+        report
     }
 
     /// Makes messages whose handling never started visible again at once (shutdown). If the identity

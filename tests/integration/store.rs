@@ -267,7 +267,10 @@ async fn an_id_recorded_for_another_code_is_a_conflict_not_a_duplicate(store: Sh
         .activate(&[other.clone(), first.clone()], Utc::now())
         .await
         .unwrap();
-    assert_eq!(report.conflicts, vec![other.issuance.id.clone()]);
+    assert_eq!(
+        report.conflicts,
+        vec![(other.issuance.id.clone(), other.issuance.code.clone())]
+    );
     assert_eq!((report.inserted, report.duplicates), (0, 1));
     assert!(!is_valid(&store, &code("two-2-Abc"), None, Utc::now()).await);
 }

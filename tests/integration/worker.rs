@@ -171,6 +171,47 @@ async fn validity_ends_at_expires_at_even_before_the_expiry_message_is_processed
     assert_eq!(rig.valid_at("abc-1-def", later).await, 0);
 }
 
+/// An update keeps the message's time-to-live: a foreign activation whose queue drops it before its
+/// code's expiry gets a new expiry message instead, or its expiry would never be recorded.
+#[tokio::test]
+async fn re_arming_by_update_never_relies_on_a_foreign_messages_short_time_to_live() {
+    let rig = rig().await;
+    let recording = common::faults::FaultQueue::recording(rig.queues.main.clone());
+    let worker = Worker::new(
+        recording.clone(),
+        rig.queues.poison.clone(),
+        rig.store.clone(),
+        WorkerSettings {
+            rearm: codewatch::worker::Rearm::Update,
+            ..settings(60)
+        },
+    );
+    rig.send(&activation(&issuance("ttl-1-Sht", Utc::now())))
+        .await;
+    let mut batch = rig
+        .queues
+        .main
+        .receive(32, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(batch.len(), 1);
+    // As Azure reports a message sent with a 30-second time-to-live.
+    batch[0].expires_at = Some(Utc::now() + ChronoDuration::seconds(30));
+    let report = worker.process_batch(batch, Utc::now()).await;
+    assert_eq!((report.activated, report.failed), (1, 0), "{report:?}");
+    let sent = recording.sent();
+    assert_eq!(sent.len(), 1, "the expiry message was sent anew: {sent:?}");
+    assert!(matches!(
+        CodeMessage::decode(&sent[0], Utc::now()).unwrap(),
+        CodeMessage::Expire { .. }
+    ));
+    assert_eq!(
+        rig.queues.main.approximate_len().await.unwrap(),
+        1,
+        "the activation was deleted"
+    );
+}
+
 #[tokio::test]
 async fn re_arming_by_update_turns_the_activation_into_its_expiry_message_in_one_call() {
     let rig = rig().await;
@@ -568,9 +609,9 @@ async fn a_timestamp_at_the_limit_of_time_is_poisoned_and_the_worker_keeps_activ
     )
     .await;
     eventually(
-        "the activation to be poisoned",
+        "the activation and the expiry dated at the end of time to be poisoned",
         Duration::from_secs(10),
-        || async { (poisoned_bodies(&rig).await.len() == 1).then_some(()) },
+        || async { (poisoned_bodies(&rig).await.len() == 2).then_some(()) },
     )
     .await;
     assert!(heartbeat.is_alive());
@@ -614,6 +655,69 @@ async fn an_id_already_used_by_another_code_goes_to_poison(rig: Rig) {
     assert_eq!((report.poisoned, report.duplicates), (1, 0));
     assert_eq!(poisoned_bodies(&rig).await, [activation(&second)]);
     assert_eq!(rig.valid("fir-1-Sta").await, 1);
+}
+
+async fn of_two_activations_sharing_an_id_in_one_batch_only_the_loser_is_set_aside(rig: Rig) {
+    let worker = rig.worker(settings(60));
+    let first = issuance("fir-3-Sta", Utc::now());
+    let mut second = issuance("sec-4-Ond", Utc::now());
+    second.id = first.id.clone();
+    rig.send(&activation(&first)).await;
+    rig.send(&activation(&second)).await;
+    let report = drain(&worker).await;
+    assert_eq!(
+        (
+            report.activated,
+            report.poisoned,
+            report.duplicates,
+            report.received
+        ),
+        (1, 1, 0, 2),
+        "the batch's counts add up: {report:?}"
+    );
+    let first_won = !rig.store.records(&first.code).await.unwrap().is_empty();
+    let loser = if first_won { &second } else { &first };
+    assert_eq!(
+        poisoned_bodies(&rig).await,
+        [activation(loser)],
+        "only the one not recorded is set aside"
+    );
+    let valid = rig.valid("fir-3-Sta").await + rig.valid("sec-4-Ond").await;
+    assert_eq!(valid, 1, "one of them holds the id and is valid");
+}
+
+async fn forged_expiry_messages_are_set_aside_instead_of_coming_back_forever(rig: Rig) {
+    let worker = rig.worker(settings(60));
+    let real = issuance("rea-5-Lll", Utc::now());
+    rig.send(&activation(&real)).await;
+    drain(&worker).await;
+    // Dated far past any code's lifetime, and an early one for an issuance nobody recorded.
+    let far = CodeMessage::Expire {
+        expires_at: chrono::DateTime::parse_from_rfc3339("9999-12-31T00:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc),
+        issuance: issuance("far-6-Ooo", Utc::now()),
+    }
+    .encode(MessageEncoding::Text);
+    let unknown = CodeMessage::Expire {
+        expires_at: Utc::now() + ChronoDuration::seconds(30),
+        issuance: issuance("unk-7-Now", Utc::now()),
+    }
+    .encode(MessageEncoding::Text);
+    rig.send(&far).await;
+    rig.send(&unknown).await;
+    let report = drain(&worker).await;
+    assert_eq!((report.poisoned, report.early), (2, 0), "{report:?}");
+    let mut poisoned = poisoned_bodies(&rig).await;
+    poisoned.sort();
+    let mut expected = vec![far, unknown];
+    expected.sort();
+    assert_eq!(poisoned, expected);
+    assert_eq!(
+        rig.valid("rea-5-Lll").await,
+        1,
+        "the real code is untouched"
+    );
 }
 
 /// The real queue, but its first `panics` receives panic: a bug in a poll loop.
@@ -803,6 +907,8 @@ on_both!(
     an_activation_dated_in_the_future_goes_to_poison_and_cannot_choose_its_validity,
     python_none_binds_no_subject_and_every_such_code_becomes_valid,
     an_id_already_used_by_another_code_goes_to_poison,
+    of_two_activations_sharing_an_id_in_one_batch_only_the_loser_is_set_aside,
+    forged_expiry_messages_are_set_aside_instead_of_coming_back_forever,
     with_signing_on_only_activations_signed_by_a_current_or_previous_key_become_valid,
 );
 

@@ -174,7 +174,14 @@ async fn queue_stats_peek_clear_and_requeue_poison_on_azurite() {
             .await
             .unwrap();
     }
-    for b in ["bad one", "bad two"] {
+    // Two unusable ones, and two whose code is dated by its insertion time (a bare code, and JSON
+    // without a timestamp): requeued, those would start a new lifetime.
+    for b in [
+        "bad one",
+        "bad two",
+        "Old-9-Ccc",
+        r#"{"code": "Old-8-Ddd"}"#,
+    ] {
         queues
             .poison
             .send(b, std::time::Duration::ZERO)
@@ -212,13 +219,27 @@ async fn queue_stats_peek_clear_and_requeue_poison_on_azurite() {
     assert!(!refused.status.success());
     assert_eq!(
         queues.poison.approximate_len().await.unwrap(),
-        2,
+        4,
         "nothing cleared without a yes"
     );
 
     let moved = queue(&["requeue-poison"], "");
-    assert!(text(&moved).contains("moved 2"), "{}", text(&moved));
-    assert_eq!(queues.poison.approximate_len().await.unwrap(), 0);
+    let said = text(&moved);
+    assert!(
+        said.contains("moved 2") && said.contains("left 2"),
+        "{said}"
+    );
+    assert!(said.contains("new lifetime"), "the reason: {said}");
+    assert_eq!(queues.poison.approximate_len().await.unwrap(), 2);
+    let left: Vec<String> = queues
+        .poison
+        .peek(32)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| m.body)
+        .collect();
+    assert!(left.contains(&"Old-9-Ccc".to_owned()), "{left:?}");
     assert_eq!(queues.main.approximate_len().await.unwrap(), 4);
 
     assert!(queue(&["clear", "--yes"], "").status.success());
