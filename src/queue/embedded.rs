@@ -25,8 +25,18 @@ fn message_id_prefix(inserted_at_ms: i64) -> String {
     format!("{inserted_at_ms:012x}")
 }
 
+/// A new message's id: [`message_id_prefix`], then 80 random bits in hex.
+fn new_message_id(inserted_at_ms: i64) -> String {
+    let random: u128 = rand::random::<u128>() >> 48;
+    format!("{}{random:020x}", message_id_prefix(inserted_at_ms))
+}
+
 /// Writes taken into one group commit at most.
 const MAX_GROUP: usize = 256;
+
+/// Writes waiting for the group writer at most; a sender past it waits for room (back-pressure), and
+/// one that gives up while waiting leaves nothing behind.
+const INBOX: usize = 4 * MAX_GROUP;
 
 /// Rows per statement within a group (at most four bound values each: far below SQLite's limit).
 const ROWS_PER_STATEMENT: usize = 100;
@@ -40,7 +50,7 @@ pub struct EmbeddedQueue {
     sent: Arc<Notify>,
     /// The group writer's inbox, started at the first write and again if the writer has gone (its
     /// runtime shut down, or it panicked), so that one lost task never fails every later write.
-    writer: Arc<Mutex<Option<mpsc::UnboundedSender<Write>>>>,
+    writer: Arc<Mutex<Option<mpsc::Sender<Write>>>>,
 }
 
 impl EmbeddedQueue {
@@ -67,7 +77,7 @@ impl EmbeddedQueue {
             match slot.as_ref() {
                 Some(inbox) if !inbox.is_closed() => inbox.clone(),
                 _ => {
-                    let (inbox, writes) = mpsc::unbounded_channel();
+                    let (inbox, writes) = mpsc::channel(INBOX);
                     let writer = GroupWriter {
                         pools: self.pools.clone(),
                         name: self.name.clone(),
@@ -82,6 +92,7 @@ impl EmbeddedQueue {
         let (done, result) = oneshot::channel();
         inbox
             .send(write(done))
+            .await
             .map_err(|_| QueueError::Unavailable("embedded queue: its writer stopped".into()))?;
         result.await.unwrap_or_else(|_| {
             Err(QueueError::Unavailable(
@@ -96,6 +107,7 @@ impl EmbeddedQueue {
 enum Write {
     /// A new message, visible from `visible_at` (ms).
     Send {
+        message_id: String,
         body: String,
         inserted_at: i64,
         visible_at: i64,
@@ -118,7 +130,7 @@ struct GroupWriter {
 }
 
 impl GroupWriter {
-    async fn run(self, mut writes: mpsc::UnboundedReceiver<Write>) {
+    async fn run(self, mut writes: mpsc::Receiver<Write>) {
         while let Some(first) = writes.recv().await {
             let mut group = vec![first];
             while group.len() < MAX_GROUP {
@@ -136,12 +148,16 @@ impl GroupWriter {
         let mut deletes = Vec::new();
         for write in group {
             match write {
+                // Its sender gave up (a getcode past its deadline answered an error): no code may
+                // come of it.
+                Write::Send { done, .. } if done.is_closed() => {}
                 Write::Send {
+                    message_id,
                     body,
                     inserted_at,
                     visible_at,
                     done,
-                } => sends.push(((body, inserted_at, visible_at), done)),
+                } => sends.push(((message_id, body, inserted_at, visible_at), done)),
                 Write::Delete { receipt, done } => deletes.push((receipt, done)),
             }
         }
@@ -150,8 +166,15 @@ impl GroupWriter {
         match self.write(&rows, &receipts).await {
             Ok(deleted) => {
                 let any_sent = !sends.is_empty();
-                for (_, done) in sends {
-                    let _ = done.send(Ok(()));
+                // A sender that gave up during the commit hears nothing: its message is voided.
+                let mut unheard = Vec::new();
+                for ((message_id, ..), done) in sends {
+                    if done.send(Ok(())).is_err() {
+                        unheard.push(message_id);
+                    }
+                }
+                if !unheard.is_empty() {
+                    self.void(&unheard).await;
                 }
                 for (receipt, done) in deletes {
                     let key = (receipt.message_id, receipt.pop_receipt);
@@ -180,10 +203,33 @@ impl GroupWriter {
         }
     }
 
+    /// Deletes messages whose senders gave up before hearing of their commit (best effort: one a worker
+    /// took in that instant is activated, and logged here).
+    async fn void(&self, message_ids: &[String]) {
+        let mut delete =
+            sqlx::QueryBuilder::new("DELETE FROM queue_messages WHERE message_id IN (");
+        let mut ids = delete.separated(", ");
+        for id in message_ids {
+            ids.push_bind(id);
+        }
+        delete.push(") AND pop_receipt IS NULL");
+        match delete.build().execute(&self.pools.write).await {
+            Ok(done) if done.rows_affected() as usize == message_ids.len() => {}
+            Ok(done) => tracing::warn!(
+                voided = done.rows_affected(),
+                gave_up = message_ids.len(),
+                "embedded queue: some messages whose senders gave up were already received"
+            ),
+            Err(e) => {
+                tracing::warn!(error = %e, "embedded queue: could not void messages whose senders gave up")
+            }
+        }
+    }
+
     /// Inserts `rows` and deletes `receipts` in one transaction; the receipts that deleted a message.
     async fn write(
         &self,
-        rows: &[&(String, i64, i64)],
+        rows: &[&(String, String, i64, i64)],
         receipts: &[&Receipt],
     ) -> Result<HashSet<(String, String)>, sqlx::Error> {
         let mut tx = self.pools.write.begin().await?;
@@ -191,14 +237,16 @@ impl GroupWriter {
             let mut insert = sqlx::QueryBuilder::new(
                 "INSERT INTO queue_messages (queue_name, message_id, body, inserted_at, visible_at) ",
             );
-            insert.push_values(chunk, |mut row, (body, inserted_at, visible_at)| {
-                row.push_bind(&self.name)
-                    .push_bind(message_id_prefix(*inserted_at))
-                    .push_unseparated(" || lower(hex(randomblob(10)))")
-                    .push_bind(body)
-                    .push_bind(inserted_at)
-                    .push_bind(visible_at);
-            });
+            insert.push_values(
+                chunk,
+                |mut row, (message_id, body, inserted_at, visible_at)| {
+                    row.push_bind(&self.name)
+                        .push_bind(message_id)
+                        .push_bind(body)
+                        .push_bind(inserted_at)
+                        .push_bind(visible_at);
+                },
+            );
             insert.build().execute(&mut *tx).await?;
         }
         let mut deleted = HashSet::new();
@@ -258,6 +306,7 @@ impl QueueSender for EmbeddedQueue {
     async fn send(&self, body: &str, visible_after: Duration) -> Result<(), QueueError> {
         let now = now_ms();
         self.group(|done| Write::Send {
+            message_id: new_message_id(now),
             body: body.to_owned(),
             inserted_at: now,
             visible_at: now + millis(visible_after),

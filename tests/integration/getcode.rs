@@ -451,3 +451,60 @@ async fn getcode_is_limited_per_client_and_forwarded_for_counts_only_from_a_trus
         "an untrusted X-Forwarded-For does not make a new client"
     );
 }
+
+/// With the embedded queue's writer stalled (another process holds SQLite's write lock), getcodes pass
+/// their deadline and answer 503: none of those codes may become valid later, and the writes of
+/// clients that gave up do not pile up.
+#[tokio::test]
+async fn getcodes_that_answered_an_error_while_the_embedded_writer_stalled_leave_no_code() {
+    use sqlx::Connection as _;
+    let db = common::sqlite().await;
+    let queues = common::embedded_queues(&db.database);
+    let api = common::number_api(KEY).await;
+    let client = codewatch::number_api::NumberApiClient::new(
+        api.url("/api/RandomNumber").parse().unwrap(),
+        codewatch::function_key::FunctionKey::fixed(codewatch::secret::Secret::new(KEY)),
+        Duration::from_secs(5),
+    );
+    let app = Server::start_with(
+        codewatch::http::router(codewatch::http::AppState {
+            number_api: client,
+            queue: queues.main.clone().into(),
+            encoding: MessageEncoding::Text,
+            verification: None,
+            getcode_limiter: None,
+            trusted_proxies: Default::default(),
+            signing: None,
+            clock: Default::default(),
+            public_getcode: true,
+        }),
+        codewatch::http::HttpLimits {
+            request_timeout: Duration::from_millis(500),
+            ..Default::default()
+        },
+    )
+    .await;
+    // Another process's write transaction: the writer's commit waits on it.
+    let mut holder = sqlx::SqliteConnection::connect(&db.url).await.unwrap();
+    sqlx::query("BEGIN IMMEDIATE")
+        .execute(&mut holder)
+        .await
+        .unwrap();
+    let http = reqwest::Client::new();
+    let flood = (0..40).map(|_| {
+        let request = http.get(app.url("/api/v1/getcode"));
+        async move { request.send().await.unwrap().status().as_u16() }
+    });
+    let statuses = futures::future::join_all(flood).await;
+    assert!(statuses.iter().all(|s| *s == 503), "{statuses:?}");
+    sqlx::query("COMMIT").execute(&mut holder).await.unwrap();
+    // The writer gets the lock back; give it time to write whatever it still holds.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let answered = reqwest::get(app.url("/api/v1/getcode")).await.unwrap();
+    assert_eq!(answered.status(), 200, "the queue works again");
+    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM queue_messages")
+        .fetch_one(&mut holder)
+        .await
+        .unwrap();
+    assert_eq!(left, 1, "only the code answered 200 is on the queue");
+}
