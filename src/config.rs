@@ -379,19 +379,28 @@ pub struct SigningArgs {
     pub message_signing_secret_name: String,
 }
 
-/// How long a daemon may take to stop.
+/// How long a daemon may take to start and to stop.
 #[derive(Clone, Debug, Args)]
-pub struct ShutdownArgs {
+pub struct LifecycleArgs {
+    /// Seconds each start-up step that waits on Azure (an Entra ID token, Key Vault, the queue) may take
+    /// before the start fails with an error naming the endpoint.
+    #[arg(long, env = "STARTUP_TIMEOUT_SECONDS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub startup_timeout_seconds: u64,
     /// Seconds to finish work in flight after SIGTERM/SIGINT before exiting anyway (keep under the
     /// platform's kill timeout: Kubernetes waits 30 s).
     #[arg(long, env = "SHUTDOWN_GRACE_SECONDS", default_value_t = 20, value_parser = clap::value_parser!(u64).range(0..=3600))]
     pub shutdown_grace_seconds: u64,
 }
 
-impl ShutdownArgs {
+impl LifecycleArgs {
     /// The grace period.
     pub fn grace(&self) -> Duration {
         Duration::from_secs(self.shutdown_grace_seconds)
+    }
+
+    /// The start-up step deadline.
+    pub fn startup(&self) -> Duration {
+        Duration::from_secs(self.startup_timeout_seconds)
     }
 }
 
@@ -423,7 +432,7 @@ pub struct ServeArgs {
     pub http: HttpArgs,
     #[command(flatten)]
     #[allow(missing_docs)]
-    pub shutdown: ShutdownArgs,
+    pub shutdown: LifecycleArgs,
     #[command(flatten)]
     #[allow(missing_docs)]
     pub number_api: NumberApiClientArgs,
@@ -641,7 +650,7 @@ pub struct WorkerArgs {
     pub http: HttpArgs,
     #[command(flatten)]
     #[allow(missing_docs)]
-    pub shutdown: ShutdownArgs,
+    pub shutdown: LifecycleArgs,
     #[command(flatten)]
     #[allow(missing_docs)]
     pub tuning: WorkerTuning,

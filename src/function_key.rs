@@ -89,6 +89,7 @@ impl KeySource {
     ) -> Result<Self, KeyError> {
         let options = SecretClientOptions {
             verify_challenge_resource: Some(verify_challenge_resource),
+            client_options: crate::azure_http::client_options(),
             ..Default::default()
         };
         let client = SecretClient::new(vault, auth.credential()?, Some(options)).map_err(|e| {

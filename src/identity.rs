@@ -4,8 +4,9 @@
 
 use azure_core::credentials::TokenCredential;
 use azure_identity::{
-    DeveloperToolsCredential, ManagedIdentityCredential, ManagedIdentityCredentialOptions,
-    UserAssignedId, WorkloadIdentityCredential,
+    ClientAssertionCredentialOptions, DeveloperToolsCredential, ManagedIdentityCredential,
+    ManagedIdentityCredentialOptions, UserAssignedId, WorkloadIdentityCredential,
+    WorkloadIdentityCredentialOptions,
 };
 use std::sync::{Arc, OnceLock};
 
@@ -78,11 +79,19 @@ fn build(kind: CredentialKind) -> Result<Arc<dyn TokenCredential>, CredentialErr
         detail: crate::secret::redact_url_secrets(&e.to_string()),
     };
     Ok(match kind {
-        CredentialKind::WorkloadIdentity => WorkloadIdentityCredential::new(None).map_err(fail)?,
+        CredentialKind::WorkloadIdentity => {
+            let options = WorkloadIdentityCredentialOptions {
+                credential_options: ClientAssertionCredentialOptions {
+                    client_options: crate::azure_http::client_options(),
+                },
+                ..Default::default()
+            };
+            WorkloadIdentityCredential::new(Some(options)).map_err(fail)?
+        }
         CredentialKind::ManagedIdentity => {
             let options = ManagedIdentityCredentialOptions {
                 user_assigned_id: env("AZURE_CLIENT_ID").map(UserAssignedId::ClientId),
-                ..Default::default()
+                client_options: crate::azure_http::client_options(),
             };
             ManagedIdentityCredential::new(Some(options)).map_err(fail)?
         }
@@ -116,4 +125,12 @@ impl AzureAuth {
         });
         built.clone()
     }
+}
+
+/// Where tokens come from, for an error that names the endpoint: the managed identity endpoint or the
+/// workload identity authority, as the environment sets them.
+pub fn token_endpoint() -> Option<String> {
+    env("IDENTITY_ENDPOINT")
+        .or_else(|| env("MSI_ENDPOINT"))
+        .or_else(|| env("AZURE_AUTHORITY_HOST"))
 }

@@ -27,6 +27,7 @@ pub mod worker;
 pub mod verify;
 
 // --- Running: configuration, what it opens, identity, health and metrics, shutdown, the CLI. ---
+pub mod azure_http;
 pub mod backends;
 pub mod cli;
 pub mod config;

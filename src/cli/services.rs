@@ -72,14 +72,45 @@ async fn open_backends(
     database: &DatabaseArgs,
     queue: &QueueArgs,
     auth: &AzureAuth,
+    deadline: Duration,
 ) -> Result<(Database, QueueShards)> {
     let database = Database::open(database)
         .await
         .context("opening the database")?;
-    let queues = QueueShards::open(queue, Some(&database), auth)
-        .await
-        .context("opening the queue")?;
+    let queues = startup_step(deadline, "opening the queue", async {
+        QueueShards::open(queue, Some(&database), auth)
+            .await
+            .context("opening the queue")
+    })
+    .await?;
     Ok((database, queues))
+}
+
+/// Runs a start-up step that waits on Azure (a token, Key Vault, the queue) within `deadline`; past
+/// it, the start fails saying what it waited for and where tokens come from, instead of hanging.
+async fn startup_step<T>(
+    deadline: Duration,
+    what: &str,
+    step: impl std::future::Future<Output = Result<T>>,
+) -> Result<T> {
+    match tokio::time::timeout(deadline, step).await {
+        Ok(done) => done,
+        Err(_) => {
+            let tokens = crate::identity::token_endpoint()
+                .map(|e| {
+                    format!(
+                        ", with tokens from {}",
+                        crate::secret::redact_url_secrets(&e)
+                    )
+                })
+                .unwrap_or_default();
+            bail!(
+                "{what} did not finish within {} s (STARTUP_TIMEOUT_SECONDS){tokens}: is that \
+                 endpoint reachable, and does it answer?",
+                deadline.as_secs()
+            )
+        }
+    }
 }
 
 /// Where the function key comes from, in order: THIRD_PARTY_API_KEY, THIRD_PARTY_API_KEY_FILE, Key Vault.
@@ -111,9 +142,14 @@ async fn configured_number_api(
         return Ok(None);
     };
     let interval = Duration::from_secs(args.number_api.third_party_api_key_refresh_seconds);
-    let key = FunctionKey::load(key_source(args, auth)?, interval)
-        .await
-        .context("reading the function key")?;
+    let source = key_source(args, auth)?;
+    let what = format!("reading the function key from {}", source.describe());
+    let key = startup_step(args.shutdown.startup(), &what, async {
+        FunctionKey::load(source, interval)
+            .await
+            .context("reading the function key")
+    })
+    .await?;
     Ok(Some((endpoint, key)))
 }
 
@@ -286,13 +322,19 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     let (endpoint, key) = configured_number_api(&args, &auth)
         .await?
         .context("THIRD_PARTY_API_ENDPOINT is not set")?;
-    let (database, queues) = open_backends(&args.database, &args.queue, &auth).await?;
+    let (database, queues) =
+        open_backends(&args.database, &args.queue, &auth, args.shutdown.startup()).await?;
     let cancel = shutdown::on_signal();
     let verify_key = args.verify.verify_api_key.clone();
     if verify_key.is_none() {
         tracing::warn!("VERIFY_API_KEY is not set: the verification endpoints are off");
     }
-    let signing = signing_keys(&args.signing, &auth).await?;
+    let signing = startup_step(
+        args.shutdown.startup(),
+        "reading the message signing keys",
+        signing_keys(&args.signing, &auth),
+    )
+    .await?;
     let state = app_state(
         &args, endpoint, key, verify_key, &database, &queues, signing,
     );
@@ -320,7 +362,8 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
 /// `codewatch worker`.
 pub async fn worker(args: WorkerArgs) -> Result<()> {
     let auth = AzureAuth::new(args.queue.azure_credential);
-    let (database, queues) = open_backends(&args.database, &args.queue, &auth).await?;
+    let (database, queues) =
+        open_backends(&args.database, &args.queue, &auth, args.shutdown.startup()).await?;
     let cancel = shutdown::on_signal();
     tracing::info!(
         queues = %queues.names(),
@@ -328,7 +371,12 @@ pub async fn worker(args: WorkerArgs) -> Result<()> {
         ttl_s = args.tuning.code_ttl_seconds,
         "worker started"
     );
-    let signing = signing_keys(&args.signing, &auth).await?;
+    let signing = startup_step(
+        args.shutdown.startup(),
+        "reading the message signing keys",
+        signing_keys(&args.signing, &auth),
+    )
+    .await?;
     let worker = worker_from(
         &args.tuning,
         &queues,
@@ -436,8 +484,15 @@ pub async fn up(args: UpArgs) -> Result<()> {
             (kept_verify_key(&path)?, Some(path))
         }
     };
-    let (database, queues) = open_backends(&serve_args.database, &serve_args.queue, &auth).await?;
-    let signing = signing_keys(&serve_args.signing, &auth).await?;
+    let deadline = serve_args.shutdown.startup();
+    let (database, queues) =
+        open_backends(&serve_args.database, &serve_args.queue, &auth, deadline).await?;
+    let signing = startup_step(
+        deadline,
+        "reading the message signing keys",
+        signing_keys(&serve_args.signing, &auth),
+    )
+    .await?;
     let state = app_state(
         serve_args,
         endpoint.clone(),

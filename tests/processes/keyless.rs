@@ -433,3 +433,135 @@ async fn refused_tokens_missing_secrets_and_missing_identities_say_what_to_fix()
     let all = format!("{err}{vault_err}");
     assert_no_secrets(&all, &world, &["literal-key-5e1"]);
 }
+
+/// How a token endpoint misbehaves.
+#[derive(Clone, Copy, Debug)]
+enum Misbehaviour {
+    /// Takes the request and never answers.
+    Silent,
+    /// Answers its headers, then a byte a second.
+    Drip,
+    /// Answers with 5,000 headers.
+    ManyHeaders,
+    /// Answers 300 MiB.
+    Huge,
+}
+
+/// A token endpoint that misbehaves so; the bytes it managed to write.
+async fn misbehaving(how: Misbehaviour) -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/msi/token", listener.local_addr().unwrap());
+    let written = Arc::new(AtomicUsize::new(0));
+    let counter = written.clone();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let counter = counter.clone();
+            tokio::spawn(async move {
+                let mut request = [0u8; 4096];
+                let _ = socket.read(&mut request).await;
+                let send = |bytes: Vec<u8>| {
+                    counter.fetch_add(bytes.len(), Ordering::SeqCst);
+                    bytes
+                };
+                match how {
+                    Misbehaviour::Silent => tokio::time::sleep(Duration::from_secs(300)).await,
+                    Misbehaviour::Drip => {
+                        let head = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 100000\r\n\r\n{";
+                        if socket.write_all(&send(head.into())).await.is_err() {
+                            return;
+                        }
+                        loop {
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                            if socket.write_all(&send(b" ".to_vec())).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                    Misbehaviour::ManyHeaders => {
+                        let mut head = String::from("HTTP/1.1 200 OK\r\n");
+                        for i in 0..5000 {
+                            head += &format!("x-filler-{i}: {i}\r\n");
+                        }
+                        head += "content-length: 2\r\n\r\n{}";
+                        let _ = socket.write_all(&send(head.into_bytes())).await;
+                    }
+                    Misbehaviour::Huge => {
+                        let head = format!(
+                            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+                            300 * 1024 * 1024
+                        );
+                        if socket.write_all(&send(head.into_bytes())).await.is_err() {
+                            return;
+                        }
+                        let chunk = vec![b' '; 64 * 1024];
+                        for _ in 0..(300 * 16) {
+                            if socket.write_all(&send(chunk.clone())).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+            });
+        }
+    });
+    (url, written)
+}
+
+/// A token endpoint that hangs, drips, floods headers or sends 300 MiB ends `serve`'s start with an
+/// error naming what it waited for, within the start-up deadline, having read a bounded amount.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_misbehaving_token_endpoint_ends_the_start_with_a_clear_error_in_bounded_time_and_memory()
+{
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path());
+    let vault = KeyVault::start(&pki).await;
+    vault.set(SECRET_NAME, "function-key");
+    for how in [
+        Misbehaviour::Silent,
+        Misbehaviour::Drip,
+        Misbehaviour::ManyHeaders,
+        Misbehaviour::Huge,
+    ] {
+        let (endpoint, written) = misbehaving(how).await;
+        let env = [
+            ("SSL_CERT_FILE", pki.ca.display().to_string()),
+            ("IDENTITY_ENDPOINT", endpoint.clone()),
+            ("IDENTITY_HEADER", IDENTITY_HEADER.to_owned()),
+            ("KEY_VAULT_URL", vault.url()),
+            ("THIRD_PARTY_API_SECRET_NAME", SECRET_NAME.to_owned()),
+            ("KEY_VAULT_VERIFY_CHALLENGE_RESOURCE", "false".to_owned()),
+            (
+                "THIRD_PARTY_API_ENDPOINT",
+                "http://127.0.0.1:9/api/RandomNumber".to_owned(),
+            ),
+            ("STARTUP_TIMEOUT_SECONDS", "5".to_owned()),
+            ("LISTEN_ADDR", "127.0.0.1:0".to_owned()),
+            ("ADMIN_LISTEN_ADDR", "127.0.0.1:0".to_owned()),
+        ];
+        let started = std::time::Instant::now();
+        let out = common::process::run_within(dir.path(), &["serve"], &env, 60);
+        let took = started.elapsed();
+        let said = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(!out.status.success(), "{how:?}: {said}");
+        assert_ne!(
+            out.status.code(),
+            Some(124),
+            "{how:?}: still starting after 60 s: {said}"
+        );
+        assert!(
+            took < Duration::from_secs(30),
+            "{how:?}: took {took:?}: {said}"
+        );
+        assert!(
+            said.contains("STARTUP_TIMEOUT_SECONDS") && said.contains(&vault.url()),
+            "{how:?}: the error names the step and the endpoint: {said}"
+        );
+        let sent = written.load(std::sync::atomic::Ordering::SeqCst);
+        assert!(
+            sent < 64 * 1024 * 1024,
+            "{how:?}: {sent} bytes read before giving up"
+        );
+    }
+}
