@@ -5,7 +5,7 @@ use crate::identity::AzureAuth;
 use crate::queue::azure::AzureQueueFactory;
 use crate::queue::connection_string::ConnectionString;
 use crate::queue::embedded::EmbeddedQueue;
-use crate::queue::shards::{MAX_SHARDS, Shard, Spread, shard_names};
+use crate::queue::shards::{MAX_SHARDS, Shard, Spread, next_shard, shard_names};
 use crate::queue::{QueueAdmin, QueueError, QueueSender, SharedQueue, poison_name};
 use crate::store::postgres::{self, PostgresStore};
 use crate::store::sqlite::SqlitePools;
@@ -206,6 +206,9 @@ impl Queues {
 pub struct QueueShards {
     /// The shards; the first keeps the configured queue's own name. Never empty.
     shards: Vec<Queues>,
+    /// The queue one past the configured shards (`<queue>-<count>`), never created here: if a producer
+    /// with more shards sends to it, no worker of this count polls it.
+    next: Option<SharedQueue>,
 }
 
 impl QueueShards {
@@ -219,6 +222,7 @@ impl QueueShards {
     ) -> Result<Self, StartupError> {
         let count = args.queue_shards.get();
         let mut shards = Vec::with_capacity(count);
+        let mut next: Option<SharedQueue> = None;
         if let Some(urls) = &args.storage_queue_url {
             let urls: Vec<&str> = urls
                 .expose()
@@ -267,6 +271,9 @@ impl QueueShards {
                     .unwrap_or(&args.queue_name)
                     .to_owned();
                 let names = shard_names(&base, if urls.len() == 1 { count } else { 1 });
+                if urls.len() == 1 {
+                    next = Some(Arc::new(factory.queue(&next_shard(&base, count))?));
+                }
                 for name in names {
                     let main: SharedQueue = Arc::new(factory.queue(&name)?);
                     let poison: SharedQueue = Arc::new(factory.queue(&poison_name(&name))?);
@@ -282,6 +289,9 @@ impl QueueShards {
         } else if let Some(cs) = &args.storage_connection_string {
             let factory =
                 AzureQueueFactory::from_connection_string(&ConnectionString::parse(cs.expose())?)?;
+            next = Some(Arc::new(
+                factory.queue(&next_shard(&args.queue_name, count))?,
+            ));
             for name in shard_names(&args.queue_name, count) {
                 let main: SharedQueue = Arc::new(factory.queue(&name)?);
                 let poison: SharedQueue = Arc::new(factory.queue(&poison_name(&name))?);
@@ -299,13 +309,19 @@ impl QueueShards {
             let database = database.ok_or_else(|| {
                 QueueError::Config("the embedded queue needs the SQLite database".into())
             })?;
+            next = Some(database.embedded_queue(&next_shard(&args.queue_name, count))?);
             for name in shard_names(&args.queue_name, count) {
                 let main = database.embedded_queue(&name)?;
                 let poison = database.embedded_queue(&poison_name(&name))?;
                 shards.push(Queues::created(main, poison, "embedded", None).await?);
             }
         }
-        Ok(Self { shards })
+        Ok(Self { shards, next })
+    }
+
+    /// The queue one past the configured shards, to watch for messages no worker of this count polls.
+    pub fn next(&self) -> Option<Arc<dyn QueueAdmin>> {
+        self.next.clone().map(|q| q as Arc<dyn QueueAdmin>)
     }
 
     /// The shards, in order.

@@ -47,10 +47,13 @@ async fn until_stopped<T>(
     }
 }
 
+/// A worker's readiness (also `up`'s): the database, every shard, and no codes waiting on a shard it
+/// does not poll.
 fn readiness(database: &Database, queues: &QueueShards) -> Readiness {
     Readiness {
         store: Some(database.store()),
         queues: queues.mains(),
+        unpolled: queues.next(),
     }
 }
 
@@ -345,6 +348,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         Readiness {
             store: None,
             queues: queues.mains(),
+            unpolled: None,
         },
         crate::ops::metrics::install_for(crate::ops::metrics::Role::Producer),
     );

@@ -81,6 +81,9 @@ pub struct Readiness {
     pub store: Option<SharedStore>,
     /// The queues (one per shard).
     pub queues: Vec<Arc<dyn QueueAdmin>>,
+    /// For a worker: the queue one past its shards; messages there are codes no worker of this shard
+    /// count polls (a producer with more shards), and make it not ready.
+    pub unpolled: Option<Arc<dyn QueueAdmin>>,
 }
 
 impl Readiness {
@@ -106,11 +109,30 @@ impl Readiness {
                 Err(_) => Some(("queue", format!("no answer within {CHECK_TIMEOUT:?}"))),
             }
         }));
-        let (store, queues) = tokio::join!(store, queues);
+        let unpolled = async {
+            let queue = self.unpolled.as_ref()?;
+            // A queue that does not exist (the usual case) answers an error: nothing waits there.
+            let waiting = match tokio::time::timeout(CHECK_TIMEOUT, queue.approximate_len()).await {
+                Ok(Ok(n)) => n,
+                _ => 0,
+            };
+            metrics::gauge!(super::metrics::UNPOLLED_SHARD_MESSAGES).set(waiting as f64);
+            (waiting > 0).then(|| {
+                let reason = format!(
+                    "{waiting} message(s) wait on {}, which this worker does not poll: a producer has \
+                     more shards than STORAGE_QUEUE_SHARDS here; raise it to the producer's count",
+                    queue.name()
+                );
+                tracing::warn!(%reason, "codes are left unpolled");
+                ("shards", reason)
+            })
+        };
+        let (store, queues, unpolled) = tokio::join!(store, queues, unpolled);
         // One entry per failing part: the first failing shard's reason stands for the queue.
         store
             .into_iter()
             .chain(queues.into_iter().flatten().take(1))
+            .chain(unpolled)
             .collect()
     }
 }

@@ -32,6 +32,9 @@ pub const HTTP_SECONDS: &str = "codewatch_http_request_duration_seconds";
 /// Failed calls to the third-party number API, by kind (`status`, `unreachable`, `timeout`, `garbage`).
 pub const NUMBER_API_ERRORS: &str = "codewatch_number_api_errors_total";
 
+/// Messages waiting on the queue one past a worker's shards, which no worker of its shard count polls.
+pub const UNPOLLED_SHARD_MESSAGES: &str = "codewatch_unpolled_shard_messages";
+
 /// Every metric the binary exports, for the dashboards and alerts to be checked against.
 pub const ALL: &[&str] = &[
     MESSAGES,
@@ -48,6 +51,7 @@ pub const ALL: &[&str] = &[
     HTTP_REQUESTS,
     HTTP_SECONDS,
     NUMBER_API_ERRORS,
+    UNPOLLED_SHARD_MESSAGES,
 ];
 
 /// The outcomes [`MESSAGES`] counts.
@@ -163,6 +167,10 @@ fn describe() {
     );
     describe_counter!(HTTP_REQUESTS, "HTTP requests by route and status.");
     describe_histogram!(HTTP_SECONDS, "HTTP request duration by route and status.");
+    describe_gauge!(
+        UNPOLLED_SHARD_MESSAGES,
+        "Messages on the queue one past this worker's shards, which it does not poll."
+    );
     describe_counter!(
         NUMBER_API_ERRORS,
         "Failed calls to the random-number API, by kind."

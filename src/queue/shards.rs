@@ -28,6 +28,11 @@ pub fn shard_names(base: &str, count: usize) -> Vec<String> {
         .collect()
 }
 
+/// The name of the shard after `count` of them: `<base>-<count>`.
+pub fn next_shard(base: &str, count: usize) -> String {
+    format!("{base}-{}", count.max(1))
+}
+
 /// Which of `count` shards a key belongs to: FNV-1a of its bytes, so every process agrees.
 pub fn shard_of(key: &str, count: usize) -> usize {
     let hash = key.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {

@@ -728,3 +728,91 @@ async fn behind_a_port_appending_gateway_a_client_cannot_mint_rate_limit_buckets
     assert_eq!(allowed(garbage).await, 2, "the gateway's own bucket");
     assert!(up.terminate().success());
 }
+
+/// A producer with more shards than its worker: the worker sees codes waiting on a shard it does not
+/// poll and says it is not ready (with a metric), instead of answering ready while codes are lost.
+#[tokio::test]
+async fn a_worker_with_fewer_shards_than_the_producer_is_not_ready_and_says_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("shared.db");
+    let api = common::number_api("k").await;
+    let shared = |shards: &str, extra: Vec<(&'static str, String)>| {
+        let mut env = vec![
+            ("DATABASE_URL", format!("sqlite:{}", db.display())),
+            ("STORAGE_QUEUE_SHARDS", shards.to_owned()),
+            ("ADMIN_LISTEN_ADDR", "127.0.0.1:0".to_owned()),
+        ];
+        env.extend(extra);
+        env
+    };
+    let mut serve = Proc(
+        codewatch(
+            dir.path(),
+            &["serve"],
+            &shared(
+                "3",
+                vec![
+                    ("THIRD_PARTY_API_ENDPOINT", api.url("/api/RandomNumber")),
+                    ("THIRD_PARTY_API_KEY", "k".to_owned()),
+                    ("LISTEN_ADDR", "127.0.0.1:0".to_owned()),
+                    ("GETCODE_RATE_LIMIT_PER_SECOND", "0".to_owned()),
+                ],
+            ),
+            "serve.log",
+        )
+        .spawn()
+        .unwrap(),
+    );
+    let serve_port = common::process::bound_port(&dir.path().join("serve.log"), "addr");
+    for _ in 0..30 {
+        let issued = reqwest::get(format!("http://127.0.0.1:{serve_port}/api/v1/getcode"))
+            .await
+            .unwrap();
+        assert_eq!(issued.status(), 200);
+    }
+    let start_worker = |shards: &str, log: &str| {
+        Proc(
+            codewatch(dir.path(), &["worker"], &shared(shards, vec![]), log)
+                .spawn()
+                .unwrap(),
+        )
+    };
+    let mut one = start_worker("1", "worker-1.log");
+    let admin = common::process::bound_port(&dir.path().join("worker-1.log"), "admin");
+    let ready = reqwest::get(format!("http://127.0.0.1:{admin}/readyz"))
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 503);
+    let body: serde_json::Value = ready.json().await.unwrap();
+    let reason = body["failing"]["shards"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        reason.contains("code-requests-1") && reason.contains("STORAGE_QUEUE_SHARDS"),
+        "{body}"
+    );
+    let metrics = reqwest::get(format!("http://127.0.0.1:{admin}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let waiting = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("codewatch_unpolled_shard_messages "))
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or_default();
+    assert!(waiting > 0.0, "{metrics}");
+    assert!(one.terminate().success());
+
+    // With the producer's count, every shard is polled and the worker is ready.
+    let mut three = start_worker("3", "worker-3.log");
+    let admin = common::process::bound_port(&dir.path().join("worker-3.log"), "admin");
+    let ready = reqwest::get(format!("http://127.0.0.1:{admin}/readyz"))
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 200, "{}", ready.text().await.unwrap());
+    assert!(three.terminate().success());
+    assert!(serve.terminate().success());
+}
