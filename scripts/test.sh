@@ -146,7 +146,7 @@ export CODEWATCH_TEST_POSTGRES_URL="postgres://postgres@127.0.0.1:$pg_port/postg
 echo "== PostgreSQL $("$pg_bin/postgres" --version | awk '{print $3}') on 127.0.0.1:$pg_port"
 
 # `scripts/test.sh chaos`: only the long runs: the chaos run (CHAOS_SECONDS, default 120;
-# CHAOS_CODES_PER_SECOND, 20; CHAOS_TTL_SECONDS, 20) on an Azurite of its own, and the replica soak at
+# CHAOS_CODES_PER_SECOND, 5; CHAOS_TTL_SECONDS, 20; the workers' logs are kept in target/chaos/last-run) on an Azurite of its own, and the replica soak at
 # full scale (CODEWATCH_REPLICAS_CODES, 3000).
 if [ "$mode" = chaos ]; then
   phase "chaos run"

@@ -30,6 +30,8 @@ struct State {
     requests: AtomicUsize,
     faults: AtomicUsize,
     client: reqwest::Client,
+    /// How long Azurite took to answer each forwarded request.
+    latencies: std::sync::Mutex<Vec<std::time::Duration>>,
 }
 
 /// The proxy; stops when dropped.
@@ -62,6 +64,7 @@ impl FaultProxy {
             requests: AtomicUsize::new(0),
             faults: AtomicUsize::new(0),
             client: reqwest::Client::builder().no_proxy().build().unwrap(),
+            latencies: std::sync::Mutex::new(Vec::new()),
         });
         let cancel = CancellationToken::new();
         let (s, stop) = (state.clone(), cancel.clone());
@@ -98,6 +101,30 @@ impl FaultProxy {
     /// Switches what the proxy does from now on.
     pub fn set(&self, mode: Mode) {
         self.state.mode.store(mode as u8, Ordering::SeqCst);
+    }
+
+    /// How long Azurite took to answer the forwarded requests: (p50, p99, max), and how many.
+    pub fn upstream_latency(
+        &self,
+    ) -> (
+        std::time::Duration,
+        std::time::Duration,
+        std::time::Duration,
+        usize,
+    ) {
+        let mut all = self.state.latencies.lock().unwrap().clone();
+        all.sort();
+        let at = |q: f64| {
+            all.get(((all.len() as f64 * q) as usize).min(all.len().saturating_sub(1)))
+                .copied()
+                .unwrap_or_default()
+        };
+        (
+            at(0.5),
+            at(0.99),
+            all.last().copied().unwrap_or_default(),
+            all.len(),
+        )
     }
 
     /// Requests seen, and how many of them were given a fault.
@@ -164,7 +191,9 @@ async fn handle(
             forward = forward.header(name, value);
         }
     }
+    let started = std::time::Instant::now();
     let answer = forward.send().await.map_err(|_| Dropped)?;
+    state.latencies.lock().unwrap().push(started.elapsed());
     if mode == Mode::DropAnswers as u8 && n.is_multiple_of(3) {
         fault(&state);
         return Err(Dropped);
