@@ -314,12 +314,31 @@ pub async fn producer_with_timeout(
     encoding: MessageEncoding,
     timeout: Duration,
 ) -> Server {
+    Server::start(http::router(producer_state(
+        number_api_url,
+        key,
+        queue,
+        encoding,
+        timeout,
+    )))
+    .await
+}
+
+/// A producer's state without the sign-in API or limits: the number API at `number_api_url` (with its
+/// `timeout`), codes sent to `queue`.
+pub fn producer_state(
+    number_api_url: &str,
+    key: &str,
+    queue: SharedQueue,
+    encoding: MessageEncoding,
+    timeout: Duration,
+) -> AppState {
     let client = NumberApiClient::new(
         number_api_url.parse().unwrap(),
         codewatch::function_key::FunctionKey::fixed(Secret::new(key)),
         timeout,
     );
-    Server::start(http::router(AppState {
+    AppState {
         number_api: client,
         queue: queue.into(),
         encoding,
@@ -329,8 +348,7 @@ pub async fn producer_with_timeout(
         signing: None,
         clock: Default::default(),
         public_getcode: true,
-    }))
-    .await
+    }
 }
 
 /// The producer with the sign-in API on `store`, behind `api_key`, on `clock` (a shifted clock

@@ -370,29 +370,7 @@ async fn a_hung_queue_answers_503_with_a_reason_at_the_request_deadline() {
             .unwrap(),
     );
     let api = common::number_api(KEY).await;
-    let client = codewatch::number_api::NumberApiClient::new(
-        api.url("/api/RandomNumber").parse().unwrap(),
-        codewatch::function_key::FunctionKey::fixed(codewatch::secret::Secret::new(KEY)),
-        Duration::from_secs(5),
-    );
-    let app = Server::start_with(
-        codewatch::http::router(codewatch::http::AppState {
-            number_api: client,
-            queue: queue.into(),
-            encoding: MessageEncoding::Text,
-            verification: None,
-            getcode_limiter: None,
-            trusted_proxies: Default::default(),
-            signing: None,
-            clock: Default::default(),
-            public_getcode: true,
-        }),
-        codewatch::http::HttpLimits {
-            request_timeout: Duration::from_secs(1),
-            ..Default::default()
-        },
-    )
-    .await;
+    let app = producer_with_deadline(queue, &api, Duration::from_secs(1)).await;
     let started = std::time::Instant::now();
     let response = reqwest::get(app.url("/api/v1/getcode")).await.unwrap();
     assert_eq!(response.status(), 503);
@@ -461,29 +439,7 @@ async fn getcodes_that_answered_an_error_while_the_embedded_writer_stalled_leave
     let db = common::sqlite().await;
     let queues = common::embedded_queues(&db.database);
     let api = common::number_api(KEY).await;
-    let client = codewatch::number_api::NumberApiClient::new(
-        api.url("/api/RandomNumber").parse().unwrap(),
-        codewatch::function_key::FunctionKey::fixed(codewatch::secret::Secret::new(KEY)),
-        Duration::from_secs(5),
-    );
-    let app = Server::start_with(
-        codewatch::http::router(codewatch::http::AppState {
-            number_api: client,
-            queue: queues.main.clone().into(),
-            encoding: MessageEncoding::Text,
-            verification: None,
-            getcode_limiter: None,
-            trusted_proxies: Default::default(),
-            signing: None,
-            clock: Default::default(),
-            public_getcode: true,
-        }),
-        codewatch::http::HttpLimits {
-            request_timeout: Duration::from_millis(500),
-            ..Default::default()
-        },
-    )
-    .await;
+    let app = producer_with_deadline(queues.main.clone(), &api, Duration::from_millis(500)).await;
     // Another process's write transaction: the writer's commit waits on it.
     let mut holder = sqlx::SqliteConnection::connect(&db.url).await.unwrap();
     sqlx::query("BEGIN IMMEDIATE")
@@ -507,4 +463,20 @@ async fn getcodes_that_answered_an_error_while_the_embedded_writer_stalled_leave
         .await
         .unwrap();
     assert_eq!(left, 1, "only the code answered 200 is on the queue");
+}
+
+/// A producer (no sign-in API) on `queue` whose requests are abandoned after `deadline`.
+async fn producer_with_deadline(queue: SharedQueue, api: &Server, deadline: Duration) -> Server {
+    let state = common::producer_state(
+        &api.url("/api/RandomNumber"),
+        KEY,
+        queue,
+        MessageEncoding::Text,
+        Duration::from_secs(5),
+    );
+    let limits = codewatch::http::HttpLimits {
+        request_timeout: deadline,
+        ..Default::default()
+    };
+    Server::start_with(codewatch::http::router(state), limits).await
 }
