@@ -40,6 +40,9 @@ pub enum ApiError {
     /// The public getcode was asked to bind a code to a subject, which only the sign-in service may do.
     #[error("a subject named on the public getcode")]
     SubjectNeedsKey,
+    /// The request body is larger than a listener accepts.
+    #[error("request body too large")]
+    BodyTooLarge,
     /// No endpoint at this path on this listener.
     #[error("no such endpoint")]
     NoSuchEndpoint,
@@ -116,6 +119,7 @@ impl ApiError {
                 | ApiError::Unauthorized
                 | ApiError::SubjectNeedsKey
                 | ApiError::IdempotencyKeyReused
+                | ApiError::BodyTooLarge
                 | ApiError::NoSuchEndpoint
                 | ApiError::MethodNotAllowed
                 | ApiError::VerificationDisabled
@@ -142,6 +146,11 @@ impl ApiError {
                  {\"subject\": …} with Authorization: Bearer <VERIFY_API_KEY>, on the sign-in \
                  listener. The public getcode issues unbound codes only."
                     .into(),
+            ),
+            ApiError::BodyTooLarge => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                "The request body is larger than 16 KiB; a code and a subject fit in far less.".into(),
             ),
             ApiError::NoSuchEndpoint => (
                 StatusCode::NOT_FOUND,

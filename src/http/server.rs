@@ -49,9 +49,9 @@ fn with_limits(router: Router, limits: HttpLimits) -> Router {
         .layer(axum::middleware::from_fn(
             move |request: Request, next: Next| within(deadline, request, next),
         ))
-        .layer(tower_http::limit::RequestBodyLimitLayer::new(
-            MAX_BODY_BYTES,
-        ))
+        // Enforced where a body is read (the JSON extractor), so a body past it is answered as
+        // every error is: JSON with a reason.
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(
             |_: Box<dyn std::any::Any + Send>| {
                 tracing::error!("a request handler panicked");

@@ -723,6 +723,21 @@ async fn malformed_codes_subjects_keys_and_bodies_get_400_with_a_reason() {
         .await
         .unwrap();
     assert_eq!(response.status(), 400);
+    // A body past the listener's limit is refused as JSON too, not as plain text.
+    let huge = serde_json::json!({ "code": "abc-1-def", "subject": "x".repeat(20_000) });
+    let response = rig
+        .http
+        .post(rig.app.url("/api/v1/codes/check"))
+        .bearer_auth(API_KEY)
+        .json(&huge)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 413);
+    assert_eq!(
+        response.json::<Value>().await.unwrap()["error"],
+        "body_too_large"
+    );
     for spoof in ["admin\u{202e}nimda", "\u{2066}bob\u{2069}", "ali\u{200b}ce"] {
         let response = rig
             .http
