@@ -113,14 +113,11 @@ impl Verifier {
                 None => None,
             },
             (Mode::Check, None) => self.store.find_valid(code, None, now).await?,
-            (Mode::Redeem, Some(s)) => {
-                let redeemed = self.store.redeem(code, Some(s), now, Some(&gate)).await?;
-                if redeemed.is_some() {
-                    self.store.reset_failures(s).await?;
-                }
-                redeemed
+            (Mode::Redeem, _) => {
+                let gate = subject.map(|_| &gate);
+                let redeemed = self.store.redeem(code, subject, now, gate).await?;
+                return self.concluded(redeemed, code, subject, now).await;
             }
-            (Mode::Redeem, None) => self.store.redeem(code, None, now, None).await?,
         };
         match found {
             Some(record) => Ok(Verdict::Valid(record)),
@@ -157,20 +154,33 @@ impl Verifier {
             .redeem_keyed(remembered, code, subject, now, gate)
             .await?
         {
-            KeyedRedeem::First(Some(record)) => {
-                if let Some(subject) = subject {
-                    self.store.reset_failures(subject).await?;
-                }
-                Ok(KeyedVerdict::Judged(Verdict::Valid(record)))
-            }
-            KeyedRedeem::First(None) => Ok(KeyedVerdict::Judged(
-                self.failed(code, subject, now, Mode::Redeem).await?,
+            KeyedRedeem::First(redeemed) => Ok(KeyedVerdict::Judged(
+                self.concluded(redeemed, code, subject, now).await?,
             )),
             KeyedRedeem::Repeat(Some(record)) => Ok(KeyedVerdict::Replayed(Verdict::Valid(record))),
             KeyedRedeem::Repeat(None) => Ok(KeyedVerdict::Replayed(Verdict::Invalid(
                 "repeat of a redeem that failed",
             ))),
             KeyedRedeem::Reused => Ok(KeyedVerdict::KeyReused),
+        }
+    }
+
+    /// A redeem's verdict: a success forgets the subject's failures, a miss counts one.
+    async fn concluded(
+        &self,
+        redeemed: Option<CodeRecord>,
+        code: &Code,
+        subject: Option<&Subject>,
+        now: DateTime<Utc>,
+    ) -> Result<Verdict, StoreError> {
+        match redeemed {
+            Some(record) => {
+                if let Some(subject) = subject {
+                    self.store.reset_failures(subject).await?;
+                }
+                Ok(Verdict::Valid(record))
+            }
+            None => self.failed(code, subject, now, Mode::Redeem).await,
         }
     }
 

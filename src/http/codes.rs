@@ -12,7 +12,7 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use chrono::{DateTime, SubsecRound as _, Utc};
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use utoipa::{IntoResponses, ToSchema};
@@ -212,7 +212,7 @@ pub async fn issue(
         code: issuance.code.to_string(),
         subject: request.subject,
         issuance_id: issuance.id.as_str().to_owned(),
-        issued_at: issuance.issued_at.trunc_subsecs(6),
+        issued_at: issuance.issued_at,
         timestamp: crate::timestamp::format(issuance.issued_at),
     };
     Ok((StatusCode::CREATED, Json(body)).into_response())

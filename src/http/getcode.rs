@@ -8,6 +8,7 @@ use crate::message::CodeMessage;
 use crate::timestamp;
 use axum::Json;
 use axum::extract::{Query, State};
+use chrono::SubsecRound as _;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use std::time::Duration;
@@ -73,7 +74,8 @@ pub(super) async fn issue_code(
     let issuance = Issuance {
         id: IssuanceId::random(),
         code: Code::generate(number, &mut rand::rng()),
-        issued_at: state.clock.now(),
+        // The precision the message, the table and the answers carry, so that all three agree.
+        issued_at: state.clock.now().trunc_subsecs(6),
         subject,
     };
     let message = CodeMessage::Activate(issuance.clone());
