@@ -163,7 +163,16 @@ impl GroupWriter {
         }
         let rows: Vec<_> = sends.iter().map(|(row, _)| row).collect();
         let receipts: Vec<&Receipt> = deletes.iter().map(|(r, _)| r).collect();
-        match self.write(&rows, &receipts).await {
+        // Asked again inside the transaction, once it holds the write lock (which it may have waited
+        // for): senders that gave up meanwhile have their rows taken back before the commit.
+        let gone = || -> Vec<&str> {
+            sends
+                .iter()
+                .filter(|(_, done)| done.is_closed())
+                .map(|((id, ..), _)| id.as_str())
+                .collect()
+        };
+        match self.write(&rows, &receipts, gone).await {
             Ok(deleted) => {
                 let any_sent = !sends.is_empty();
                 // A sender that gave up during the commit hears nothing: its message is voided.
@@ -226,11 +235,13 @@ impl GroupWriter {
         }
     }
 
-    /// Inserts `rows` and deletes `receipts` in one transaction; the receipts that deleted a message.
-    async fn write(
+    /// Inserts `rows` and deletes `receipts` in one transaction, then takes back the rows of senders that
+    /// are `gone` by then; the receipts that deleted a message.
+    async fn write<'a>(
         &self,
         rows: &[&(String, String, i64, i64)],
         receipts: &[&Receipt],
+        gone: impl Fn() -> Vec<&'a str>,
     ) -> Result<HashSet<(String, String)>, sqlx::Error> {
         let mut tx = self.pools.write.begin().await?;
         for chunk in rows.chunks(ROWS_PER_STATEMENT) {
@@ -275,6 +286,17 @@ impl GroupWriter {
             delete.push(") RETURNING message_id, pop_receipt");
             let ids: Vec<(String, String)> = delete.build_query_as().fetch_all(&mut *tx).await?;
             deleted.extend(ids);
+        }
+        let gone = gone();
+        if !gone.is_empty() {
+            let mut take_back =
+                sqlx::QueryBuilder::new("DELETE FROM queue_messages WHERE message_id IN (");
+            let mut ids = take_back.separated(", ");
+            for id in gone {
+                ids.push_bind(id);
+            }
+            take_back.push(")");
+            take_back.build().execute(&mut *tx).await?;
         }
         tx.commit().await?;
         Ok(deleted)

@@ -816,3 +816,77 @@ async fn a_worker_with_fewer_shards_than_the_producer_is_not_ready_and_says_why(
     assert!(three.terminate().success());
     assert!(serve.terminate().success());
 }
+
+/// `up`'s resident memory, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+/// The embedded queue's writer stalled (another process holds SQLite's write lock) under a flood of
+/// getcodes whose clients give up: `up`'s memory stays bounded, and none of those codes is written
+/// once the lock is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_flood_while_the_embedded_writer_stalls_keeps_memory_bounded_and_leaves_no_code() {
+    use sqlx::Connection as _;
+    let dir = tempfile::tempdir().unwrap();
+    let (mut up, base) = spawn_up(
+        dir.path(),
+        &[
+            ("GETCODE_RATE_LIMIT_PER_SECOND", "0".to_owned()),
+            ("HTTP_REQUEST_TIMEOUT_SECONDS", "1".to_owned()),
+        ],
+    );
+    let pid = up.0.id();
+    let url = format!("sqlite:{}", dir.path().join("codewatch.db").display());
+    let mut holder = sqlx::SqliteConnection::connect(&url).await.unwrap();
+    sqlx::query("BEGIN IMMEDIATE")
+        .execute(&mut holder)
+        .await
+        .unwrap();
+    let before = rss_kib(pid);
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_millis(200))
+        .build()
+        .unwrap();
+    let until = std::time::Instant::now() + Duration::from_secs(6);
+    let clients = (0..32).map(|_| {
+        let (http, url) = (http.clone(), format!("{base}/api/v1/getcode"));
+        tokio::spawn(async move {
+            let (mut sent, mut ok) = (0u64, 0u64);
+            while std::time::Instant::now() < until {
+                sent += 1;
+                if let Ok(r) = http.get(&url).send().await {
+                    ok += u64::from(r.status() == 200);
+                }
+            }
+            (sent, ok)
+        })
+    });
+    let results = futures::future::join_all(clients).await;
+    let (sent, ok) = results
+        .into_iter()
+        .map(Result::unwrap)
+        .fold((0, 0), |(s, o), (a, b)| (s + a, o + b));
+    let grown = rss_kib(pid).saturating_sub(before);
+    sqlx::query("COMMIT").execute(&mut holder).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let written: i64 = sqlx::query_scalar(
+        "SELECT (SELECT count(*) FROM queue_messages) + (SELECT count(*) FROM valid_codes)",
+    )
+    .fetch_one(&mut holder)
+    .await
+    .unwrap();
+    assert!(up.terminate().success());
+    assert!(sent > 100, "the flood sent {sent} requests");
+    assert_eq!(ok, 0, "no getcode could succeed while the writer stalled");
+    assert_eq!(
+        written, 0,
+        "{written} of {sent} abandoned getcodes were written later"
+    );
+    assert!(grown < 64 * 1024, "up grew by {grown} KiB during the flood");
+}
