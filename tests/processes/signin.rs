@@ -1,8 +1,8 @@
 //! The sign-in contract as a sign-in service's team meets it: `codewatch up` with the sign-in API on a
 //! listener of its own, each served OpenAPI document validated with `openapi-spec-validator`, a Python
 //! client generated from each with `openapi-python-client`, and that client driving issue → check →
-//! redeem (tests/python/signin_contract.py), then the README's Python example. At debug level, no code
-//! it saw appears in the log or in the metrics.
+//! redeem (tests/python/signin_contract.py), then the README's Python example, on SQLite and on
+//! PostgreSQL. At debug level, no code it saw appears in the log or in the metrics.
 //!
 //! The Python tools are pinned in tools/openapi/requirements.txt; scripts/test.sh installs them in
 //! target/openapi-venv (or CODEWATCH_OPENAPI_VENV).
@@ -76,18 +76,39 @@ fn generate(venv: &Path, spec: &Path, dir: &Path, package: &str) {
 }
 
 #[tokio::test]
-async fn the_served_documents_are_valid_and_a_generated_client_signs_a_user_in_leaking_no_code() {
+async fn on_sqlite_the_served_documents_are_valid_and_a_generated_client_signs_a_user_in_leaking_no_code()
+ {
+    // The embedded queue, in the same SQLite file.
+    signin_contract(common::sqlite().await, vec![]).await;
+}
+
+#[tokio::test]
+async fn on_postgresql_the_served_documents_are_valid_and_a_generated_client_signs_a_user_in_leaking_no_code()
+ {
+    // PostgreSQL has no embedded queue: Azurite's.
+    let queue = vec![
+        (
+            "AZURE_STORAGE_CONNECTION_STRING",
+            common::connection_string(),
+        ),
+        ("STORAGE_QUEUE_NAME", common::queue_name()),
+    ];
+    signin_contract(common::postgres().await, queue).await;
+}
+
+/// `up` on `db` (and the queue `queue` names), driven by the generated clients and the README example.
+async fn signin_contract(db: common::TestDb, queue: Vec<(&'static str, String)>) {
     let venv = venv();
     let dir = tempfile::tempdir().unwrap();
-    let (mut up, public, admin, signin) = spawn_up_with_verify(
-        dir.path(),
-        &[
-            ("VERIFY_LISTEN_ADDR", "127.0.0.1:0".to_owned()),
-            ("VERIFY_API_KEY", KEY.to_owned()),
-            ("WORKER_MAX_POLL_INTERVAL_MS", "100".to_owned()),
-            ("RUST_LOG", "debug".to_owned()),
-        ],
-    );
+    let mut env = vec![
+        ("DATABASE_URL", db.url.clone()),
+        ("VERIFY_LISTEN_ADDR", "127.0.0.1:0".to_owned()),
+        ("VERIFY_API_KEY", KEY.to_owned()),
+        ("WORKER_MAX_POLL_INTERVAL_MS", "100".to_owned()),
+        ("RUST_LOG", "debug".to_owned()),
+    ];
+    env.extend(queue);
+    let (mut up, public, admin, signin) = spawn_up_with_verify(dir.path(), &env);
     let clients = dir.path().join("clients");
     std::fs::create_dir(&clients).unwrap();
     let public_doc = document(&public, &clients, "public").await;
@@ -125,17 +146,15 @@ async fn the_served_documents_are_valid_and_a_generated_client_signs_a_user_in_l
     assert!(out.contains("signed in as alice"), "{out}");
 
     // Every code issued in the run: the contract's (which it printed) and the README example's.
-    let db = sqlx::SqlitePool::connect(&format!(
-        "sqlite:{}?mode=ro",
-        dir.path().join("codewatch.db").display()
-    ))
-    .await
-    .unwrap();
-    let codes: Vec<String> = sqlx::query_scalar("SELECT code FROM valid_codes")
-        .fetch_all(&db)
+    let codes: Vec<String> = db
+        .database
+        .store()
+        .list(true, chrono::Utc::now(), 1000)
         .await
-        .unwrap();
-    db.close().await;
+        .unwrap()
+        .into_iter()
+        .map(|r| r.code.to_string())
+        .collect();
     for printed in out.lines().filter_map(|l| l.strip_prefix("CODE ")) {
         assert!(codes.iter().any(|c| c == printed), "{printed} was recorded");
     }
