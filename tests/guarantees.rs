@@ -88,6 +88,16 @@ impl Rig {
         clock: Clock,
         number_api: Option<(&str, Duration)>,
     ) -> Server {
+        Server::start(self.producer_router(queue.into(), clock, number_api)).await
+    }
+
+    /// The router of [`Rig::producer_on`].
+    fn producer_router(
+        &self,
+        queue: Spread,
+        clock: Clock,
+        number_api: Option<(&str, Duration)>,
+    ) -> axum::Router {
         let default_url = self.number_api.url("/api/RandomNumber");
         let (url, timeout) = number_api.unwrap_or((&default_url, Duration::from_secs(5)));
         let verification = http::Verification {
@@ -103,13 +113,13 @@ impl Rig {
             limiter: http::rate_limit::RateLimiter::new(1e9, 1e9),
             allow_unbound: true,
         };
-        Server::start(http::router(AppState {
+        http::router(AppState {
             number_api: NumberApiClient::new(
                 url.parse().unwrap(),
                 FunctionKey::fixed(Secret::new(NUMBER_KEY)),
                 timeout,
             ),
-            queue: queue.into(),
+            queue,
             encoding: MessageEncoding::Text,
             verification: Some(verification),
             getcode_limiter: None,
@@ -117,8 +127,7 @@ impl Rig {
             signing: None,
             clock,
             public_getcode: true,
-        }))
-        .await
+        })
     }
 
     /// Every shard's queues.
@@ -127,6 +136,16 @@ impl Rig {
             .chain(&self.more_shards)
             .cloned()
             .collect()
+    }
+
+    /// [`Rig::producer_on`] `queue`, whose requests are abandoned (answered 503) after `deadline`.
+    async fn producer_with_deadline(&self, queue: SharedQueue, deadline: Duration) -> Server {
+        let router = self.producer_router(queue.into(), Clock::system(), None);
+        let limits = http::HttpLimits {
+            request_timeout: deadline,
+            ..Default::default()
+        };
+        Server::start_with(router, limits).await
     }
 
     async fn producer(&self, queue: SharedQueue) -> Server {
@@ -764,6 +783,42 @@ async fn a_failing_database(db: TestDb) -> Verdict {
     rig.finish().await
 }
 
+/// The embedded queue's writer stalled (another process holds SQLite's write lock) while a flood of
+/// getcodes passes its deadline: every one of them is answered 503, and since the embedded queue takes an
+/// abandoned send back before it commits, none of those codes may ever become valid. The codes issued
+/// before and after the stall live their ordinary lives.
+async fn a_stalled_embedded_writer(db: TestDb) -> Verdict {
+    use sqlx::Connection as _;
+    let mut rig = rig(db, Duration::from_secs(3)).await;
+    rig.queues = common::embedded_queues(&rig.db.database);
+    rig.checker.errors_are_final();
+    let producer = rig
+        .producer_with_deadline(rig.queues.main.clone(), Duration::from_millis(500))
+        .await;
+    let _worker = rig.spawn(Kind::Codewatch, rig.queues.main.clone()).await;
+    let before = rig
+        .issue(&producer, 5, Duration::from_millis(20), false)
+        .await;
+    assert_eq!(codes(&before).len(), 5);
+    let mut holder = sqlx::SqliteConnection::connect(&rig.db.url).await.unwrap();
+    sqlx::query("BEGIN IMMEDIATE")
+        .execute(&mut holder)
+        .await
+        .unwrap();
+    let base = producer.url("");
+    let flood = futures::future::join_all((0..40).map(|_| rig.checker.get_code(&base))).await;
+    sqlx::query("COMMIT").execute(&mut holder).await.unwrap();
+    assert!(
+        flood.iter().all(|a| matches!(a, Answer::Refused(503))),
+        "{flood:?}"
+    );
+    let after = rig
+        .issue(&producer, 5, Duration::from_millis(20), false)
+        .await;
+    assert_eq!(codes(&after).len(), 5);
+    rig.finish().await
+}
+
 /// The queue is deleted under load (the expiry messages in it are lost with it, which is harmless:
 /// validity comes from `expires_at`); the producer and the worker, whose connection string may create
 /// queues, create it again on their next call, without a restart. Every code handed out after the
@@ -980,6 +1035,7 @@ holds!(sqlite_only:
     a_number_api_failing_hanging_and_answering_garbage => a_failing_number_api,
     a_throttled_dropping_and_down_queue => a_failing_queue,
     a_queue_deleted_and_recreated_under_load => a_queue_deleted_and_recreated,
+    getcodes_abandoned_while_the_embedded_writer_stalls_leave_no_code => a_stalled_embedded_writer,
 );
 
 /// The checker must see a broken worker: the walkthrough's toggle fails the same scenarios.

@@ -87,6 +87,13 @@ pub struct Readiness {
 }
 
 impl Readiness {
+    /// [`Readiness::failures`], recorded in `codewatch_ready` (1 when none).
+    pub async fn check(&self) -> Vec<(&'static str, String)> {
+        let failing = self.failures().await;
+        metrics::gauge!(super::metrics::READY).set(if failing.is_empty() { 1.0 } else { 0.0 });
+        failing
+    }
+
     /// The failing parts, each with a reason (never a secret); empty when ready. The parts are checked
     /// at once, each within [`CHECK_TIMEOUT`], so the answer comes within that.
     pub async fn failures(&self) -> Vec<(&'static str, String)> {
@@ -178,8 +185,7 @@ async fn healthz(State(state): State<Arc<OpsState>>) -> Response {
 }
 
 async fn readyz(State(state): State<Arc<OpsState>>) -> Response {
-    let failing = state.readiness.failures().await;
-    metrics::gauge!(super::metrics::READY).set(if failing.is_empty() { 1.0 } else { 0.0 });
+    let failing = state.readiness.check().await;
     if failing.is_empty() {
         return Json(serde_json::json!({ "status": "ready" })).into_response();
     }
@@ -194,6 +200,10 @@ async fn readyz(State(state): State<Arc<OpsState>>) -> Response {
         .into_response()
 }
 
+/// Renders the metrics after a fresh readiness check, so `codewatch_ready` and
+/// `codewatch_unpolled_shard_messages` are current at every scrape, whether or not anything probes
+/// `/readyz`.
 async fn render_metrics(State(state): State<Arc<OpsState>>) -> String {
+    state.readiness.check().await;
     state.metrics.render()
 }

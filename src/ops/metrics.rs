@@ -89,10 +89,10 @@ pub enum Role {
 
 /// Writes every counter the alerts and dashboards use at 0, with each label value it can take. A
 /// counter that first appears at 1 has no increase to see, so without this `increase()` would miss the
-/// first poisoned message or loop restart after a start. `codewatch_ready` is not among them: its 0
-/// means "not ready", which a process that no probe has asked yet is not known to be; its alert reads
-/// its value, not an increase.
+/// first poisoned message or loop restart after a start. The gauges start at 0 too: `codewatch_ready`
+/// is "not ready" until a check passes, and every scrape of `/metrics` runs one first.
 pub fn start_at_zero(role: Role) {
+    metrics::gauge!(READY).set(0.0);
     if role != Role::Worker {
         for kind in NUMBER_API_ERROR_KINDS {
             metrics::counter!(NUMBER_API_ERRORS, "kind" => kind).absolute(0);
@@ -107,6 +107,7 @@ pub fn start_at_zero(role: Role) {
         }
         metrics::counter!(RECEIVED).absolute(0);
         metrics::counter!(POLLS).absolute(0);
+        metrics::gauge!(UNPOLLED_SHARD_MESSAGES).set(0.0);
     }
 }
 

@@ -198,6 +198,9 @@ struct Record {
     bad_injected: usize,
     /// The bodies of every error answer, checked for secrets.
     error_bodies: Vec<String>,
+    /// Every error answer is final: a queue error or a passed deadline hands out no code either (the
+    /// embedded queue takes an abandoned send back before it commits).
+    errors_are_final: bool,
 }
 
 /// What a scenario came to: every invariant as a number.
@@ -315,6 +318,11 @@ impl Checker {
         })
     }
 
+    /// From now on, a producer's error answer means no code at all: none may become valid later.
+    pub fn errors_are_final(&self) {
+        self.record.lock().unwrap().errors_are_final = true;
+    }
+
     /// Asks the producer at `base` (`http://host:port`) for an unbound code (the public getcode) and
     /// records the answer.
     pub async fn get_code(&self, base: &str) -> Answer {
@@ -354,8 +362,9 @@ impl Checker {
                         });
                         Answer::Code(code)
                     }
-                    503 if body.contains("queue_unavailable")
-                        || body.contains("request_timeout") =>
+                    503 if (body.contains("queue_unavailable")
+                        || body.contains("request_timeout"))
+                        && !self.record.lock().unwrap().errors_are_final =>
                     {
                         Answer::Indeterminate
                     }

@@ -669,6 +669,8 @@ async fn every_counter_an_alert_watches_exists_at_zero_from_the_start() {
         r#"codewatch_worker_loop_restarts_total{loop="sweep"} 0"#,
         r#"codewatch_number_api_errors_total{kind="status"} 0"#,
         r#"codewatch_number_api_errors_total{kind="unreachable"} 0"#,
+        "codewatch_unpolled_shard_messages 0",
+        "codewatch_ready 1",
     ] {
         assert!(
             metrics.lines().any(|l| l == series),
@@ -779,6 +781,23 @@ async fn a_worker_with_fewer_shards_than_the_producer_is_not_ready_and_says_why(
     };
     let mut one = start_worker("1", "worker-1.log");
     let admin = common::process::bound_port(&dir.path().join("worker-1.log"), "admin");
+    // A scrape alone, with nothing probing /readyz, shows it: the alerts read these two series.
+    let metrics = reqwest::get(format!("http://127.0.0.1:{admin}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let waiting = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("codewatch_unpolled_shard_messages "))
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or_default();
+    assert!(waiting > 0.0, "{metrics}");
+    assert!(
+        metrics.lines().any(|l| l == "codewatch_ready 0"),
+        "{metrics}"
+    );
     let ready = reqwest::get(format!("http://127.0.0.1:{admin}/readyz"))
         .await
         .unwrap();
@@ -792,18 +811,6 @@ async fn a_worker_with_fewer_shards_than_the_producer_is_not_ready_and_says_why(
         reason.contains("code-requests-1") && reason.contains("STORAGE_QUEUE_SHARDS"),
         "{body}"
     );
-    let metrics = reqwest::get(format!("http://127.0.0.1:{admin}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let waiting = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("codewatch_unpolled_shard_messages "))
-        .and_then(|v| v.parse::<f64>().ok())
-        .unwrap_or_default();
-    assert!(waiting > 0.0, "{metrics}");
     assert!(one.terminate().success());
 
     // With the producer's count, every shard is polled and the worker is ready.
