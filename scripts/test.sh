@@ -72,6 +72,11 @@ install_tools() {
     echo "== installing promtool (Debian's prometheus)"
     apt_install prometheus
   fi
+  # The sign-in example's browser test: Debian's Chromium and its WebDriver.
+  if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then
+    echo "== installing Chromium and ChromeDriver (Debian's chromium, chromium-driver)"
+    apt_install chromium chromium-driver
+  fi
 }
 
 phase "installing what the tests need, in the background"

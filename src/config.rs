@@ -424,9 +424,16 @@ pub struct ServeArgs {
     pub verify_listen: Option<SocketAddr>,
     /// Serve the walkthrough's unauthenticated `GET /api/v1/getcode` (unbound codes, a demonstration)
     /// on LISTEN_ADDR. A sign-in flow issues bound codes through the sign-in API instead; turn this off
-    /// where nobody needs the demonstration.
-    #[arg(long, env = "PUBLIC_GETCODE", default_value_t = true, action = clap::ArgAction::Set)]
-    pub public_getcode: bool,
+    /// where nobody needs the demonstration. Default: on, unless DELIVERY is set (then no answer may
+    /// carry a code, and turning it on is refused).
+    #[arg(long, env = "PUBLIC_GETCODE", action = clap::ArgAction::Set)]
+    pub public_getcode: Option<bool>,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub ttl: CodeTtlArgs,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub delivery: DeliveryArgs,
     #[command(flatten)]
     #[allow(missing_docs)]
     pub http: HttpArgs,
@@ -451,6 +458,168 @@ pub struct ServeArgs {
     #[command(flatten)]
     #[allow(missing_docs)]
     pub signing: SigningArgs,
+}
+
+impl ServeArgs {
+    /// Whether the public getcode is served: as asked, or by default unless codes are delivered.
+    pub fn public_getcode(&self) -> Result<bool, ConfigError> {
+        match (self.public_getcode, self.delivery.delivery) {
+            (Some(true), channel) if channel != DeliveryChannel::None => {
+                Err(ConfigError::GetcodeWithDelivery)
+            }
+            (Some(on), _) => Ok(on),
+            (None, channel) => Ok(channel == DeliveryChannel::None),
+        }
+    }
+}
+
+/// A combination of settings that cannot work, found before anything starts.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    /// The public getcode hands a code to anyone, which delivery promises never to do.
+    #[error(
+        "PUBLIC_GETCODE=true hands codes to unauthenticated callers, and DELIVERY is set so that no \
+         answer carries a code: unset PUBLIC_GETCODE (it is off by default with DELIVERY)"
+    )]
+    GetcodeWithDelivery,
+    /// A channel without what it needs.
+    #[error("DELIVERY={channel} needs {missing}")]
+    DeliveryIncomplete {
+        /// The channel.
+        channel: &'static str,
+        /// The settings it lacks.
+        missing: &'static str,
+    },
+}
+
+/// How long a code stays valid: the worker keeps it so long, the producer says until when.
+#[derive(Clone, Debug, Args)]
+pub struct CodeTtlArgs {
+    /// How long a code stays valid after it is issued, in seconds (set the same on `serve` and the
+    /// worker: the issuing answer's `expires_at` is computed with it).
+    #[arg(long, env = "CODE_TTL_SECONDS", default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..=604_800))]
+    pub code_ttl_seconds: u64,
+}
+
+impl CodeTtlArgs {
+    /// The TTL.
+    pub fn ttl(&self) -> Duration {
+        Duration::from_secs(self.code_ttl_seconds)
+    }
+}
+
+/// How the worker delivers codes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum DeliveryChannel {
+    /// No delivery: the issuing answer carries the code, for the sign-in service to send.
+    #[default]
+    None,
+    /// By mail, through an SMTP server (SMTP_URL).
+    Smtp,
+    /// By an HMAC-signed POST to the sign-in service (DELIVERY_WEBHOOK_URL), which sends it on.
+    Webhook,
+}
+
+impl DeliveryChannel {
+    /// The name, as DELIVERY takes it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::Smtp => "smtp",
+            Self::Webhook => "webhook",
+        }
+    }
+}
+
+/// Delivery of codes by the worker. Set the same on `serve` (which then requires a destination and
+/// leaves the code out of its answers) and on the worker (which delivers).
+#[derive(Clone, Debug, Args)]
+pub struct DeliveryArgs {
+    /// How codes issued with a destination reach the user: `none` (the issuing answer carries the
+    /// code), `smtp` or `webhook`.
+    #[arg(long, env = "DELIVERY", value_enum, default_value_t = DeliveryChannel::None)]
+    pub delivery: DeliveryChannel,
+    /// The SMTP server: `smtps://host:465` (implicit TLS), `smtp://host:587?tls=required` (STARTTLS),
+    /// or `smtp://localhost:25` (plain, for a relay on the same host).
+    #[arg(long, env = "SMTP_URL", hide_env_values = true)]
+    pub smtp_url: Option<Secret>,
+    /// The SMTP user name, if the server wants a login.
+    #[arg(long, env = "SMTP_USERNAME")]
+    pub smtp_username: Option<String>,
+    /// The SMTP password (or SMTP_PASSWORD_FILE, or the Key Vault secret below).
+    #[arg(long, env = "SMTP_PASSWORD", hide_env_values = true)]
+    pub smtp_password: Option<Secret>,
+    /// A file holding the SMTP password (owner-only; used when SMTP_PASSWORD is unset).
+    #[arg(long, env = "SMTP_PASSWORD_FILE")]
+    pub smtp_password_file: Option<std::path::PathBuf>,
+    /// Key Vault holding the SMTP password or the webhook secret, read with the app's identity (used
+    /// when neither the value nor a file is given).
+    #[arg(long, env = "DELIVERY_KEY_VAULT_URL")]
+    pub delivery_key_vault_url: Option<url::Url>,
+    /// Name of the Key Vault secret holding the SMTP password.
+    #[arg(
+        long,
+        env = "SMTP_PASSWORD_SECRET_NAME",
+        default_value = "smtp-password"
+    )]
+    pub smtp_password_secret_name: String,
+    /// The mails' sender.
+    #[arg(
+        long,
+        env = "DELIVERY_MAIL_FROM",
+        default_value = "codewatch <no-reply@localhost>"
+    )]
+    pub delivery_mail_from: String,
+    /// The mails' subject line; may use {code}, {minutes}, {expires_at}, {subject}.
+    #[arg(long, env = "DELIVERY_MAIL_SUBJECT", default_value = crate::delivery::template::DEFAULT_SUBJECT)]
+    pub delivery_mail_subject: String,
+    /// A file holding the mails' plain-text body; must use {code}, may use {minutes}, {expires_at},
+    /// {subject}. Without it, a short built-in text.
+    #[arg(long, env = "DELIVERY_MAIL_BODY_FILE")]
+    pub delivery_mail_body_file: Option<std::path::PathBuf>,
+    /// The sign-in service's URL that receives each code (DELIVERY=webhook).
+    #[arg(long, env = "DELIVERY_WEBHOOK_URL")]
+    pub delivery_webhook_url: Option<url::Url>,
+    /// The secret the webhook's `Codewatch-Signature` is made with (at least 32 characters).
+    #[arg(long, env = "DELIVERY_WEBHOOK_SECRET", hide_env_values = true)]
+    pub delivery_webhook_secret: Option<Secret>,
+    /// A file holding that secret (owner-only; used when DELIVERY_WEBHOOK_SECRET is unset).
+    #[arg(long, env = "DELIVERY_WEBHOOK_SECRET_FILE")]
+    pub delivery_webhook_secret_file: Option<std::path::PathBuf>,
+    /// Name of the Key Vault secret holding the webhook secret.
+    #[arg(
+        long,
+        env = "DELIVERY_WEBHOOK_SECRET_NAME",
+        default_value = "delivery-webhook-secret"
+    )]
+    pub delivery_webhook_secret_name: String,
+    /// Seconds one delivery attempt may take.
+    #[arg(long, env = "DELIVERY_TIMEOUT_SECONDS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=300))]
+    pub delivery_timeout_seconds: u64,
+    /// Seconds before a failed delivery is tried again; the wait doubles with each failure.
+    #[arg(long, env = "DELIVERY_RETRY_MIN_SECONDS", default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub delivery_retry_min_seconds: u64,
+    /// The longest wait between delivery attempts, in seconds.
+    #[arg(long, env = "DELIVERY_RETRY_MAX_SECONDS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub delivery_retry_max_seconds: u64,
+}
+
+impl DeliveryArgs {
+    /// The delivery stage's settings.
+    pub fn settings(&self) -> crate::delivery::DeliverySettings {
+        crate::delivery::DeliverySettings {
+            timeout: Duration::from_secs(self.delivery_timeout_seconds),
+            retry_min: Duration::from_secs(self.delivery_retry_min_seconds),
+            retry_max: Duration::from_secs(
+                self.delivery_retry_max_seconds
+                    .max(self.delivery_retry_min_seconds),
+            ),
+            lease: crate::delivery::DeliverySettings::lease_for(Duration::from_secs(
+                self.delivery_timeout_seconds,
+            )),
+            ..crate::delivery::DeliverySettings::default()
+        }
+    }
 }
 
 /// How many codes one client may ask for.
@@ -560,9 +729,6 @@ impl Default for crate::verify::Throttle {
 /// How the worker behaves.
 #[derive(Clone, Debug, Args)]
 pub struct WorkerTuning {
-    /// How long a code stays valid after it is issued, in seconds.
-    #[arg(long, env = "CODE_TTL_SECONDS", default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..=604_800))]
-    pub code_ttl_seconds: u64,
     /// Messages per receive (1–32).
     #[arg(long, env = "WORKER_BATCH_SIZE", default_value_t = crate::queue::MAX_BATCH, value_parser = clap::value_parser!(u32).range(1..=i64::from(crate::queue::MAX_BATCH)))]
     pub batch_size: u32,
@@ -605,10 +771,10 @@ pub struct WorkerTuning {
 }
 
 impl WorkerTuning {
-    /// The worker settings these flags describe.
-    pub fn settings(&self, encoding: MessageEncoding) -> WorkerSettings {
+    /// The worker settings these flags describe, for codes valid `ttl`.
+    pub fn settings(&self, encoding: MessageEncoding, ttl: &CodeTtlArgs) -> WorkerSettings {
         WorkerSettings {
-            code_ttl: Duration::from_secs(self.code_ttl_seconds),
+            code_ttl: ttl.ttl(),
             batch_size: self.batch_size,
             lease: Duration::from_secs(self.lease_seconds),
             max_dequeue_count: self.max_dequeue_count,
@@ -635,7 +801,7 @@ impl Default for WorkerTuning {
 
 impl Default for WorkerSettings {
     fn default() -> Self {
-        WorkerTuning::default().settings(MessageEncoding::Text)
+        WorkerTuning::default().settings(MessageEncoding::Text, &clap_defaults())
     }
 }
 
@@ -654,6 +820,12 @@ pub struct WorkerArgs {
     #[command(flatten)]
     #[allow(missing_docs)]
     pub tuning: WorkerTuning,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub ttl: CodeTtlArgs,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub delivery: DeliveryArgs,
     #[command(flatten)]
     #[allow(missing_docs)]
     pub queue: QueueArgs,
@@ -726,8 +898,9 @@ mod tests {
             panic!("serve")
         };
         assert!(!serve.verify.allow_unbound_codes, "unbound checks are off");
-        assert!(
-            serve.public_getcode,
+        assert_eq!(
+            serve.public_getcode(),
+            Ok(true),
             "the sample's getcode is on unless turned off"
         );
         let Command::Serve(off) = Cli::try_parse_from([
@@ -743,7 +916,24 @@ mod tests {
         else {
             panic!("serve")
         };
-        assert!(!off.public_getcode && off.verify.allow_unbound_codes);
+        assert!(off.public_getcode() == Ok(false) && off.verify.allow_unbound_codes);
+    }
+
+    #[test]
+    fn with_delivery_no_answer_carries_a_code_and_the_public_getcode_is_off() {
+        let serve = |args: &[&str]| {
+            let mut argv = vec!["codewatch", "serve"];
+            argv.extend(args);
+            match Cli::try_parse_from(argv).unwrap().command {
+                Command::Serve(serve) => serve,
+                _ => panic!("serve"),
+            }
+        };
+        assert_eq!(serve(&["--delivery", "smtp"]).public_getcode(), Ok(false));
+        assert_eq!(
+            serve(&["--delivery", "webhook", "--public-getcode", "true"]).public_getcode(),
+            Err(ConfigError::GetcodeWithDelivery)
+        );
     }
 
     #[test]

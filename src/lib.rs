@@ -23,6 +23,9 @@ pub mod signing;
 pub mod store;
 pub mod worker;
 
+// --- Delivering: the worker's stage that sends each code to its user (mail, webhook). ---
+pub mod delivery;
+
 // --- Checking: verification for a sign-in service (the HTTP routes are in `http`). ---
 pub mod verify;
 
@@ -37,6 +40,7 @@ pub mod shutdown;
 
 // --- Shared helpers: secrets, outside text made safe to log, the sample's timestamp format. ---
 pub mod files;
+pub mod hex;
 pub mod secret;
 pub mod timestamp;
 pub mod untrusted;

@@ -1,6 +1,6 @@
 //! The queue message: what `serve` writes, what the worker re-arms for expiry, and the foreign shapes it accepts.
 
-use crate::domain::{Code, InvalidIssuanceId, Issuance, IssuanceId, Subject};
+use crate::domain::{Code, Destination, InvalidIssuanceId, Issuance, IssuanceId, Subject};
 use crate::signing::SigningKeys;
 use crate::timestamp;
 use crate::untrusted::escaped;
@@ -48,6 +48,9 @@ pub enum MessageError {
     /// A recognised shape with a subject that is not one.
     #[error("message subject is not a valid subject")]
     BadSubject,
+    /// A recognised shape with a destination that is not one (never shown: it is personal data).
+    #[error("message destination is not a valid destination")]
+    BadDestination,
     /// A recognised shape with a timestamp that cannot be read (the text is escaped and capped).
     #[error("message timestamp {0:?} is not a time")]
     BadTimestamp(String),
@@ -86,6 +89,9 @@ struct Wire {
     expires_at: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     subject: Option<String>,
+    /// Where the worker delivers the code (delivery on).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    destination: Option<String>,
     /// HMAC-SHA256 of [`CodeMessage::canonical`], base64, when the producer has a signing key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     sig: Option<String>,
@@ -105,14 +111,15 @@ impl CodeMessage {
     }
 
     /// What a signature covers: every field, as codewatch reads it, so that the text's shape (JSON key
-    /// order, time format) does not matter and no field can be changed without breaking it.
+    /// order, time format) does not matter and no field can be changed without breaking it. A
+    /// destination adds a line, so that messages signed before delivery existed still verify.
     pub fn canonical(&self) -> String {
         let issuance = self.issuance();
         let (action, expires_at) = match self {
             Self::Activate(_) => ("activate", String::new()),
             Self::Expire { expires_at, .. } => ("expire", timestamp::format(*expires_at)),
         };
-        format!(
+        let mut text = format!(
             "codewatch.v1\n{action}\n{}\n{}\n{}\n{}\n{expires_at}",
             issuance.id,
             issuance.code,
@@ -122,7 +129,12 @@ impl CodeMessage {
                 .as_ref()
                 .map(Subject::as_str)
                 .unwrap_or_default(),
-        )
+        );
+        if let Some(destination) = &issuance.destination {
+            text.push('\n');
+            text.push_str(destination.as_str());
+        }
+        text
     }
 
     /// [`CodeMessage::encode`], signed with `keys`' current key when given.
@@ -139,6 +151,7 @@ impl CodeMessage {
             timestamp: Some(timestamp::format(issuance.issued_at)),
             expires_at,
             subject: issuance.subject.as_ref().map(|s| s.to_string()),
+            destination: issuance.destination.as_ref().map(|d| d.as_str().to_owned()),
             sig: keys.map(|k| k.sign(&self.canonical())),
         };
         // Serialising a struct of strings cannot fail.
@@ -203,6 +216,7 @@ fn decode_plain(text: &str, inserted_at: DateTime<Utc>) -> Result<Decoded, Messa
     match Code::parse(text) {
         Ok(code) => Ok((
             CodeMessage::Activate(Issuance {
+                destination: None,
                 id: IssuanceId::derived(&code, inserted_at),
                 code,
                 issued_at: inserted_at,
@@ -231,7 +245,12 @@ fn from_wire(wire: Wire, inserted_at: DateTime<Utc>) -> Result<Decoded, MessageE
         None | Some("") => None,
         Some(s) => Some(Subject::parse(s).map_err(|_| MessageError::BadSubject)?),
     };
+    let destination = match wire.destination.as_deref() {
+        None | Some("") => None,
+        Some(d) => Some(Destination::parse(d).map_err(|_| MessageError::BadDestination)?),
+    };
     let issuance = Issuance {
+        destination,
         id,
         code,
         issued_at,
@@ -403,6 +422,7 @@ mod tests {
 
     fn issuance() -> Issuance {
         Issuance {
+            destination: None,
             id: IssuanceId::random(),
             code: Code::parse("ojE-161-pTv").unwrap(),
             issued_at: timestamp::parse("2020-04-15 16:54:48.816549").unwrap(),
@@ -599,6 +619,7 @@ mod properties {
             "[a-zA-Z0-9-]{1,64}",
         )
             .prop_map(|(number, micros, subject, id)| Issuance {
+                destination: None,
                 id: IssuanceId::parse(&id).unwrap(),
                 code: Code::generate(number % 1_000_000, &mut rand::rng()),
                 issued_at: DateTime::<Utc>::from_timestamp_micros(micros).unwrap(),

@@ -65,6 +65,8 @@ struct Rig {
     checker: Arc<Checker>,
     number_api: Server,
     ttl: Duration,
+    /// How the producer's codes reach their users.
+    delivery: codewatch::config::DeliveryChannel,
 }
 
 async fn rig(db: TestDb, ttl: Duration) -> Rig {
@@ -76,6 +78,7 @@ async fn rig(db: TestDb, ttl: Duration) -> Rig {
         number_api: common::number_api(NUMBER_KEY).await,
         db,
         ttl,
+        delivery: codewatch::config::DeliveryChannel::None,
     }
 }
 
@@ -127,6 +130,10 @@ impl Rig {
             signing: None,
             clock,
             public_getcode: true,
+            issuing: http::Issuing {
+                code_ttl: self.ttl,
+                delivery: self.delivery,
+            },
         })
     }
 
@@ -819,6 +826,126 @@ async fn a_stalled_embedded_writer(db: TestDb) -> Verdict {
     rig.finish().await
 }
 
+/// A webhook receiver for the delivery scenarios: tells the checker of each delivery; the first call
+/// of all is held until `hold` is released (the scenario kills the worker meanwhile), then answered.
+async fn delivery_receiver(
+    checker: Arc<Checker>,
+    hold: Option<Arc<tokio::sync::Notify>>,
+    first_arrived: Arc<tokio::sync::Notify>,
+) -> Server {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let router = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |body: String| {
+            let (checker, hold, first_arrived, calls) = (
+                checker.clone(),
+                hold.clone(),
+                first_arrived.clone(),
+                calls.clone(),
+            );
+            async move {
+                let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+                checker.delivered(
+                    v["issuance_id"].as_str().unwrap(),
+                    v["code"].as_str().unwrap(),
+                );
+                if calls.fetch_add(1, Ordering::SeqCst) == 0 {
+                    first_arrived.notify_one();
+                    if let Some(hold) = hold {
+                        hold.notified().await;
+                    }
+                }
+                axum::http::StatusCode::OK
+            }
+        }),
+    );
+    Server::start(router).await
+}
+
+/// A worker on the rig's queue delivering through the webhook at `hook`.
+fn delivering_worker(rig: &Rig, hook: &Server) -> Running {
+    let channel = codewatch::delivery::webhook::WebhookChannel::new(
+        hook.url("/hook").parse().unwrap(),
+        Secret::new("guarantees-webhook-secret-0123456789"),
+        Duration::from_secs(5),
+    )
+    .unwrap();
+    let deliverer = Arc::new(codewatch::delivery::Deliverer::new(
+        rig.db.database.store(),
+        Arc::new(channel),
+        // Attempts may take 5 s on a loaded machine (a timeout after the receiver took the code would
+        // send it twice); a claim outlives one by 2 s, so a dead worker's delivery is sent again soon.
+        codewatch::delivery::DeliverySettings {
+            timeout: Duration::from_secs(5),
+            lease: Duration::from_secs(7),
+            retry_min: Duration::from_millis(100),
+            retry_max: Duration::from_millis(500),
+            interval: Duration::from_millis(100),
+            ..Default::default()
+        },
+    ));
+    let worker = Worker::new(
+        rig.queues.main.clone(),
+        rig.queues.poison.clone(),
+        rig.db.database.store(),
+        rig.settings(),
+    )
+    .with_delivery(deliverer);
+    Running(tokio::spawn(Arc::new(worker).run(CancellationToken::new())))
+}
+
+/// Codes delivered by the worker, which is killed (as `kill -9` would) after the receiver got the
+/// first code and before the worker could record it: another worker sends that one (and any other it
+/// had in flight) again after the claim's lease, once: at most one extra delivery per issuance,
+/// only in this scenario. With `kill` false, nobody dies and no code may be sent twice.
+async fn delivered_codes(db: TestDb, kill: bool) -> Verdict {
+    let mut rig = rig(db, Duration::from_secs(20)).await;
+    rig.delivery = codewatch::config::DeliveryChannel::Webhook;
+    let hold = Arc::new(tokio::sync::Notify::new());
+    let first_arrived = Arc::new(tokio::sync::Notify::new());
+    let hook = delivery_receiver(
+        rig.checker.clone(),
+        kill.then(|| hold.clone()),
+        first_arrived.clone(),
+    )
+    .await;
+    let producer = rig.producer(rig.queues.main.clone()).await;
+    let first = delivering_worker(&rig, &hook);
+    let base = producer.url("");
+    let mut answers = Vec::new();
+    for i in 0..8 {
+        let subject = format!("subject-{i}");
+        let destination = format!("+44 7700 9000{i:02}");
+        answers.push(
+            rig.checker
+                .get_code_to(&base, VERIFY_KEY, &subject, &destination)
+                .await,
+        );
+    }
+    assert!(
+        answers.iter().all(|a| matches!(a, Answer::Pending(_))),
+        "{answers:?}"
+    );
+    let _second = if kill {
+        first_arrived.notified().await;
+        first.kill();
+        hold.notify_one();
+        rig.checker.allow_extra_deliveries(1);
+        Some(delivering_worker(&rig, &hook))
+    } else {
+        Some(first)
+    };
+    let verdict = rig.finish().await;
+    if kill {
+        // Each delivery in flight when the worker died is sent once more; the held one at least.
+        assert!(
+            verdict.extra_deliveries >= 1,
+            "the killed worker's delivery was sent again"
+        );
+    }
+    verdict
+}
+
 /// The queue is deleted under load (the expiry messages in it are lost with it, which is harmless:
 /// validity comes from `expires_at`); the producer and the worker, whose connection string may create
 /// queues, create it again on their next call, without a restart. Every code handed out after the
@@ -975,6 +1102,7 @@ async fn receive_all(queue: &SharedQueue, n: usize) -> Vec<codewatch::queue::Rec
 
 async fn send_activation(queue: &SharedQueue, code: &str, issued_at: chrono::DateTime<Utc>) {
     let message = CodeMessage::Activate(Issuance {
+        destination: None,
         id: IssuanceId::random(),
         code: Code::parse(code).unwrap(),
         issued_at,
@@ -1026,6 +1154,9 @@ on_both!(
     a_worker_started_after_the_ttl_makes_none_valid => a_backlog_past_its_ttl,
     a_worker_started_half_way_keeps_each_code_until_its_own_expiry => a_backlog_half_way,
     terminated_connections_or_a_locked_database => a_failing_database,
+    each_code_delivered_once => |db| delivered_codes(db, false),
+    a_worker_killed_between_sending_and_recording_a_delivery_sends_it_once_more =>
+        |db| delivered_codes(db, true),
 );
 
 holds!(sqlite_only:

@@ -119,6 +119,7 @@ struct Bench {
 
 fn activation_body(i: usize) -> String {
     CodeMessage::Activate(Issuance {
+        destination: None,
         id: IssuanceId::random(),
         code: Code::parse(&format!("Ben-{i}-Chx")).unwrap(),
         issued_at: Utc::now(),
@@ -536,6 +537,7 @@ impl Bench {
             .map(|i| {
                 Activation::new(
                     Issuance {
+                        destination: None,
                         id: IssuanceId::random(),
                         code: Code::parse(&format!("Vrf-{i}-Chk")).unwrap(),
                         issued_at: now,

@@ -51,7 +51,7 @@ fn time(t: Option<DateTime<Utc>>) -> String {
     t.map(timestamp::format).unwrap_or_default()
 }
 
-const HEADER: [&str; 9] = [
+const HEADER: [&str; 10] = [
     "code",
     "state",
     "subject",
@@ -60,12 +60,29 @@ const HEADER: [&str; 9] = [
     "activated_at",
     "redeemed_at",
     "revoked_at",
+    "delivery",
     "issuance_id",
 ];
 
+/// A row's delivery in a few words: where (masked), its state, and why it failed.
+fn delivery(r: &CodeRecord) -> String {
+    let Some(d) = &r.delivery else {
+        return String::new();
+    };
+    let mut text = format!("{} to {}", d.state(), d.destination.masked());
+    match (d.delivered_at, d.failed_at, &d.error) {
+        (Some(at), _, _) => text += &format!(" at {}", timestamp::format(at)),
+        (None, _, Some(error)) => {
+            text += &format!(" after {} attempt(s): {}", d.attempts, escape_all(error))
+        }
+        _ => {}
+    }
+    text
+}
+
 /// A row's fields as text, each control or format character escaped: a subject stored before such
 /// characters were refused (or written by hand) cannot reorder or hide what an operator sees.
-fn fields(r: &CodeRecord, now: DateTime<Utc>) -> [String; 9] {
+fn fields(r: &CodeRecord, now: DateTime<Utc>) -> [String; 10] {
     [
         r.code.to_string(),
         r.state_at(now).to_string(),
@@ -78,6 +95,7 @@ fn fields(r: &CodeRecord, now: DateTime<Utc>) -> [String; 9] {
         timestamp::format(r.activated_at),
         time(r.redeemed_at),
         time(r.revoked_at),
+        delivery(r),
         r.issuance_id.to_string(),
     ]
 }
@@ -99,7 +117,7 @@ fn render(records: &[CodeRecord], format: OutputFormat, now: DateTime<Utc>) -> R
             out
         }
         OutputFormat::Table => {
-            let rows: Vec<[String; 9]> = records.iter().map(|r| fields(r, now)).collect();
+            let rows: Vec<[String; 10]> = records.iter().map(|r| fields(r, now)).collect();
             let mut widths = HEADER.map(str::len);
             for row in &rows {
                 for (w, f) in widths.iter_mut().zip(row) {
@@ -172,6 +190,7 @@ mod tests {
             redeemed_at: None,
             revoked_at: None,
             expired_at: None,
+            delivery: None,
         }
     }
 

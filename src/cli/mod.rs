@@ -19,6 +19,7 @@ macro_rules! say_part {
 }
 
 mod codes;
+mod delivery;
 pub mod progress;
 mod queue;
 mod services;

@@ -3,8 +3,8 @@
 use super::{display_database_url, spawn_http};
 use crate::backends::{Database, QueueShards};
 use crate::config::{
-    DatabaseArgs, NumberApiArgs, QueueArgs, ServeArgs, SigningArgs, UpArgs, VerifyArgs, WorkerArgs,
-    WorkerTuning,
+    CodeTtlArgs, DatabaseArgs, NumberApiArgs, QueueArgs, ServeArgs, SigningArgs, UpArgs,
+    VerifyArgs, WorkerArgs, WorkerTuning,
 };
 use crate::function_key::{FunctionKey, KeyError, KeySource};
 use crate::http::rate_limit::RateLimiter;
@@ -211,9 +211,9 @@ fn app_state(
     database: &Database,
     queues: &QueueShards,
     signing: Option<SigningKeys>,
-) -> AppState {
+) -> Result<AppState> {
     let timeout = Duration::from_millis(args.number_api.third_party_api_timeout_ms);
-    AppState {
+    Ok(AppState {
         number_api: NumberApiClient::new(endpoint, key, timeout),
         queue: queues.spread(),
         encoding: args.queue.message_encoding,
@@ -233,26 +233,32 @@ fn app_state(
         trusted_proxies: args.getcode_limit.proxies(),
         signing,
         clock: crate::clock::Clock::system(),
-        public_getcode: args.public_getcode,
-    }
+        public_getcode: args.public_getcode()?,
+        issuing: http::Issuing {
+            code_ttl: args.ttl.ttl(),
+            delivery: args.delivery.delivery,
+        },
+    })
 }
 
 fn worker_from(
     tuning: &WorkerTuning,
+    ttl: &CodeTtlArgs,
     queues: &QueueShards,
     database: &Database,
     encoding: MessageEncoding,
     signing: Option<SigningKeys>,
+    deliverer: Option<Arc<crate::delivery::Deliverer>>,
 ) -> Arc<Worker> {
     let settings = crate::worker::WorkerSettings {
         signing,
-        ..tuning.settings(encoding)
+        ..tuning.settings(encoding, ttl)
     };
-    Arc::new(Worker::with_shards(
-        queues.worker_shards(),
-        database.store(),
-        settings,
-    ))
+    let worker = Worker::with_shards(queues.worker_shards(), database.store(), settings);
+    Arc::new(match deliverer {
+        Some(deliverer) => worker.with_delivery(deliverer),
+        None => worker,
+    })
 }
 
 /// The producer's listeners, bound: public (getcode), verification (if apart), admin.
@@ -321,6 +327,7 @@ impl ProducerListeners {
 
 /// `codewatch serve`.
 pub async fn serve(args: ServeArgs) -> Result<()> {
+    args.public_getcode()?;
     let auth = AzureAuth::new(args.queue.azure_credential);
     let (endpoint, key) = configured_number_api(&args, &auth)
         .await?
@@ -340,7 +347,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     .await?;
     let state = app_state(
         &args, endpoint, key, verify_key, &database, &queues, signing,
-    );
+    )?;
     // Ready means getcode can work: the queue. The verification API's database shows in its own
     // answers (503 database_unavailable), so a database outage never takes code issuing offline.
     let ops = ops_router(
@@ -372,7 +379,7 @@ pub async fn worker(args: WorkerArgs) -> Result<()> {
     tracing::info!(
         queues = %queues.names(),
         backend = queues.backend(),
-        ttl_s = args.tuning.code_ttl_seconds,
+        ttl_s = args.ttl.code_ttl_seconds,
         "worker started"
     );
     let signing = startup_step(
@@ -381,12 +388,23 @@ pub async fn worker(args: WorkerArgs) -> Result<()> {
         signing_keys(&args.signing, &auth),
     )
     .await?;
+    let deliverer = super::delivery::deliverer(
+        &args.delivery,
+        &database,
+        &queues,
+        signing.is_some(),
+        &auth,
+        args.shutdown.startup(),
+    )
+    .await?;
     let worker = worker_from(
         &args.tuning,
+        &args.ttl,
         &queues,
         &database,
         args.queue.message_encoding,
         signing,
+        deliverer,
     );
     let ops = ops_router(
         Some(worker.heartbeat()),
@@ -457,8 +475,9 @@ fn kept_verify_key(path: &std::path::Path) -> Result<Secret> {
 
 /// `codewatch up`: the number API stand-in (unless an endpoint is configured), the producer and the worker.
 pub async fn up(args: UpArgs) -> Result<()> {
-    let cancel = shutdown::on_signal();
     let serve_args = &args.serve;
+    let public_getcode = serve_args.public_getcode()?;
+    let cancel = shutdown::on_signal();
     let auth = AzureAuth::new(serve_args.queue.azure_credential);
     let (endpoint, key, stand_in) = match configured_number_api(serve_args, &auth).await? {
         Some((endpoint, key)) => (endpoint, key, None),
@@ -505,9 +524,26 @@ pub async fn up(args: UpArgs) -> Result<()> {
         &database,
         &queues,
         signing.clone(),
-    );
+    )?;
+    let deliverer = super::delivery::deliverer(
+        &serve_args.delivery,
+        &database,
+        &queues,
+        signing.is_some(),
+        &auth,
+        deadline,
+    )
+    .await?;
     let encoding = serve_args.queue.message_encoding;
-    let worker = worker_from(&args.tuning, &queues, &database, encoding, signing);
+    let worker = worker_from(
+        &args.tuning,
+        &serve_args.ttl,
+        &queues,
+        &database,
+        encoding,
+        signing,
+        deliverer,
+    );
     let ops = ops_router(
         Some(worker.heartbeat()),
         readiness(&database, &queues),
@@ -532,7 +568,7 @@ pub async fn up(args: UpArgs) -> Result<()> {
         ),
         None => String::new(),
     };
-    let getcode = if serve_args.public_getcode {
+    let getcode = if public_getcode {
         "/api/v1/getcode  (public, unbound codes: the sample's demonstration)"
     } else {
         "/  (public getcode off)"
@@ -543,11 +579,12 @@ pub async fn up(args: UpArgs) -> Result<()> {
          \x20 producer    http://{producer_addr}{getcode}\n\
          \x20 admin       http://{admin_addr}/healthz /readyz /metrics\n\
          \x20 sign-in     http://{verify_addr}/api/v1/codes  (POST; /check, /redeem){verify_note}\n\
-         \x20 worker      queue {} ({}), codes valid {} s\n\
+         \x20 worker      queue {} ({}), codes valid {} s, delivery: {}\n\
          \x20 database    {}  (SELECT * FROM active_codes;)\n",
         queues.names(),
         queues.backend(),
-        args.tuning.code_ttl_seconds,
+        serve_args.ttl.code_ttl_seconds,
+        serve_args.delivery.delivery.name(),
         display_database_url(serve_args.database.database_url.expose()),
     );
     // A closed stdout must not stop the service.

@@ -55,7 +55,7 @@ pub fn fingerprint(code: &Code, subject: Option<&Subject>) -> String {
         }
         None => hash.update(b"\nunbound"),
     }
-    hash.finalize().iter().map(|b| format!("{b:02x}")).collect()
+    crate::hex::encode(&hash.finalize())
 }
 
 #[cfg(test)]

@@ -1,6 +1,6 @@
 //! One issuance of a code: its id, who it is for, when it was issued, and the bound on its expiry.
 
-use super::{Code, Subject};
+use super::{Code, Destination, Subject};
 use crate::timestamp;
 use crate::untrusted::escaped;
 use chrono::{DateTime, Utc};
@@ -35,7 +35,7 @@ impl IssuanceId {
     /// The id of a foreign message that carries none: a hash of its code and time, so its duplicates share it.
     pub fn derived(code: &Code, issued_at: DateTime<Utc>) -> Self {
         let digest = Sha256::digest(format!("{code}|{}", timestamp::format(issued_at)));
-        let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+        let hex = crate::hex::encode(&digest[..16]);
         Self(format!("derived-{hex}"))
     }
 
@@ -79,6 +79,8 @@ pub struct Issuance {
     pub issued_at: DateTime<Utc>,
     /// The user the code is bound to, if any.
     pub subject: Option<Subject>,
+    /// Where the worker delivers the code, when the sign-in service named a destination.
+    pub destination: Option<Destination>,
 }
 
 /// Why an issuance has no expiry codewatch will honour.
@@ -177,6 +179,7 @@ mod tests {
         let allowance = Duration::from_secs(30);
         let inserted = || Utc.with_ymd_and_hms(2026, 11, 28, 9, 0, 0).unwrap();
         let mut i = Issuance {
+            destination: None,
             id: IssuanceId::random(),
             code: Code::parse("ojE-161-pTv").unwrap(),
             issued_at: inserted() + chrono::Duration::seconds(29),
@@ -213,6 +216,7 @@ mod properties {
             let at = |ms: i64| DateTime::<Utc>::from_timestamp_millis(ms);
             if let (Some(issued_at), Some(queued_at)) = (at(issued), at(queued)) {
                 let i = Issuance {
+                    destination: None,
                     id: IssuanceId::random(),
                     code: Code::parse("abc-1-def").unwrap(),
                     issued_at,

@@ -3,12 +3,14 @@
 //! (`message`), the stores and the HTTP layer all use these; this module depends on none of them.
 
 mod code;
+mod destination;
 mod idempotency;
 mod issuance;
 mod state;
 mod subject;
 
 pub use code::{Code, InvalidCode};
+pub use destination::{Destination, InvalidDestination};
 pub use idempotency::{IdempotencyKey, InvalidIdempotencyKey, fingerprint};
 pub use issuance::{ExpiryError, InvalidIssuanceId, Issuance, IssuanceId, MAX_ID_CHARS};
 pub use state::CodeState;

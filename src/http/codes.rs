@@ -5,7 +5,8 @@
 use super::body::JsonBody;
 use super::error::ErrorBody;
 use super::{ApiError, AppState};
-use crate::domain::{Code, IdempotencyKey, Subject};
+use crate::config::DeliveryChannel;
+use crate::domain::{Code, Destination, IdempotencyKey, Subject};
 use crate::store::CodeRecord;
 use crate::verify::{KeyedVerdict, Verdict};
 use axum::Json;
@@ -22,20 +23,33 @@ pub const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key
 /// Set on a redeem's answer that repeats the first answer given for its idempotency key.
 pub const IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
 
-/// Which user to issue a code for.
+/// Which user to issue a code for, and where codewatch delivers it.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct IssueRequest {
     /// The user signing in (1 to 256 characters, no control characters); checks and redeems must
     /// name the same subject.
     pub subject: String,
+    /// Where the worker delivers the code: the user's mail address (DELIVERY=smtp), or what the
+    /// webhook receiver understands, such as a phone number (DELIVERY=webhook). Required when the
+    /// service delivers codes; refused when it does not.
+    #[serde(default)]
+    pub destination: Option<String>,
 }
 
-/// A code issued for a user. Deliver it to the user (mail, SMS); never show it to the browser that asked.
+/// A code issued for a user. Without delivery, it carries the code: deliver it to the user (mail,
+/// SMS), never show it to the browser that asked. With delivery, codewatch sends it and the answer
+/// carries none.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct IssuedCode {
-    /// The code, e.g. `ojE-161-pTv`.
-    pub code: String,
+    /// The code, e.g. `ojE-161-pTv`; absent when codewatch delivers it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
+    /// `pending` when codewatch delivers the code (it is sent once the worker activated it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delivery: Option<String>,
+    /// When it stops being valid (RFC 3339, UTC): issue time plus CODE_TTL_SECONDS.
+    pub expires_at: DateTime<Utc>,
     /// The user it is bound to.
     pub subject: String,
     /// This issuance's id (the queue message's and the table row's).
@@ -207,15 +221,49 @@ pub async fn issue(
     verification(&state)?;
     let subject =
         Subject::parse(&request.subject).map_err(|e| ApiError::BadRequest(e.to_string()))?;
-    let issuance = super::getcode::issue_code(&state, Some(subject)).await?;
+    let delivery = state.issuing.delivery;
+    let destination = destination(request.destination.as_deref(), delivery)?;
+    let delivered = destination.is_some();
+    let issuance = super::getcode::issue_code(&state, Some(subject), destination).await?;
+    let ttl = chrono::Duration::from_std(state.issuing.code_ttl).unwrap_or_default();
     let body = IssuedCode {
-        code: issuance.code.to_string(),
+        code: (!delivered).then(|| issuance.code.to_string()),
+        delivery: delivered.then(|| "pending".to_owned()),
+        expires_at: issuance.issued_at + ttl,
         subject: request.subject,
         issuance_id: issuance.id.as_str().to_owned(),
         issued_at: issuance.issued_at,
         timestamp: crate::timestamp::format(issuance.issued_at),
     };
     Ok((StatusCode::CREATED, Json(body)).into_response())
+}
+
+/// The destination an issue names, as the service's delivery wants it: required with a channel (a
+/// mail address for `smtp`), refused without one.
+fn destination(
+    text: Option<&str>,
+    delivery: DeliveryChannel,
+) -> Result<Option<Destination>, ApiError> {
+    let bad = |reason: &str| ApiError::BadRequest(reason.to_owned());
+    match (text, delivery) {
+        (None, DeliveryChannel::None) => Ok(None),
+        (Some(_), DeliveryChannel::None) => Err(bad(
+            "destination given, but this service does not deliver codes (DELIVERY is none): \
+             deliver the code from the answer yourself",
+        )),
+        (None, _) => Err(bad(
+            "destination required: this service delivers each code to its user (DELIVERY is set)",
+        )),
+        (Some(text), channel) => {
+            let destination = Destination::parse(text).map_err(|e| bad(&e.to_string()))?;
+            if channel == DeliveryChannel::Smtp
+                && destination.as_str().parse::<lettre::Address>().is_err()
+            {
+                return Err(bad("destination must be a mail address (DELIVERY is smtp)"));
+            }
+            Ok(Some(destination))
+        }
+    }
 }
 
 /// Is this the user's valid code? Valid means issued for this subject, activated, before its expiry,

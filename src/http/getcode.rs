@@ -3,7 +3,7 @@
 //! the sign-in service's authenticated call (`POST /api/v1/codes`), which shares [`issue_code`].
 
 use super::{ApiError, AppState};
-use crate::domain::{Code, Issuance, IssuanceId, Subject};
+use crate::domain::{Code, Destination, Issuance, IssuanceId, Subject};
 use crate::message::CodeMessage;
 use crate::timestamp;
 use axum::Json;
@@ -57,21 +57,23 @@ pub async fn get_code(
     if query.subject.is_some() {
         return Err(ApiError::SubjectNeedsKey);
     }
-    let issuance = issue_code(&state, None).await?;
+    let issuance = issue_code(&state, None, None).await?;
     Ok(Json(CodeResponse {
         code: issuance.code.to_string(),
         timestamp: timestamp::format(issuance.issued_at),
     }))
 }
 
-/// Issues a code (bound to `subject` if given): a number from the API, the code, its message on the
-/// queue. Returns only after the queue accepted the message.
+/// Issues a code (bound to `subject`, delivered to `destination`, if given): a number from the API,
+/// the code, its message on the queue. Returns only after the queue accepted the message.
 pub(super) async fn issue_code(
     state: &AppState,
     subject: Option<Subject>,
+    destination: Option<Destination>,
 ) -> Result<Issuance, ApiError> {
     let number = state.number_api.random_number().await?;
     let issuance = Issuance {
+        destination,
         id: IssuanceId::random(),
         code: Code::generate(number, &mut rand::rng()),
         // The precision the message, the table and the answers carry, so that all three agree.

@@ -65,6 +65,27 @@ pub struct AppState {
     pub clock: crate::clock::Clock,
     /// Whether the sample's unauthenticated `GET /api/v1/getcode` is served.
     pub public_getcode: bool,
+    /// How long codes live, and whether the worker delivers them.
+    pub issuing: Issuing,
+}
+
+/// What the sign-in API says of the codes it issues.
+#[derive(Clone, Copy, Debug)]
+pub struct Issuing {
+    /// How long a code stays valid (the worker's CODE_TTL_SECONDS): the answer's `expires_at`.
+    pub code_ttl: std::time::Duration,
+    /// How the worker delivers codes; with a channel, an issue needs a destination and its answer
+    /// carries no code.
+    pub delivery: crate::config::DeliveryChannel,
+}
+
+impl Default for Issuing {
+    fn default() -> Self {
+        Self {
+            code_ttl: crate::worker::WorkerSettings::default().code_ttl,
+            delivery: crate::config::DeliveryChannel::None,
+        }
+    }
 }
 
 /// Reads an optional subject; a malformed one is a 400 with the reason.

@@ -32,6 +32,9 @@ pub const HTTP_SECONDS: &str = "codewatch_http_request_duration_seconds";
 /// Failed calls to the third-party number API, by kind (`status`, `unreachable`, `timeout`, `garbage`).
 pub const NUMBER_API_ERRORS: &str = "codewatch_number_api_errors_total";
 
+/// Deliveries by outcome: `delivered`, `retried` (failed for now), `failed` (given up).
+pub const DELIVERIES: &str = "codewatch_deliveries_total";
+
 /// Messages waiting on the queue one past a worker's shards, which no worker of its shard count polls.
 pub const UNPOLLED_SHARD_MESSAGES: &str = "codewatch_unpolled_shard_messages";
 
@@ -52,7 +55,11 @@ pub const ALL: &[&str] = &[
     HTTP_SECONDS,
     NUMBER_API_ERRORS,
     UNPOLLED_SHARD_MESSAGES,
+    DELIVERIES,
 ];
+
+/// The outcomes [`DELIVERIES`] counts.
+pub const DELIVERY_OUTCOMES: [&str; 3] = ["delivered", "retried", "failed"];
 
 /// The outcomes [`MESSAGES`] counts.
 pub const OUTCOMES: [&str; 7] = [
@@ -65,7 +72,7 @@ pub const OUTCOMES: [&str; 7] = [
     "failed",
 ];
 /// The worker loops [`LOOP_RESTARTS`] counts.
-pub const LOOPS: [&str; 3] = ["poll", "sweep", "sample"];
+pub const LOOPS: [&str; 4] = ["poll", "sweep", "sample", "deliver"];
 /// The kinds of failure [`NUMBER_API_ERRORS`] counts.
 pub const NUMBER_API_ERROR_KINDS: [&str; 6] = [
     "status",
@@ -108,6 +115,9 @@ pub fn start_at_zero(role: Role) {
         metrics::counter!(RECEIVED).absolute(0);
         metrics::counter!(POLLS).absolute(0);
         metrics::gauge!(UNPOLLED_SHARD_MESSAGES).set(0.0);
+        for outcome in DELIVERY_OUTCOMES {
+            metrics::counter!(DELIVERIES, "outcome" => outcome).absolute(0);
+        }
     }
 }
 
@@ -167,6 +177,10 @@ fn describe() {
         "Worker loops restarted after they ended unexpectedly."
     );
     describe_counter!(HTTP_REQUESTS, "HTTP requests by route and status.");
+    describe_counter!(
+        DELIVERIES,
+        "Deliveries by outcome: delivered, retried (failed for now), failed (given up)."
+    );
     describe_histogram!(HTTP_SECONDS, "HTTP request duration by route and status.");
     describe_gauge!(
         UNPOLLED_SHARD_MESSAGES,

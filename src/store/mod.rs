@@ -4,7 +4,7 @@ pub mod postgres;
 mod sql;
 pub mod sqlite;
 
-use crate::domain::{Code, CodeState, IdempotencyKey, Issuance, IssuanceId, Subject};
+use crate::domain::{Code, CodeState, Destination, IdempotencyKey, Issuance, IssuanceId, Subject};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -56,6 +56,91 @@ pub struct CodeRecord {
     pub revoked_at: Option<DateTime<Utc>>,
     /// When its expiry message was processed.
     pub expired_at: Option<DateTime<Utc>>,
+    /// Its delivery by the worker, when the code was issued with a destination.
+    pub delivery: Option<Box<DeliveryRecord>>,
+}
+
+/// What became of a code's delivery.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct DeliveryRecord {
+    /// Where it goes (shown masked).
+    #[serde(serialize_with = "serialize_display")]
+    pub destination: Destination,
+    /// Attempts made.
+    pub attempts: u32,
+    /// When the channel accepted it.
+    pub delivered_at: Option<DateTime<Utc>>,
+    /// When it was given up (the code expired, was redeemed or revoked first, or the channel refused it).
+    pub failed_at: Option<DateTime<Utc>>,
+    /// Why the last attempt failed, or why it was given up.
+    pub error: Option<String>,
+}
+
+impl DeliveryRecord {
+    /// `delivered`, `failed` or `pending`.
+    pub fn state(&self) -> &'static str {
+        match (self.delivered_at, self.failed_at) {
+            (Some(_), _) => "delivered",
+            (None, Some(_)) => "failed",
+            (None, None) => "pending",
+        }
+    }
+}
+
+/// A delivery a worker claimed: send it, then record what happened with
+/// [`DeliveryStore::record_delivery`].
+#[derive(Clone, Debug)]
+pub struct PendingDelivery {
+    /// Which issuance.
+    pub issuance_id: IssuanceId,
+    /// The code to deliver.
+    pub code: Code,
+    /// The user it is bound to, if any.
+    pub subject: Option<Subject>,
+    /// Where it goes.
+    pub destination: Destination,
+    /// When the code stops being valid: nothing is delivered after.
+    pub expires_at: DateTime<Utc>,
+    /// Which attempt this is (1 for the first).
+    pub attempt: u32,
+}
+
+/// What became of one delivery attempt.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DeliveryOutcome {
+    /// The channel accepted it.
+    Delivered,
+    /// It failed for now; try again at the given time.
+    RetryAt(DateTime<Utc>, String),
+    /// It failed for good, for the given reason.
+    Failed(String),
+}
+
+/// What the worker's delivery stage needs: claim due deliveries, record their outcome, end those of
+/// codes that can no longer be used.
+#[async_trait]
+pub trait DeliveryStore: Send + Sync + 'static {
+    /// Claims up to `limit` deliveries due at `now` whose code is valid, each until `lease_until`
+    /// (another worker claims it again only after that: one that died between sending and recording
+    /// delivers it a second time), counting the attempt. Concurrent claims never share a delivery.
+    async fn claim_deliveries(
+        &self,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<PendingDelivery>, StoreError>;
+
+    /// Records the outcome of an attempt on `id` at `now`. A delivery recorded as made stays so.
+    async fn record_delivery(
+        &self,
+        id: &IssuanceId,
+        outcome: &DeliveryOutcome,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError>;
+
+    /// Ends the pending deliveries of codes expired, redeemed or revoked at `now`, recording why;
+    /// returns how many.
+    async fn end_undeliverable(&self, now: DateTime<Utc>) -> Result<u64, StoreError>;
 }
 
 fn serialize_display<S: serde::Serializer, T: std::fmt::Display>(
@@ -286,7 +371,7 @@ pub trait OperatorStore: VerificationStore {
 /// The whole valid-codes table: what each caller needs, and a health check. Issuance (`getcode`)
 /// needs nothing from it: a code is announced on the queue, never written by the producer.
 #[async_trait]
-pub trait CodeStore: ActivationStore + OperatorStore {
+pub trait CodeStore: ActivationStore + OperatorStore + DeliveryStore {
     /// Checks that the database answers.
     async fn ping(&self) -> Result<(), StoreError>;
 }

@@ -1,7 +1,10 @@
 //! The PostgreSQL store: `timestamptz` times, several workers (replicas) sharing one database.
 
 use super::sql;
-use super::{ActivateReport, Activation, ActivationStore, CodeRecord, Gate, StoreError};
+use super::{
+    ActivateReport, Activation, ActivationStore, CodeRecord, DeliveryOutcome, DeliveryStore, Gate,
+    PendingDelivery, StoreError,
+};
 use crate::domain::{Code, IssuanceId, Subject};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -106,6 +109,8 @@ impl ActivationStore for PostgresStore {
                 row.push_bind(a.issuance.id.as_str())
                     .push_bind(a.issuance.code.as_str())
                     .push_bind(a.issuance.subject.as_ref().map(|s| s.as_str()))
+                    .push_bind(a.issuance.destination.as_ref().map(|d| d.as_str()))
+                    .push_bind(a.issuance.destination.as_ref().map(|_| now))
                     .push_bind(a.issuance.issued_at)
                     .push_bind(a.expires_at)
                     .push_bind(now)
@@ -167,5 +172,54 @@ fn t(time: DateTime<Utc>) -> DateTime<Utc> {
 /// Activations share this lock (taken in `activate`); a revocation takes a stronger one, so the two
 /// never interleave: either the revocation sees the new rows, or the insert sees the revocation.
 const REVOKE_LOCK: &str = "LOCK TABLE code_revocations IN SHARE ROW EXCLUSIVE MODE";
+
+#[async_trait]
+impl DeliveryStore for PostgresStore {
+    async fn claim_deliveries(
+        &self,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<PendingDelivery>, StoreError> {
+        let rows = sqlx::query(sql::CLAIM_DELIVERIES_POSTGRES.postgres())
+            .bind(lease_until)
+            .bind(now)
+            .bind(now)
+            .bind(i64::from(limit))
+            .fetch_all(self.writes())
+            .await?;
+        rows.iter()
+            .map(|row| sql::pending_delivery(row, |row, col| Ok(row.try_get(col)?)))
+            .collect()
+    }
+
+    async fn record_delivery(
+        &self,
+        id: &IssuanceId,
+        outcome: &DeliveryOutcome,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let query = match outcome {
+            DeliveryOutcome::Delivered => sqlx::query(sql::DELIVERED.postgres()).bind(now),
+            DeliveryOutcome::RetryAt(due, reason) => sqlx::query(sql::DELIVERY_RETRY.postgres())
+                .bind(*due)
+                .bind(reason.clone()),
+            DeliveryOutcome::Failed(reason) => sqlx::query(sql::DELIVERY_FAILED.postgres())
+                .bind(now)
+                .bind(reason.clone()),
+        };
+        query.bind(id.as_str()).execute(self.writes()).await?;
+        Ok(())
+    }
+
+    async fn end_undeliverable(&self, now: DateTime<Utc>) -> Result<u64, StoreError> {
+        Ok(sqlx::query(sql::END_UNDELIVERABLE.postgres())
+            .bind(now)
+            .bind(now)
+            .execute(self.writes())
+            .await?
+            .rows_affected())
+    }
+}
 
 sql::shared_queries!(PostgresStore, sqlx::Postgres, postgres, revoke_lock: Some(REVOKE_LOCK));

@@ -13,7 +13,8 @@ use std::sync::OnceLock;
 /// The columns of a [`CodeRecord`], as [`record`] reads them.
 macro_rules! columns {
     () => {
-        "issuance_id, code, subject, issued_at, expires_at, activated_at, redeemed_at, revoked_at, expired_at"
+        "issuance_id, code, subject, issued_at, expires_at, activated_at, redeemed_at, revoked_at, expired_at, \
+         destination, delivery_attempts, delivered_at, delivery_failed_at, delivery_error"
     };
 }
 
@@ -216,10 +217,91 @@ pub(super) static PURGE_REDEEM_KEYS: Statement =
 pub(super) static PURGE_REVOCATIONS: Statement =
     Statement::new("DELETE FROM code_revocations WHERE revoked_at <= ?");
 
+/// The columns a claimed delivery is read from ([`pending_delivery`]).
+macro_rules! delivery_columns {
+    () => {
+        "issuance_id, code, subject, destination, expires_at, delivery_attempts"
+    };
+}
+
+/// Claims deliveries due at `now` whose code is still valid, oldest due first, until a lease's end,
+/// counting the attempt (bind: lease end, now, now, limit); `$lock` is the dialect's row lock.
+macro_rules! claim_deliveries {
+    ($lock:literal) => {
+        Statement::new(concat!(
+            "UPDATE valid_codes SET delivery_due_at = ?, delivery_attempts = delivery_attempts + 1 \
+             WHERE issuance_id IN (SELECT issuance_id FROM valid_codes WHERE delivery_due_at <= ? AND ",
+            valid!(),
+            " ORDER BY delivery_due_at LIMIT ?",
+            $lock,
+            ") RETURNING ",
+            delivery_columns!()
+        ))
+    };
+}
+
+/// [`claim_deliveries!`] for SQLite: one statement on the one write connection, so a second claimer
+/// sees the first one's lease.
+pub(super) static CLAIM_DELIVERIES_SQLITE: Statement = claim_deliveries!("");
+
+/// [`claim_deliveries!`] for PostgreSQL: the due rows are locked, and those another claimer holds are
+/// skipped, so concurrent claims never share a delivery.
+pub(super) static CLAIM_DELIVERIES_POSTGRES: Statement =
+    claim_deliveries!(" FOR UPDATE SKIP LOCKED");
+
+/// Records a delivery as made (bind: now, issuance id).
+pub(super) static DELIVERED: Statement = Statement::new(
+    "UPDATE valid_codes SET delivered_at = ?, delivery_due_at = NULL, delivery_failed_at = NULL,      delivery_error = NULL WHERE issuance_id = ? AND delivered_at IS NULL",
+);
+
+/// Schedules the next attempt of a delivery that failed for now (bind: due, reason, issuance id).
+pub(super) static DELIVERY_RETRY: Statement = Statement::new(
+    "UPDATE valid_codes SET delivery_due_at = ?, delivery_error = ?      WHERE issuance_id = ? AND delivered_at IS NULL AND delivery_failed_at IS NULL",
+);
+
+/// Records a delivery as failed for good (bind: now, reason, issuance id).
+pub(super) static DELIVERY_FAILED: Statement = Statement::new(
+    "UPDATE valid_codes SET delivery_failed_at = ?, delivery_error = ?, delivery_due_at = NULL      WHERE issuance_id = ? AND delivered_at IS NULL",
+);
+
+/// Ends the pending deliveries of codes that can no longer be used, saying why (bind: now, now).
+pub(super) static END_UNDELIVERABLE: Statement = Statement::new(
+    "UPDATE valid_codes SET delivery_due_at = NULL, delivery_failed_at = ?, delivery_error =        CASE WHEN redeemed_at IS NOT NULL THEN 'redeemed before delivery'             WHEN revoked_at IS NOT NULL THEN 'revoked before delivery'             ELSE 'expired before delivery' || COALESCE(' (last attempt: ' || delivery_error || ')', '') END      WHERE delivery_due_at IS NOT NULL AND delivered_at IS NULL        AND (expires_at <= ? OR redeemed_at IS NOT NULL OR revoked_at IS NOT NULL)",
+);
+
+/// Reads a [`PendingDelivery`](super::PendingDelivery) from a row of `delivery_columns!`, with `time`
+/// reading a time column.
+pub(super) fn pending_delivery<'r, R>(
+    row: &'r R,
+    time: impl Fn(&'r R, &str) -> Result<Option<DateTime<Utc>>, StoreError>,
+) -> Result<super::PendingDelivery, StoreError>
+where
+    R: Row,
+    &'static str: ColumnIndex<R>,
+    String: Decode<'r, R::Database> + Type<R::Database>,
+    Option<String>: Decode<'r, R::Database> + Type<R::Database>,
+    i32: Decode<'r, R::Database> + Type<R::Database>,
+{
+    let code: String = row.try_get("code")?;
+    let destination: Option<String> = row.try_get("destination")?;
+    let attempts: i32 = row.try_get("delivery_attempts")?;
+    Ok(super::PendingDelivery {
+        issuance_id: IssuanceId::from_string(row.try_get("issuance_id")?),
+        code: Code::parse(&code).map_err(|_| StoreError::Corrupt("code"))?,
+        subject: subject_from(row.try_get("subject")?)?,
+        destination: crate::domain::Destination::from_stored(
+            destination.ok_or(StoreError::Corrupt("destination"))?,
+        ),
+        expires_at: time(row, "expires_at")?.ok_or(StoreError::Corrupt("expires_at"))?,
+        attempt: u32::try_from(attempts).map_err(|_| StoreError::Corrupt("delivery_attempts"))?,
+    })
+}
+
 /// The start of an activation insert; each row's `revoked_at` is the latest revocation of its code
 /// at or after its announcement, looked up in the same statement.
 pub(super) const INSERT_ACTIVATIONS: &str = "INSERT INTO valid_codes \
-     (issuance_id, code, subject, issued_at, expires_at, activated_at, revoked_at) ";
+     (issuance_id, code, subject, destination, delivery_due_at, issued_at, expires_at, activated_at, \
+      revoked_at) ";
 
 /// A row's `revoked_at` in [`INSERT_ACTIVATIONS`]: before the code, then between it and the time.
 pub(super) const REVOKED_SINCE: [&str; 3] = [
@@ -238,9 +320,13 @@ where
     R: Row,
     &'static str: ColumnIndex<R>,
     String: Decode<'r, R::Database> + Type<R::Database>,
+    Option<String>: Decode<'r, R::Database> + Type<R::Database>,
+    i32: Decode<'r, R::Database> + Type<R::Database>,
 {
     let required = |col: &str| time(row, col)?.ok_or(StoreError::Corrupt("timestamp"));
     let code: String = row.try_get("code")?;
+    let destination: Option<String> = row.try_get("destination")?;
+    let attempts: i32 = row.try_get("delivery_attempts")?;
     Ok(CodeRecord {
         issuance_id: IssuanceId::from_string(row.try_get("issuance_id")?),
         code: Code::parse(&code).map_err(|_| StoreError::Corrupt("code"))?,
@@ -251,6 +337,18 @@ where
         redeemed_at: time(row, "redeemed_at")?,
         revoked_at: time(row, "revoked_at")?,
         expired_at: time(row, "expired_at")?,
+        delivery: destination
+            .map(|d| -> Result<_, StoreError> {
+                Ok(Box::new(super::DeliveryRecord {
+                    destination: crate::domain::Destination::from_stored(d),
+                    attempts: u32::try_from(attempts)
+                        .map_err(|_| StoreError::Corrupt("delivery_attempts"))?,
+                    delivered_at: time(row, "delivered_at")?,
+                    failed_at: time(row, "delivery_failed_at")?,
+                    error: row.try_get("delivery_error")?,
+                }))
+            })
+            .transpose()?,
     })
 }
 

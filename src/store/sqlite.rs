@@ -1,7 +1,10 @@
 //! The SQLite store: times are sortable UTC text (`YYYY-MM-DD HH:MM:SS.ffffff`).
 
 use super::sql;
-use super::{ActivateReport, Activation, ActivationStore, CodeRecord, Gate, StoreError};
+use super::{
+    ActivateReport, Activation, ActivationStore, CodeRecord, DeliveryOutcome, DeliveryStore, Gate,
+    PendingDelivery, StoreError,
+};
 use crate::domain::{Code, IssuanceId, Subject};
 use crate::timestamp;
 use async_trait::async_trait;
@@ -159,11 +162,14 @@ fn t(time: DateTime<Utc>) -> String {
 }
 
 fn record(row: &SqliteRow) -> Result<CodeRecord, StoreError> {
-    sql::record(row, |row, col| {
-        let text: Option<String> = row.try_get(col)?;
-        text.map(|t| timestamp::parse(&t).ok_or(StoreError::Corrupt("timestamp")))
-            .transpose()
-    })
+    sql::record(row, time_column)
+}
+
+/// Reads a time column as SQLite stores it.
+fn time_column(row: &SqliteRow, col: &str) -> Result<Option<DateTime<Utc>>, StoreError> {
+    let text: Option<String> = row.try_get(col)?;
+    text.map(|t| timestamp::parse(&t).ok_or(StoreError::Corrupt("timestamp")))
+        .transpose()
 }
 
 /// `… AND issuance_id IN (?, ?, …)` for a chunk of ids.
@@ -218,6 +224,8 @@ impl ActivationStore for SqliteStore {
                 row.push_bind(a.issuance.id.as_str())
                     .push_bind(a.issuance.code.as_str())
                     .push_bind(a.issuance.subject.as_ref().map(|s| s.as_str()))
+                    .push_bind(a.issuance.destination.as_ref().map(|d| d.as_str()))
+                    .push_bind(a.issuance.destination.as_ref().map(|_| now_text.clone()))
                     .push_bind(t(a.issuance.issued_at))
                     .push_bind(t(a.expires_at))
                     .push_bind(&now_text)
@@ -262,6 +270,55 @@ impl ActivationStore for SqliteStore {
 
     async fn recorded(&self, id: &IssuanceId) -> Result<bool, StoreError> {
         self.is_recorded(id).await
+    }
+}
+
+#[async_trait]
+impl DeliveryStore for SqliteStore {
+    async fn claim_deliveries(
+        &self,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<PendingDelivery>, StoreError> {
+        let rows = sqlx::query(sql::CLAIM_DELIVERIES_SQLITE.sqlite())
+            .bind(t(lease_until))
+            .bind(t(now))
+            .bind(t(now))
+            .bind(i64::from(limit))
+            .fetch_all(self.writes())
+            .await?;
+        rows.iter()
+            .map(|row| sql::pending_delivery(row, time_column))
+            .collect()
+    }
+
+    async fn record_delivery(
+        &self,
+        id: &IssuanceId,
+        outcome: &DeliveryOutcome,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let query = match outcome {
+            DeliveryOutcome::Delivered => sqlx::query(sql::DELIVERED.sqlite()).bind(t(now)),
+            DeliveryOutcome::RetryAt(due, reason) => sqlx::query(sql::DELIVERY_RETRY.sqlite())
+                .bind(t(*due))
+                .bind(reason.clone()),
+            DeliveryOutcome::Failed(reason) => sqlx::query(sql::DELIVERY_FAILED.sqlite())
+                .bind(t(now))
+                .bind(reason.clone()),
+        };
+        query.bind(id.as_str()).execute(self.writes()).await?;
+        Ok(())
+    }
+
+    async fn end_undeliverable(&self, now: DateTime<Utc>) -> Result<u64, StoreError> {
+        Ok(sqlx::query(sql::END_UNDELIVERABLE.sqlite())
+            .bind(t(now))
+            .bind(t(now))
+            .execute(self.writes())
+            .await?
+            .rows_affected())
     }
 }
 

@@ -103,6 +103,8 @@ pub struct Worker {
     store_failing: AtomicBool,
     /// Wakes the resting poll loops when one of them found messages.
     work_seen: tokio::sync::Notify,
+    /// The delivery stage, when codes are delivered by this worker.
+    deliverer: Option<Arc<crate::delivery::Deliverer>>,
 }
 
 impl Worker {
@@ -137,7 +139,15 @@ impl Worker {
             heartbeat,
             store_failing: AtomicBool::new(false),
             work_seen: tokio::sync::Notify::new(),
+            deliverer: None,
         }
+    }
+
+    /// This worker with a delivery stage: [`Worker::run`] runs it beside the poll loops, and each
+    /// activation wakes it.
+    pub fn with_delivery(mut self, deliverer: Arc<crate::delivery::Deliverer>) -> Self {
+        self.deliverer = Some(deliverer);
+        self
     }
 
     /// The poll loops' heartbeat, for `/healthz`.

@@ -93,6 +93,11 @@ impl Worker {
             metrics::histogram!(m::ACTIVATION_LAG).record(lag);
         }
         report.activated = db.inserted as usize;
+        if db.inserted > 0
+            && let Some(deliverer) = &self.deliverer
+        {
+            deliverer.wake();
+        }
         report.duplicates = db.duplicates as usize;
         report.stale = db.stale as usize;
         report.failed += self.rearm(shard, activations, now).await;

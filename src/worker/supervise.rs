@@ -1,4 +1,4 @@
-//! Supervision: the poll loops, the retention sweeper and the metrics sampler, each restarted after
+//! Supervision: the poll loops, the retention sweeper, the metrics sampler and the delivery stage, each restarted after
 //! a backoff if it ends unexpectedly (a panic), until shutdown.
 
 use super::{Backoff, PollOutcome, Worker};
@@ -28,6 +28,8 @@ enum Loop {
     Sweep(Duration),
     /// The queue metrics sampler.
     Sample,
+    /// The delivery stage.
+    Deliver,
 }
 
 impl Loop {
@@ -36,6 +38,7 @@ impl Loop {
             Self::Poll(_) => "poll",
             Self::Sweep(_) => "sweep",
             Self::Sample => "sample",
+            Self::Deliver => "deliver",
         }
     }
 }
@@ -52,6 +55,7 @@ impl Worker {
             .map(Loop::Poll)
             .chain(self.settings.sweep_interval.map(Loop::Sweep))
             .chain([Loop::Sample])
+            .chain(self.deliverer.as_ref().map(|_| Loop::Deliver))
             .collect();
         for (index, kind) in kinds.iter().enumerate() {
             let handle = tasks.spawn(self.clone().run_loop(*kind, Duration::ZERO, cancel.clone()));
@@ -104,6 +108,10 @@ impl Worker {
             Loop::Poll(poller) => self.poll_loop(poller, cancel).await,
             Loop::Sweep(interval) => self.sweep_loop(interval, cancel).await,
             Loop::Sample => self.sample_loop(cancel).await,
+            Loop::Deliver => match &self.deliverer {
+                Some(deliverer) => deliverer.run(cancel).await,
+                None => cancel.cancelled().await,
+            },
         }
     }
 
@@ -233,6 +241,7 @@ mod tests {
             Loop::Poll(0),
             Loop::Sweep(Duration::from_secs(1)),
             Loop::Sample,
+            Loop::Deliver,
         ] {
             assert!(
                 crate::ops::metrics::LOOPS.contains(&kind.name()),

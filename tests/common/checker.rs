@@ -198,6 +198,13 @@ struct Record {
     bad_injected: usize,
     /// The bodies of every error answer, checked for secrets.
     error_bodies: Vec<String>,
+    /// Issuances answered "delivery pending" (no code in the answer): their subject and expiry.
+    pending_delivery: HashMap<String, (Option<String>, DateTime<Utc>)>,
+    /// Deliveries seen per issuance.
+    deliveries: HashMap<String, usize>,
+    /// Deliveries beyond one the scenario allows for any issuance (1: a worker is killed between
+    /// sending and recording deliveries).
+    allowed_extra_deliveries: usize,
     /// Every error answer is final: a queue error or a passed deadline hands out no code either (the
     /// embedded queue takes an abandoned send back before it commits).
     errors_are_final: bool,
@@ -234,6 +241,13 @@ pub struct Verdict {
     /// Messages on the poison queue, and how many bad ones were injected.
     pub poisoned: usize,
     pub bad_injected: usize,
+    /// Issuances answered "delivery pending" that were never delivered.
+    pub undelivered: usize,
+    /// Deliveries beyond the first of an issuance, in all; the most any one issuance had beyond its
+    /// first, and how many the scenario allows each.
+    pub extra_deliveries: usize,
+    pub most_extra_deliveries: usize,
+    pub allowed_extra_deliveries: usize,
 }
 
 impl Verdict {
@@ -247,6 +261,8 @@ impl Verdict {
             && self.double_redeem == 0
             && self.visible_left == 0
             && self.poisoned == self.bad_injected
+            && self.undelivered == 0
+            && self.most_extra_deliveries <= self.allowed_extra_deliveries
     }
 
     /// Panics, with the numbers, unless every promise held.
@@ -261,7 +277,8 @@ impl fmt::Display for Verdict {
         write!(
             f,
             "issued={} refused={} indeterminate={} foreign={} probes={} changes={} max_lag_ms={} | lost={} unexpected={} \
-             duplicates={} valid_after_expiry={} resurrected={} redeemed={} double_redeem={} visible_left={} poisoned={}/{}",
+             duplicates={} valid_after_expiry={} resurrected={} redeemed={} double_redeem={} visible_left={} poisoned={}/{} \
+             undelivered={} extra_deliveries={} (most for one: {}/{})",
             self.issued,
             self.refused,
             self.indeterminate,
@@ -278,7 +295,11 @@ impl fmt::Display for Verdict {
             self.double_redeem,
             self.visible_left,
             self.poisoned,
-            self.bad_injected
+            self.bad_injected,
+            self.undelivered,
+            self.extra_deliveries,
+            self.most_extra_deliveries,
+            self.allowed_extra_deliveries
         )
     }
 }
@@ -300,6 +321,8 @@ pub enum Answer {
     Refused(u16),
     /// The outcome is unknown (a queue error, a timeout, a lost answer).
     Indeterminate,
+    /// 201 without a code: codewatch delivers it (the issuance id).
+    Pending(String),
 }
 
 impl Checker {
@@ -341,6 +364,46 @@ impl Checker {
         self.issued(request, Some(subject)).await
     }
 
+    /// [`Checker::get_code_for`] with a destination, from a producer that delivers codes: the answer
+    /// names the issuance, and the code becomes known when it is [delivered](Checker::delivered).
+    pub async fn get_code_to(
+        &self,
+        base: &str,
+        key: &str,
+        subject: &str,
+        destination: &str,
+    ) -> Answer {
+        let request = self
+            .http
+            .post(format!("{base}/api/v1/codes"))
+            .bearer_auth(key)
+            .json(&serde_json::json!({ "subject": subject, "destination": destination }));
+        self.issued(request, Some(subject)).await
+    }
+
+    /// Records a delivery of `code` for `issuance_id` (a receiver saw it); the first makes the code
+    /// one the checker knows was handed out.
+    pub fn delivered(&self, issuance_id: &str, code: &str) {
+        let mut record = self.record.lock().unwrap();
+        let count = record.deliveries.entry(issuance_id.to_owned()).or_default();
+        *count += 1;
+        if *count == 1
+            && let Some((subject, expiry)) = record.pending_delivery.get(issuance_id).cloned()
+        {
+            record.issued.push(Handed {
+                code: code.to_owned(),
+                subject,
+                expiry,
+                must_become_valid: true,
+            });
+        }
+    }
+
+    /// Allows `n` deliveries beyond the first of each issuance in this scenario.
+    pub fn allow_extra_deliveries(&self, n: usize) {
+        self.record.lock().unwrap().allowed_extra_deliveries = n;
+    }
+
     /// Sends an issuing request and records its answer.
     async fn issued(&self, request: reqwest::RequestBuilder, subject: Option<&str>) -> Answer {
         let answer = match request.send().await {
@@ -348,6 +411,21 @@ impl Checker {
                 let status = response.status().as_u16();
                 let body = response.text().await.unwrap_or_default();
                 let answer = match status {
+                    201 if body.contains("\"delivery\":\"pending\"") => {
+                        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+                        assert!(
+                            v.get("code").is_none(),
+                            "a delivered code in the answer: {body}"
+                        );
+                        let id = v["issuance_id"].as_str().unwrap().to_owned();
+                        let expiry = v["expires_at"].as_str().unwrap().parse().unwrap();
+                        self.record
+                            .lock()
+                            .unwrap()
+                            .pending_delivery
+                            .insert(id.clone(), (subject.map(str::to_owned), expiry));
+                        Answer::Pending(id)
+                    }
                     200 | 201 => {
                         let v: serde_json::Value = serde_json::from_str(&body)
                             .unwrap_or_else(|e| panic!("getcode answered {body:?}: {e}"));
@@ -381,7 +459,7 @@ impl Checker {
         match answer {
             Answer::Refused(_) => record.refused += 1,
             Answer::Indeterminate => record.indeterminate += 1,
-            Answer::Code(_) => {}
+            Answer::Code(_) | Answer::Pending(_) => {}
         }
         answer
     }
@@ -730,6 +808,14 @@ fn judge(
         visible_left,
         poisoned,
         bad_injected: record.bad_injected,
+        undelivered: record
+            .pending_delivery
+            .keys()
+            .filter(|id| !record.deliveries.contains_key(*id))
+            .count(),
+        extra_deliveries: record.deliveries.values().map(|n| n - 1).sum(),
+        most_extra_deliveries: record.deliveries.values().map(|n| n - 1).max().unwrap_or(0),
+        allowed_extra_deliveries: record.allowed_extra_deliveries,
     }
 }
 

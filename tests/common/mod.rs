@@ -7,6 +7,7 @@ pub mod entra;
 pub mod fault_proxy;
 pub mod faults;
 pub mod process;
+pub mod smtp;
 
 use codewatch::backends::{Database, Queues};
 use codewatch::config::DatabaseArgs;
@@ -348,6 +349,7 @@ pub fn producer_state(
         signing: None,
         clock: Default::default(),
         public_getcode: true,
+        issuing: Default::default(),
     }
 }
 
@@ -387,6 +389,7 @@ pub async fn producer_with_verification(
         signing: None,
         clock,
         public_getcode: true,
+        issuing: Default::default(),
     };
     Server::start(http::router(state)).await
 }

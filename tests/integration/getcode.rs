@@ -395,6 +395,7 @@ async fn limited_producer(queue: SharedQueue, api: &Server, trusted: &str) -> Se
         signing: None,
         clock: Default::default(),
         public_getcode: true,
+        issuing: Default::default(),
     }))
     .await
 }

@@ -5,6 +5,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod delivery;
 mod getcode;
 mod queue_contract;
 mod shards;

@@ -29,6 +29,7 @@ fn activation_at(
 ) -> Activation {
     Activation::new(
         Issuance {
+            destination: None,
             id: IssuanceId::random(),
             code: code(text),
             issued_at,
@@ -436,6 +437,96 @@ async fn failed_checks_count_up_within_a_window_and_reset(store: SharedStore) {
     assert_eq!(store.failures(&alice, window_start).await.unwrap(), 0);
 }
 
+/// 40 activations with a destination, each claimed by exactly one of four concurrent claimers (as
+/// replicas would), leased until the lease's end, then recorded; a lease that ran out is claimed
+/// again; a delivery recorded as made stays so, and its destination goes with the row at the purge.
+async fn deliveries_are_claimed_once_under_concurrency_and_again_after_a_lease(store: SharedStore) {
+    use codewatch::domain::Destination;
+    use codewatch::store::DeliveryOutcome;
+    let now = Utc::now();
+    let batch: Vec<Activation> = (0..40)
+        .map(|i| {
+            let mut a = activation(&format!("dlv-{i}-Vue"), 60);
+            a.issuance.destination =
+                Some(Destination::parse(&format!("user{i}@example.com")).unwrap());
+            a
+        })
+        .collect();
+    store.activate(&batch, now).await.unwrap();
+    let lease_until = now + Duration::seconds(30);
+    let claims = futures::future::join_all((0..4).map(|_| {
+        let store = store.clone();
+        async move { store.claim_deliveries(now, lease_until, 32).await.unwrap() }
+    }))
+    .await;
+    let mut ids: Vec<String> = claims
+        .iter()
+        .flatten()
+        .map(|d| d.issuance_id.to_string())
+        .collect();
+    ids.sort();
+    let before = ids.len();
+    ids.dedup();
+    assert_eq!((before, ids.len()), (40, 40), "every delivery claimed once");
+    assert!(claims.iter().flatten().all(|d| d.attempt == 1));
+    // Leased: nothing is due until the lease ends; then every one is claimed again.
+    assert!(
+        store
+            .claim_deliveries(now, lease_until, 100)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let later = lease_until + Duration::seconds(1);
+    let again = store
+        .claim_deliveries(later, later + Duration::seconds(30), 100)
+        .await
+        .unwrap();
+    assert_eq!(again.len(), 40);
+    assert!(again.iter().all(|d| d.attempt == 2));
+    let first = &again[0];
+    store
+        .record_delivery(&first.issuance_id, &DeliveryOutcome::Delivered, later)
+        .await
+        .unwrap();
+    // A late failure of an older attempt does not undo it.
+    store
+        .record_delivery(
+            &first.issuance_id,
+            &DeliveryOutcome::Failed("late".into()),
+            later,
+        )
+        .await
+        .unwrap();
+    let record = store.records(&first.code).await.unwrap().remove(0);
+    let delivery = record.delivery.unwrap();
+    assert_eq!((delivery.state(), delivery.error), ("delivered", None));
+    assert_eq!(
+        delivery.destination.masked(),
+        format!("{}***@example.com", &first.destination.as_str()[..1])
+    );
+    // Past the codes' expiry the rest are ended, not claimed.
+    let expired = now + Duration::seconds(61);
+    assert!(
+        store
+            .claim_deliveries(expired, expired, 100)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(store.end_undeliverable(expired).await.unwrap(), 39);
+    assert_eq!(
+        store.end_undeliverable(expired).await.unwrap(),
+        0,
+        "idempotent"
+    );
+    store.purge(expired).await.unwrap();
+    assert!(
+        store.records(&first.code).await.unwrap().is_empty(),
+        "destination gone with its row"
+    );
+}
+
 async fn the_active_codes_view_answers_plain_sql(db: &Database) {
     let store = db.store();
     // Activated five seconds ago, when both were valid; one has expired since.
@@ -504,6 +595,7 @@ both!(
     failed_checks_count_up_within_a_window_and_reset,
     concurrent_wrong_checks_never_count_past_the_cap_and_a_locked_subject_cannot_pass,
     wrong_checks_burn_a_subjects_codes_at_the_per_code_limit,
+    deliveries_are_claimed_once_under_concurrency_and_again_after_a_lease,
 );
 
 /// `deploy/postgres/roles.sql` as psql would run it, with this test's role names and passwords.

@@ -953,6 +953,7 @@ async fn apart(public_getcode: bool) -> (Server, Server, Server) {
         signing: None,
         clock: Default::default(),
         public_getcode,
+        issuing: Default::default(),
     };
     let (public, signin) = codewatch::http::routers(state).apart();
     (
@@ -1046,6 +1047,7 @@ async fn a_successful_check_writes_nothing_when_there_is_nothing_to_reset() {
     let db = common::sqlite().await;
     let activation = codewatch::store::Activation::new(
         codewatch::domain::Issuance {
+            destination: None,
             id: codewatch::domain::IssuanceId::random(),
             code: codewatch::domain::Code::parse("ron-1-Lyy").unwrap(),
             issued_at: chrono::Utc::now(),

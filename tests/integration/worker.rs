@@ -93,6 +93,7 @@ async fn drain(worker: &Worker) -> BatchReport {
 
 fn issuance(code: &str, issued_at: chrono::DateTime<Utc>) -> Issuance {
     Issuance {
+        destination: None,
         id: IssuanceId::random(),
         code: Code::parse(code).unwrap(),
         issued_at,

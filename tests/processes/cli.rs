@@ -26,6 +26,7 @@ fn activation(
     let issued_at = Utc::now() - Duration::seconds(issued_secs_ago);
     Activation::new(
         Issuance {
+            destination: None,
             id: IssuanceId::random(),
             code: Code::parse(code).unwrap(),
             issued_at,
@@ -161,6 +162,7 @@ async fn queue_stats_peek_clear_and_requeue_poison_on_azurite() {
     let name = common::queue_name();
     let queues = common::azure_queues_named(&name).await;
     let issuance = Issuance {
+        destination: None,
         id: IssuanceId::random(),
         code: Code::parse("Pee-4-Kkk").unwrap(),
         issued_at: Utc::now(),

@@ -26,6 +26,7 @@ async fn count(db: &Path, sql: &'static str) -> i64 {
 fn activation(i: usize) -> String {
     let code = Code::parse(&format!("Sig-{i}-Trm")).unwrap();
     let issuance = Issuance {
+        destination: None,
         id: IssuanceId::random(),
         code,
         issued_at: Utc::now(),

@@ -7,6 +7,7 @@ mod common;
 
 mod cli;
 mod daemon;
+mod delivery;
 mod deploy;
 mod keyless;
 mod replicas;

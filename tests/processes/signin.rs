@@ -15,21 +15,6 @@ use std::process::{Command, Output};
 
 const KEY: &str = "signin-contract-key";
 
-/// The venv with the OpenAPI tools.
-fn venv() -> PathBuf {
-    let venv = std::env::var("CODEWATCH_OPENAPI_VENV").map_or_else(
-        |_| Path::new(env!("CARGO_MANIFEST_DIR")).join("target/openapi-venv"),
-        PathBuf::from,
-    );
-    assert!(
-        venv.join("bin/python").exists(),
-        "no venv with the OpenAPI tools at {}: run scripts/test.sh, or python3 -m venv {0} && {0}/bin/pip \
-         install -r tools/openapi/requirements.txt",
-        venv.display()
-    );
-    venv
-}
-
 /// Runs `command`, which must succeed; its standard output.
 fn succeed(command: &mut Command, what: &str) -> String {
     let Output {
@@ -98,7 +83,7 @@ async fn on_postgresql_the_served_documents_are_valid_and_a_generated_client_sig
 
 /// `up` on `db` (and the queue `queue` names), driven by the generated clients and the README example.
 async fn signin_contract(db: common::TestDb, queue: Vec<(&'static str, String)>) {
-    let venv = venv();
+    let venv = common::smtp::tools_venv();
     let dir = tempfile::tempdir().unwrap();
     let mut env = vec![
         ("DATABASE_URL", db.url.clone()),
@@ -181,4 +166,37 @@ async fn signin_contract(db: common::TestDb, queue: Vec<(&'static str, String)>)
         metrics.contains("route=\"/api/v1/codes/redeem\""),
         "the routes are labelled by their template"
     );
+}
+
+/// The sign-in example (examples/signin: Flask, aiosmtpd, the generated client) against `codewatch up`
+/// with DELIVERY=smtp, in headless Chromium through Selenium (tests/python/signin_browser.py): log in,
+/// read the code in the demo mailbox, type it, signed in; five wrong codes; an expired code. Each
+/// step's screenshot is kept in target/screenshots/signin.
+#[test]
+fn the_sign_in_example_works_in_a_real_browser() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let shots = root.join("target/screenshots/signin");
+    let _ = std::fs::remove_dir_all(&shots);
+    let out = succeed(
+        Command::new(common::smtp::tools_venv().join("bin/python"))
+            .arg(root.join("tests/python/signin_browser.py"))
+            .arg("--codewatch")
+            .arg(common::process::BIN)
+            .arg("--screenshots")
+            .arg(&shots),
+        "the sign-in example in Chromium",
+    );
+    for step in [
+        "login",
+        "code-sent",
+        "mailbox",
+        "signed-in",
+        "five-wrong-codes",
+        "expired",
+    ] {
+        assert!(
+            out.contains(&format!("-{step}.png")),
+            "no screenshot of {step}: {out}"
+        );
+    }
 }

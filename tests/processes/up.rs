@@ -670,6 +670,7 @@ async fn every_counter_an_alert_watches_exists_at_zero_from_the_start() {
         r#"codewatch_number_api_errors_total{kind="status"} 0"#,
         r#"codewatch_number_api_errors_total{kind="unreachable"} 0"#,
         "codewatch_unpolled_shard_messages 0",
+        r#"codewatch_deliveries_total{outcome="failed"} 0"#,
         "codewatch_ready 1",
     ] {
         assert!(
