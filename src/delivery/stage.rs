@@ -174,11 +174,13 @@ impl Deliverer {
         let left = (delivery.expires_at - Utc::now())
             .to_std()
             .unwrap_or_default();
-        let outcome = if left.is_zero() {
+        // An attempt must end half of MIN_LEFT before the expiry; with less left, none starts.
+        let time_for_attempt = left.saturating_sub(MIN_LEFT / 2);
+        let outcome = if time_for_attempt.is_zero() {
             DeliveryOutcome::Failed("expired before delivery".into())
         } else {
             let sent = tokio::time::timeout(
-                self.settings.timeout.min(left - MIN_LEFT / 2),
+                self.settings.timeout.min(time_for_attempt),
                 self.channel.deliver(&delivery),
             )
             .await

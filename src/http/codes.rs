@@ -72,11 +72,12 @@ pub struct CodeAttempt {
     pub subject: Option<String>,
 }
 
-/// A valid code.
+/// A valid code. The answer names the issuance, never the code: the caller sent it, and no answer
+/// of codewatch's carries a code once it delivers them.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ValidCode {
-    /// The code, exactly as issued.
-    pub code: String,
+    /// The issuance the code belongs to (as in the issuing answer and the delivery).
+    pub issuance_id: String,
     /// Always `true`.
     pub valid: bool,
     /// The subject it is bound to (absent only for the sample's unbound codes).
@@ -101,7 +102,7 @@ pub struct NotValid {
 impl From<CodeRecord> for ValidCode {
     fn from(r: CodeRecord) -> Self {
         Self {
-            code: r.code.to_string(),
+            issuance_id: r.issuance_id.to_string(),
             valid: true,
             subject: r.subject.map(|s| s.to_string()),
             issued_at: r.issued_at,

@@ -436,6 +436,44 @@ mod postgres {
     }
 }
 
+/// A code claimed with under half a second left is given up without an attempt (the stage's
+/// timeout would end past the expiry); before, computing that timeout panicked the round.
+#[tokio::test]
+async fn a_code_claimed_with_under_half_a_second_left_is_given_up_unsent() {
+    let (receiver, hook) = Receiver::start(&[]).await;
+    let db = common::sqlite().await;
+    let store = db.database.store();
+    let now = Utc::now();
+    let issuance = codewatch::domain::Issuance {
+        id: codewatch::domain::IssuanceId::random(),
+        code: Code::parse("ojE-161-pTv").unwrap(),
+        subject: Some(codewatch::domain::Subject::parse("alice").unwrap()),
+        destination: Some(codewatch::domain::Destination::parse("alice-phone").unwrap()),
+        issued_at: now,
+    };
+    let id = issuance.id.clone();
+    let activation =
+        codewatch::store::Activation::new(issuance, now + chrono::Duration::milliseconds(400));
+    store.activate(&[activation], now).await.unwrap();
+    let deliverer = Deliverer::new(store.clone(), webhook(&hook), quick());
+    let report = deliverer.deliver_due(now).await.unwrap();
+    assert_eq!((report.delivered, report.failed), (0, 1), "{report:?}");
+    assert!(receiver.calls.lock().unwrap().is_empty());
+    let record = store
+        .list(true, Utc::now(), 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|r| r.issuance_id == id)
+        .unwrap();
+    let delivery = record.delivery.unwrap();
+    assert_eq!(
+        (delivery.state(), delivery.error.as_deref()),
+        ("failed", Some("expired before delivery"))
+    );
+    drop(db);
+}
+
 #[tokio::test]
 async fn the_issuing_call_asks_for_a_destination_exactly_when_codes_are_delivered() {
     let sink = SmtpSink::start();

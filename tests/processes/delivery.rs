@@ -67,6 +67,25 @@ async fn up_mails_each_code_to_its_user_and_no_answer_or_log_line_holds_it() {
         .await
         .unwrap();
     assert_eq!(check.status(), 200);
+    let check = check.text().await.unwrap();
+    assert!(
+        !check.contains(&code),
+        "the check answer holds the code: {check}"
+    );
+    let redeem = http
+        .post(format!("{signin}/api/v1/codes/redeem"))
+        .bearer_auth(KEY)
+        .header("Idempotency-Key", "0b9a3c7e-5a0e-4f4e-9f3a-2d1c6b7a8e90")
+        .json(&serde_json::json!({ "code": code, "subject": "alice" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(redeem.status(), 200);
+    let redeem = redeem.text().await.unwrap();
+    assert!(
+        !redeem.contains(&code),
+        "the redeem answer holds the code: {redeem}"
+    );
     let getcode = reqwest::get(format!("{base}/api/v1/getcode"))
         .await
         .unwrap();

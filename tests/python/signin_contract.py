@@ -62,6 +62,9 @@ def main() -> None:
         time.sleep(0.2)
     assert isinstance(valid, ValidCode), valid
     assert valid.valid and valid.subject == user and valid.expires_at > valid.issued_at
+    # The answer names the issuance, not the code.
+    assert valid.issuance_id == issued.parsed.issuance_id, valid
+    assert code not in str(valid.to_dict()), valid
 
     # A wrong code, and the right code for someone else: the one "not valid" answer.
     for wrong in (CodeAttempt(code="Wro-000-Ngg", subject=user), CodeAttempt(code=code, subject="mallory")):
