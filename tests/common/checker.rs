@@ -202,12 +202,33 @@ struct Record {
     pending_delivery: HashMap<String, (Option<String>, DateTime<Utc>)>,
     /// Deliveries seen per issuance.
     deliveries: HashMap<String, usize>,
+    /// The code of each delivered issuance (a delivery may arrive before its issuing answer).
+    delivered_codes: HashMap<String, String>,
     /// Deliveries beyond one the scenario allows for any issuance (1: a worker is killed between
     /// sending and recording deliveries).
     allowed_extra_deliveries: usize,
     /// Every error answer is final: a queue error or a passed deadline hands out no code either (the
     /// embedded queue takes an abandoned send back before it commits).
     errors_are_final: bool,
+}
+
+impl Record {
+    /// Hands out the code of `issuance_id` once both its issuing answer ("pending") and its first
+    /// delivery are in, in either order: a fast worker may deliver before the answer arrives.
+    fn hand_out_delivered(&mut self, issuance_id: &str) {
+        let (Some((subject, expiry)), Some(code)) = (
+            self.pending_delivery.get(issuance_id).cloned(),
+            self.delivered_codes.remove(issuance_id),
+        ) else {
+            return;
+        };
+        self.issued.push(Handed {
+            code,
+            subject,
+            expiry,
+            must_become_valid: true,
+        });
+    }
 }
 
 /// What a scenario came to: every invariant as a number.
@@ -387,15 +408,11 @@ impl Checker {
         let mut record = self.record.lock().unwrap();
         let count = record.deliveries.entry(issuance_id.to_owned()).or_default();
         *count += 1;
-        if *count == 1
-            && let Some((subject, expiry)) = record.pending_delivery.get(issuance_id).cloned()
-        {
-            record.issued.push(Handed {
-                code: code.to_owned(),
-                subject,
-                expiry,
-                must_become_valid: true,
-            });
+        if *count == 1 {
+            record
+                .delivered_codes
+                .insert(issuance_id.to_owned(), code.to_owned());
+            record.hand_out_delivered(issuance_id);
         }
     }
 
@@ -419,11 +436,11 @@ impl Checker {
                         );
                         let id = v["issuance_id"].as_str().unwrap().to_owned();
                         let expiry = v["expires_at"].as_str().unwrap().parse().unwrap();
-                        self.record
-                            .lock()
-                            .unwrap()
+                        let mut record = self.record.lock().unwrap();
+                        record
                             .pending_delivery
                             .insert(id.clone(), (subject.map(str::to_owned), expiry));
+                        record.hand_out_delivered(&id);
                         Answer::Pending(id)
                     }
                     200 | 201 => {
