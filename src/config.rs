@@ -756,7 +756,7 @@ pub struct WorkerTuning {
     #[arg(long, env = "WORKER_SWEEP_INTERVAL_SECONDS", default_value_t = 60)]
     pub sweep_interval_seconds: u64,
     /// How long a row is kept after its expiry for inspection, in seconds (never less than the TTL).
-    #[arg(long, env = "CODE_RETENTION_SECONDS", default_value_t = 86_400)]
+    #[arg(long, env = "CODE_RETENTION_SECONDS", default_value_t = 3_600)]
     pub retention_seconds: u64,
     /// How far an activation's timestamp may lie after the queue's insertion time, in seconds (producer
     /// clock skew). A code is never valid past insertion + this + CODE_TTL_SECONDS; an activation dated

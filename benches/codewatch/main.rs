@@ -37,6 +37,8 @@ struct Scale {
     n: usize,
     seconds: Duration,
     rows: usize,
+    /// Expired rows the retention part purges (BENCH_PURGE_ROWS).
+    purge_rows: usize,
 }
 
 impl Scale {
@@ -57,6 +59,7 @@ impl Scale {
                     .max(0.2),
             ),
             rows: var("BENCH_ROWS", 1000) as usize,
+            purge_rows: var("BENCH_PURGE_ROWS", 100_000) as usize,
         }
     }
 }
@@ -653,6 +656,138 @@ impl Bench {
     }
 }
 
+// --- 6. retention ------------------------------------------------------------------------------
+
+/// An activation of a fresh code issued at `at`, valid for `ttl_secs`.
+fn activation_at(i: usize, at: DateTime<Utc>, ttl_secs: i64) -> Activation {
+    Activation::new(
+        Issuance {
+            destination: None,
+            id: IssuanceId::random(),
+            code: Code::parse(&format!("Ret-{}-Chx", i % 100_000)).unwrap(),
+            issued_at: at,
+            subject: Some(Subject::parse(&format!("user-{i}")).unwrap()),
+        },
+        at + chrono::Duration::seconds(ttl_secs),
+    )
+}
+
+/// Activations of one row each, one every 5 ms, until `stop`: each one's time (the wait for the
+/// writer included).
+async fn probe_writes(
+    store: codewatch::store::SharedStore,
+    stop: tokio_util::sync::CancellationToken,
+) -> Vec<Duration> {
+    let mut waits = Vec::new();
+    let mut i = 10_000_000;
+    while !stop.is_cancelled() {
+        i += 1;
+        let started = Instant::now();
+        store
+            .activate(&[activation_at(i, Utc::now(), 600)], Utc::now())
+            .await
+            .unwrap();
+        waits.push(started.elapsed());
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    waits
+}
+
+impl Bench {
+    /// The retention sweep on `backend` with `rows` expired rows: the purge's rate, and how long a
+    /// write made every 5 ms waits meanwhile (p99 and the longest, in the p50 column), against the same
+    /// writes with no purge running.
+    async fn retention(&mut self, backend: &str, rows: usize) {
+        let before = self.purge_with_writes(backend, rows, false).await;
+        let store_purge = self.purge_with_writes(backend, rows, true).await;
+        self.push(before.0.clone());
+        self.push(store_purge.0.against(&before.0));
+        self.push(before.1.clone());
+        self.push(store_purge.1.against(&before.1));
+    }
+
+    /// Purges `rows` expired rows on `backend` while a write is made every 5 ms: the purge's row
+    /// (rate) and the writes' row (p99, and the longest in the p50 column). `store_purge`: the store's
+    /// purge; else one DELETE statement, as codewatch purged before (on every database).
+    async fn purge_with_writes(
+        &mut self,
+        backend: &str,
+        rows: usize,
+        store_purge: bool,
+    ) -> (Row, Row) {
+        let (_url, _counter, db) = self.database(backend, "retention").await;
+        let store = db.database.store();
+        let long_ago = Utc::now() - chrono::Duration::hours(3);
+        let old: Vec<Activation> = (0..rows).map(|i| activation_at(i, long_ago, 600)).collect();
+        for chunk in old.chunks(1000) {
+            store.activate(chunk, long_ago).await.unwrap();
+        }
+        drop(old);
+        let probe = |store: codewatch::store::SharedStore| {
+            let stop = tokio_util::sync::CancellationToken::new();
+            (tokio::spawn(probe_writes(store, stop.clone())), stop)
+        };
+        let (busy, stop) = probe(store.clone());
+        // Let the writes settle first.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let cutoff = Utc::now() - chrono::Duration::hours(1);
+        let started = Instant::now();
+        let purged = if store_purge {
+            store.purge(cutoff).await.unwrap()
+        } else {
+            let one = "DELETE FROM valid_codes WHERE expires_at <= ";
+            match &db.database {
+                codewatch::backends::Database::Sqlite(pools) => {
+                    sqlx::query(sqlx::AssertSqlSafe(format!("{one}?")))
+                        .bind(codewatch::timestamp::format(cutoff))
+                        .execute(&pools.write)
+                        .await
+                        .map(|done| done.rows_affected())
+                }
+                codewatch::backends::Database::Postgres(pool) => {
+                    sqlx::query(sqlx::AssertSqlSafe(format!("{one}$1")))
+                        .bind(cutoff)
+                        .execute(pool)
+                        .await
+                        .map(|done| done.rows_affected())
+                }
+            }
+            .unwrap()
+        };
+        let elapsed = started.elapsed();
+        stop.cancel();
+        let busy = busy.await.unwrap();
+        assert_eq!(purged as usize, rows, "the purge deleted every expired row");
+        let how = if !store_purge {
+            "one DELETE, as before".to_owned()
+        } else if backend == "SQLite" {
+            format!(
+                "the store's, in batches of {}",
+                codewatch::store::PURGE_BATCH
+            )
+        } else {
+            "the store's, one DELETE per table".to_owned()
+        };
+        let purge = Row {
+            part: "retention",
+            case: format!("{backend}: purge of {rows} expired rows, {how}"),
+            unit: "row",
+            rate: rows as f64 / elapsed.as_secs_f64(),
+            ..Row::default()
+        };
+        let writes = Row {
+            part: "retention",
+            case: format!("{backend}: a write every 5 ms meanwhile, {how} (longest in p50)"),
+            unit: "write",
+            rate: busy.len() as f64 / busy.iter().map(|w| w.as_secs_f64() + 0.005).sum::<f64>(),
+            p50_ms: busy.iter().max().map(|m| m.as_secs_f64() * 1e3),
+            p99_ms: Some(percentile_ms(&busy, 99.0)),
+            ..Row::default()
+        };
+        (purge, writes)
+    }
+}
+
 /// Counts rows in `valid_codes`.
 struct Counter(codewatch::backends::Database);
 
@@ -809,6 +944,13 @@ async fn main() {
         let large = bench.embedded_drain(n * 10).await;
         bench.push(small.clone());
         bench.push(large.against(&small));
+    }
+
+    if run("retention") {
+        let rows = bench.scale.purge_rows;
+        for backend in ["SQLite", "PostgreSQL"] {
+            bench.retention(backend, rows).await;
+        }
     }
 
     print_table(&bench.rows);

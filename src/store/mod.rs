@@ -2,6 +2,7 @@
 
 pub mod postgres;
 mod sql;
+pub use sql::PURGE_BATCH;
 pub mod sqlite;
 
 use crate::domain::{Code, CodeState, Destination, IdempotencyKey, Issuance, IssuanceId, Subject};

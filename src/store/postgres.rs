@@ -222,4 +222,4 @@ impl DeliveryStore for PostgresStore {
     }
 }
 
-sql::shared_queries!(PostgresStore, sqlx::Postgres, postgres, revoke_lock: Some(REVOKE_LOCK));
+sql::shared_queries!(PostgresStore, sqlx::Postgres, postgres, revoke_lock: Some(REVOKE_LOCK), purge: &sql::PURGE_AT_ONCE);

@@ -205,17 +205,51 @@ pub(super) static REVOKE: Statement = Statement::new(
     "UPDATE valid_codes SET revoked_at = ? WHERE code = ? AND revoked_at IS NULL AND expires_at > ?",
 );
 
-/// Deletes rows past their retention (bind: cutoff).
-pub(super) static PURGE_CODES: Statement =
-    Statement::new("DELETE FROM valid_codes WHERE expires_at <= ?");
+/// Rows one purge statement deletes at most on SQLite: each batch is its own short transaction, so a
+/// purge of many rows never holds SQLite's one writer for long (the benchmark's retention part: the
+/// longest wait of a write during a purge of 100k rows, 249–336 ms with one DELETE, 19–34 ms in
+/// batches).
+pub const PURGE_BATCH: u32 = 1000;
 
-/// Forgets redeem keys past their retention (bind: cutoff).
-pub(super) static PURGE_REDEEM_KEYS: Statement =
-    Statement::new("DELETE FROM redeem_requests WHERE expires_at <= ?");
+/// The statements of a purge, and the rows each may delete at once (`None`: all in one statement).
+pub(super) struct Purge {
+    /// Rows past their retention (bind: cutoff[, batch]).
+    pub codes: Statement,
+    /// Revocations past their retention (bind: cutoff[, batch]); the table has no key, so a batch
+    /// is chosen by its rows' values (equal rows go together).
+    pub revocations: Statement,
+    /// Redeem keys past their time (bind: cutoff[, batch]).
+    pub redeem_keys: Statement,
+    /// The rows one statement deletes at most.
+    pub batch: Option<u32>,
+}
 
-/// Deletes revocations past their retention (bind: cutoff).
-pub(super) static PURGE_REVOCATIONS: Statement =
-    Statement::new("DELETE FROM code_revocations WHERE revoked_at <= ?");
+/// SQLite's purge: batches of [`PURGE_BATCH`], so that queued writers go between them.
+pub(super) static PURGE_IN_BATCHES: Purge = Purge {
+    codes: Statement::new(
+        "DELETE FROM valid_codes WHERE issuance_id IN \
+         (SELECT issuance_id FROM valid_codes WHERE expires_at <= ? LIMIT ?)",
+    ),
+    revocations: Statement::new(
+        "DELETE FROM code_revocations WHERE (code, revoked_at) IN \
+         (SELECT code, revoked_at FROM code_revocations WHERE revoked_at <= ? LIMIT ?)",
+    ),
+    redeem_keys: Statement::new(
+        "DELETE FROM redeem_requests WHERE idempotency_key IN \
+         (SELECT idempotency_key FROM redeem_requests WHERE expires_at <= ? LIMIT ?)",
+    ),
+    batch: Some(PURGE_BATCH),
+};
+
+/// PostgreSQL's purge: one statement per table. Under MVCC it blocks no writer (the benchmark: a
+/// write's longest wait during a purge of 100k rows 1–9 ms either way), and it was 14 times faster
+/// than batches, whose index scans walk the rows the batches before them left dead.
+pub(super) static PURGE_AT_ONCE: Purge = Purge {
+    codes: Statement::new("DELETE FROM valid_codes WHERE expires_at <= ?"),
+    revocations: Statement::new("DELETE FROM code_revocations WHERE revoked_at <= ?"),
+    redeem_keys: Statement::new("DELETE FROM redeem_requests WHERE expires_at <= ?"),
+    batch: None,
+};
 
 /// The columns a claimed delivery is read from ([`pending_delivery`]).
 macro_rules! delivery_columns {
@@ -363,11 +397,11 @@ pub(super) fn count(n: Option<i32>) -> u32 {
 }
 
 /// Implements, for a dialect's store, the methods whose SQL both dialects share: all of
-/// verification's, listing, revoking (after `$revoke_lock`, if any), and the health check. The store
+/// verification's, listing, revoking (after `$revoke_lock`, if any), purging (as `$purge` says), and the health check. The store
 /// has a `pool`; `$db` is the sqlx database; the dialect file has `record(&Row)` and `t(DateTime<Utc>)`, the bound form of a time;
 /// `$dialect` (`sqlite` or `postgres`) picks each statement's text.
 macro_rules! shared_queries {
-    ($store:ty, $db:ty, $dialect:ident, revoke_lock: $revoke_lock:expr) => {
+    ($store:ty, $db:ty, $dialect:ident, revoke_lock: $revoke_lock:expr, purge: $purge:expr) => {
         #[async_trait::async_trait]
         impl $crate::store::VerificationStore for $store {
             async fn find_valid(
@@ -617,25 +651,41 @@ macro_rules! shared_queries {
                 Ok(row.is_some())
             }
 
-            /// Deletes rows (and revocations, and redeem keys) whose time is at or before `before`, in
-            /// one transaction.
+            /// Deletes rows (and revocations, and redeem keys) whose time is at or before `before`,
+            /// as the dialect's [`sql::Purge`] says; the number of code rows deleted. Each table's
+            /// purge is independent of the others' (a revocation outlives every activation it may
+            /// meet by the retention's floor of one TTL), so a failure half-way leaves nothing wrong.
             async fn purge_before(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {
-                let mut tx = self.writes().begin().await?;
-                let rows = sqlx::query(sql::PURGE_CODES.$dialect())
-                    .bind(t(before))
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected();
-                sqlx::query(sql::PURGE_REVOCATIONS.$dialect())
-                    .bind(t(before))
-                    .execute(&mut *tx)
+                let purge: &'static sql::Purge = $purge;
+                let rows = self.purge_table(&purge.codes, purge.batch, before).await?;
+                self.purge_table(&purge.revocations, purge.batch, before)
                     .await?;
-                sqlx::query(sql::PURGE_REDEEM_KEYS.$dialect())
-                    .bind(t(before))
-                    .execute(&mut *tx)
+                self.purge_table(&purge.redeem_keys, purge.batch, before)
                     .await?;
-                tx.commit().await?;
                 Ok(rows)
+            }
+
+            /// Runs one purge statement, again while a whole batch comes back; the rows deleted.
+            /// Between batches the task yields, so that queued writers take the writer first.
+            async fn purge_table(
+                &self,
+                statement: &'static sql::Statement,
+                batch: Option<u32>,
+                before: DateTime<Utc>,
+            ) -> Result<u64, StoreError> {
+                let mut deleted = 0;
+                loop {
+                    let mut query = sqlx::query(statement.$dialect()).bind(t(before));
+                    if let Some(batch) = batch {
+                        query = query.bind(i64::from(batch));
+                    }
+                    let done = query.execute(self.writes()).await?.rows_affected();
+                    deleted += done;
+                    match batch {
+                        Some(batch) if done >= u64::from(batch) => tokio::task::yield_now().await,
+                        _ => return Ok(deleted),
+                    }
+                }
             }
         }
     };

@@ -322,4 +322,4 @@ impl DeliveryStore for SqliteStore {
     }
 }
 
-sql::shared_queries!(SqliteStore, sqlx::Sqlite, sqlite, revoke_lock: None);
+sql::shared_queries!(SqliteStore, sqlx::Sqlite, sqlite, revoke_lock: None, purge: &sql::PURGE_IN_BATCHES);

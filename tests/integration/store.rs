@@ -351,6 +351,42 @@ async fn purge_deletes_rows_past_retention_only(store: SharedStore) {
     assert_eq!(store.list(true, Utc::now(), 10).await.unwrap().len(), 1);
 }
 
+/// `expired` rows that expired an hour before `cutoff` and three live ones; every code distinct.
+async fn many_expired_rows(store: &SharedStore, expired: usize) -> Vec<Activation> {
+    let long_ago = Utc::now() - Duration::hours(2);
+    let old: Vec<Activation> = (0..expired)
+        .map(|i| activation_at(&format!("old-{i}-Row"), long_ago, 60, Some("someone")))
+        .collect();
+    for chunk in old.chunks(500) {
+        store.activate(chunk, long_ago).await.unwrap();
+    }
+    let live: Vec<Activation> = (0..3)
+        .map(|i| activation(&format!("new-{i}-Row"), 600))
+        .collect();
+    store.activate(&live, Utc::now()).await.unwrap();
+    live
+}
+
+/// A purge of more rows than one batch deletes exactly those past the cutoff (and their revocations),
+/// whatever the number of batches; the live rows stay.
+async fn a_purge_of_more_rows_than_a_batch_deletes_exactly_the_expired(store: SharedStore) {
+    let expired = 2 * codewatch::store::PURGE_BATCH as usize + 345;
+    let live = many_expired_rows(&store, expired).await;
+    let cutoff = Utc::now() - Duration::hours(1);
+    assert_eq!(store.purge(cutoff).await.unwrap(), expired as u64);
+    let left = store.list(true, Utc::now(), 100).await.unwrap();
+    let mut left: Vec<String> = left.iter().map(|r| r.code.to_string()).collect();
+    left.sort();
+    let mut want: Vec<String> = live.iter().map(|a| a.issuance.code.to_string()).collect();
+    want.sort();
+    assert_eq!(left, want);
+    assert_eq!(
+        store.purge(cutoff).await.unwrap(),
+        0,
+        "nothing left to purge"
+    );
+}
+
 async fn a_redeem_key_keeps_its_first_answer_until_its_time_and_is_purged(store: SharedStore) {
     let now = Utc::now();
     let a = activation_at("idm-1-Pot", now, 60, Some("kim"));
@@ -591,6 +627,7 @@ both!(
     revoke_reaches_issuances_whatever_their_dates,
     an_id_recorded_for_another_code_is_a_conflict_not_a_duplicate,
     purge_deletes_rows_past_retention_only,
+    a_purge_of_more_rows_than_a_batch_deletes_exactly_the_expired,
     a_redeem_key_keeps_its_first_answer_until_its_time_and_is_purged,
     failed_checks_count_up_within_a_window_and_reset,
     concurrent_wrong_checks_never_count_past_the_cap_and_a_locked_subject_cannot_pass,
@@ -855,4 +892,43 @@ async fn the_readmes_operator_sql_runs_on_postgresql_and_sqlite() {
             assert_eq!(rows.len(), 1, "the one valid code");
         }
     }
+}
+
+/// On SQLite the purge deletes in statements of at most one batch, each its own transaction (so the
+/// one writer is free between them). A row trigger records `total_changes()`, which grows by one per
+/// row a trigger inserts within a statement and jumps by the statement's deleted rows once it ends:
+/// each jump past one starts another statement.
+#[tokio::test]
+async fn on_sqlite_a_purge_deletes_at_most_one_batch_per_statement() {
+    let db = common::sqlite().await;
+    let store = db.database.store();
+    let Database::Sqlite(pools) = &db.database else {
+        panic!("a SQLite database")
+    };
+    for statement in [
+        "CREATE TABLE purged (total_changes INTEGER NOT NULL)",
+        "CREATE TRIGGER purged AFTER DELETE ON valid_codes BEGIN
+            INSERT INTO purged VALUES (total_changes());
+         END",
+    ] {
+        sqlx::query(statement).execute(&pools.write).await.unwrap();
+    }
+    let expired = 2 * codewatch::store::PURGE_BATCH as usize + 345;
+    many_expired_rows(&store, expired).await;
+    store.purge(Utc::now() - Duration::hours(1)).await.unwrap();
+    let seen: Vec<i64> = sqlx::query_scalar("SELECT total_changes FROM purged ORDER BY rowid")
+        .fetch_all(&pools.write)
+        .await
+        .unwrap();
+    assert_eq!(seen.len(), expired);
+    let mut batches = vec![1_usize];
+    for pair in seen.windows(2) {
+        if pair[1] - pair[0] == 1 {
+            *batches.last_mut().unwrap() += 1;
+        } else {
+            batches.push(1);
+        }
+    }
+    let batch = codewatch::store::PURGE_BATCH as usize;
+    assert_eq!(batches, [batch, batch, 345], "rows deleted per statement");
 }

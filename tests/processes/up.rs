@@ -616,6 +616,7 @@ async fn the_readmes_benchmark_runs_as_pasted() {
             ("BENCH_N", "40".to_owned()),
             ("BENCH_SECONDS", "0.3".to_owned()),
             ("BENCH_ROWS", "20".to_owned()),
+            ("BENCH_PURGE_ROWS", "1500".to_owned()),
         ],
         Duration::from_secs(300),
     )
@@ -627,6 +628,7 @@ async fn the_readmes_benchmark_runs_as_pasted() {
         "embedded",
         "verification",
         "growth",
+        "retention",
     ] {
         assert!(
             stdout
