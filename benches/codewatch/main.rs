@@ -456,7 +456,51 @@ impl Bench {
     // --- 4. embedded mode and verification ----------------------------------------------------------
 
     async fn embedded(&mut self) {
-        let url = self.sqlite_url("up");
+        let [issued, during, end_to_end] = self.embedded_over(0, false).await;
+        self.push(issued);
+        self.push(during);
+        self.push(end_to_end);
+    }
+
+    /// `up` on a SQLite file that holds `preload` valid codes (from earlier, expiring in two hours)
+    /// before 32 clients issue codes for a load's time: the issued, activated-while-issuing and
+    /// end-to-end rows, of the new codes only.
+    async fn embedded_over(&mut self, preload: usize, queued: bool) -> [Row; 3] {
+        let url = self.sqlite_url(&format!("up-{preload}-{}", uuid::Uuid::new_v4().simple()));
+        if preload > 0 {
+            let database = codewatch::backends::Database::open(
+                &codewatch::config::DatabaseArgs::at(url.clone()),
+            )
+            .await
+            .unwrap();
+            let store = database.store();
+            let earlier = Utc::now() - chrono::Duration::hours(1);
+            for start in (0..preload).step_by(1000) {
+                let chunk: Vec<Activation> = (start..(start + 1000).min(preload))
+                    .map(|i| activation_at(i, earlier, 3 * 3600))
+                    .collect();
+                store.activate(&chunk, earlier).await.unwrap();
+            }
+            if queued {
+                // Their expiry messages, invisible for the TTL, as the worker leaves them.
+                let queue = database.embedded_queue("code-requests").unwrap();
+                futures::StreamExt::for_each_concurrent(
+                    futures::stream::iter(0..preload),
+                    64,
+                    |i| {
+                        let queue = queue.clone();
+                        async move {
+                            queue
+                                .send(&activation_body(i), Duration::from_secs(3 * 3600))
+                                .await
+                                .unwrap()
+                        }
+                    },
+                )
+                .await;
+            }
+            database.close().await;
+        }
         let env = self.env(&[
             ("DATABASE_URL", url.clone()),
             ("CODE_TTL_SECONDS", "600".into()),
@@ -481,7 +525,7 @@ impl Bench {
                 .unwrap();
         let counter = Counter(database.clone());
         counter
-            .wait_for(load.ok as usize, Duration::from_secs(120))
+            .wait_for(preload + load.ok as usize, Duration::from_secs(300))
             .await;
         let used = cpu.used();
         let rss = peak_rss_mib(up.0.id());
@@ -490,7 +534,8 @@ impl Bench {
             unreachable!()
         };
         let times: Vec<(String, String)> =
-            sqlx::query_as("SELECT issued_at, activated_at FROM valid_codes")
+            sqlx::query_as("SELECT issued_at, activated_at FROM valid_codes WHERE issued_at >= ?")
+                .bind(codewatch::timestamp::format(started))
                 .fetch_all(&pools.read)
                 .await
                 .unwrap();
@@ -502,9 +547,14 @@ impl Bench {
         let last: DateTime<Utc> = times.iter().map(|(_, a)| parse(a)).max().unwrap_or(ended);
         let during = times.iter().filter(|(_, a)| parse(a) <= ended).count();
         let window = (ended - started).as_seconds_f64();
+        let over = if preload > 0 {
+            format!(", {preload} rows before")
+        } else {
+            String::new()
+        };
         let issued = Row {
             part: "embedded",
-            case: "up: codes issued, 32 clients".into(),
+            case: format!("up: codes issued, 32 clients{over}"),
             unit: "code",
             rate: load.rate(),
             cpu_us: Some(used / load.ok.max(1) as f64 * 1e6),
@@ -512,23 +562,56 @@ impl Bench {
             ..Row::default()
         }
         .with_latency(&load);
-        self.push(issued);
-        self.push(Row {
-            part: "embedded",
-            case: "up: activated while issuing".into(),
-            unit: "code",
-            rate: during as f64 / window,
-            ..Row::default()
-        });
-        self.push(Row {
-            part: "embedded",
-            case: "up: activated end to end (lag p50/p99)".into(),
-            unit: "code",
-            rate: times.len() as f64 / (last - started).as_seconds_f64(),
-            p50_ms: Some(percentile_ms(&lags, 50.0)),
-            p99_ms: Some(percentile_ms(&lags, 99.0)),
-            ..Row::default()
-        });
+        database.close().await;
+        [
+            issued,
+            Row {
+                part: "embedded",
+                case: format!("up: activated while issuing{over}"),
+                unit: "code",
+                rate: during as f64 / window,
+                ..Row::default()
+            },
+            Row {
+                part: "embedded",
+                case: format!("up: activated end to end (lag p50/p99){over}"),
+                unit: "code",
+                rate: times.len() as f64 / (last - started).as_seconds_f64(),
+                p50_ms: Some(percentile_ms(&lags, 50.0)),
+                p99_ms: Some(percentile_ms(&lags, 99.0)),
+                ..Row::default()
+            },
+        ]
+    }
+
+    /// `up` over tables of each size in `sizes` (BENCH_TABLE_ROWS): CPU per code issued and the
+    /// activation lag, each against the smallest table's.
+    async fn table_growth(&mut self, sizes: &[usize], queued: bool) {
+        let mut first: Option<[Row; 3]> = None;
+        for &rows in sizes {
+            let mut measured = self.embedded_over(rows, queued).await;
+            for row in &mut measured {
+                row.part = "table";
+                if queued {
+                    row.case = row
+                        .case
+                        .replace("rows before", "rows and expiry messages before");
+                }
+            }
+            match &first {
+                None => {
+                    for row in &measured {
+                        self.push(row.clone());
+                    }
+                    first = Some(measured);
+                }
+                Some(base) => {
+                    for (row, base) in measured.into_iter().zip(base) {
+                        self.push(row.against(base));
+                    }
+                }
+            }
+        }
     }
 
     /// Checks against `rows` valid codes in `backend`: codewatch's endpoint, then the minimal server.
@@ -658,13 +741,14 @@ impl Bench {
 
 // --- 6. retention ------------------------------------------------------------------------------
 
-/// An activation of a fresh code issued at `at`, valid for `ttl_secs`.
+/// An activation of a fresh code issued at `at`, valid for `ttl_secs`: random letters around a number,
+/// as getcode makes them, so that the rows spread over the code index as real ones do.
 fn activation_at(i: usize, at: DateTime<Utc>, ttl_secs: i64) -> Activation {
     Activation::new(
         Issuance {
             destination: None,
             id: IssuanceId::random(),
-            code: Code::parse(&format!("Ret-{}-Chx", i % 100_000)).unwrap(),
+            code: Code::generate((i % 1000) as u32, &mut rand::rng()),
             issued_at: at,
             subject: Some(Subject::parse(&format!("user-{i}")).unwrap()),
         },
@@ -917,10 +1001,13 @@ async fn main() {
         scale,
     };
 
-    // BENCH_ONLY=embedded,growth runs some parts only (the ceilings always run: the rest needs them).
+    // BENCH_ONLY=embedded,growth runs some parts only (the Put and insert ceilings run with the
+    // producer, which is measured against them; the worker part measures its own).
     let only = std::env::var("BENCH_ONLY").unwrap_or_default();
     let run = |part: &str| only.is_empty() || only.split(',').any(|p| p.trim() == part);
-    bench.ceilings().await;
+    if run("producer") || run("ceiling") {
+        bench.ceilings().await;
+    }
     if run("producer") {
         bench.producer().await;
     }
@@ -946,6 +1033,15 @@ async fn main() {
         bench.push(large.against(&small));
     }
 
+    if run("table") {
+        let sizes: Vec<usize> = std::env::var("BENCH_TABLE_ROWS")
+            .unwrap_or_else(|_| "10000,100000,1000000".into())
+            .split(',')
+            .filter_map(|n| n.trim().parse().ok())
+            .collect();
+        bench.table_growth(&sizes, false).await;
+        bench.table_growth(&sizes, true).await;
+    }
     if run("retention") {
         let rows = bench.scale.purge_rows;
         for backend in ["SQLite", "PostgreSQL"] {

@@ -262,29 +262,10 @@ impl GroupWriter {
         }
         let mut deleted = HashSet::new();
         for chunk in receipts.chunks(ROWS_PER_STATEMENT) {
-            // `message_id IN (…)` first, so that SQLite finds the rows by their unique index
-            // instead of scanning the queue; the receipt pairs then decide.
-            let mut delete =
-                sqlx::QueryBuilder::new("DELETE FROM queue_messages WHERE message_id IN (");
-            let mut ids = delete.separated(", ");
-            for receipt in chunk {
-                ids.push_bind(&receipt.message_id);
-            }
-            delete
-                .push(") AND queue_name = ")
-                .push_bind(&self.name)
-                .push(" AND (message_id, pop_receipt) IN (VALUES ");
-            let mut pairs = delete.separated(", ");
-            for receipt in chunk {
-                pairs
-                    .push("(")
-                    .push_bind_unseparated(&receipt.message_id)
-                    .push_unseparated(", ")
-                    .push_bind_unseparated(&receipt.pop_receipt)
-                    .push_unseparated(")");
-            }
-            delete.push(") RETURNING message_id, pop_receipt");
-            let ids: Vec<(String, String)> = delete.build_query_as().fetch_all(&mut *tx).await?;
+            let ids: Vec<(String, String)> = delete_by_receipts(&self.name, chunk)
+                .build_query_as()
+                .fetch_all(&mut *tx)
+                .await?;
             deleted.extend(ids);
         }
         let gone = gone();
@@ -484,8 +465,84 @@ impl QueueAdmin for EmbeddedQueue {
     }
 }
 
+/// Deletes the messages of `queue` that `receipts` name with their current pop receipts, returning
+/// each deleted one's id and receipt. SQLite must find them by the unique `message_id` index: with
+/// several ids and no statistics its planner preferred `queue_messages_visible` on `queue_name`,
+/// scanning every message of the queue (81 ms per delete with 300k pending expiry messages, against
+/// 0.4 ms), so the `queue_name` test is written `+queue_name`, which no index serves.
+fn delete_by_receipts<'q>(
+    queue: &'q str,
+    receipts: &'q [&Receipt],
+) -> sqlx::QueryBuilder<sqlx::Sqlite> {
+    let mut delete = sqlx::QueryBuilder::new("DELETE FROM queue_messages WHERE message_id IN (");
+    let mut ids = delete.separated(", ");
+    for receipt in receipts {
+        ids.push_bind(&receipt.message_id);
+    }
+    delete
+        .push(") AND +queue_name = ")
+        .push_bind(queue)
+        .push(" AND (message_id, pop_receipt) IN (VALUES ");
+    let mut pairs = delete.separated(", ");
+    for receipt in receipts {
+        pairs
+            .push("(")
+            .push_bind_unseparated(&receipt.message_id)
+            .push_unseparated(", ")
+            .push_bind_unseparated(&receipt.pop_receipt)
+            .push_unseparated(")");
+    }
+    delete.push(") RETURNING message_id, pop_receipt");
+    delete
+}
+
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    /// A delete of a full chunk finds its rows by `message_id`, never by scanning the queue's index.
+    #[tokio::test]
+    async fn a_delete_by_receipts_finds_messages_by_their_id() {
+        let pool = sqlx::SqlitePool::connect("sqlite::memory:").await.unwrap();
+        crate::store::sqlite::MIGRATOR.run(&pool).await.unwrap();
+        let receipts: Vec<Receipt> = (0..ROWS_PER_STATEMENT)
+            .map(|i| Receipt {
+                message_id: format!("m{i}"),
+                pop_receipt: format!("r{i}"),
+            })
+            .collect();
+        let refs: Vec<&Receipt> = receipts.iter().collect();
+        let delete = delete_by_receipts("code-requests", &refs);
+        let mut plan = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "EXPLAIN QUERY PLAN {}",
+            delete.sql().as_str()
+        )));
+        for r in &receipts {
+            plan = plan.bind(&r.message_id);
+        }
+        plan = plan.bind("code-requests");
+        for r in &receipts {
+            plan = plan.bind(&r.message_id).bind(&r.pop_receipt);
+        }
+        let steps: Vec<String> = plan
+            .fetch_all(&pool)
+            .await
+            .unwrap()
+            .iter()
+            .map(|row| row.get::<String, _>("detail"))
+            .collect();
+        assert!(
+            steps
+                .iter()
+                .any(|s| s.contains("sqlite_autoindex_queue_messages_1 (message_id=?)")),
+            "{steps:?}"
+        );
+        assert!(
+            !steps.iter().any(|s| s.contains("queue_messages_visible")),
+            "{steps:?}"
+        );
+    }
+
     #[test]
     fn message_ids_sort_by_insertion_time() {
         let prefixes: Vec<String> = [

@@ -617,6 +617,7 @@ async fn the_readmes_benchmark_runs_as_pasted() {
             ("BENCH_SECONDS", "0.3".to_owned()),
             ("BENCH_ROWS", "20".to_owned()),
             ("BENCH_PURGE_ROWS", "1500".to_owned()),
+            ("BENCH_TABLE_ROWS", "100,2000".to_owned()),
         ],
         Duration::from_secs(300),
     )
@@ -628,6 +629,7 @@ async fn the_readmes_benchmark_runs_as_pasted() {
         "embedded",
         "verification",
         "growth",
+        "table",
         "retention",
     ] {
         assert!(
