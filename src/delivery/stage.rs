@@ -139,38 +139,62 @@ impl Deliverer {
     /// sends them (a few at a time), and records each outcome.
     pub async fn deliver_due(&self, now: DateTime<Utc>) -> Result<DeliveryReport, StoreError> {
         let mut report = DeliveryReport {
-            ended: self.store.end_undeliverable(now).await?,
+            ended: self.end_undeliverable(now).await?,
             ..DeliveryReport::default()
         };
-        if report.ended > 0 {
-            metrics::counter!(m::DELIVERIES, "outcome" => "failed").increment(report.ended);
-            tracing::warn!(
-                ended = report.ended,
-                "deliveries given up: their code expired, was redeemed or revoked first"
-            );
-        }
         let lease_until = now + chrono::Duration::from_std(self.settings.lease).unwrap_or_default();
         let claimed = self
             .store
             .claim_deliveries(now, lease_until, self.settings.batch)
             .await?;
-        let outcomes: Vec<Result<DeliveryOutcome, StoreError>> = futures::stream::iter(claimed)
-            .map(|delivery| self.attempt(delivery))
-            .buffer_unordered(self.settings.concurrency)
-            .collect()
-            .await;
+        let outcomes: Vec<Result<Option<DeliveryOutcome>, StoreError>> =
+            futures::stream::iter(claimed)
+                .map(|delivery| self.attempt(delivery))
+                .buffer_unordered(self.settings.concurrency)
+                .collect()
+                .await;
+        let mut skipped = false;
         for outcome in outcomes {
             match outcome? {
-                DeliveryOutcome::Delivered => report.delivered += 1,
-                DeliveryOutcome::RetryAt(..) => report.retried += 1,
-                DeliveryOutcome::Failed(_) => report.failed += 1,
+                Some(DeliveryOutcome::Delivered) => report.delivered += 1,
+                Some(DeliveryOutcome::RetryAt(..)) => report.retried += 1,
+                Some(DeliveryOutcome::Failed(_)) => report.failed += 1,
+                None => skipped = true,
             }
+        }
+        if skipped {
+            report.ended += self.end_undeliverable(Utc::now()).await?;
         }
         Ok(report)
     }
 
-    /// Sends one claimed delivery (unless its code expired meanwhile) and records the outcome.
-    async fn attempt(&self, delivery: PendingDelivery) -> Result<DeliveryOutcome, StoreError> {
+    /// Ends, with their reason, the pending deliveries of codes that can no longer be used.
+    async fn end_undeliverable(&self, now: DateTime<Utc>) -> Result<u64, StoreError> {
+        let ended = self.store.end_undeliverable(now).await?;
+        if ended > 0 {
+            metrics::counter!(m::DELIVERIES, "outcome" => "failed").increment(ended);
+            tracing::warn!(
+                ended,
+                "deliveries given up: their code expired, was redeemed or revoked first"
+            );
+        }
+        Ok(ended)
+    }
+
+    /// Sends one claimed delivery (unless its code expired meanwhile) and records the outcome; `None`
+    /// when the code was redeemed or revoked since the claim (a claim may wait behind others' sends),
+    /// which [`Self::end_undeliverable`] then records.
+    async fn attempt(
+        &self,
+        delivery: PendingDelivery,
+    ) -> Result<Option<DeliveryOutcome>, StoreError> {
+        if !self
+            .store
+            .still_deliverable(&delivery.issuance_id, Utc::now())
+            .await?
+        {
+            return Ok(None);
+        }
         let left = (delivery.expires_at - Utc::now())
             .to_std()
             .unwrap_or_default();
@@ -212,7 +236,7 @@ impl Deliverer {
             .record_delivery(&delivery.issuance_id, &outcome, Utc::now())
             .await?;
         self.report(&delivery, &outcome);
-        Ok(outcome)
+        Ok(Some(outcome))
     }
 
     /// A reason from outside, fit to log and store: the destination masked, the code hidden, escaped

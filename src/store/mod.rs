@@ -142,6 +142,14 @@ pub trait DeliveryStore: Send + Sync + 'static {
     /// Ends the pending deliveries of codes expired, redeemed or revoked at `now`, recording why;
     /// returns how many.
     async fn end_undeliverable(&self, now: DateTime<Utc>) -> Result<u64, StoreError>;
+
+    /// Whether the claimed delivery `id` may still be sent at `now`: its code valid (not expired,
+    /// redeemed or revoked since the claim) and the delivery neither made nor given up.
+    async fn still_deliverable(
+        &self,
+        id: &IssuanceId,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError>;
 }
 
 fn serialize_display<S: serde::Serializer, T: std::fmt::Display>(

@@ -220,6 +220,18 @@ impl DeliveryStore for PostgresStore {
             .await?
             .rows_affected())
     }
+    async fn still_deliverable(
+        &self,
+        id: &IssuanceId,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let row = sqlx::query(sql::STILL_DELIVERABLE.postgres())
+            .bind(id.as_str())
+            .bind(t(now))
+            .fetch_optional(self.reads())
+            .await?;
+        Ok(row.is_some())
+    }
 }
 
 sql::shared_queries!(PostgresStore, sqlx::Postgres, postgres, revoke_lock: Some(REVOKE_LOCK), purge: &sql::PURGE_AT_ONCE);

@@ -303,6 +303,13 @@ pub(super) static END_UNDELIVERABLE: Statement = Statement::new(
     "UPDATE valid_codes SET delivery_due_at = NULL, delivery_failed_at = ?, delivery_error =        CASE WHEN redeemed_at IS NOT NULL THEN 'redeemed before delivery'             WHEN revoked_at IS NOT NULL THEN 'revoked before delivery'             ELSE 'expired before delivery' || COALESCE(' (last attempt: ' || delivery_error || ')', '') END      WHERE delivery_due_at IS NOT NULL AND delivered_at IS NULL        AND (expires_at <= ? OR redeemed_at IS NOT NULL OR revoked_at IS NOT NULL)",
 );
 
+/// A claimed delivery that may still be sent (bind: issuance id, now).
+pub(super) static STILL_DELIVERABLE: Statement = Statement::new(concat!(
+    "SELECT 1 FROM valid_codes WHERE issuance_id = ? AND delivered_at IS NULL \
+     AND delivery_failed_at IS NULL AND ",
+    valid!()
+));
+
 /// Reads a [`PendingDelivery`](super::PendingDelivery) from a row of `delivery_columns!`, with `time`
 /// reading a time column.
 pub(super) fn pending_delivery<'r, R>(

@@ -320,6 +320,18 @@ impl DeliveryStore for SqliteStore {
             .await?
             .rows_affected())
     }
+    async fn still_deliverable(
+        &self,
+        id: &IssuanceId,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let row = sqlx::query(sql::STILL_DELIVERABLE.sqlite())
+            .bind(id.as_str())
+            .bind(t(now))
+            .fetch_optional(self.reads())
+            .await?;
+        Ok(row.is_some())
+    }
 }
 
 sql::shared_queries!(SqliteStore, sqlx::Sqlite, sqlite, revoke_lock: None, purge: &sql::PURGE_IN_BATCHES);

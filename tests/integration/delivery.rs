@@ -436,6 +436,104 @@ mod postgres {
     }
 }
 
+/// A channel that holds its first send until released, and records every code it was given.
+struct HeldChannel {
+    sent: Mutex<Vec<String>>,
+    first: tokio::sync::Notify,
+    release: tokio::sync::Notify,
+}
+
+#[async_trait::async_trait]
+impl Channel for HeldChannel {
+    fn name(&self) -> &'static str {
+        "held"
+    }
+
+    async fn deliver(
+        &self,
+        delivery: &codewatch::store::PendingDelivery,
+    ) -> Result<(), codewatch::delivery::DeliveryError> {
+        let first = {
+            let mut sent = self.sent.lock().unwrap();
+            sent.push(delivery.code.to_string());
+            sent.len() == 1
+        };
+        if first {
+            self.first.notify_one();
+            self.release.notified().await;
+        }
+        Ok(())
+    }
+}
+
+/// Two codes claimed in one round, sent one at a time: the second is revoked while the first send
+/// hangs, and is then not sent (it was, before the stage looked again just before each send).
+#[tokio::test]
+async fn a_code_revoked_while_its_claim_waits_behind_another_send_is_not_sent() {
+    let db = common::sqlite().await;
+    let store = db.database.store();
+    let now = Utc::now();
+    let codes = ["ojE-161-pTv", "abC-162-dEf"];
+    let activations: Vec<codewatch::store::Activation> = codes
+        .iter()
+        .map(|code| {
+            codewatch::store::Activation::new(
+                codewatch::domain::Issuance {
+                    id: codewatch::domain::IssuanceId::random(),
+                    code: Code::parse(code).unwrap(),
+                    subject: Some(codewatch::domain::Subject::parse("alice").unwrap()),
+                    destination: Some(
+                        codewatch::domain::Destination::parse("alice-phone").unwrap(),
+                    ),
+                    issued_at: now,
+                },
+                now + chrono::Duration::seconds(60),
+            )
+        })
+        .collect();
+    store.activate(&activations, now).await.unwrap();
+    let channel = Arc::new(HeldChannel {
+        sent: Mutex::default(),
+        first: tokio::sync::Notify::new(),
+        release: tokio::sync::Notify::new(),
+    });
+    let deliverer = Arc::new(Deliverer::new(
+        store.clone(),
+        channel.clone(),
+        DeliverySettings {
+            concurrency: 1,
+            ..quick()
+        },
+    ));
+    let round = tokio::spawn({
+        let deliverer = deliverer.clone();
+        async move { deliverer.deliver_due(Utc::now()).await.unwrap() }
+    });
+    channel.first.notified().await;
+    let held = channel.sent.lock().unwrap()[0].clone();
+    let other = codes.iter().find(|c| **c != held).unwrap();
+    store
+        .revoke(&Code::parse(other).unwrap(), Utc::now())
+        .await
+        .unwrap();
+    channel.release.notify_one();
+    let report = round.await.unwrap();
+    assert_eq!(*channel.sent.lock().unwrap(), std::slice::from_ref(&held));
+    assert_eq!((report.delivered, report.ended), (1, 1), "{report:?}");
+    let revoked = store
+        .list(true, Utc::now(), 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|r| r.code.as_str() == *other)
+        .unwrap();
+    assert_eq!(
+        revoked.delivery.unwrap().error.as_deref(),
+        Some("revoked before delivery")
+    );
+    drop(db);
+}
+
 /// A code claimed with under half a second left is given up without an attempt (the stage's
 /// timeout would end past the expiry); before, computing that timeout panicked the round.
 #[tokio::test]
