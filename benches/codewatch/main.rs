@@ -131,6 +131,37 @@ fn activation_body(i: usize) -> String {
     .encode(MessageEncoding::Text)
 }
 
+/// Sends `n` activation messages to `queue`, visible after `visible_after`, 32 at a time.
+async fn send_activations(
+    queue: &codewatch::queue::SharedQueue,
+    n: usize,
+    visible_after: Duration,
+) {
+    futures::StreamExt::for_each_concurrent(futures::stream::iter(0..n), 32, |i| async move {
+        queue
+            .send(&activation_body(i), visible_after)
+            .await
+            .unwrap()
+    })
+    .await;
+}
+
+/// Writes `n` valid codes issued at `at` and valid for `ttl_secs` ([`activation_at`]) through the
+/// store, a thousand per activation.
+async fn preload_codes(
+    store: &codewatch::store::SharedStore,
+    n: usize,
+    at: DateTime<Utc>,
+    ttl_secs: i64,
+) {
+    for start in (0..n).step_by(1000) {
+        let chunk: Vec<Activation> = (start..(start + 1000).min(n))
+            .map(|i| activation_at(i, at, ttl_secs))
+            .collect();
+        store.activate(&chunk, at).await.unwrap();
+    }
+}
+
 /// A running codewatch process and the base URL it serves on (if any).
 struct Running {
     proc: Proc,
@@ -473,31 +504,12 @@ impl Bench {
             )
             .await
             .unwrap();
-            let store = database.store();
             let earlier = Utc::now() - chrono::Duration::hours(1);
-            for start in (0..preload).step_by(1000) {
-                let chunk: Vec<Activation> = (start..(start + 1000).min(preload))
-                    .map(|i| activation_at(i, earlier, 3 * 3600))
-                    .collect();
-                store.activate(&chunk, earlier).await.unwrap();
-            }
+            preload_codes(&database.store(), preload, earlier, 3 * 3600).await;
             if queued {
                 // Their expiry messages, invisible for the TTL, as the worker leaves them.
                 let queue = database.embedded_queue("code-requests").unwrap();
-                futures::StreamExt::for_each_concurrent(
-                    futures::stream::iter(0..preload),
-                    64,
-                    |i| {
-                        let queue = queue.clone();
-                        async move {
-                            queue
-                                .send(&activation_body(i), Duration::from_secs(3 * 3600))
-                                .await
-                                .unwrap()
-                        }
-                    },
-                )
-                .await;
+                send_activations(&queue, preload, Duration::from_secs(3 * 3600)).await;
             }
             database.close().await;
         }
@@ -547,10 +559,10 @@ impl Bench {
         let last: DateTime<Utc> = times.iter().map(|(_, a)| parse(a)).max().unwrap_or(ended);
         let during = times.iter().filter(|(_, a)| parse(a) <= ended).count();
         let window = (ended - started).as_seconds_f64();
-        let over = if preload > 0 {
-            format!(", {preload} rows before")
-        } else {
-            String::new()
+        let over = match (preload, queued) {
+            (0, _) => String::new(),
+            (_, false) => format!(", {preload} rows before"),
+            (_, true) => format!(", {preload} rows and expiry messages before"),
         };
         let issued = Row {
             part: "embedded",
@@ -592,11 +604,6 @@ impl Bench {
             let mut measured = self.embedded_over(rows, queued).await;
             for row in &mut measured {
                 row.part = "table";
-                if queued {
-                    row.case = row
-                        .case
-                        .replace("rows before", "rows and expiry messages before");
-                }
             }
             match &first {
                 None => {
@@ -690,16 +697,7 @@ impl Bench {
     async fn embedded_drain(&mut self, n: usize) -> Row {
         let (url, counter, db) = self.database("SQLite", "growth").await;
         let queue = db.database.embedded_queue("code-requests").unwrap();
-        futures::StreamExt::for_each_concurrent(futures::stream::iter(0..n), 32, |i| {
-            let queue = queue.clone();
-            async move {
-                queue
-                    .send(&activation_body(i), Duration::ZERO)
-                    .await
-                    .unwrap()
-            }
-        })
-        .await;
+        send_activations(&queue, n, Duration::ZERO).await;
         let worker = self.spawn(
             "worker",
             &format!("growth-{n}.log"),
@@ -801,12 +799,7 @@ impl Bench {
     ) -> (Row, Row) {
         let (_url, _counter, db) = self.database(backend, "retention").await;
         let store = db.database.store();
-        let long_ago = Utc::now() - chrono::Duration::hours(3);
-        let old: Vec<Activation> = (0..rows).map(|i| activation_at(i, long_ago, 600)).collect();
-        for chunk in old.chunks(1000) {
-            store.activate(chunk, long_ago).await.unwrap();
-        }
-        drop(old);
+        preload_codes(&store, rows, Utc::now() - chrono::Duration::hours(3), 600).await;
         let probe = |store: codewatch::store::SharedStore| {
             let stop = tokio_util::sync::CancellationToken::new();
             (tokio::spawn(probe_writes(store, stop.clone())), stop)
