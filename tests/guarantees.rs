@@ -945,6 +945,9 @@ async fn delivered_codes(db: TestDb, kill: bool) -> Verdict {
         Some(first)
     };
     let verdict = rig.finish().await;
+    if verdict.undelivered > 0 {
+        print_delivery_state(&rig.db.url).await;
+    }
     if kill {
         // Each delivery in flight when the worker died is sent once more; the held one at least.
         assert!(
@@ -953,6 +956,48 @@ async fn delivered_codes(db: TestDb, kill: bool) -> Verdict {
         );
     }
     verdict
+}
+
+/// For a delivery scenario that failed: each row's delivery columns and, on PostgreSQL, what every
+/// session of the database is doing (a statement waiting on a lock, a transaction left open).
+async fn print_delivery_state(url: &str) {
+    let rows = "SELECT issuance_id, CAST(delivery_due_at AS TEXT), delivery_attempts, \
+                CAST(delivered_at AS TEXT), CAST(delivery_failed_at AS TEXT), delivery_error, \
+                CAST(expired_at AS TEXT) FROM valid_codes ORDER BY issuance_id";
+    type DeliveryRow = (
+        String,
+        Option<String>,
+        i32,
+        Option<String>,
+        Option<String>,
+        Option<String>,
+        Option<String>,
+    );
+    if url.starts_with("postgres") {
+        let pool = sqlx::PgPool::connect(url).await.unwrap();
+        let found: Vec<DeliveryRow> = sqlx::query_as(rows).fetch_all(&pool).await.unwrap();
+        found.iter().for_each(|r| println!("delivery state: {r:?}"));
+        type Session = (
+            Option<String>,
+            Option<String>,
+            Option<String>,
+            Option<String>,
+            Option<String>,
+        );
+        let sessions: Vec<Session> = sqlx::query_as(
+            "SELECT application_name, state, wait_event_type || ':' || wait_event, \
+                 CAST(now() - xact_start AS TEXT), left(query, 200) FROM pg_stat_activity \
+                 WHERE datname = current_database() AND pid <> pg_backend_pid()",
+        )
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+        sessions.iter().for_each(|s| println!("session: {s:?}"));
+    } else {
+        let pool = sqlx::SqlitePool::connect(url).await.unwrap();
+        let found: Vec<DeliveryRow> = sqlx::query_as(rows).fetch_all(&pool).await.unwrap();
+        found.iter().for_each(|r| println!("delivery state: {r:?}"));
+    }
 }
 
 /// The queue is deleted under load (the expiry messages in it are lost with it, which is harmless:
