@@ -97,7 +97,7 @@ impl ActivationStore for PostgresStore {
             stale: stale.len() as u64,
             ..Default::default()
         };
-        let mut tx = self.pool.begin().await?;
+        let mut tx = sql::begin(&self.pool).await?;
         // Activations share this lock; a revocation takes a stronger one, so the two never interleave:
         // either the revocation sees the new rows, or the insert below sees the revocation.
         sqlx::query("LOCK TABLE code_revocations IN SHARE MODE")

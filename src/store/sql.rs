@@ -10,6 +10,23 @@ use chrono::{DateTime, Utc};
 use sqlx::{ColumnIndex, Decode, Row, Type};
 use std::sync::OnceLock;
 
+/// Begins a transaction on `pool` in a task of its own, so that a caller that stops waiting (a client
+/// gone, a request past its deadline, a worker stopping) cannot cut the `BEGIN` in half. sqlx 0.9's
+/// PostgreSQL driver puts a connection whose `BEGIN` was cancelled back in the pool still inside that
+/// transaction, which then never ends: every later statement on that connection holds its locks for
+/// ever. Begun here, an abandoned transaction is dropped whole, and sqlx rolls it back.
+pub(super) async fn begin<DB: sqlx::Database>(
+    pool: &sqlx::Pool<DB>,
+) -> Result<sqlx::Transaction<'static, DB>, StoreError> {
+    let pool = pool.clone();
+    match tokio::spawn(async move { pool.begin().await }).await {
+        Ok(begun) => Ok(begun?),
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        // The runtime is shutting down.
+        Err(_) => Err(StoreError::Database(sqlx::Error::PoolClosed)),
+    }
+}
+
 /// The columns of a [`CodeRecord`], as [`record`] reads them.
 macro_rules! columns {
     () => {
@@ -469,7 +486,7 @@ macro_rules! shared_queries {
                 gate: Option<&Gate>,
             ) -> Result<$crate::store::KeyedRedeem, StoreError> {
                 use $crate::store::KeyedRedeem;
-                let mut tx = self.writes().begin().await?;
+                let mut tx = sql::begin(self.writes()).await?;
                 let claimed = sqlx::query(sql::CLAIM_REDEEM_KEY.$dialect())
                     .bind(key.key.as_str())
                     .bind(key.fingerprint)
@@ -538,7 +555,7 @@ macro_rules! shared_queries {
                 now: DateTime<Utc>,
                 gate: &Gate,
             ) -> Result<u32, StoreError> {
-                let mut tx = self.writes().begin().await?;
+                let mut tx = sql::begin(self.writes()).await?;
                 // The upsert locks the subject's row, so concurrent failures count one after another.
                 let n: i32 = sqlx::query_scalar(sql::COUNT_FAILURE.$dialect())
                     .bind(subject.as_str())
@@ -592,7 +609,7 @@ macro_rules! shared_queries {
             }
 
             async fn revoke(&self, code: &Code, now: DateTime<Utc>) -> Result<u64, StoreError> {
-                let mut tx = self.writes().begin().await?;
+                let mut tx = sql::begin(self.writes()).await?;
                 let lock: Option<&str> = $revoke_lock;
                 if let Some(lock) = lock {
                     sqlx::query(lock).execute(&mut *tx).await?;

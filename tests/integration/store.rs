@@ -932,3 +932,78 @@ async fn on_sqlite_a_purge_deletes_at_most_one_batch_per_statement() {
     let batch = codewatch::store::PURGE_BATCH as usize;
     assert_eq!(batches, [batch, batch, 345], "rows deleted per statement");
 }
+
+/// A TCP proxy to `upstream` that holds every answer of the server for `delay`, so that a call
+/// abandoned at a given time is cut while a statement (BEGIN among them) waits for its answer.
+async fn slow_answers(
+    upstream: std::net::SocketAddr,
+    delay: std::time::Duration,
+) -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let server = tokio::net::TcpStream::connect(upstream).await.unwrap();
+            let (mut client_read, mut client_write) = client.into_split();
+            let (mut server_read, mut server_write) = server.into_split();
+            tokio::spawn(async move {
+                let _ = tokio::io::copy(&mut client_read, &mut server_write).await;
+            });
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 64 * 1024];
+                while let Ok(n @ 1..) = server_read.read(&mut buf).await {
+                    tokio::time::sleep(delay).await;
+                    if client_write.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// sqlx 0.9 puts a connection whose `BEGIN` was cancelled back in the pool still inside that
+/// transaction: the next statements on it never commit and hold their locks, so every writer of those
+/// rows waits for ever (seen as deliveries and expiries stalled in the guarantees). Abandoned at every
+/// point, the store's transactions leave no session of the database inside one, and writes go on.
+#[tokio::test]
+async fn on_postgresql_transactions_abandoned_at_any_point_leave_no_session_inside_one() {
+    use sqlx::Connection as _;
+    let db = common::postgres().await;
+    let mut url = url::Url::parse(&db.url).unwrap();
+    let upstream = format!("{}:{}", url.host_str().unwrap(), url.port().unwrap());
+    let proxy = slow_answers(
+        upstream.parse().unwrap(),
+        std::time::Duration::from_millis(15),
+    )
+    .await;
+    url.set_port(Some(proxy.port())).unwrap();
+    let database = Database::open_existing(&codewatch::config::DatabaseArgs::at(url.to_string()))
+        .await
+        .unwrap();
+    let store = database.store();
+    let code = Code::parse("Abn-1-Don").unwrap();
+    // Ten at a time (the pool's size), cut after 0 to 80 ms: at every step of a revoke.
+    for round in 0..4 {
+        futures::future::join_all((0..20u64).map(|i| {
+            tokio::time::timeout(
+                std::time::Duration::from_millis(i * 4 + round),
+                store.revoke(&code, Utc::now()),
+            )
+        }))
+        .await;
+    }
+    // An abandoned call's connection goes back to the pool through a task of sqlx's; give those time.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let mut observer = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    let inside: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+         AND state LIKE 'idle in transaction%'",
+    )
+    .fetch_one(&mut observer)
+    .await
+    .unwrap();
+    assert_eq!(inside, 0, "sessions left inside a transaction");
+}
