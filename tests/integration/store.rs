@@ -967,7 +967,7 @@ async fn slow_answers(
 /// sqlx 0.9 puts a connection whose `BEGIN` was cancelled back in the pool still inside that
 /// transaction: the next statements on it never commit and hold their locks, so every writer of those
 /// rows waits for ever (seen as deliveries and expiries stalled in the guarantees). Abandoned at every
-/// point, the store's transactions leave no session of the database inside one, and writes go on.
+/// point, the store's transactions leave no session of the database inside one.
 #[tokio::test]
 async fn on_postgresql_transactions_abandoned_at_any_point_leave_no_session_inside_one() {
     use sqlx::Connection as _;
@@ -985,7 +985,8 @@ async fn on_postgresql_transactions_abandoned_at_any_point_leave_no_session_insi
         .unwrap();
     let store = database.store();
     let code = Code::parse("Abn-1-Don").unwrap();
-    // Ten at a time (the pool's size), cut after 0 to 80 ms: at every step of a revoke.
+    // Twenty at a time on a pool of ten (so some wait for a connection), cut after 0 to 79 ms: at
+    // every step of a revoke, each answer taking 15 ms.
     for round in 0..4 {
         futures::future::join_all((0..20u64).map(|i| {
             tokio::time::timeout(
@@ -995,8 +996,17 @@ async fn on_postgresql_transactions_abandoned_at_any_point_leave_no_session_insi
         }))
         .await;
     }
-    // An abandoned call's connection goes back to the pool through a task of sqlx's; give those time.
-    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    // An abandoned call's connection goes back to the pool through a task of sqlx's: wait until every
+    // connection is idle in the pool again.
+    let Database::Postgres(pool) = &database else {
+        unreachable!("a PostgreSQL URL")
+    };
+    common::eventually(
+        "every connection back in the pool",
+        std::time::Duration::from_secs(10),
+        || async { (pool.num_idle() == pool.size() as usize).then_some(()) },
+    )
+    .await;
     let mut observer = sqlx::PgConnection::connect(&db.url).await.unwrap();
     let inside: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
