@@ -72,3 +72,110 @@ pub fn svg(rows: &[Row], machine: &str) -> String {
     }
     out + "</svg>\n"
 }
+
+/// Series colours of the growth chart, in the order the series first appear.
+const SERIES: [&str; 5] = ["#3b7dd8", "#e8833a", "#3a9e5c", "#9b59b6", "#c0392b"];
+
+/// An SVG of each path's CPU per unit against the number of valid codes in the table before the
+/// run (log scale), as a multiple of its CPU at the smallest size, with the ±15 % band of the
+/// target shaded; each point labelled with its µs (the smallest size's in the legend). `None`
+/// without at least two sizes.
+pub fn growth_svg(rows: &[Row], machine: &str) -> Option<String> {
+    let mut series: Vec<(&str, Vec<(usize, f64)>)> = Vec::new();
+    for row in rows {
+        let (Some((name, size)), Some(cpu)) = (row.growth, row.cpu_us) else {
+            continue;
+        };
+        match series.iter_mut().find(|(n, _)| *n == name) {
+            Some((_, points)) => points.push((size, cpu)),
+            None => series.push((name, vec![(size, cpu)])),
+        }
+    }
+    let sizes: Vec<usize> = series
+        .iter()
+        .flat_map(|(_, p)| p.iter().map(|(s, _)| *s))
+        .collect();
+    let (low, high) = (*sizes.iter().min()?, *sizes.iter().max()?);
+    if low == high {
+        return None;
+    }
+    let (left, right, top, bottom) = (70.0, WIDTH - 300.0, 60.0, 380.0);
+    let (min_ratio, max_ratio) = (0.5, 2.0);
+    let x = |size: usize| {
+        let span = (high as f64).log10() - (low as f64).log10();
+        left + ((size as f64).log10() - (low as f64).log10()) / span * (right - left)
+    };
+    let y = |ratio: f64| {
+        let ratio = ratio.clamp(min_ratio, max_ratio);
+        bottom - (ratio - min_ratio) / (max_ratio - min_ratio) * (bottom - top)
+    };
+    let mut out = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{WIDTH}\" height=\"{}\" \
+         font-family=\"sans-serif\" font-size=\"12\">\n\
+         <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n\
+         <text x=\"10\" y=\"20\" font-size=\"15\">CPU per unit against the table's size \
+         (1.0 = at {low} rows; shaded: the ±15 % target)</text>\n\
+         <text x=\"10\" y=\"38\" fill=\"#555\">{}</text>\n\
+         <rect x=\"{left}\" y=\"{:.1}\" width=\"{:.1}\" height=\"{:.1}\" fill=\"#e8f4e8\"/>\n",
+        bottom + 50.0,
+        escape(machine),
+        y(1.15),
+        right - left,
+        y(0.85) - y(1.15),
+    );
+    for tick in [0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0] {
+        let colour = if tick == 1.0 { "#000" } else { "#ddd" };
+        out += &format!(
+            "<line x1=\"{left}\" y1=\"{0:.1}\" x2=\"{right}\" y2=\"{0:.1}\" stroke=\"{colour}\"/>\
+             <text x=\"{1}\" y=\"{2:.1}\" text-anchor=\"end\" fill=\"#555\">{tick:.2} ×</text>\n",
+            y(tick),
+            left - 6.0,
+            y(tick) + 4.0
+        );
+    }
+    let mut ticks = sizes.clone();
+    ticks.sort_unstable();
+    ticks.dedup();
+    for size in ticks {
+        out += &format!(
+            "<line x1=\"{0:.1}\" y1=\"{top}\" x2=\"{0:.1}\" y2=\"{bottom}\" stroke=\"#eee\"/>\
+             <text x=\"{0:.1}\" y=\"{1}\" text-anchor=\"middle\" fill=\"#555\">{size} rows</text>\n",
+            x(size),
+            bottom + 18.0
+        );
+    }
+    for (i, (name, points)) in series.iter().enumerate() {
+        let colour = SERIES[i % SERIES.len()];
+        let base = points[0].1;
+        let path: Vec<String> = points
+            .iter()
+            .map(|(size, cpu)| format!("{:.1},{:.1}", x(*size), y(cpu / base)))
+            .collect();
+        out += &format!(
+            "<polyline points=\"{}\" fill=\"none\" stroke=\"{colour}\" stroke-width=\"2\"/>\n",
+            path.join(" ")
+        );
+        // The first points all sit at 1.0: their µs go in the legend instead.
+        for (size, cpu) in points.iter().skip(1) {
+            out += &format!(
+                "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"3.5\" fill=\"{colour}\"/>\
+                 <text x=\"{:.1}\" y=\"{:.1}\" font-size=\"10\" fill=\"{colour}\">{cpu:.0} µs</text>\n",
+                x(*size),
+                y(cpu / base),
+                x(*size) + 5.0,
+                y(cpu / base) - 5.0
+            );
+        }
+        let legend = top + 20.0 * i as f64;
+        out += &format!(
+            "<rect x=\"{:.1}\" y=\"{:.1}\" width=\"12\" height=\"10\" fill=\"{colour}\"/>\
+             <text x=\"{:.1}\" y=\"{:.1}\">{}</text>\n",
+            right + 20.0,
+            legend,
+            right + 36.0,
+            legend + 9.0,
+            escape(&format!("{name}: {base:.0} µs at {low}"))
+        );
+    }
+    Some(out + "</svg>\n")
+}

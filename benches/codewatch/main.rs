@@ -12,6 +12,7 @@
 mod chart;
 mod measure;
 mod minimal;
+mod minimal_getcode;
 mod sdk;
 
 #[path = "../../tests/common/mod.rs"]
@@ -31,14 +32,16 @@ use std::time::{Duration, Instant};
 const NUMBER_KEY: &str = "bench-number-key";
 const VERIFY_KEY: &str = "bench-verify-key";
 
-/// How much to measure: `BENCH_N` activations per worker run (growth at 10 ×), `BENCH_SECONDS` per
-/// load, verification at `BENCH_ROWS` and 100 × as many rows.
+/// How much to measure: `BENCH_N` activations per worker run, `BENCH_SECONDS` per load, verification
+/// at `BENCH_ROWS` and 100 × as many rows, the table and growth parts over `BENCH_TABLE_ROWS`.
 struct Scale {
     n: usize,
     seconds: Duration,
     rows: usize,
     /// Expired rows the retention part purges (BENCH_PURGE_ROWS).
     purge_rows: usize,
+    /// The table sizes the table and growth parts measure at (BENCH_TABLE_ROWS).
+    table_rows: Vec<usize>,
 }
 
 impl Scale {
@@ -60,6 +63,11 @@ impl Scale {
             ),
             rows: var("BENCH_ROWS", 1000) as usize,
             purge_rows: var("BENCH_PURGE_ROWS", 100_000) as usize,
+            table_rows: std::env::var("BENCH_TABLE_ROWS")
+                .unwrap_or_else(|_| "10000,100000,1000000".into())
+                .split(',')
+                .filter_map(|n| n.trim().parse().ok())
+                .collect(),
         }
     }
 }
@@ -89,6 +97,9 @@ pub struct Row {
     pub rate_ratio: Option<f64>,
     /// CPU per unit / the baseline's CPU per unit.
     pub cpu_ratio: Option<f64>,
+    /// For the growth chart: the path measured (`up`, `embedded worker`, …) and how many valid
+    /// codes the table held before the run.
+    pub growth: Option<(&'static str, usize)>,
 }
 
 impl Row {
@@ -343,12 +354,38 @@ impl Bench {
             ],
         );
         let url = format!("{}/api/v1/getcode", serve.base.as_deref().unwrap());
+        // The fair floor: a bare hyper server doing the same number-API call and Put (against the
+        // Put ceiling), then getcode against it, at each load in turn.
+        let (floor, floor_base) = spawn_floor(
+            minimal_getcode::ROLE_VALUE,
+            &[
+                ("AZURITE_QUEUE_ENDPOINT", self.azurite.clone()),
+                ("STORAGE_QUEUE_NAME", queue.clone()),
+                (
+                    "THIRD_PARTY_API_ENDPOINT",
+                    format!("{}/api/RandomNumber", self.number_api.1),
+                ),
+                ("THIRD_PARTY_API_KEY", NUMBER_KEY.into()),
+            ],
+        );
         for clients in [1, 8, 32, 64] {
+            let (http, floor_url) = (self.http.clone(), format!("{floor_base}/getcode"));
+            let row = self
+                .load_row(floor.0.id(), clients, move |_| http.get(&floor_url))
+                .await;
+            let ceiling = self.find(&format!("SDK Put, {clients} in flight"));
+            let floor_row = Row {
+                part: "producer",
+                case: format!("bare hyper + reqwest + SDK Put, {clients} clients"),
+                unit: "getcode",
+                ..row
+            }
+            .against(&ceiling);
+            self.push(floor_row.clone());
             let (http, url) = (self.http.clone(), url.clone());
             let row = self
                 .load_row(serve.pid(), clients, move |_| http.get(&url))
                 .await;
-            let ceiling = self.find(&format!("SDK Put, {clients} in flight"));
             self.push(
                 Row {
                     part: "producer",
@@ -356,9 +393,10 @@ impl Bench {
                     unit: "getcode",
                     ..row
                 }
-                .against(&ceiling),
+                .against(&floor_row),
             );
         }
+        drop(floor);
         drop(serve);
         // As many hosts run it: errors built and discarded on the success path must cost nothing.
         let serve = self.spawn(
@@ -605,6 +643,9 @@ impl Bench {
             for row in &mut measured {
                 row.part = "table";
             }
+            if !queued {
+                measured[0].growth = Some(("up (issued, activated)", rows));
+            }
             match &first {
                 None => {
                     for row in &measured {
@@ -621,8 +662,9 @@ impl Bench {
         }
     }
 
-    /// Checks against `rows` valid codes in `backend`: codewatch's endpoint, then the minimal server.
-    async fn verification(&mut self, backend: &str, rows: usize) {
+    /// Checks against `rows` valid codes in `backend`: codewatch's endpoint, then the minimal server;
+    /// codewatch's row.
+    async fn verification(&mut self, backend: &str, rows: usize) -> Row {
         let (url, _, db) = self.database(backend, "verify").await;
         let store = db.database.store();
         let now = Utc::now();
@@ -676,7 +718,7 @@ impl Bench {
         };
         drop(serve);
 
-        let (minimal, base) = spawn_minimal(&url);
+        let (minimal, base) = spawn_floor(minimal::ROLE_VALUE, &[("DATABASE_URL", url.clone())]);
         let measured = self
             .load_row(minimal.0.id(), 32, check(base, self.http.clone()))
             .await;
@@ -688,19 +730,62 @@ impl Bench {
         };
         drop(minimal);
         self.push(floor.clone());
-        self.push(codewatch_row.against(&floor));
+        let codewatch_row = codewatch_row.against(&floor);
+        self.push(codewatch_row.clone());
+        codewatch_row
     }
 
     // --- 5. growth --------------------------------------------------------------------------------
 
-    /// The embedded worker draining `n` activations: CPU per activation; then its idle CPU.
-    async fn embedded_drain(&mut self, n: usize) -> Row {
+    /// CPU per unit against the table's size: the embedded worker activating N codes, and
+    /// verification on SQLite and PostgreSQL, each over `sizes` valid codes already in the table;
+    /// each against its smallest size (`up` is measured the same way by the table part).
+    async fn growth(&mut self, sizes: &[usize]) {
+        let n = self.scale.n;
+        let mut smallest: Vec<Row> = Vec::new();
+        for (i, &size) in sizes.iter().enumerate() {
+            let measured = [
+                ("embedded worker", self.embedded_drain(size, n).await),
+                (
+                    "verification, SQLite",
+                    self.verification("SQLite", size).await,
+                ),
+                (
+                    "verification, PostgreSQL",
+                    self.verification("PostgreSQL", size).await,
+                ),
+            ];
+            for (j, (series, row)) in measured.into_iter().enumerate() {
+                let row = Row {
+                    part: "growth",
+                    case: format!("{series}, over {size} rows"),
+                    growth: Some((series, size)),
+                    baseline: None,
+                    rate_ratio: None,
+                    cpu_ratio: None,
+                    ..row
+                };
+                if i == 0 {
+                    smallest.push(row.clone());
+                    self.push(row);
+                } else {
+                    self.push(row.against(&smallest[j]));
+                }
+            }
+        }
+    }
+
+    /// The embedded worker draining `n` activations on a file that already holds `preload` valid
+    /// codes: CPU per activation; then its idle CPU.
+    async fn embedded_drain(&mut self, preload: usize, n: usize) -> Row {
         let (url, counter, db) = self.database("SQLite", "growth").await;
+        let earlier = Utc::now() - chrono::Duration::hours(1);
+        preload_codes(&db.database.store(), preload, earlier, 3 * 3600).await;
         let queue = db.database.embedded_queue("code-requests").unwrap();
         send_activations(&queue, n, Duration::ZERO).await;
         let worker = self.spawn(
             "worker",
-            &format!("growth-{n}.log"),
+            &format!("growth-{preload}-{n}.log"),
             false,
             &[
                 ("DATABASE_URL", url),
@@ -709,12 +794,12 @@ impl Bench {
         );
         let cpu = CpuMeter::start(&[worker.pid()]);
         let started = Instant::now();
-        counter.wait_for(n, Duration::from_secs(300)).await;
+        counter.wait_for_sent(n, Duration::from_secs(300)).await;
         let elapsed = started.elapsed();
         let used = cpu.used();
         let row = Row {
             part: "growth",
-            case: format!("embedded worker, {n} activations"),
+            case: format!("embedded worker, {n} activations over {preload} rows"),
             unit: "activation",
             rate: n as f64 / elapsed.as_secs_f64(),
             cpu_us: Some(used / n as f64 * 1e6),
@@ -728,7 +813,7 @@ impl Bench {
         let idle_share = idle.used() / self.scale.seconds.as_secs_f64();
         self.push(Row {
             part: "growth",
-            case: format!("idle worker after {n} (CPU share in rate column, %)"),
+            case: format!("idle worker after {n} over {preload} (CPU share in rate column, %)"),
             unit: "%",
             rate: idle_share * 100.0,
             ..Row::default()
@@ -868,24 +953,44 @@ impl Bench {
 /// Counts rows in `valid_codes`.
 struct Counter(codewatch::backends::Database);
 
+/// The valid codes that [`activation_body`]'s messages made (`Ben-<i>-Chx`), found through the code
+/// index however many other rows the table holds.
+const SENT_CODES: &str = " WHERE code >= 'Ben-' AND code < 'Ben.' AND code LIKE '%-Chx'";
+
 impl Counter {
-    async fn count(&self) -> usize {
-        let sql = "SELECT count(*) FROM valid_codes";
+    async fn count(&self, filter: &str) -> usize {
+        let sql = format!("SELECT count(*) FROM valid_codes{filter}");
         let n: i64 = match &self.0 {
             codewatch::backends::Database::Sqlite(p) => {
-                sqlx::query_scalar(sql).fetch_one(&p.read).await.unwrap()
+                sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+                    .fetch_one(&p.read)
+                    .await
+                    .unwrap()
             }
             codewatch::backends::Database::Postgres(p) => {
-                sqlx::query_scalar(sql).fetch_one(p).await.unwrap()
+                sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+                    .fetch_one(p)
+                    .await
+                    .unwrap()
             }
         };
         n as usize
     }
 
+    /// Waits until the table holds `n` rows.
     async fn wait_for(&self, n: usize, limit: Duration) {
+        self.wait_for_rows("", n, limit).await
+    }
+
+    /// Waits until the table holds `n` of the codes [`activation_body`]'s messages make.
+    async fn wait_for_sent(&self, n: usize, limit: Duration) {
+        self.wait_for_rows(SENT_CODES, n, limit).await
+    }
+
+    async fn wait_for_rows(&self, filter: &str, n: usize, limit: Duration) {
         let deadline = Instant::now() + limit;
         loop {
-            let count = self.count().await;
+            let count = self.count(filter).await;
             if count >= n {
                 return;
             }
@@ -898,12 +1003,12 @@ impl Counter {
     }
 }
 
-/// The minimal verification server on `database_url`, and its base URL.
-fn spawn_minimal(database_url: &str) -> (Proc, String) {
+/// A floor server (the benchmark's binary in `role`, with `env`), and its base URL.
+fn spawn_floor(role: &str, env: &[(&str, String)]) -> (Proc, String) {
     use std::io::BufRead;
     let mut child = std::process::Command::new(std::env::current_exe().unwrap())
-        .env(minimal::ROLE, "minimal-verify")
-        .env("DATABASE_URL", database_url)
+        .env(minimal::ROLE, role)
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .stdout(std::process::Stdio::piped())
         .stdin(std::process::Stdio::null())
         .spawn()
@@ -953,8 +1058,11 @@ fn print_table(rows: &[Row]) {
 
 #[tokio::main]
 async fn main() {
-    if std::env::var(minimal::ROLE).is_ok() {
-        return minimal::serve().await;
+    match std::env::var(minimal::ROLE).as_deref() {
+        Ok(minimal::ROLE_VALUE) => return minimal::serve().await,
+        Ok(minimal_getcode::ROLE_VALUE) => return minimal_getcode::serve().await,
+        Ok(other) => panic!("no benchmark role {other:?}"),
+        Err(_) => {}
     }
     let scale = Scale::from_env();
     let begun = Instant::now();
@@ -1019,21 +1127,13 @@ async fn main() {
         }
     }
     let n = bench.scale.n;
-    if run("growth") {
-        let small = bench.embedded_drain(n).await;
-        let large = bench.embedded_drain(n * 10).await;
-        bench.push(small.clone());
-        bench.push(large.against(&small));
-    }
-
+    let sizes = bench.scale.table_rows.clone();
     if run("table") {
-        let sizes: Vec<usize> = std::env::var("BENCH_TABLE_ROWS")
-            .unwrap_or_else(|_| "10000,100000,1000000".into())
-            .split(',')
-            .filter_map(|n| n.trim().parse().ok())
-            .collect();
         bench.table_growth(&sizes, false).await;
         bench.table_growth(&sizes, true).await;
+    }
+    if run("growth") {
+        bench.growth(&sizes).await;
     }
     if run("retention") {
         let rows = bench.scale.purge_rows;
@@ -1057,16 +1157,13 @@ async fn main() {
         serde_json::to_string_pretty(&result).unwrap(),
     )
     .unwrap();
-    std::fs::write(
-        out.join("codewatch.svg"),
-        chart::svg(
-            &bench.rows,
-            &format!("{} · {}", Utc::now().format("%Y-%m-%d"), machine()),
-        ),
-    )
-    .unwrap();
+    let title = format!("{} · {}", Utc::now().format("%Y-%m-%d"), machine());
+    std::fs::write(out.join("codewatch.svg"), chart::svg(&bench.rows, &title)).unwrap();
+    if let Some(growth) = chart::growth_svg(&bench.rows, &title) {
+        std::fs::write(out.join("growth.svg"), growth).unwrap();
+    }
     println!(
-        "\n{} · {} · wrote {}/codewatch.json and codewatch.svg in {:.0} s",
+        "\n{} · {} · wrote {}/codewatch.json, codewatch.svg and growth.svg in {:.0} s",
         Utc::now().format("%Y-%m-%d"),
         machine(),
         out.display(),

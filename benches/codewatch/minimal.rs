@@ -11,8 +11,10 @@ use axum::routing::post;
 use serde::Deserialize;
 use std::sync::Arc;
 
-/// The environment variable that makes the benchmark binary this server instead.
+/// The environment variable that makes the benchmark binary a floor server instead.
 pub const ROLE: &str = "CODEWATCH_BENCH_ROLE";
+/// The value of [`ROLE`] that makes the benchmark binary this server.
+pub const ROLE_VALUE: &str = "minimal-verify";
 
 #[derive(Clone)]
 enum Pool {
