@@ -1,13 +1,15 @@
 //! The fair floor under `getcode`: a bare hyper server that does what getcode must do and nothing
 //! else (no limiter, no metrics, no logs, no deadline): call the number API with reqwest and its key,
-//! build the code, Put the activation message with Microsoft's SDK, answer the code as JSON. It runs as
+//! build the code, Put the activation message with Microsoft's SDK ([`crate::sdk::put`], as the Put
+//! ceiling does), answer the code as JSON. It runs as
 //! a child process (the benchmark's own binary, re-run with `CODEWATCH_BENCH_ROLE=minimal-getcode`),
 //! so that its CPU is measured as `serve`'s is.
 
 use crate::minimal::ROLE;
 use axum::body::Body;
 use azure_storage_queue::QueueClient;
-use azure_storage_queue::models::{QueueClientSendMessageOptions, QueueMessage};
+use codewatch::domain::{Issuance, IssuanceId};
+use codewatch::message::{CodeMessage, MessageEncoding};
 use hyper::{Request, Response, StatusCode};
 use std::sync::Arc;
 
@@ -31,7 +33,7 @@ impl Floor {
         let number: Number = self
             .http
             .get(&self.number_api)
-            .header("x-functions-key", &self.key)
+            .header(codewatch::number_api::KEY_HEADER, &self.key)
             .send()
             .await
             .map_err(|e| e.to_string())?
@@ -40,24 +42,16 @@ impl Floor {
             .map_err(|e| e.to_string())?;
         let code = codewatch::domain::Code::generate(number.value, &mut rand::rng());
         let now = chrono::Utc::now();
-        let message = serde_json::json!({"v": 1, "kind": "activate", "code": code.as_str(),
-            "issued_at": now.to_rfc3339(), "ttl": 3600})
-        .to_string();
-        let options = QueueClientSendMessageOptions {
-            visibility_timeout: Some(0),
-            message_time_to_live: Some(-1),
-            ..Default::default()
-        };
-        let message = QueueMessage {
-            message_text: Some(message),
-        };
-        self.queue
-            .send_message(
-                message.try_into().map_err(|e| format!("{e}"))?,
-                Some(options),
-            )
-            .await
-            .map_err(|e| e.to_string())?;
+        // The same message codewatch sends, encoded by codewatch's own encoder.
+        let message = CodeMessage::Activate(Issuance {
+            destination: None,
+            id: IssuanceId::random(),
+            code: code.clone(),
+            issued_at: now,
+            subject: None,
+        })
+        .encode(MessageEncoding::Text);
+        crate::sdk::put(&self.queue, &message, 0).await;
         Ok(serde_json::json!({"code": code.as_str(),
             "timestamp": now.format("%Y-%m-%d %H:%M:%S%.6f").to_string()})
         .to_string())
