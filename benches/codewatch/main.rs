@@ -24,7 +24,7 @@ use codewatch::domain::{Code, Issuance, IssuanceId, Subject};
 use codewatch::message::{CodeMessage, MessageEncoding};
 use codewatch::store::Activation;
 use common::process::{Proc, bound_port, codewatch as codewatch_cmd};
-use measure::{CpuMeter, Load, closed_loop, peak_rss_mib, percentile_ms};
+use measure::{CpuMeter, Load, Profile, closed_loop, peak_rss_mib, percentile_ms};
 use serde::Serialize;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -36,6 +36,10 @@ const VERIFY_KEY: &str = "bench-verify-key";
 /// at `BENCH_ROWS` and 100 × as many rows, the table and growth parts over `BENCH_TABLE_ROWS`.
 struct Scale {
     n: usize,
+    /// Activations per growth run (BENCH_GROWTH_N, 10,000): the CPU meter reads `/proc` in clock
+    /// ticks of 10 ms, and 1,000 activations (~0.15 s of CPU, ~15 ticks) made single runs differ by
+    /// ± 20 %.
+    growth_n: usize,
     seconds: Duration,
     rows: usize,
     /// Expired rows the retention part purges (BENCH_PURGE_ROWS).
@@ -54,6 +58,7 @@ impl Scale {
         };
         Self {
             n: var("BENCH_N", 1000) as usize,
+            growth_n: var("BENCH_GROWTH_N", 10_000) as usize,
             seconds: Duration::from_secs_f64(
                 std::env::var("BENCH_SECONDS")
                     .ok()
@@ -260,15 +265,19 @@ impl Bench {
     }
 
     /// `clients` closed loops of `request` against the process `pid` for the run's load time: its
-    /// rate, latency, CPU per answer and peak RSS (the caller names the row).
-    async fn load_row<F>(&self, pid: u32, clients: usize, request: F) -> Row
+    /// rate, latency, CPU per answer and peak RSS, in a row named `case` (and profiled under that
+    /// name with `BENCH_PERF_DIR`).
+    async fn load_row<F>(&self, case: String, pid: u32, clients: usize, request: F) -> Row
     where
         F: Fn(u64) -> reqwest::RequestBuilder + Send + Sync + 'static,
     {
+        let profile = Profile::start(pid, &case);
         let cpu = CpuMeter::start(&[pid]);
         let load = closed_loop(clients, self.scale.seconds, 200, request).await;
         let used = cpu.used();
+        profile.stop();
         Row {
+            case,
             rate: load.rate(),
             cpu_us: Some(used / load.ok.max(1) as f64 * 1e6),
             rss_mib: peak_rss_mib(pid),
@@ -371,12 +380,16 @@ impl Bench {
         for clients in [1, 8, 32, 64] {
             let (http, floor_url) = (self.http.clone(), format!("{floor_base}/getcode"));
             let row = self
-                .load_row(floor.0.id(), clients, move |_| http.get(&floor_url))
+                .load_row(
+                    format!("bare hyper + reqwest + SDK Put, {clients} clients"),
+                    floor.0.id(),
+                    clients,
+                    move |_| http.get(&floor_url),
+                )
                 .await;
             let ceiling = self.find(&format!("SDK Put, {clients} in flight"));
             let floor_row = Row {
                 part: "producer",
-                case: format!("bare hyper + reqwest + SDK Put, {clients} clients"),
                 unit: "getcode",
                 ..row
             }
@@ -384,12 +397,16 @@ impl Bench {
             self.push(floor_row.clone());
             let (http, url) = (self.http.clone(), url.clone());
             let row = self
-                .load_row(serve.pid(), clients, move |_| http.get(&url))
+                .load_row(
+                    format!("getcode, {clients} clients"),
+                    serve.pid(),
+                    clients,
+                    move |_| http.get(&url),
+                )
                 .await;
             self.push(
                 Row {
                     part: "producer",
-                    case: format!("getcode, {clients} clients"),
                     unit: "getcode",
                     ..row
                 }
@@ -412,13 +429,17 @@ impl Bench {
         let url = format!("{}/api/v1/getcode", serve.base.as_deref().unwrap());
         let http = self.http.clone();
         let row = self
-            .load_row(serve.pid(), 32, move |_| http.get(&url))
+            .load_row(
+                "getcode, 32 clients, RUST_BACKTRACE=1".into(),
+                serve.pid(),
+                32,
+                move |_| http.get(&url),
+            )
             .await;
         let unset = self.find("getcode, 32 clients");
         self.push(
             Row {
                 part: "producer",
-                case: "getcode, 32 clients, RUST_BACKTRACE=1".into(),
                 unit: "getcode",
                 ..row
             }
@@ -705,6 +726,7 @@ impl Bench {
         );
         let measured = self
             .load_row(
+                format!("codewatch check, {label}"),
                 serve.pid(),
                 32,
                 check(serve.base.clone().unwrap(), self.http.clone()),
@@ -712,7 +734,6 @@ impl Bench {
             .await;
         let codewatch_row = Row {
             part: "verification",
-            case: format!("codewatch check, {label}"),
             unit: "check",
             ..measured
         };
@@ -720,11 +741,15 @@ impl Bench {
 
         let (minimal, base) = spawn_floor(minimal::ROLE_VALUE, &[("DATABASE_URL", url.clone())]);
         let measured = self
-            .load_row(minimal.0.id(), 32, check(base, self.http.clone()))
+            .load_row(
+                format!("minimal axum + sqlx, {label}"),
+                minimal.0.id(),
+                32,
+                check(base, self.http.clone()),
+            )
             .await;
         let floor = Row {
             part: "verification",
-            case: format!("minimal axum + sqlx, {label}"),
             unit: "check",
             ..measured
         };
@@ -741,7 +766,7 @@ impl Bench {
     /// verification on SQLite and PostgreSQL, each over `sizes` valid codes already in the table;
     /// each against its smallest size (`up` is measured the same way by the table part).
     async fn growth(&mut self, sizes: &[usize]) {
-        let n = self.scale.n;
+        let n = self.scale.growth_n;
         let mut smallest: Vec<Row> = Vec::new();
         for (i, &size) in sizes.iter().enumerate() {
             let measured = [
@@ -792,14 +817,17 @@ impl Bench {
                 ("AZURE_STORAGE_CONNECTION_STRING", String::new()),
             ],
         );
+        let case = format!("embedded worker, {n} activations over {preload} rows");
         let cpu = CpuMeter::start(&[worker.pid()]);
         let started = Instant::now();
+        let profile = Profile::start(worker.pid(), &case);
         counter.wait_for_sent(n, Duration::from_secs(300)).await;
         let elapsed = started.elapsed();
         let used = cpu.used();
+        profile.stop();
         let row = Row {
             part: "growth",
-            case: format!("embedded worker, {n} activations over {preload} rows"),
+            case,
             unit: "activation",
             rate: n as f64 / elapsed.as_secs_f64(),
             cpu_us: Some(used / n as f64 * 1e6),

@@ -74,6 +74,44 @@ impl CpuMeter {
     }
 }
 
+/// A `perf record` of one process while it is measured, taken only when `BENCH_PERF_DIR` names a
+/// folder: `<folder>/<name>.data`, read with `perf report -i` (a flat profile: the release build keeps
+/// no frame pointers; build with `CARGO_PROFILE_BENCH_STRIP=false` for symbols).
+pub struct Profile(Option<std::process::Child>);
+
+impl Profile {
+    /// Starts recording `pid` under `name` (letters and digits kept, the rest `-`), or does nothing.
+    pub fn start(pid: u32, name: &str) -> Self {
+        let Some(dir) = std::env::var_os("BENCH_PERF_DIR") else {
+            return Self(None);
+        };
+        let file: String = name
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+            .collect();
+        let child = std::process::Command::new("perf")
+            .args(["record", "-q", "-F", "1999", "-p", &pid.to_string(), "-o"])
+            .arg(std::path::Path::new(&dir).join(format!("{file}.data")))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .ok();
+        // perf attaches to every thread of the process before it samples.
+        std::thread::sleep(Duration::from_millis(200));
+        Self(child)
+    }
+
+    /// Stops the recording and waits until perf has written it.
+    pub fn stop(mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = std::process::Command::new("kill")
+                .args(["-INT", &child.id().to_string()])
+                .status();
+            let _ = child.wait();
+        }
+    }
+}
+
 /// What a closed-loop load measured.
 #[derive(Debug, Default)]
 pub struct Load {

@@ -614,6 +614,7 @@ async fn the_readmes_benchmark_runs_as_pasted() {
         &[
             ("BENCH_PROFILE", "dev".to_owned()),
             ("BENCH_N", "40".to_owned()),
+            ("BENCH_GROWTH_N", "40".to_owned()),
             ("BENCH_SECONDS", "0.3".to_owned()),
             ("BENCH_ROWS", "20".to_owned()),
             ("BENCH_PURGE_ROWS", "1500".to_owned()),
