@@ -348,6 +348,7 @@ impl HttpArgs {
             header_read_timeout: Duration::from_secs(self.http_header_read_timeout_seconds),
             request_timeout: Duration::from_secs(self.http_request_timeout_seconds),
             max_connections: self.http_max_connections,
+            trusted_proxies: crate::http::TrustedProxies::default(),
         }
     }
 }

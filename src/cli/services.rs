@@ -300,11 +300,16 @@ impl ProducerListeners {
         cancel: &CancellationToken,
     ) -> JoinHandle<std::io::Result<()>> {
         let routers = http::routers(state);
-        let mut servers = vec![spawn_http(self.admin, ops, limits, cancel.clone())];
+        let mut servers = vec![spawn_http(self.admin, ops, limits.clone(), cancel.clone())];
         match self.verification {
             Some(listener) => {
                 let (public, signin) = routers.apart();
-                servers.push(spawn_http(self.public, public, limits, cancel.clone()));
+                servers.push(spawn_http(
+                    self.public,
+                    public,
+                    limits.clone(),
+                    cancel.clone(),
+                ));
                 servers.push(spawn_http(listener, signin, limits, cancel.clone()));
             }
             None => servers.push(spawn_http(
@@ -362,7 +367,12 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     let listeners = ProducerListeners::bind(&args).await?;
     let (public, verification, admin) = listeners.addrs()?;
     tracing::info!(addr = %public, %verification, %admin, queues = %queues.names(), backend = queues.backend(), "producer listening");
-    let server = listeners.spawn(state, ops, args.http.limits(), &cancel);
+    let server = listeners.spawn(
+        state,
+        ops,
+        args.http.limits().trusting(args.getcode_limit.proxies()),
+        &cancel,
+    );
     let grace = args.shutdown.grace();
     until_stopped("the producer", server, &cancel, grace).await??;
     database.close().await;
@@ -551,7 +561,15 @@ pub async fn up(args: UpArgs) -> Result<()> {
     );
     let listeners = ProducerListeners::bind(serve_args).await?;
     let (producer_addr, verify_addr, admin_addr) = listeners.addrs()?;
-    let producer = listeners.spawn(state, ops, serve_args.http.limits(), &cancel);
+    let producer = listeners.spawn(
+        state,
+        ops,
+        serve_args
+            .http
+            .limits()
+            .trusting(serve_args.getcode_limit.proxies()),
+        &cancel,
+    );
     let worker = tokio::spawn(worker.run(cancel.clone()));
 
     let stand_in_note = if stand_in.is_some() {

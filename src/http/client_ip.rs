@@ -57,7 +57,8 @@ impl TrustedProxies {
         Self { header, ..self }
     }
 
-    fn trusts(&self, ip: IpAddr) -> bool {
+    /// Whether `ip` is one of the trusted proxies.
+    pub(super) fn trusts(&self, ip: IpAddr) -> bool {
         self.ranges.iter().any(|net| net.contains(&ip))
     }
 

@@ -12,10 +12,12 @@ mod home;
 mod metrics;
 mod openapi;
 pub mod rate_limit;
+mod request_id;
 pub mod server;
 
 pub use client_ip::{ForwardHeader, TrustedProxies};
 pub use error::ApiError;
+pub use request_id::X_REQUEST_ID;
 pub use server::HttpLimits;
 
 use crate::message::MessageEncoding;

@@ -1,10 +1,11 @@
 //! Serves a router on a listener with the limits every codewatch listener has: a header-read timeout
 //! (which is also the keep-alive idle timeout), a total request deadline, a cap on open connections,
-//! a small request body limit, panics answered as JSON 500s, `X-Content-Type-Options: nosniff` on
-//! every answer, and an accept loop that backs off (and
+//! a small request body limit, panics answered as JSON 500s, `X-Content-Type-Options: nosniff` and
+//! `x-request-id` on every answer, and an accept loop that backs off (and
 //! logs once) when the process runs out of file descriptors.
 
-use super::ApiError;
+use super::request_id::with_request_ids;
+use super::{ApiError, TrustedProxies};
 use axum::Router;
 use axum::extract::{ConnectInfo, Request};
 use axum::http::HeaderValue;
@@ -26,8 +27,9 @@ const MAX_BODY_BYTES: usize = 16 * 1024;
 const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(10);
 const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 
-/// What a listener allows its clients. Its `Default` is built from the flags' defaults (`config::HttpArgs`).
-#[derive(Clone, Copy, Debug)]
+/// What a listener allows its clients, and which of them it believes. Its `Default` is built from the
+/// flags' defaults (`config::HttpArgs`), trusting no proxy.
+#[derive(Clone, Debug)]
 pub struct HttpLimits {
     /// How long a client may take to send a request's headers, and how long an idle keep-alive
     /// connection is kept.
@@ -36,10 +38,22 @@ pub struct HttpLimits {
     pub request_timeout: Duration,
     /// Connections open at once; further clients wait in the listen backlog.
     pub max_connections: std::num::NonZeroUsize,
+    /// The ingress whose `x-request-id` is kept; anyone else's is replaced by a new id.
+    pub trusted_proxies: TrustedProxies,
+}
+
+impl HttpLimits {
+    /// These limits, keeping the request ids that `proxies` send.
+    pub fn trusting(self, proxies: TrustedProxies) -> Self {
+        Self {
+            trusted_proxies: proxies,
+            ..self
+        }
+    }
 }
 
 /// The limits that sit in the router: body size, deadline, panics.
-fn with_limits(router: Router, limits: HttpLimits) -> Router {
+fn with_limits(router: Router, limits: &HttpLimits) -> Router {
     let deadline = limits.request_timeout;
     router
         .layer(SetResponseHeaderLayer::overriding(
@@ -75,7 +89,7 @@ pub async fn serve(
     limits: HttpLimits,
     cancel: CancellationToken,
 ) -> std::io::Result<()> {
-    let router = with_limits(router, limits);
+    let router = with_request_ids(with_limits(router, &limits), limits.trusted_proxies.clone());
     // HTTP/1.1 only: HTTP/2's version sniffing would wait for a first byte with no timeout, and every
     // ingress in front of codewatch speaks HTTP/1.1 to it.
     let mut builder = hyper::server::conn::http1::Builder::new();

@@ -8,6 +8,7 @@ mod common;
 mod delivery;
 mod getcode;
 mod queue_contract;
+mod request_ids;
 mod shards;
 mod store;
 mod verify_api;

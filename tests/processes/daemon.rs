@@ -595,6 +595,47 @@ async fn number_api_failures_are_counted_by_kind() {
     assert!(serve.terminate().success());
 }
 
+#[tokio::test]
+async fn every_log_line_of_a_request_carries_its_id() {
+    use axum::routing::get;
+    let garbage = axum::Router::new().route("/n", get(|| async { "{\"value\": \"many\"}" }));
+    let api = common::Server::start(garbage).await;
+    let dir = tempfile::tempdir().unwrap();
+    let trusted = [("TRUSTED_PROXIES", "127.0.0.1".to_owned())];
+    let (mut serve, port, _) = spawn_serve(dir.path(), None, api.url("/n"), &trusted).await;
+    let getcode = |sent: Option<&'static str>| async move {
+        let mut request =
+            reqwest::Client::new().get(format!("http://127.0.0.1:{port}/api/v1/getcode"));
+        if let Some(id) = sent {
+            request = request.header("x-request-id", id);
+        }
+        let answer = request.send().await.unwrap();
+        assert_eq!(answer.status(), 502);
+        answer.headers()["x-request-id"]
+            .to_str()
+            .unwrap()
+            .to_owned()
+    };
+    let kept = getcode(Some("ingress-trace-7")).await;
+    assert_eq!(kept, "ingress-trace-7", "the trusted proxy's id is kept");
+    let made = getcode(None).await;
+    assert!(uuid::Uuid::parse_str(&made).is_ok(), "{made}");
+    assert!(serve.terminate().success());
+    let log = std::fs::read_to_string(dir.path().join("serve.log")).unwrap();
+    for id in [kept, made] {
+        let failed: Vec<_> = log
+            .lines()
+            .filter(|l| l.contains("request failed") && l.contains(&format!("request_id={id}")))
+            .collect();
+        assert_eq!(
+            failed.len(),
+            1,
+            "one failure line with request_id={id}:\n{log}"
+        );
+        assert!(failed[0].contains("method=GET"), "{}", failed[0]);
+    }
+}
+
 /// `serve` in `dir` on a fresh Azurite queue, with `database_url` (a SQLite file in `dir` if `None`), the
 /// number API at `api_url` (key `k`), and `extra` settings, listening on ports it picks: the process,
 /// its public port and its admin port.
