@@ -34,22 +34,30 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
-/// Sets up logging: `RUST_LOG` for the level (default `info`), text or JSON lines on stderr.
+/// Sets up logging: `RUST_LOG` for the level (default `info`), text or JSON lines on stderr, and
+/// the last warnings and errors kept for the status page ([`crate::ops::recent`]).
 pub fn init_tracing(format: LogFormat) {
+    use tracing_subscriber::Layer as _;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     // Colours only on a terminal: log files and collectors get plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let lines = tracing_subscriber::fmt::layer()
         .with_writer(move || OneLine {
             inner: std::io::stderr(),
             ansi,
         })
         .with_ansi(ansi);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().flatten_event(true).init(),
-    }
+    let lines = match format {
+        LogFormat::Text => lines.boxed(),
+        LogFormat::Json => lines.json().flatten_event(true).boxed(),
+    };
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(lines)
+        .with(crate::ops::recent::RecentProblems::default())
+        .init();
 }
 
 /// Writes each formatted log event as one line: a control character inside it (a newline in an error

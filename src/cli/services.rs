@@ -422,7 +422,7 @@ pub async fn worker(args: WorkerArgs) -> Result<()> {
         crate::ops::metrics::install_for(crate::ops::metrics::Role::Worker),
     );
     let admin = bind(args.admin_listen, "admin listener", "ADMIN_LISTEN_ADDR").await?;
-    tracing::info!(admin = %admin.local_addr()?, "admin listener on /healthz, /readyz, /metrics");
+    tracing::info!(admin = %admin.local_addr()?, "admin listener on /healthz, /readyz, /metrics, /status");
     let admin_server = spawn_http(admin, ops, args.http.limits(), cancel.clone());
     let running = tokio::spawn(worker.run(cancel.clone()));
     let grace = args.shutdown.grace();
@@ -596,6 +596,7 @@ pub async fn up(args: UpArgs) -> Result<()> {
          \x20 number API  {endpoint}{stand_in_note}\n\
          \x20 producer    http://{producer_addr}{getcode}\n\
          \x20 admin       http://{admin_addr}/healthz /readyz /metrics\n\
+         \x20 status      http://{admin_addr}/status\n\
          \x20 sign-in     http://{verify_addr}/api/v1/codes  (POST; /check, /redeem){verify_note}\n\
          \x20 worker      queue {} ({}), codes valid {} s, delivery: {}\n\
          \x20 database    {}  (SELECT * FROM active_codes;)\n",

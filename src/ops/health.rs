@@ -1,5 +1,5 @@
 //! Liveness (`/healthz`: the process loop is alive) and readiness (`/readyz`: database and queue
-//! reachable), plus `/metrics`, as one router that `serve` merges and the worker serves on its own.
+//! reachable), plus `/metrics` and the `/status` page, as one router: the admin listener's.
 
 use crate::queue::{QueueAdmin, QueueError};
 use crate::store::SharedStore;
@@ -148,9 +148,11 @@ struct OpsState {
     heartbeat: Option<Arc<Heartbeat>>,
     readiness: Readiness,
     metrics: PrometheusHandle,
+    board: Arc<super::status::StatusBoard>,
 }
 
-/// `/healthz`, `/readyz` and `/metrics`. Without a heartbeat, liveness is "the server answers".
+/// `/healthz`, `/readyz`, `/metrics` and `/status`. Without a heartbeat, liveness is "the server
+/// answers".
 pub fn ops_router(
     heartbeat: Option<Arc<Heartbeat>>,
     readiness: Readiness,
@@ -160,11 +162,21 @@ pub fn ops_router(
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(render_metrics))
+        .route("/status", get(status_page))
         .with_state(Arc::new(OpsState {
             heartbeat,
+            board: super::status::StatusBoard::start(metrics.clone(), readiness.clone()),
             readiness,
             metrics,
         }))
+}
+
+async fn status_page(State(state): State<Arc<OpsState>>) -> Response {
+    (
+        [(axum::http::header::CACHE_CONTROL, "no-store")],
+        axum::response::Html(state.board.page().await),
+    )
+        .into_response()
 }
 
 async fn healthz(State(state): State<Arc<OpsState>>) -> Response {

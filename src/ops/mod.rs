@@ -3,5 +3,7 @@
 
 pub mod health;
 pub mod metrics;
+pub mod recent;
+pub mod status;
 
 pub use health::{Heartbeat, Readiness, ops_router};

@@ -372,6 +372,9 @@ pub trait OperatorStore: VerificationStore {
         limit: u32,
     ) -> Result<Vec<CodeRecord>, StoreError>;
 
+    /// How many codes are valid at `now` (the status page's "active codes").
+    async fn count_valid(&self, now: DateTime<Utc>) -> Result<u64, StoreError>;
+
     /// Revokes every recorded issuance of `code`, whatever its dates, and every activation still to come
     /// that was announced at or before `now`. Idempotent; returns how many valid issuances it revoked now.
     async fn revoke(&self, code: &Code, now: DateTime<Utc>) -> Result<u64, StoreError>;

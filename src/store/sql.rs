@@ -182,6 +182,10 @@ pub(super) static LIST_VALID: Statement = Statement::new(concat!(
     " ORDER BY expires_at LIMIT ?"
 ));
 
+/// How many rows are valid (bind: now).
+pub(super) static COUNT_VALID: Statement =
+    Statement::new(concat!("SELECT COUNT(*) FROM valid_codes WHERE ", valid!()));
+
 /// A subject's failures in its current window (bind: subject, window start).
 pub(super) static FAILURES: Statement = Statement::new(
     "SELECT failures FROM subject_failures WHERE subject = ? AND window_started_at > ?",
@@ -606,6 +610,14 @@ macro_rules! shared_queries {
                         .await?
                 };
                 rows.iter().map(record).collect()
+            }
+
+            async fn count_valid(&self, now: DateTime<Utc>) -> Result<u64, StoreError> {
+                let (count,): (i64,) = sqlx::query_as(sql::COUNT_VALID.$dialect())
+                    .bind(t(now))
+                    .fetch_one(self.reads())
+                    .await?;
+                Ok(u64::try_from(count).unwrap_or(0))
             }
 
             async fn revoke(&self, code: &Code, now: DateTime<Utc>) -> Result<u64, StoreError> {

@@ -394,6 +394,33 @@ pub async fn producer_with_verification(
     Server::start(http::router(state)).await
 }
 
+/// A series' value in a `/metrics` text (`name{labels}` as rendered), 0 when absent.
+pub fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// The `/metrics` text of the admin listener at `admin` once `ready` holds for it, or a panic after
+/// `limit` saying what was awaited.
+pub async fn metrics_when(
+    admin: &str,
+    what: &str,
+    limit: Duration,
+    ready: impl Fn(&str) -> bool,
+) -> String {
+    eventually(what, limit, || async {
+        let text = reqwest::get(format!("{admin}/metrics"))
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        ready(&text).then_some(text)
+    })
+    .await
+}
+
 /// Polls `check` until it gives `Some`, or panics after `limit` saying what was awaited.
 pub async fn eventually<T, F, Fut>(what: &str, limit: Duration, check: F) -> T
 where

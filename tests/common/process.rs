@@ -124,40 +124,27 @@ fn spawn_up_from(mut cmd: Command) -> (Proc, String, String, String) {
     let mut child = cmd.stdout(Stdio::piped()).spawn().unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let proc = Proc(child);
-    let base = lines
-        .by_ref()
-        .map_while(Result::ok)
-        .find_map(|l| {
-            l.trim()
-                .strip_prefix("producer")
-                .and_then(|u| u.split_whitespace().next())
-                .map(|u| {
-                    u.trim_end_matches("/api/v1/getcode")
-                        .trim_end_matches('/')
-                        .to_owned()
-                })
-        })
-        .expect("up prints the producer's URL");
-    let admin = lines
-        .by_ref()
-        .map_while(Result::ok)
-        .find_map(|l| {
-            l.trim()
-                .strip_prefix("admin")
-                .and_then(|u| u.split_whitespace().next())
-                .map(|u| u.trim_end_matches("/healthz").to_owned())
-        })
-        .expect("up prints the admin listener's URL");
-    let verify = lines
-        .by_ref()
-        .map_while(Result::ok)
-        .find_map(|l| {
-            l.trim()
-                .strip_prefix("sign-in")
-                .and_then(|u| u.split_whitespace().next())
-                .map(|u| u.trim_end_matches("/api/v1/codes").to_owned())
-        })
-        .expect("up prints the sign-in API's URL");
+    let mut url_after = |label: &str| {
+        lines
+            .by_ref()
+            .map_while(Result::ok)
+            .find_map(|l| {
+                l.trim()
+                    .strip_prefix(label)
+                    .and_then(|u| u.split_whitespace().next())
+                    .map(str::to_owned)
+            })
+            .unwrap_or_else(|| panic!("up prints the {label} URL"))
+    };
+    let base = url_after("producer")
+        .trim_end_matches("/api/v1/getcode")
+        .trim_end_matches('/')
+        .to_owned();
+    let admin = url_after("admin").trim_end_matches("/healthz").to_owned();
+    assert_eq!(url_after("status"), format!("{admin}/status"));
+    let verify = url_after("sign-in")
+        .trim_end_matches("/api/v1/codes")
+        .to_owned();
     // Keep reading, so that the process never writes into a closed pipe.
     std::thread::spawn(move || lines.for_each(drop));
     (proc, base, admin, verify)

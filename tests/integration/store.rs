@@ -89,6 +89,23 @@ async fn activating_twice_keeps_one_row_and_reports_the_duplicate(store: SharedS
     assert_eq!(store.list(true, Utc::now(), 10).await.unwrap().len(), 1);
 }
 
+async fn count_valid_counts_what_is_valid_at_that_moment(store: SharedStore) {
+    let now = Utc::now();
+    let short = activation_at("cnt-3-abc", now, 1, None);
+    let rows = [
+        activation_at("cnt-1-abc", now, 60, None),
+        activation_at("cnt-2-abc", now, 60, Some("user-2")),
+        short.clone(),
+    ];
+    store.activate(&rows, now).await.unwrap();
+    assert_eq!(store.count_valid(now).await.unwrap(), 3);
+    store.revoke(&code("cnt-1-abc"), now).await.unwrap();
+    assert_eq!(store.count_valid(now).await.unwrap(), 2);
+    // Validity is `expires_at > now`: at its expiry the short code no longer counts, its row stays.
+    assert_eq!(store.count_valid(short.expires_at).await.unwrap(), 1);
+    assert_eq!(store.list(true, now, 10).await.unwrap().len(), 3);
+}
+
 async fn two_issuances_of_the_same_code_are_two_rows(store: SharedStore) {
     store
         .activate(
@@ -618,6 +635,7 @@ macro_rules! both {
 both!(
     activating_twice_keeps_one_row_and_reports_the_duplicate,
     two_issuances_of_the_same_code_are_two_rows,
+    count_valid_counts_what_is_valid_at_that_moment,
     an_activation_past_its_expiry_makes_nothing_valid_and_marks_a_leftover_row,
     expire_marks_only_rows_whose_time_has_come_and_is_idempotent,
     a_code_is_valid_strictly_before_expires_at_and_case_sensitively,

@@ -7,8 +7,8 @@ use chrono::Utc;
 use codewatch::domain::Code;
 use codewatch::domain::{Issuance, IssuanceId};
 use codewatch::message::{CodeMessage, MessageEncoding};
-use common::eventually;
 use common::process::{Proc, codewatch};
+use common::{eventually, metric, metrics_when};
 use std::path::Path;
 use std::time::{Duration, Instant};
 use tokio::net::{TcpListener, TcpStream};
@@ -224,14 +224,6 @@ async fn readiness_follows_the_database_and_the_worker_survives_its_outage() {
     );
 }
 
-fn metric(text: &str, name_and_labels: &str) -> f64 {
-    text.lines()
-        .find(|l| l.starts_with(name_and_labels) && l[name_and_labels.len()..].starts_with(' '))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_count_what_a_run_did() {
     let dir = tempfile::tempdir().unwrap();
@@ -269,19 +261,11 @@ async fn metrics_count_what_a_run_did() {
         200
     );
 
-    let text = eventually(
+    let text = metrics_when(
+        &admin,
         "three activations counted",
         Duration::from_secs(10),
-        || async {
-            let text = reqwest::get(format!("{admin}/metrics"))
-                .await
-                .ok()?
-                .text()
-                .await
-                .ok()?;
-            (metric(&text, r#"codewatch_messages_total{outcome="activated"}"#) == 3.0)
-                .then_some(text)
-        },
+        |text| metric(text, r#"codewatch_messages_total{outcome="activated"}"#) == 3.0,
     )
     .await;
     assert_eq!(metric(&text, "codewatch_messages_received_total"), 3.0);
@@ -417,19 +401,11 @@ where
     if away == "database" {
         // Until the message has failed in two batches (each waits for a connection up to the pool's
         // acquire timeout, 10 s), so that the log is checked to say it once, not once per batch.
-        eventually(
+        metrics_when(
+            &format!("http://127.0.0.1:{admin}"),
             "two batches failed during the outage",
             Duration::from_secs(60),
-            || async {
-                let text = reqwest::get(format!("http://127.0.0.1:{admin}/metrics"))
-                    .await
-                    .ok()?
-                    .text()
-                    .await
-                    .ok()?;
-                (metric(&text, r#"codewatch_messages_total{outcome="failed"}"#) >= 2.0)
-                    .then_some(())
-            },
+            |text| metric(text, r#"codewatch_messages_total{outcome="failed"}"#) >= 2.0,
         )
         .await;
     } else {

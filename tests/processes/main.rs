@@ -12,4 +12,5 @@ mod deploy;
 mod keyless;
 mod replicas;
 mod signin;
+mod status;
 mod up;
