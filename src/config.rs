@@ -41,6 +41,10 @@ pub struct Cli {
     /// Log line format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
     pub log_format: LogFormat,
+    /// Base URL of an OTLP/HTTP receiver (an OpenTelemetry Collector, e.g. `http://localhost:4318`)
+    /// to send traces to; no traces when unset. The other standard `OTEL_*` variables apply.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT", global = true)]
+    pub otlp_endpoint: Option<url::Url>,
     /// What to run.
     #[command(subcommand)]
     pub command: Command,

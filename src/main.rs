@@ -14,12 +14,21 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(run())
+    let cli = Cli::parse();
+    let telemetry = match codewatch::cli::init_tracing(cli.log_format, cli.otlp_endpoint.as_ref()) {
+        Ok(telemetry) => telemetry,
+        Err(e) => {
+            eprintln!("Error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let code = runtime.block_on(run(cli));
+    // Outside the runtime: sending the last spans blocks.
+    drop(telemetry);
+    code
 }
 
-async fn run() -> ExitCode {
-    let cli = Cli::parse();
-    codewatch::cli::init_tracing(cli.log_format);
+async fn run(cli: Cli) -> ExitCode {
     match codewatch::cli::run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) if codewatch::cli::is_broken_pipe(&e) => ExitCode::SUCCESS,

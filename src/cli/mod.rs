@@ -34,9 +34,14 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
-/// Sets up logging: `RUST_LOG` for the level (default `info`), text or JSON lines on stderr, and
-/// the last warnings and errors kept for the status page ([`crate::ops::recent`]).
-pub fn init_tracing(format: LogFormat) {
+/// Sets up logging: `RUST_LOG` for the level (default `info`), text or JSON lines on stderr, the
+/// last warnings and errors kept for the status page ([`crate::ops::recent`]), and with an OTLP
+/// endpoint every span sent as an OpenTelemetry span ([`crate::telemetry`]). Keep what it returns
+/// until the end: dropping it sends the last spans.
+pub fn init_tracing(
+    format: LogFormat,
+    otlp_endpoint: Option<&url::Url>,
+) -> Result<crate::telemetry::Telemetry, crate::telemetry::TelemetryError> {
     use tracing_subscriber::Layer as _;
     use tracing_subscriber::layer::SubscriberExt as _;
     use tracing_subscriber::util::SubscriberInitExt as _;
@@ -53,11 +58,23 @@ pub fn init_tracing(format: LogFormat) {
         LogFormat::Text => lines.boxed(),
         LogFormat::Json => lines.json().flatten_event(true).boxed(),
     };
+    let (telemetry, traces) = match otlp_endpoint {
+        Some(endpoint) => {
+            let (telemetry, tracer) = crate::telemetry::start(endpoint)?;
+            let layer = tracing_opentelemetry::layer()
+                .with_tracer(tracer)
+                .with_tracked_inactivity(false);
+            (telemetry, Some(layer))
+        }
+        None => (crate::telemetry::Telemetry::off(), None),
+    };
     tracing_subscriber::registry()
         .with(filter)
         .with(lines)
         .with(crate::ops::recent::RecentProblems::default())
+        .with(traces)
         .init();
+    Ok(telemetry)
 }
 
 /// Writes each formatted log event as one line: a control character inside it (a newline in an error

@@ -1,4 +1,5 @@
-//! The HTTP metrics: every request counted, with its duration, by matched route and status.
+//! The HTTP metrics: every request counted, with its duration, by matched route and status; the
+//! route is also recorded on the request's span (`http.route`; with traces, its name `METHOD route`).
 
 use axum::extract::{MatchedPath, Request};
 use axum::middleware::Next;
@@ -12,6 +13,9 @@ pub(super) async fn record_http(request: Request, next: Next) -> Response {
         .get::<MatchedPath>()
         .map(|p| p.as_str().to_owned())
         .unwrap_or_else(|| "unmatched".to_owned());
+    let span = tracing::Span::current();
+    span.record("http.route", route.as_str());
+    crate::telemetry::rename(&span, || format!("{} {route}", request.method()));
     let started = Instant::now();
     let response = next.run(request).await;
     let labels = [

@@ -28,6 +28,7 @@ pub fn with_request_ids(router: Router, proxies: TrustedProxies) -> Router {
         .layer(
             TraceLayer::new_for_http()
                 .make_span_with(request_span)
+                .on_response(record_status)
                 // Failures are answered and logged where they happen, with their reason.
                 .on_failure(DefaultOnFailure::new().level(tracing::Level::DEBUG)),
         )
@@ -63,8 +64,9 @@ fn is_plain(id: &[u8]) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"-_.:/+=".contains(b))
 }
 
-/// The span every log line of a request is written in: its method and id. Never its path: a client
-/// may put a code in it.
+/// The span every log line of a request is written in, and with traces on the server span of
+/// OpenTelemetry's HTTP conventions: its method and id; its route once routed (the metrics layer
+/// records it) and its status. Never the path itself: a client may put a code in it.
 fn request_span<B>(request: &axum::http::Request<B>) -> tracing::Span {
     let id = request
         .headers()
@@ -73,9 +75,27 @@ fn request_span<B>(request: &axum::http::Request<B>) -> tracing::Span {
         .unwrap_or_default();
     tracing::info_span!(
         "request",
-        method = %request.method(),
+        otel.name = %request.method(),
+        otel.kind = "server",
+        http.request.method = %request.method(),
+        http.route = tracing::field::Empty,
         request_id = %id,
+        http.response.status_code = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
     )
+}
+
+/// Records the answer's status on the request's span; a 5xx marks it failed.
+fn record_status<B>(
+    response: &axum::http::Response<B>,
+    _: std::time::Duration,
+    span: &tracing::Span,
+) {
+    let status = response.status();
+    span.record("http.response.status_code", i64::from(status.as_u16()));
+    if status.is_server_error() {
+        span.record("otel.status_code", "ERROR");
+    }
 }
 
 #[cfg(test)]

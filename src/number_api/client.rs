@@ -84,7 +84,17 @@ impl NumberApiClient {
     /// A 401 or 403 means the key may have been rotated: the key is read again (at most once per its
     /// interval) and, if it changed, the request is tried once more.
     pub async fn random_number(&self) -> Result<u32, NumberApiError> {
-        let result = self.ask().await;
+        use tracing::Instrument as _;
+        // A client span of OpenTelemetry's HTTP conventions; never the URL (a query may hold a key).
+        let span = tracing::info_span!(
+            "number API",
+            otel.name = "GET",
+            otel.kind = "client",
+            http.request.method = "GET",
+            server.address = self.endpoint.host_str().unwrap_or_default(),
+            server.port = i64::from(self.endpoint.port_or_known_default().unwrap_or_default()),
+        );
+        let result = self.ask().instrument(span).await;
         if let Err(e) = &result {
             metrics::counter!(crate::ops::metrics::NUMBER_API_ERRORS, "kind" => e.kind())
                 .increment(1);

@@ -63,14 +63,25 @@ impl Spread {
         &self.senders[shard_of(key, self.senders.len())]
     }
 
-    /// Sends `body` on `key`'s shard.
+    /// Sends `body` on `key`'s shard, in a span of OpenTelemetry's messaging conventions (a producer
+    /// span named after the queue).
     pub async fn send(
         &self,
         key: &str,
         body: &str,
         visible_after: Duration,
     ) -> Result<(), QueueError> {
-        self.for_key(key).send(body, visible_after).await
+        use tracing::Instrument as _;
+        let queue = self.for_key(key);
+        let span = tracing::info_span!(
+            "queue send",
+            otel.name = %format_args!("send {}", queue.name()),
+            otel.kind = "producer",
+            messaging.system = "azure_queue_storage",
+            messaging.operation.type = "send",
+            messaging.destination.name = %queue.name(),
+        );
+        queue.send(body, visible_after).instrument(span).await
     }
 
     /// How many shards.

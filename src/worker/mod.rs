@@ -27,6 +27,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
 /// How long a poll loop may go without going round before liveness fails.
 const LIVENESS_SILENCE: Duration = Duration::from_secs(120);
@@ -182,8 +183,19 @@ impl Worker {
         let started = Instant::now();
         metrics::counter!(m::RECEIVED).increment(batch.len() as u64);
         metrics::histogram!(m::BATCH_SIZE).record(batch.len() as f64);
+        // A consumer span of OpenTelemetry's messaging conventions, for the whole batch.
+        let span = tracing::info_span!(
+            "process batch",
+            otel.name = %format_args!("process {}", shard.main.name()),
+            otel.kind = "consumer",
+            messaging.system = "azure_queue_storage",
+            messaging.operation.type = "process",
+            messaging.destination.name = %shard.main.name(),
+            messaging.batch.message_count = batch.len() as i64,
+        );
         let report = self
             .process_batch_until(shard, batch, Utc::now(), cancel)
+            .instrument(span)
             .await;
         metrics::histogram!(m::BATCH_SECONDS).record(started.elapsed().as_secs_f64());
         report.record();

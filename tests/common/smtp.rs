@@ -39,6 +39,31 @@ pub struct Mail {
     pub data: String,
 }
 
+/// Starts `tests/python/<script>` with `args` in the tools' venv and reads the `{"port": N}` line it
+/// prints once it listens: the process and the port.
+pub fn spawn_listening_tool(script: &str, args: &[&std::ffi::OsStr]) -> (Child, u16) {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/python")
+        .join(script);
+    let mut child = Command::new(tools_venv().join("bin/python"))
+        .arg(path)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let port = serde_json::from_str::<serde_json::Value>(&line)
+        .ok()
+        .and_then(|v| v["port"].as_u64())
+        .and_then(|p| u16::try_from(p).ok())
+        .unwrap_or_else(|| panic!("{script} did not start: {line:?}"));
+    (child, port)
+}
+
 impl SmtpSink {
     /// A sink that accepts every mail.
     pub fn start() -> Self {
@@ -48,29 +73,10 @@ impl SmtpSink {
     /// A sink with smtp_sink.py's options, e.g. `["--refuse-rcpt", "550 5.1.1 no such user"]`.
     pub fn start_with(options: &[&str]) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/smtp_sink.py");
-        let mut child = Command::new(tools_venv().join("bin/python"))
-            .arg(script)
-            .arg("--dir")
-            .arg(dir.path())
-            .args(options)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        std::io::BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let port = serde_json::from_str::<serde_json::Value>(&line)
-            .ok()
-            .and_then(|v| v["port"].as_u64())
-            .unwrap_or_else(|| panic!("the SMTP sink did not start: {line:?}"));
-        Self {
-            child,
-            dir,
-            port: port as u16,
-        }
+        let mut args = vec![std::ffi::OsStr::new("--dir"), dir.path().as_os_str()];
+        args.extend(options.iter().map(std::ffi::OsStr::new));
+        let (child, port) = spawn_listening_tool("smtp_sink.py", &args);
+        Self { child, dir, port }
     }
 
     /// `SMTP_URL` for it (plain SMTP on loopback).

@@ -608,7 +608,11 @@ async fn every_log_line_of_a_request_carries_its_id() {
             1,
             "one failure line with request_id={id}:\n{log}"
         );
-        assert!(failed[0].contains("method=GET"), "{}", failed[0]);
+        assert!(
+            failed[0].contains(r#"http.route="/api/v1/getcode""#),
+            "{}",
+            failed[0]
+        );
     }
 }
 

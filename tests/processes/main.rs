@@ -13,4 +13,5 @@ mod keyless;
 mod replicas;
 mod signin;
 mod status;
+mod traces;
 mod up;
