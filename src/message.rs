@@ -9,6 +9,9 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+mod trace;
+pub use trace::TraceContext;
+
 /// What a queue message asks the worker to do.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum CodeMessage {
@@ -92,7 +95,13 @@ struct Wire {
     /// Where the worker delivers the code (delivery on).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     destination: Option<String>,
-    /// HMAC-SHA256 of [`CodeMessage::canonical`], base64, when the producer has a signing key.
+    /// W3C trace context of the getcode that sent it (traces on), for the worker's span links.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    traceparent: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    tracestate: Option<String>,
+    /// HMAC-SHA256 of [`CodeMessage::canonical`] (and the trace context), base64, when the producer
+    /// has a signing key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     sig: Option<String>,
 }
@@ -137,8 +146,29 @@ impl CodeMessage {
         text
     }
 
+    /// What a signature covers with a trace context: [`CodeMessage::canonical`] and the context's
+    /// lines, so that no one can move a signed message into another trace or strip it from its own.
+    fn canonical_traced(&self, trace: Option<&TraceContext>) -> String {
+        let mut text = self.canonical();
+        if let Some(trace) = trace {
+            text.push('\n');
+            text.push_str(&trace.canonical());
+        }
+        text
+    }
+
     /// [`CodeMessage::encode`], signed with `keys`' current key when given.
     pub fn encode_signed(&self, encoding: MessageEncoding, keys: Option<&SigningKeys>) -> String {
+        self.encode_traced(encoding, keys, None)
+    }
+
+    /// [`CodeMessage::encode_signed`], carrying `trace` (covered by the signature).
+    pub fn encode_traced(
+        &self,
+        encoding: MessageEncoding,
+        keys: Option<&SigningKeys>,
+        trace: Option<&TraceContext>,
+    ) -> String {
         let issuance = self.issuance();
         let (action, expires_at) = match self {
             Self::Activate(_) => ("activate", None),
@@ -152,7 +182,9 @@ impl CodeMessage {
             expires_at,
             subject: issuance.subject.as_ref().map(|s| s.to_string()),
             destination: issuance.destination.as_ref().map(|d| d.as_str().to_owned()),
-            sig: keys.map(|k| k.sign(&self.canonical())),
+            traceparent: trace.map(|t| t.traceparent().to_owned()),
+            tracestate: trace.and_then(|t| t.tracestate().map(str::to_owned)),
+            sig: keys.map(|k| k.sign(&self.canonical_traced(trace))),
         };
         // Serialising a struct of strings cannot fail.
         let json = serde_json::to_string(&wire).unwrap_or_default();
@@ -176,7 +208,17 @@ impl CodeMessage {
         inserted_at: DateTime<Utc>,
         keys: Option<&SigningKeys>,
     ) -> Result<Self, MessageError> {
-        let (message, sig) = match decode_plain(text.trim(), inserted_at) {
+        Self::decode_traced(text, inserted_at, keys).map(|(message, _)| message)
+    }
+
+    /// [`CodeMessage::decode_verified`], and the message's trace context if it carries a well-formed
+    /// one (a signature covers it).
+    pub fn decode_traced(
+        text: &str,
+        inserted_at: DateTime<Utc>,
+        keys: Option<&SigningKeys>,
+    ) -> Result<(Self, Option<TraceContext>), MessageError> {
+        let (message, sig, trace) = match decode_plain(text.trim(), inserted_at) {
             Err(MessageError::Undecodable) => {
                 let bytes = BASE64
                     .decode(text.trim())
@@ -189,18 +231,18 @@ impl CodeMessage {
         if let (Some(keys), Self::Activate(_)) = (keys, &message) {
             match sig {
                 None => return Err(MessageError::Unsigned),
-                Some(sig) if !keys.verify(&message.canonical(), &sig) => {
+                Some(sig) if !keys.verify(&message.canonical_traced(trace.as_ref()), &sig) => {
                     return Err(MessageError::BadSignature);
                 }
                 Some(_) => {}
             }
         }
-        Ok(message)
+        Ok((message, trace))
     }
 }
 
-/// A message and the signature it carried.
-type Decoded = (CodeMessage, Option<String>);
+/// A message, the signature it carried and its trace context.
+type Decoded = (CodeMessage, Option<String>, Option<TraceContext>);
 
 fn decode_plain(text: &str, inserted_at: DateTime<Utc>) -> Result<Decoded, MessageError> {
     if text.starts_with('{') {
@@ -222,6 +264,7 @@ fn decode_plain(text: &str, inserted_at: DateTime<Utc>) -> Result<Decoded, Messa
                 issued_at: inserted_at,
                 subject: None,
             }),
+            None,
             None,
         )),
         Err(_) => Err(MessageError::Undecodable),
@@ -269,7 +312,11 @@ fn from_wire(wire: Wire, inserted_at: DateTime<Utc>) -> Result<Decoded, MessageE
         }
         Some(other) => return Err(MessageError::UnknownAction(escaped(other))),
     };
-    Ok((message, wire.sig))
+    let trace = wire
+        .traceparent
+        .as_deref()
+        .and_then(|t| TraceContext::parse(t, wire.tracestate.as_deref()));
+    Ok((message, wire.sig, trace))
 }
 
 /// A reader for the flat dict `repr()` the Python sample writes, with Python's literals.
@@ -428,6 +475,47 @@ mod tests {
             issued_at: timestamp::parse("2020-04-15 16:54:48.816549").unwrap(),
             subject: Some(Subject::parse("alice").unwrap()),
         }
+    }
+
+    const TRACE: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+    #[test]
+    fn a_trace_context_travels_in_the_message_and_its_signature_covers_it() {
+        let keys = SigningKeys::parse(&"k".repeat(40)).unwrap();
+        let trace = TraceContext::parse(TRACE, Some("vendor=x")).unwrap();
+        let message = CodeMessage::Activate(issuance());
+        let text = message.encode_traced(MessageEncoding::Text, Some(&keys), Some(&trace));
+        let (decoded, carried) =
+            CodeMessage::decode_traced(&text, inserted(), Some(&keys)).unwrap();
+        assert_eq!((decoded, carried), (message.clone(), Some(trace.clone())));
+        // Moved to another trace, or stripped of it: the signature no longer matches.
+        let other = text.replace("4bf92f35", "aaaaaaaa");
+        let mut wire: serde_json::Value = serde_json::from_str(&text).unwrap();
+        wire.as_object_mut().unwrap().remove("traceparent");
+        for forged in [other, wire.to_string()] {
+            assert_eq!(
+                CodeMessage::decode_traced(&forged, inserted(), Some(&keys)).unwrap_err(),
+                MessageError::BadSignature,
+                "{forged}"
+            );
+        }
+        // Signed without one, as before trace contexts existed: still verifies.
+        let plain = message.encode_signed(MessageEncoding::Base64, Some(&keys));
+        assert_eq!(
+            CodeMessage::decode_traced(&plain, inserted(), Some(&keys)).unwrap(),
+            (message, None)
+        );
+    }
+
+    #[test]
+    fn a_malformed_trace_context_from_outside_is_ignored_not_poisoned() {
+        let text = format!(
+            r#"{{"code":"ojE-161-pTv","traceparent":"00-zz-\n-01","tracestate":"{}"}}"#,
+            "x".repeat(5000)
+        );
+        let (message, trace) = CodeMessage::decode_traced(&text, inserted(), None).unwrap();
+        assert_eq!(message.issuance().code.as_str(), "ojE-161-pTv");
+        assert_eq!(trace, None);
     }
 
     #[test]

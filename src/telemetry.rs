@@ -12,6 +12,43 @@ use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 /// Whether spans are exported (set once, at start).
 static ON: AtomicBool = AtomicBool::new(false);
 
+/// The current span's W3C trace context, to send in a queue message; `None` when traces are off.
+pub fn current_context() -> Option<crate::message::TraceContext> {
+    if !ON.load(Ordering::Relaxed) {
+        return None;
+    }
+    let mut carrier = std::collections::HashMap::new();
+    let context = tracing::Span::current().context();
+    opentelemetry::global::get_text_map_propagator(|p| p.inject_context(&context, &mut carrier));
+    crate::message::TraceContext::parse(
+        carrier.get("traceparent")?,
+        carrier.get("tracestate").map(String::as_str),
+    )
+}
+
+/// Links `span` to the trace a message came from (the messaging conventions' link from a batch's
+/// processing to each message's creation), when traces are on.
+pub fn link(span: &tracing::Span, trace: &crate::message::TraceContext) {
+    if !ON.load(Ordering::Relaxed) {
+        return;
+    }
+    let mut carrier = std::collections::HashMap::new();
+    carrier.insert("traceparent".to_owned(), trace.traceparent().to_owned());
+    if let Some(state) = trace.tracestate() {
+        carrier.insert("tracestate".to_owned(), state.to_owned());
+    }
+    let remote = opentelemetry::global::get_text_map_propagator(|p| p.extract(&carrier));
+    let linked = remote.span().span_context().clone();
+    if linked.is_valid() {
+        span.add_link(linked);
+    }
+}
+
+/// Whether spans are exported.
+pub fn is_on() -> bool {
+    ON.load(Ordering::Relaxed)
+}
+
 /// Renames `span`'s OpenTelemetry span to what `name` makes, when traces are on (a name known only
 /// once the span has started, as an HTTP route is); nothing otherwise, not even the name.
 pub fn rename(span: &tracing::Span, name: impl FnOnce() -> String) {

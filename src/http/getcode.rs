@@ -85,7 +85,11 @@ pub(super) async fn issue_code(
         .queue
         .send(
             issuance.id.as_str(),
-            &message.encode_signed(state.encoding, state.signing.as_ref()),
+            &message.encode_traced(
+                state.encoding,
+                state.signing.as_ref(),
+                crate::telemetry::current_context().as_ref(),
+            ),
             Duration::ZERO,
         )
         .await?;

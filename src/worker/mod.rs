@@ -234,6 +234,10 @@ impl Worker {
         };
         // The stages, in their order.
         let sorted = sort::sort(batch, now, &self.settings);
+        let span = tracing::Span::current();
+        for trace in &sorted.traces {
+            crate::telemetry::link(&span, trace);
+        }
         report += self.set_aside(shard, sorted.poison).await;
         report += self
             .stage(shard, sorted.activations, cancel, |a| {

@@ -2,7 +2,7 @@
 
 use super::WorkerSettings;
 use crate::domain::Issuance;
-use crate::message::CodeMessage;
+use crate::message::{CodeMessage, TraceContext};
 use crate::queue::ReceivedMessage;
 use crate::store::Activation;
 use chrono::{DateTime, Utc};
@@ -18,6 +18,8 @@ pub(super) struct Sorted {
     pub due: Vec<(ReceivedMessage, Issuance)>,
     /// Expiry messages that came back before their code's expiry, with their issuance and that expiry.
     pub early: Vec<(ReceivedMessage, (Issuance, DateTime<Utc>))>,
+    /// The trace contexts the decoded messages carried, for the batch span's links.
+    pub traces: Vec<TraceContext>,
 }
 
 /// The latest expiry a message inserted at `inserted_at` can carry: insertion + allowance + TTL.
@@ -39,11 +41,16 @@ pub(super) fn sort(
     let mut sorted = Sorted::default();
     for message in batch {
         let overdue = message.dequeue_count > settings.max_dequeue_count;
-        match CodeMessage::decode_verified(
+        let decoded = CodeMessage::decode_traced(
             &message.body,
             message.inserted_at,
             settings.signing.as_ref(),
-        ) {
+        )
+        .map(|(decoded, trace)| {
+            sorted.traces.extend(trace);
+            decoded
+        });
+        match decoded {
             Err(e) => sorted.poison.push((message, e.to_string())),
             Ok(CodeMessage::Activate(issuance)) => match issuance.expiry(
                 settings.code_ttl,

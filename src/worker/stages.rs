@@ -120,7 +120,16 @@ impl Worker {
                     expires_at: activation.expires_at,
                     issuance: activation.issuance.clone(),
                 };
-                let body = follow_up.encode_signed(self.settings.encoding, self.settings.signing.as_ref());
+                // The expiry leg keeps the activation's trace context, so its processing links back too.
+                let trace = crate::telemetry::is_on()
+                    .then(|| CodeMessage::decode_traced(&message.body, message.inserted_at, None).ok())
+                    .flatten()
+                    .and_then(|(_, trace)| trace);
+                let body = follow_up.encode_traced(
+                    self.settings.encoding,
+                    self.settings.signing.as_ref(),
+                    trace.as_ref(),
+                );
                 // Only a first delivery is updated: the expiry message keeps the activation's dequeue
                 // count, so one that came back after crashes is re-sent instead (a fresh count), and
                 // an expiry message is never set aside for its activation's tries.

@@ -1,8 +1,8 @@
 //! OpenTelemetry traces: with `OTEL_EXPORTER_OTLP_ENDPOINT` set, `up` sends its spans over OTLP/HTTP
 //! to a receiver that decodes them with the reference protobuf classes (tests/python/otlp_receiver.py;
 //! no collector binary can be installed here). A getcode is one trace: the HTTP server span, the
-//! number API's client span and the queue's producer span; the worker's batch is a consumer span. No
-//! attribute holds the code.
+//! number API's client span and the queue's producer span; the message carries the trace context, so
+//! the worker's batch spans (activation, then expiry) link to that trace. No attribute holds the code.
 
 use crate::common;
 use common::{metric, metrics_when};
@@ -43,6 +43,7 @@ async fn a_getcode_is_one_trace_sent_over_otlp_http_and_no_span_holds_the_code()
     let env = [
         ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint),
         ("OTEL_BSP_SCHEDULE_DELAY", "100".to_owned()),
+        ("CODE_TTL_SECONDS", "1".to_owned()),
     ];
     let (mut up, base, admin) = common::process::spawn_up_with_admin(dir.path(), &env);
     let answer = reqwest::get(format!("{base}/api/v1/getcode"))
@@ -56,9 +57,12 @@ async fn a_getcode_is_one_trace_sent_over_otlp_http_and_no_span_holds_the_code()
     let code = body["code"].as_str().unwrap().to_owned();
     metrics_when(
         &admin,
-        "the code activated",
+        "the code activated, then expired",
         Duration::from_secs(20),
-        |text| metric(text, r#"codewatch_messages_total{outcome="activated"}"#) == 1.0,
+        |text| {
+            metric(text, r#"codewatch_messages_total{outcome="activated"}"#) == 1.0
+                && metric(text, r#"codewatch_messages_total{outcome="expired"}"#) == 1.0
+        },
     )
     .await;
     // Stopping sends the spans still batched.
@@ -99,7 +103,27 @@ async fn a_getcode_is_one_trace_sent_over_otlp_http_and_no_span_holds_the_code()
         "code-requests"
     );
     assert_eq!(producer["name"], "send code-requests");
-    let consumer = find("worker consumer", &|s| s["kind"] == CONSUMER);
-    assert_eq!(consumer["name"], "process code-requests");
-    assert_eq!(attr(&consumer, "messaging.batch.message_count"), 1);
+    // The activation's batch and the expiry's batch, each a trace of its own linked to the getcode's.
+    let linked: Vec<&Value> = spans
+        .iter()
+        .filter(|s| s["kind"] == CONSUMER)
+        .filter(|s| {
+            s["links"]
+                .as_array()
+                .is_some_and(|links| links.iter().any(|l| l["trace_id"] == trace))
+        })
+        .collect();
+    assert_eq!(
+        linked.len(),
+        2,
+        "two batch spans linked to the getcode's trace:\n{text}"
+    );
+    for consumer in linked {
+        assert_eq!(consumer["name"], "process code-requests");
+        assert_eq!(attr(consumer, "messaging.batch.message_count"), 1);
+        assert_ne!(
+            consumer["trace_id"], trace,
+            "a batch is a trace of its own, linked"
+        );
+    }
 }
