@@ -5,6 +5,7 @@ use crate::store::{CodeRecord, Gate, KeyedRedeem, RedeemKey, StoreError, Verific
 use chrono::{DateTime, Utc};
 use std::sync::Arc;
 use std::time::Duration;
+use tracing::Instrument as _;
 
 /// How failed checks are throttled. Its `Default` is built from the flags' defaults (`config::VerifyArgs`).
 #[derive(Clone, Copy, Debug)]
@@ -65,7 +66,9 @@ impl Verifier {
         subject: Option<&Subject>,
         now: DateTime<Utc>,
     ) -> Result<Verdict, StoreError> {
-        self.verify(code, subject, now, Mode::Check).await
+        self.verify(code, subject, now, Mode::Check)
+            .instrument(crate::telemetry::table_span("check"))
+            .await
     }
 
     /// Consumes `code` if it is valid for `subject`; of concurrent redeems exactly one succeeds.
@@ -75,7 +78,9 @@ impl Verifier {
         subject: Option<&Subject>,
         now: DateTime<Utc>,
     ) -> Result<Verdict, StoreError> {
-        self.verify(code, subject, now, Mode::Redeem).await
+        self.verify(code, subject, now, Mode::Redeem)
+            .instrument(crate::telemetry::table_span("redeem"))
+            .await
     }
 
     fn gate(&self, now: DateTime<Utc>) -> Gate {

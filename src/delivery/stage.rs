@@ -149,7 +149,16 @@ impl Deliverer {
             .await?;
         let outcomes: Vec<Result<Option<DeliveryOutcome>, StoreError>> =
             futures::stream::iter(claimed)
-                .map(|delivery| self.attempt(delivery))
+                .map(|delivery| {
+                    // One span per delivery sent (never its destination or code); an empty round
+                    // makes none.
+                    let span = tracing::info_span!(
+                        "deliver",
+                        otel.name = "deliver",
+                        otel.kind = "client",
+                    );
+                    tracing::Instrument::instrument(self.attempt(delivery), span)
+                })
                 .buffer_unordered(self.settings.concurrency)
                 .collect()
                 .await;

@@ -242,16 +242,19 @@ impl Worker {
         report += self
             .stage(shard, sorted.activations, cancel, |a| {
                 self.activate(shard, a, now)
+                    .instrument(crate::telemetry::table_span("activate"))
             })
             .await;
         report += self
             .stage(shard, sorted.due, cancel, |due| {
                 self.expire(shard, due, now)
+                    .instrument(crate::telemetry::table_span("expire"))
             })
             .await;
         report += self
             .stage(shard, sorted.early, cancel, |early| {
                 self.put_back(shard, early, now)
+                    .instrument(crate::telemetry::table_span("put back"))
             })
             .await;
         report

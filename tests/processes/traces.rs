@@ -118,12 +118,23 @@ async fn a_getcode_is_one_trace_sent_over_otlp_http_and_no_span_holds_the_code()
         2,
         "two batch spans linked to the getcode's trace:\n{text}"
     );
-    for consumer in linked {
+    for consumer in &linked {
         assert_eq!(consumer["name"], "process code-requests");
         assert_eq!(attr(consumer, "messaging.batch.message_count"), 1);
         assert_ne!(
             consumer["trace_id"], trace,
             "a batch is a trace of its own, linked"
         );
+    }
+    // Inside them, the stages: activate (and re-arm), then expire.
+    for stage in ["activate", "expire"] {
+        let span = find(stage, &|s| s["name"] == stage);
+        assert!(
+            linked
+                .iter()
+                .any(|c| c["span_id"] == span["parent_span_id"]),
+            "{stage} is inside a linked batch span: {span}"
+        );
+        assert_eq!(attr(&span, "db.collection.name"), "valid_codes");
     }
 }
