@@ -44,12 +44,13 @@ pub fn link(span: &tracing::Span, trace: &crate::message::TraceContext) {
     }
 }
 
-/// The span of one operation on the valid-codes table: a stage of the worker's batch (activate and
-/// re-arm, expire, put back) or a check or redeem; never the code.
-pub fn table_span(operation: &'static str) -> tracing::Span {
+/// The span of one operation on the valid-codes table of database `system`: a stage of the worker's
+/// batch (activate and re-arm, expire, put back) or a check or redeem; never the code.
+pub fn table_span(operation: &'static str, system: &'static str) -> tracing::Span {
     tracing::info_span!(
         "table",
         otel.name = operation,
+        db.system.name = system,
         db.operation.name = operation,
         db.collection.name = "valid_codes",
     )

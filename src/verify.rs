@@ -67,7 +67,10 @@ impl Verifier {
         now: DateTime<Utc>,
     ) -> Result<Verdict, StoreError> {
         self.verify(code, subject, now, Mode::Check)
-            .instrument(crate::telemetry::table_span("check"))
+            .instrument(crate::telemetry::table_span(
+                "check",
+                self.store.db_system(),
+            ))
             .await
     }
 
@@ -79,7 +82,10 @@ impl Verifier {
         now: DateTime<Utc>,
     ) -> Result<Verdict, StoreError> {
         self.verify(code, subject, now, Mode::Redeem)
-            .instrument(crate::telemetry::table_span("redeem"))
+            .instrument(crate::telemetry::table_span(
+                "redeem",
+                self.store.db_system(),
+            ))
             .await
     }
 

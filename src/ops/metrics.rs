@@ -161,7 +161,7 @@ fn describe() {
     );
     describe_gauge!(
         OLDEST_VISIBLE_AGE,
-        "Age of the oldest visible message in seconds."
+        "Age of the oldest visible message in seconds, by shard's queue."
     );
     describe_gauge!(
         POLL_BACKOFF,

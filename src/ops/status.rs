@@ -1,7 +1,7 @@
 //! `/status` on the admin listener: one HTML page, with no script and no external asset, of what an
 //! operator looks at first: each dependency's readiness, the active codes, codes issued, activated,
-//! expired and poisoned per minute over the last hour (inline SVG), each queue's depth and the oldest
-//! message's age, the activation lag's p50 and p99, and the last warnings and errors. The figures are
+//! expired and poisoned per minute over the last hour (inline SVG), each queue's depth and each
+//! shard's oldest message's age, the activation lag's p50 and p99, and the last warnings and errors. The figures are
 //! read from the registry `/metrics` renders, so the two agree. No code is ever shown: codes are in
 //! no metric and in no log line.
 
@@ -334,8 +334,8 @@ fn render(f: &Figures) -> String {
     page
 }
 
-/// Each queue's depth, and the oldest visible message's age over the shards, as the worker last
-/// sampled them (every 15 s).
+/// Each queue's depth and, for a shard's main queue, its oldest visible message's age, as the worker
+/// last sampled them (every 15 s).
 fn queues(page: &mut String, lines: &[Line]) {
     let mut lengths: Vec<(&str, f64)> = lines
         .iter()
@@ -347,22 +347,21 @@ fn queues(page: &mut String, lines: &[Line]) {
         return;
     }
     lengths.sort_by(|a, b| a.0.cmp(b.0));
-    page.push_str("<table id=\"queues\"><tr><th>queue</th><th>messages</th></tr>");
+    page.push_str(
+        "<table id=\"queues\"><tr><th>queue</th><th>messages</th><th>oldest visible (s)</th></tr>",
+    );
     for (name, length) in lengths {
+        let age = lines
+            .iter()
+            .find(|l| l.name == OLDEST_VISIBLE_AGE && l.label("queue") == Some(name))
+            .map_or_else(|| "–".to_owned(), |l| format!("{:.0}", l.value));
         let _ = write!(
             page,
-            "<tr class=\"queue\" data-queue=\"{q}\"><td>{q}</td><td class=\"n length\">{length:.0}</td></tr>",
+            "<tr class=\"queue\" data-queue=\"{q}\"><td>{q}</td><td class=\"n length\">{length:.0}</td><td class=\"n age\">{age}</td></tr>",
             q = html(name),
         );
     }
-    let oldest = lines
-        .iter()
-        .find(|l| l.name == OLDEST_VISIBLE_AGE)
-        .map_or_else(|| "–".to_owned(), |l| format!("{:.0}", l.value));
-    let _ = write!(
-        page,
-        "<tr><td>oldest visible message, any shard (s)</td><td class=\"n\" id=\"oldest-age\">{oldest}</td></tr></table>"
-    );
+    page.push_str("</table>");
 }
 
 /// A small bar chart of `values` (one bar per minute, oldest left), as inline SVG.

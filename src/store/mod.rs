@@ -267,6 +267,9 @@ pub enum StoreError {
 /// idempotent, so redelivered messages leave the table right.
 #[async_trait]
 pub trait ActivationStore: Send + Sync + 'static {
+    /// The database, as OpenTelemetry's `db.system.name` names it (`sqlite`, `postgresql`).
+    fn db_system(&self) -> &'static str;
+
     /// In one transaction: records each activation whose `expires_at > now` (a second activation of the
     /// same issuance changes nothing; one whose code was revoked at or after its `announced_at` is recorded
     /// as revoked; one whose id is recorded for another code is reported in `conflicts`) and marks any
@@ -294,6 +297,9 @@ pub trait ActivationStore: Send + Sync + 'static {
 /// `subject` arguments select codes bound to that subject; `None` selects only unbound codes.
 #[async_trait]
 pub trait VerificationStore: Send + Sync + 'static {
+    /// The database, as OpenTelemetry's `db.system.name` names it (`sqlite`, `postgresql`).
+    fn db_system(&self) -> &'static str;
+
     /// A valid issuance of `code` for `subject` at `now`, if any.
     async fn find_valid(
         &self,

@@ -86,6 +86,10 @@ const MARK_EXPIRED: &str = "UPDATE valid_codes SET expired_at = $1 \
 
 #[async_trait]
 impl ActivationStore for PostgresStore {
+    fn db_system(&self) -> &'static str {
+        "postgresql"
+    }
+
     async fn activate(
         &self,
         batch: &[Activation],

@@ -432,6 +432,10 @@ macro_rules! shared_queries {
     ($store:ty, $db:ty, $dialect:ident, revoke_lock: $revoke_lock:expr, purge: $purge:expr) => {
         #[async_trait::async_trait]
         impl $crate::store::VerificationStore for $store {
+            fn db_system(&self) -> &'static str {
+                $crate::store::ActivationStore::db_system(self)
+            }
+
             async fn find_valid(
                 &self,
                 code: &Code,

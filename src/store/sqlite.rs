@@ -203,6 +203,10 @@ async fn mark_expired(
 
 #[async_trait]
 impl ActivationStore for SqliteStore {
+    fn db_system(&self) -> &'static str {
+        "sqlite"
+    }
+
     async fn activate(
         &self,
         batch: &[Activation],

@@ -242,19 +242,28 @@ impl Worker {
         report += self
             .stage(shard, sorted.activations, cancel, |a| {
                 self.activate(shard, a, now)
-                    .instrument(crate::telemetry::table_span("activate"))
+                    .instrument(crate::telemetry::table_span(
+                        "activate",
+                        self.store.db_system(),
+                    ))
             })
             .await;
         report += self
             .stage(shard, sorted.due, cancel, |due| {
                 self.expire(shard, due, now)
-                    .instrument(crate::telemetry::table_span("expire"))
+                    .instrument(crate::telemetry::table_span(
+                        "expire",
+                        self.store.db_system(),
+                    ))
             })
             .await;
         report += self
             .stage(shard, sorted.early, cancel, |early| {
                 self.put_back(shard, early, now)
-                    .instrument(crate::telemetry::table_span("put back"))
+                    .instrument(crate::telemetry::table_span(
+                        "put back",
+                        self.store.db_system(),
+                    ))
             })
             .await;
         report

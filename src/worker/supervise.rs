@@ -186,10 +186,9 @@ impl Worker {
         }
     }
 
-    /// Samples the queue's length and the age of its oldest visible message into gauges.
+    /// Samples each queue's length and each shard's oldest visible message's age into gauges.
     async fn sample_loop(&self, cancel: CancellationToken) {
         loop {
-            let mut oldest: f64 = 0.0;
             for shard in &self.shards {
                 for queue in [&shard.main, &shard.poison] {
                     if let Ok(len) = queue.approximate_len().await {
@@ -197,14 +196,14 @@ impl Worker {
                             .set(len as f64);
                     }
                 }
-                if let Ok(peeked) = shard.main.peek(1).await
-                    && let Some(p) = peeked.first()
-                {
-                    let age = (Utc::now() - p.inserted_at).num_milliseconds().max(0) as f64;
-                    oldest = oldest.max(age / 1000.0);
+                if let Ok(peeked) = shard.main.peek(1).await {
+                    let age = peeked.first().map_or(0.0, |p| {
+                        (Utc::now() - p.inserted_at).num_milliseconds().max(0) as f64 / 1000.0
+                    });
+                    metrics::gauge!(m::OLDEST_VISIBLE_AGE, "queue" => shard.main.name().to_owned())
+                        .set(age);
                 }
             }
-            metrics::gauge!(m::OLDEST_VISIBLE_AGE).set(oldest);
             tokio::select! {
                 _ = cancel.cancelled() => break,
                 _ = tokio::time::sleep(SAMPLE_INTERVAL) => {}

@@ -136,5 +136,6 @@ async fn a_getcode_is_one_trace_sent_over_otlp_http_and_no_span_holds_the_code()
             "{stage} is inside a linked batch span: {span}"
         );
         assert_eq!(attr(&span, "db.collection.name"), "valid_codes");
+        assert_eq!(attr(&span, "db.system.name"), "sqlite");
     }
 }

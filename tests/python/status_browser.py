@@ -97,6 +97,13 @@ def main():
             length = float(row.find_element(By.CSS_SELECTOR, ".length").text)
             counted = both(lambda s: total(s, "codewatch_queue_length", queue=queue))
             check(length in counted, f"queue {queue}: page {length}, /metrics {counted}")
+            age = row.find_element(By.CSS_SELECTOR, ".age").text
+            ages = {f"{a:.0f}" for a in both(lambda s: total(s, "codewatch_queue_oldest_visible_age_seconds",
+                                                           queue=queue))}
+            if queue.endswith("-poison"):
+                check(age == "–", f"a poison queue has no age: {age}")
+            else:
+                check(age in ages, f"queue {queue} oldest: page {age}, /metrics {ages}")
         for quantile, id in (("0.5", "lag-p50"), ("0.99", "lag-p99")):
             shown = text(id)
             counted = {f"{v * 1000:.1f}" for v in
