@@ -39,6 +39,18 @@ pub struct Mail {
     pub data: String,
 }
 
+impl Mail {
+    /// The code of a sign-in mail (the line `Your sign-in code is …`).
+    pub fn sign_in_code(&self) -> String {
+        self.data
+            .lines()
+            .find_map(|l| l.strip_prefix("Your sign-in code is "))
+            .unwrap_or_else(|| panic!("no code in the mail:\n{}", self.data))
+            .trim()
+            .to_owned()
+    }
+}
+
 /// Starts `tests/python/<script>` with `args` in the tools' venv and reads the `{"port": N}` line it
 /// prints once it listens: the process and the port.
 pub fn spawn_listening_tool(script: &str, args: &[&std::ffi::OsStr]) -> (Child, u16) {

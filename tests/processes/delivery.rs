@@ -52,13 +52,7 @@ async fn up_mails_each_code_to_its_user_and_no_answer_or_log_line_holds_it() {
         "{}",
         mail.data
     );
-    let code = mail
-        .data
-        .lines()
-        .find_map(|l| l.strip_prefix("Your sign-in code is "))
-        .unwrap()
-        .trim()
-        .to_owned();
+    let code = mail.sign_in_code();
     // The check, then a keyed redeem: both answer 200 and neither answer holds the code.
     let attempt = serde_json::json!({ "code": code, "subject": "alice" });
     for (path, key) in [

@@ -139,3 +139,73 @@ async fn a_getcode_is_one_trace_sent_over_otlp_http_and_no_span_holds_the_code()
         assert_eq!(attr(&span, "db.system.name"), "sqlite");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_and_a_check_have_spans_that_hold_neither_code_nor_address() {
+    const KEY: &str = "traces-verify-key";
+    let dir = tempfile::tempdir().unwrap();
+    let spans_file = dir.path().join("spans.jsonl");
+    let (_receiver, endpoint) = receiver(&spans_file);
+    let sink = common::smtp::SmtpSink::start();
+    let (mut up, _, _, signin) = common::process::spawn_up_with_verify(
+        dir.path(),
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint),
+            ("OTEL_BSP_SCHEDULE_DELAY", "100".to_owned()),
+            ("DELIVERY", "smtp".to_owned()),
+            ("SMTP_URL", sink.url()),
+            ("VERIFY_API_KEY", KEY.to_owned()),
+            ("VERIFY_LISTEN_ADDR", "127.0.0.1:0".to_owned()),
+        ],
+    );
+    let http = reqwest::Client::new();
+    let issued = http
+        .post(format!("{signin}/api/v1/codes"))
+        .bearer_auth(KEY)
+        .json(&serde_json::json!({ "subject": "alice", "destination": "alice@example.com" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(issued.status(), 201);
+    let mail = common::eventually("the mail", Duration::from_secs(20), || async {
+        sink.mails().into_iter().next()
+    })
+    .await;
+    let code = mail.sign_in_code();
+    let checked = http
+        .post(format!("{signin}/api/v1/codes/check"))
+        .bearer_auth(KEY)
+        .json(&serde_json::json!({ "code": code, "subject": "alice" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(checked.status(), 200);
+    assert!(up.terminate().success());
+
+    let text = std::fs::read_to_string(&spans_file).unwrap_or_default();
+    assert!(!text.contains(&code), "a span holds the code: {text}");
+    assert!(
+        !text.contains("alice@example.com"),
+        "a span holds the address: {text}"
+    );
+    let spans: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let deliver = spans
+        .iter()
+        .find(|s| s["name"] == "deliver")
+        .unwrap_or_else(|| panic!("no deliver span among:\n{text}"));
+    assert_eq!(deliver["kind"], CLIENT);
+    let check = spans
+        .iter()
+        .find(|s| s["name"] == "check")
+        .unwrap_or_else(|| panic!("no check span among:\n{text}"));
+    assert_eq!(check["attributes"]["db.system.name"], "sqlite");
+    let server = spans
+        .iter()
+        .find(|s| s["span_id"] == check["parent_span_id"])
+        .unwrap_or_else(|| panic!("the check span has no parent among:\n{text}"));
+    assert_eq!(server["name"], "POST /api/v1/codes/check");
+    assert_eq!(server["kind"], SERVER);
+}
