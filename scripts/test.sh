@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # codewatch's test command. Installs what the tests need (Azurite pinned in tools/azurite, PostgreSQL and
-# promtool from Debian, the deploy linters and the OpenAPI tools in venvs) in the background while the code is checked and
-# built, starts Azurite and PostgreSQL on loopback ports, runs the format and lint checks and the whole
-# test suite, and stops everything after. `scripts/test.sh chaos` runs only the long runs;
-# `scripts/test.sh bench` only the benchmark (benches/codewatch: it starts its own Azurite and PostgreSQL).
+# promtool from Debian, the deploy linters and the OpenAPI tools in venvs) in the background while the code is
+# checked and built, starts Azurite and PostgreSQL on loopback ports, runs the whole test suite (the
+# guarantees scenarios and the deploy checks beside the other test binaries), and stops everything after.
+# Modes: `scripts/test.sh chaos` runs only the long runs; `scripts/test.sh bench` only the benchmark
+# (benches/codewatch: it starts its own Azurite and PostgreSQL); `scripts/test.sh slow` the two checks that
+# run cargo themselves (the README's benchmark command as pasted, the image's build-context build).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -11,9 +13,15 @@ mode="${1:-}"
 work=$(mktemp -d)
 pids=()
 stop_pg() { :; }
+# A process and everything it started (a background phase's cargo, its test binary, their Azurites).
+kill_tree() {
+  local child
+  for child in $(pgrep -P "$1" 2>/dev/null); do kill_tree "$child"; done
+  kill "$1" 2>/dev/null || true
+}
 cleanup() {
   stop_pg
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for pid in "${pids[@]}"; do kill_tree "$pid"; done
   wait 2>/dev/null || true
   rm -rf "$work"
 }
@@ -84,15 +92,20 @@ install_tools >"$work/install.log" 2>&1 &
 install_pid=$!
 
 # --- checks and the build, meanwhile ---
+# Clippy lints inside the build: clippy-driver compiles the workspace's own crates (code and lints, with
+# warnings denied), rustc the dependencies, so the ~300 crates are compiled once, not checked by
+# `cargo clippy` and then built again. Every cargo command below runs with the same wrapper, so none
+# rebuilds what another built. A cold build runs faster without incremental compilation (nothing to
+# reuse); set CARGO_INCREMENTAL=1 to keep it.
+export RUSTC_WORKSPACE_WRAPPER="$PWD/scripts/clippy-deny-warnings"
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 if [ "$mode" = "" ]; then
   phase "cargo fmt --check"
   cargo fmt --check
-  phase "cargo clippy"
-  cargo clippy --locked --all-targets -- -D warnings
 fi
 if [ "$mode" != bench ]; then
-  phase "building the tests"
-  cargo test --locked --no-run --lib --test integration --test processes --test guarantees 2>&1 \
+  phase "building the tests, with clippy's lints (every target)"
+  cargo test --locked --no-run --all-targets 2>&1 \
     | { grep -vE '^\s+(Compiling|Checking|Executable) ' || true; }
 fi
 phase "waiting for the installs"
@@ -162,31 +175,48 @@ if [ "$mode" = chaos ]; then
   exit
 fi
 
-# --- tests ---
-phase "cargo test"
-# The unit tests, the library's integration binary and the processes binary; the guarantees scenarios
-# run apart so that their numbers are printed.
-cargo test --locked --lib --test integration --test processes 2>&1 | tee "$work/test.log"
-cargo test --locked --doc 2>&1 | tee -a "$work/test.log"
-phase "guarantees (the checker's numbers per scenario)"
-# On an Azurite of their own (started by the tests): Azurite slows with every message stored in it.
-env -u CODEWATCH_TEST_AZURITE_QUEUE_ENDPOINT \
-  cargo test --locked --test guarantees -- --nocapture >"$work/guarantees.log" 2>&1 \
-  || { cat "$work/guarantees.log"; exit 1; }
-grep -E '^(test |sqlite |sqlite_only |postgres |processes |toggle|fault proxy|database faults|[0-9]+ workers)' "$work/guarantees.log"
-cat "$work/guarantees.log" >>"$work/test.log"
+if [ "$mode" = slow ]; then
+  # The README's benchmark command, then the image's build (it rebuilds target/debug/codewatch).
+  phase "the README's benchmark command"
+  cargo test --locked --test processes -- --ignored --exact up::the_readmes_benchmark_runs_as_pasted
+  phase "the image's build-context build"
+  cargo test --locked --test processes -- --ignored --exact deploy::the_image_builds_from_exactly_its_build_context
+  exit
+fi
 
-phase "deploy files"
-"$venv/bin/hadolint" deploy/Dockerfile
-"$venv/bin/kubernetes-validate" --strict --quiet --kubernetes-version 1.35.0 deploy/k8s/*.yaml deploy/k8s/examples/*.yaml
-# Every finding fixed or skipped with a reason in the file itself; --skip-download keeps it offline.
-"$venv/bin/checkov" --directory deploy --compact --quiet --skip-download --output cli
-promtool check rules deploy/prometheus/alerts.yaml
-promtool test rules deploy/prometheus/alerts.test.yaml
-# The README's benchmark command (it runs cargo, so not inside the suite's parallel tests).
-cargo test --locked --test processes -- --ignored --exact up::the_readmes_benchmark_runs_as_pasted 2>&1 | tee -a "$work/test.log"
-# Last, since it rebuilds target/debug/codewatch from the image's build context.
-cargo test --locked --test processes -- --ignored --exact deploy::the_image_builds_from_exactly_its_build_context 2>&1 | tee -a "$work/test.log"
+# --- tests ---
+# The guarantees scenarios wait out real TTLs and the deploy linters are Python: both run beside the
+# other test binaries. The guarantees on an Azurite of their own (started by the tests): Azurite slows
+# with every message stored in it.
+phase "guarantees and deploy checks (in the background)"
+( set +e
+  env -u CODEWATCH_TEST_AZURITE_QUEUE_ENDPOINT \
+    cargo test --locked --test guarantees -- --nocapture >"$work/guarantees.log" 2>&1
+  echo $? >"$work/guarantees.rc" ) &
+guarantees_pid=$!
+deploy_checks() {
+  "$venv/bin/hadolint" deploy/Dockerfile
+  "$venv/bin/kubernetes-validate" --strict --quiet --kubernetes-version 1.35.0 deploy/k8s/*.yaml deploy/k8s/examples/*.yaml
+  # Every finding fixed or skipped with a reason in the file itself; --skip-download keeps it offline.
+  "$venv/bin/checkov" --directory deploy --compact --quiet --skip-download --output cli
+  promtool check rules deploy/prometheus/alerts.yaml
+  promtool test rules deploy/prometheus/alerts.test.yaml
+}
+( set +e; ( set -e; deploy_checks ) >"$work/deploy.log" 2>&1; echo $? >"$work/deploy.rc" ) &
+deploy_pid=$!
+pids+=("$guarantees_pid" "$deploy_pid")
+
+phase "cargo test (the unit tests, the integration and processes binaries)"
+cargo test --locked --lib --test integration --test processes 2>&1 | tee "$work/test.log"
+
+phase "waiting for the guarantees (the checker's numbers per scenario) and the deploy checks"
+wait "$guarantees_pid" || true
+grep -E '^(test |sqlite |sqlite_only |postgres |processes |toggle|fault proxy|database faults|[0-9]+ workers)' "$work/guarantees.log" || true
+[ "$(cat "$work/guarantees.rc")" = 0 ] || { cat "$work/guarantees.log"; echo "the guarantees failed" >&2; exit 1; }
+cat "$work/guarantees.log" >>"$work/test.log"
+wait "$deploy_pid" || true
+cat "$work/deploy.log"
+[ "$(cat "$work/deploy.rc")" = 0 ] || { echo "the deploy checks failed" >&2; exit 1; }
 
 phase "summary"
 awk '/^test result:/ { passed += $4; failed += $6 } END { print passed " passed, " failed " failed" }' "$work/test.log"

@@ -1,5 +1,6 @@
 //! The valid-codes table behind one trait; one implementation per database ([`sqlite`], [`postgres`]).
 
+mod migrations;
 pub mod postgres;
 mod sql;
 pub use sql::PURGE_BATCH;

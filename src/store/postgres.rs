@@ -14,7 +14,7 @@ use std::time::Duration;
 
 /// The PostgreSQL migrations, embedded in the binary. sqlx takes an advisory lock while applying them,
 /// so replicas starting together are safe.
-pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+pub use super::migrations::POSTGRES_MIGRATOR as MIGRATOR;
 
 /// Rows per INSERT; far below PostgreSQL's limit on bound parameters.
 const CHUNK: usize = 1000;

@@ -16,8 +16,8 @@ use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
 use std::str::FromStr;
 use std::time::Duration;
 
-/// The SQLite migrations, embedded in the binary.
-pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+/// The SQLite migrations, embedded in the binary (`migrations.rs`).
+pub use super::migrations::SQLITE_MIGRATOR as MIGRATOR;
 
 /// Rows per statement; far below SQLite's limit on bound parameters.
 const CHUNK: usize = 200;
