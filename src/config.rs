@@ -4,7 +4,7 @@
 use crate::identity::CredentialChoice;
 use crate::message::MessageEncoding;
 use crate::secret::Secret;
-use crate::worker::{Rearm, WorkerSettings};
+use crate::worker::{Backoff, Rearm, WorkerSettings};
 use clap::builder::TypedValueParser as _;
 use clap::{Args, FromArgMatches, Parser, Subcommand, ValueEnum};
 use std::net::SocketAddr;
@@ -85,11 +85,33 @@ pub enum Command {
 /// `codewatch probe`.
 #[derive(Debug, Args)]
 pub struct ProbeArgs {
-    /// The URL, e.g. `http://127.0.0.1:8080/readyz`.
-    pub url: url::Url,
+    /// The URL, e.g. `http://127.0.0.1:8080/readyz`; without it, `/readyz` on this process's admin
+    /// listener (`ADMIN_LISTEN_ADDR`, an unspecified address such as 0.0.0.0 read as loopback), so an
+    /// image's health check follows the port it is given.
+    pub url: Option<url::Url>,
+    /// The admin listener probed when no URL is given.
+    #[arg(long, env = "ADMIN_LISTEN_ADDR", default_value = "127.0.0.1:9090")]
+    pub admin_listen: SocketAddr,
     /// How long to wait for the answer, in seconds.
     #[arg(long, default_value_t = 3)]
     pub timeout_seconds: u64,
+}
+
+impl ProbeArgs {
+    /// The URL to probe: the one given, else `/readyz` on the admin listener.
+    pub fn target(&self) -> Result<url::Url, url::ParseError> {
+        if let Some(url) = &self.url {
+            return Ok(url.clone());
+        }
+        let mut addr = self.admin_listen;
+        if addr.ip().is_unspecified() {
+            addr.set_ip(match addr {
+                SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+                SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+            });
+        }
+        url::Url::parse(&format!("http://{addr}/readyz"))
+    }
 }
 
 /// `codewatch codes …`.
@@ -357,6 +379,24 @@ impl HttpArgs {
     }
 }
 
+impl NumberApiClientArgs {
+    /// Refuses a function key given by more than one of THIRD_PARTY_API_KEY, THIRD_PARTY_API_KEY_FILE
+    /// and KEY_VAULT_URL, rather than using one and silently ignoring the others.
+    pub fn one_key_source(&self) -> Result<(), ConfigError> {
+        at_most_one_source(
+            "the function key",
+            &[
+                ("THIRD_PARTY_API_KEY", self.third_party_api_key.is_some()),
+                (
+                    "THIRD_PARTY_API_KEY_FILE",
+                    self.third_party_api_key_file.is_some(),
+                ),
+                ("KEY_VAULT_URL", self.key_vault_url.is_some()),
+            ],
+        )
+    }
+}
+
 /// Optional signing of queue messages: `serve` signs activations, the worker refuses unsigned or forged
 /// ones. Off when no key is set (foreign producers cannot sign).
 #[derive(Clone, Debug, Args)]
@@ -382,6 +422,27 @@ pub struct SigningArgs {
         default_value = "message-signing-key"
     )]
     pub message_signing_secret_name: String,
+}
+
+impl SigningArgs {
+    /// Refuses signing keys given by more than one of MESSAGE_SIGNING_KEY, MESSAGE_SIGNING_KEY_FILE
+    /// and MESSAGE_SIGNING_KEY_VAULT_URL, rather than using one and silently ignoring the others.
+    pub fn one_key_source(&self) -> Result<(), ConfigError> {
+        at_most_one_source(
+            "the message signing key",
+            &[
+                ("MESSAGE_SIGNING_KEY", self.message_signing_key.is_some()),
+                (
+                    "MESSAGE_SIGNING_KEY_FILE",
+                    self.message_signing_key_file.is_some(),
+                ),
+                (
+                    "MESSAGE_SIGNING_KEY_VAULT_URL",
+                    self.message_signing_key_vault_url.is_some(),
+                ),
+            ],
+        )
+    }
 }
 
 /// How long a daemon may take to start and to stop.
@@ -487,6 +548,25 @@ pub enum ConfigError {
          answer carries a code: unset PUBLIC_GETCODE (it is off by default with DELIVERY)"
     )]
     GetcodeWithDelivery,
+    /// A key given by more than one source: which one would be used is not for codewatch to guess.
+    #[error("{what} is given by more than one source ({given}): set only one")]
+    ConflictingSources {
+        /// The key.
+        what: &'static str,
+        /// The settings that give it.
+        given: String,
+    },
+    /// A first poll wait longer than the longest.
+    #[error(
+        "WORKER_MIN_POLL_INTERVAL_MS ({min}) is above WORKER_MAX_POLL_INTERVAL_MS ({max}): the first \
+         wait after an empty receive cannot be longer than the longest"
+    )]
+    PollIntervals {
+        /// The first wait, in milliseconds.
+        min: u64,
+        /// The longest wait, in milliseconds.
+        max: u64,
+    },
     /// A channel without what it needs.
     #[error("DELIVERY={channel} needs {missing}")]
     DeliveryIncomplete {
@@ -495,6 +575,22 @@ pub enum ConfigError {
         /// The settings it lacks.
         missing: &'static str,
     },
+}
+
+/// Refuses `what` given by more than one of `sources` (each a setting's name and whether it is set).
+fn at_most_one_source(what: &'static str, sources: &[(&str, bool)]) -> Result<(), ConfigError> {
+    let given: Vec<&str> = sources
+        .iter()
+        .filter(|(_, set)| *set)
+        .map(|(name, _)| *name)
+        .collect();
+    if given.len() > 1 {
+        return Err(ConfigError::ConflictingSources {
+            what,
+            given: given.join(", "),
+        });
+    }
+    Ok(())
 }
 
 /// How long a code stays valid: the worker keeps it so long, the producer says until when.
@@ -776,8 +872,30 @@ pub struct WorkerTuning {
 }
 
 impl WorkerTuning {
-    /// The worker settings these flags describe, for codes valid `ttl`.
-    pub fn settings(&self, encoding: MessageEncoding, ttl: &CodeTtlArgs) -> WorkerSettings {
+    /// The worker settings these flags describe, for codes valid `ttl`; refused if the poll intervals
+    /// contradict each other.
+    pub fn settings(
+        &self,
+        encoding: MessageEncoding,
+        ttl: &CodeTtlArgs,
+    ) -> Result<WorkerSettings, ConfigError> {
+        let poll_backoff = Backoff::new(
+            Duration::from_millis(self.min_poll_interval_ms),
+            Duration::from_millis(self.max_poll_interval_ms),
+        )
+        .map_err(|_| ConfigError::PollIntervals {
+            min: self.min_poll_interval_ms,
+            max: self.max_poll_interval_ms,
+        })?;
+        Ok(self.settings_with(poll_backoff, encoding, ttl))
+    }
+
+    fn settings_with(
+        &self,
+        poll_backoff: Backoff,
+        encoding: MessageEncoding,
+        ttl: &CodeTtlArgs,
+    ) -> WorkerSettings {
         WorkerSettings {
             code_ttl: ttl.ttl(),
             batch_size: self.batch_size,
@@ -785,8 +903,7 @@ impl WorkerTuning {
             max_dequeue_count: self.max_dequeue_count,
             pollers: self.pollers,
             max_in_flight: self.max_in_flight,
-            min_poll_interval: Duration::from_millis(self.min_poll_interval_ms),
-            max_poll_interval: Duration::from_millis(self.max_poll_interval_ms),
+            poll_backoff,
             encoding,
             rearm: self.rearm,
             retention: Duration::from_secs(self.retention_seconds),
@@ -804,9 +921,21 @@ impl Default for WorkerTuning {
     }
 }
 
+/// The poll backoff of `WORKER_MIN_POLL_INTERVAL_MS` and `WORKER_MAX_POLL_INTERVAL_MS`'s defaults
+/// (a test checks that they agree), valid by construction.
+const DEFAULT_POLL_BACKOFF: Backoff =
+    match Backoff::new(Duration::from_millis(100), Duration::from_millis(1000)) {
+        Ok(backoff) => backoff,
+        Err(_) => panic!("the default poll intervals contradict each other"),
+    };
+
 impl Default for WorkerSettings {
     fn default() -> Self {
-        WorkerTuning::default().settings(MessageEncoding::Text, &clap_defaults())
+        WorkerTuning::default().settings_with(
+            DEFAULT_POLL_BACKOFF,
+            MessageEncoding::Text,
+            &clap_defaults(),
+        )
     }
 }
 
@@ -887,6 +1016,10 @@ mod tests {
         assert_eq!(worker.pollers.get(), 4);
         assert_eq!(worker.max_in_flight.get(), 32);
         assert_eq!(worker.sweep_interval, Some(Duration::from_secs(60)));
+        let from_flags = WorkerTuning::default()
+            .settings(MessageEncoding::Text, &clap_defaults())
+            .unwrap();
+        assert_eq!(worker.poll_backoff, from_flags.poll_backoff);
         let throttle = crate::verify::Throttle::default();
         assert_eq!(throttle.max_failures, 100);
         assert_eq!(throttle.window, Duration::from_secs(3600));
@@ -894,6 +1027,122 @@ mod tests {
         let limits = crate::http::HttpLimits::default();
         assert_eq!(limits.max_connections.get(), 1024);
         assert_eq!(limits.request_timeout, Duration::from_secs(15));
+    }
+
+    #[test]
+    fn probe_without_a_url_asks_the_admin_listener_on_loopback() {
+        let target = |args: &[&str], env: Option<&str>| {
+            let mut argv = vec!["codewatch", "probe"];
+            argv.extend_from_slice(args);
+            if let Some(admin) = env {
+                argv.extend_from_slice(&["--admin-listen", admin]);
+            }
+            let Command::Probe(probe) = Cli::try_parse_from(argv).unwrap().command else {
+                panic!("probe")
+            };
+            probe.target().unwrap().to_string()
+        };
+        assert_eq!(
+            target(&[], Some("0.0.0.0:9191")),
+            "http://127.0.0.1:9191/readyz"
+        );
+        assert_eq!(target(&[], Some("[::]:9191")), "http://[::1]:9191/readyz");
+        assert_eq!(
+            target(&[], Some("10.0.0.5:9090")),
+            "http://10.0.0.5:9090/readyz"
+        );
+        assert_eq!(
+            target(&["http://127.0.0.1:7071/healthz"], Some("0.0.0.0:9191")),
+            "http://127.0.0.1:7071/healthz"
+        );
+    }
+
+    #[test]
+    fn a_key_given_by_two_sources_is_refused_naming_them() {
+        let serve = |args: &[&str]| {
+            let mut argv = vec!["codewatch", "serve"];
+            argv.extend_from_slice(args);
+            let Command::Serve(serve) = Cli::try_parse_from(argv).unwrap().command else {
+                panic!("serve")
+            };
+            serve
+        };
+        let both = serve(&[
+            "--third-party-api-key",
+            "k",
+            "--key-vault-url",
+            "https://v.vault.azure.net/",
+        ]);
+        assert_eq!(
+            both.number_api.one_key_source(),
+            Err(ConfigError::ConflictingSources {
+                what: "the function key",
+                given: "THIRD_PARTY_API_KEY, KEY_VAULT_URL".into()
+            })
+        );
+        let text = both.number_api.one_key_source().unwrap_err().to_string();
+        assert!(
+            !text.contains("k,") && text.contains("set only one"),
+            "{text}"
+        );
+        for one in [
+            &["--third-party-api-key", "k"][..],
+            &["--third-party-api-key-file", "/run/key"],
+            &["--key-vault-url", "https://v.vault.azure.net/"],
+            &[],
+        ] {
+            assert_eq!(serve(one).number_api.one_key_source(), Ok(()), "{one:?}");
+        }
+        let signing = serve(&[
+            "--message-signing-key-file",
+            "/run/signing",
+            "--message-signing-key-vault-url",
+            "https://v.vault.azure.net/",
+        ]);
+        assert_eq!(
+            signing.signing.one_key_source(),
+            Err(ConfigError::ConflictingSources {
+                what: "the message signing key",
+                given: "MESSAGE_SIGNING_KEY_FILE, MESSAGE_SIGNING_KEY_VAULT_URL".into()
+            })
+        );
+    }
+
+    #[test]
+    fn a_first_poll_wait_above_the_longest_is_refused_naming_both_settings() {
+        let Command::Worker(worker) = Cli::try_parse_from([
+            "codewatch",
+            "worker",
+            "--min-poll-interval-ms",
+            "2000",
+            "--max-poll-interval-ms",
+            "1000",
+        ])
+        .unwrap()
+        .command
+        else {
+            panic!("worker")
+        };
+        let refused = worker
+            .tuning
+            .settings(MessageEncoding::Text, &worker.ttl)
+            .unwrap_err();
+        assert_eq!(
+            refused,
+            ConfigError::PollIntervals {
+                min: 2000,
+                max: 1000
+            }
+        );
+        let text = refused.to_string();
+        assert!(
+            text.contains("WORKER_MIN_POLL_INTERVAL_MS (2000)"),
+            "{text}"
+        );
+        assert!(
+            text.contains("WORKER_MAX_POLL_INTERVAL_MS (1000)"),
+            "{text}"
+        );
     }
 
     #[test]

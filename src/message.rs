@@ -36,6 +36,12 @@ pub enum MessageEncoding {
     Base64,
 }
 
+/// Why a message could not be written (serde_json refused it); nothing is sent then, never an empty
+/// or partial message.
+#[derive(Debug, thiserror::Error)]
+#[error("the message could not be written as JSON: {0}")]
+pub struct EncodeError(#[from] serde_json::Error);
+
 /// Why a message can never be used. Such a message goes to the poison queue at once.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum MessageError {
@@ -115,7 +121,7 @@ impl CodeMessage {
     }
 
     /// The message text to put on the queue.
-    pub fn encode(&self, encoding: MessageEncoding) -> String {
+    pub fn encode(&self, encoding: MessageEncoding) -> Result<String, EncodeError> {
         self.encode_signed(encoding, None)
     }
 
@@ -158,7 +164,11 @@ impl CodeMessage {
     }
 
     /// [`CodeMessage::encode`], signed with `keys`' current key when given.
-    pub fn encode_signed(&self, encoding: MessageEncoding, keys: Option<&SigningKeys>) -> String {
+    pub fn encode_signed(
+        &self,
+        encoding: MessageEncoding,
+        keys: Option<&SigningKeys>,
+    ) -> Result<String, EncodeError> {
         self.encode_traced(encoding, keys, None)
     }
 
@@ -168,7 +178,7 @@ impl CodeMessage {
         encoding: MessageEncoding,
         keys: Option<&SigningKeys>,
         trace: Option<&TraceContext>,
-    ) -> String {
+    ) -> Result<String, EncodeError> {
         let issuance = self.issuance();
         let (action, expires_at) = match self {
             Self::Activate(_) => ("activate", None),
@@ -186,12 +196,11 @@ impl CodeMessage {
             tracestate: trace.and_then(|t| t.tracestate().map(str::to_owned)),
             sig: keys.map(|k| k.sign(&self.canonical_traced(trace))),
         };
-        // Serialising a struct of strings cannot fail.
-        let json = serde_json::to_string(&wire).unwrap_or_default();
-        match encoding {
+        let json = serde_json::to_string(&wire)?;
+        Ok(match encoding {
             MessageEncoding::Text => json,
             MessageEncoding::Base64 => BASE64.encode(json),
-        }
+        })
     }
 
     /// Reads any accepted shape: this JSON (with or without `id`/`action`), a Python dict repr as the sample
@@ -484,7 +493,9 @@ mod tests {
         let keys = SigningKeys::parse(&"k".repeat(40)).unwrap();
         let trace = TraceContext::parse(TRACE, Some("vendor=x")).unwrap();
         let message = CodeMessage::Activate(issuance());
-        let text = message.encode_traced(MessageEncoding::Text, Some(&keys), Some(&trace));
+        let text = message
+            .encode_traced(MessageEncoding::Text, Some(&keys), Some(&trace))
+            .unwrap();
         let (decoded, carried) =
             CodeMessage::decode_traced(&text, inserted(), Some(&keys)).unwrap();
         assert_eq!((decoded, carried), (message.clone(), Some(trace.clone())));
@@ -500,7 +511,9 @@ mod tests {
             );
         }
         // Signed without one, as before trace contexts existed: still verifies.
-        let plain = message.encode_signed(MessageEncoding::Base64, Some(&keys));
+        let plain = message
+            .encode_signed(MessageEncoding::Base64, Some(&keys))
+            .unwrap();
         assert_eq!(
             CodeMessage::decode_traced(&plain, inserted(), Some(&keys)).unwrap(),
             (message, None)
@@ -523,7 +536,7 @@ mod tests {
         let msg = CodeMessage::Activate(issuance());
         for enc in [MessageEncoding::Text, MessageEncoding::Base64] {
             assert_eq!(
-                CodeMessage::decode(&msg.encode(enc), inserted()),
+                CodeMessage::decode(&msg.encode(enc).unwrap(), inserted()),
                 Ok(msg.clone())
             );
         }
@@ -537,7 +550,7 @@ mod tests {
             issuance: i,
         };
         assert_eq!(
-            CodeMessage::decode(&msg.encode(MessageEncoding::Base64), inserted()),
+            CodeMessage::decode(&msg.encode(MessageEncoding::Base64).unwrap(), inserted()),
             Ok(msg)
         );
     }
@@ -709,7 +722,10 @@ mod properties {
             .prop_map(|(number, micros, subject, id)| Issuance {
                 destination: None,
                 id: IssuanceId::parse(&id).unwrap(),
-                code: Code::generate(number % 1_000_000, &mut rand::rng()),
+                code: Code::generate(
+                    crate::domain::CodeNumber::new((number % 1_000_000).into()).unwrap(),
+                    &mut rand::rng(),
+                ),
                 issued_at: DateTime::<Utc>::from_timestamp_micros(micros).unwrap(),
                 subject,
             })
@@ -741,7 +757,7 @@ mod properties {
                 CodeMessage::Activate(issuance)
             };
             let encoding = if base64 { MessageEncoding::Base64 } else { MessageEncoding::Text };
-            prop_assert_eq!(CodeMessage::decode(&message.encode(encoding), Utc::now()), Ok(message));
+            prop_assert_eq!(CodeMessage::decode(&message.encode(encoding).unwrap(), Utc::now()), Ok(message));
         }
     }
 }

@@ -16,6 +16,13 @@ impl Secret {
     pub fn expose(&self) -> &str {
         &self.0
     }
+
+    /// Whether `presented` (a key a caller sent) is this secret, compared in time that depends only
+    /// on the lengths (`subtle`), so that no answer's timing tells how much of a guess was right.
+    pub fn matches(&self, presented: &[u8]) -> bool {
+        use subtle::ConstantTimeEq as _;
+        self.0.as_bytes().ct_eq(presented).into()
+    }
 }
 
 impl fmt::Debug for Secret {
@@ -35,14 +42,6 @@ impl std::str::FromStr for Secret {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         Ok(Self::new(s))
     }
-}
-
-/// Compares two byte strings in time that depends only on their lengths, for keys.
-pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// Removes the values of secret-bearing URL query parameters (`sig`, SAS signatures) from a text.
@@ -79,10 +78,13 @@ mod tests {
     }
 
     #[test]
-    fn constant_time_eq_compares_content() {
-        assert!(constant_time_eq(b"abc", b"abc"));
-        assert!(!constant_time_eq(b"abc", b"abd"));
-        assert!(!constant_time_eq(b"abc", b"abcd"));
+    fn matches_compares_the_whole_content() {
+        let key = Secret::new("abc");
+        assert!(key.matches(b"abc"));
+        assert!(!key.matches(b"abd"));
+        assert!(!key.matches(b"abcd"));
+        assert!(!key.matches(b"ab"));
+        assert!(!key.matches(b""));
     }
 
     #[test]

@@ -20,7 +20,7 @@ use codewatch::number_api::NumberApiClient;
 use codewatch::queue::shards::Spread;
 use codewatch::queue::{QueueError, SharedQueue};
 use codewatch::secret::Secret;
-use codewatch::worker::{Worker, WorkerSettings};
+use codewatch::worker::{Backoff, Worker, WorkerSettings};
 use common::checker::{Answer, Checker, Verdict};
 use common::fault_proxy::{FaultProxy, Mode};
 use common::faults::{FaultQueue, Op};
@@ -172,8 +172,8 @@ impl Rig {
         WorkerSettings {
             code_ttl: self.ttl,
             lease: Duration::from_secs(2),
-            min_poll_interval: Duration::from_millis(20),
-            max_poll_interval: Duration::from_millis(100),
+            poll_backoff: Backoff::new(Duration::from_millis(20), Duration::from_millis(100))
+                .unwrap(),
             sweep_interval: None,
             ..WorkerSettings::default()
         }
@@ -1192,7 +1192,10 @@ async fn send_activation(queue: &SharedQueue, code: &str, issued_at: chrono::Dat
         subject: None,
     });
     queue
-        .send(&message.encode(MessageEncoding::Text), Duration::ZERO)
+        .send(
+            &message.encode(MessageEncoding::Text).unwrap(),
+            Duration::ZERO,
+        )
         .await
         .unwrap();
 }

@@ -20,7 +20,7 @@ mod sdk;
 mod common;
 
 use chrono::{DateTime, Utc};
-use codewatch::domain::{Code, Issuance, IssuanceId, Subject};
+use codewatch::domain::{Code, CodeNumber, Issuance, IssuanceId, Subject};
 use codewatch::message::{CodeMessage, MessageEncoding};
 use codewatch::store::Activation;
 use common::process::{Proc, bound_port, codewatch as codewatch_cmd};
@@ -145,6 +145,7 @@ fn activation_body(i: usize) -> String {
         subject: None,
     })
     .encode(MessageEncoding::Text)
+    .unwrap()
 }
 
 /// Sends `n` activation messages to `queue`, visible after `visible_after`, 32 at a time.
@@ -859,7 +860,10 @@ fn activation_at(i: usize, at: DateTime<Utc>, ttl_secs: i64) -> Activation {
         Issuance {
             destination: None,
             id: IssuanceId::random(),
-            code: Code::generate((i % 1000) as u32, &mut rand::rng()),
+            code: Code::generate(
+                CodeNumber::new((i % 1000) as u64).expect("below a million"),
+                &mut rand::rng(),
+            ),
             issued_at: at,
             subject: Some(Subject::parse(&format!("user-{i}")).unwrap()),
         },

@@ -40,7 +40,9 @@ impl Floor {
             .json()
             .await
             .map_err(|e| e.to_string())?;
-        let code = codewatch::domain::Code::generate(number.value, &mut rand::rng());
+        let number = codewatch::domain::CodeNumber::new(number.value.into())
+            .ok_or_else(|| "the number API answered a number no code can hold".to_owned())?;
+        let code = codewatch::domain::Code::generate(number, &mut rand::rng());
         let now = chrono::Utc::now();
         // The same message codewatch sends, encoded by codewatch's own encoder.
         let message = CodeMessage::Activate(Issuance {
@@ -50,7 +52,8 @@ impl Floor {
             issued_at: now,
             subject: None,
         })
-        .encode(MessageEncoding::Text);
+        .encode(MessageEncoding::Text)
+        .unwrap();
         crate::sdk::put(&self.queue, &message, 0).await;
         Ok(serde_json::json!({"code": code.as_str(),
             "timestamp": now.format("%Y-%m-%d %H:%M:%S%.6f").to_string()})

@@ -163,16 +163,17 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Queue(args) => queue::run(args).await,
         Command::Smoke(args) => smoke::run(args).await,
         Command::Probe(args) => {
+            let url = args.target()?;
             let http = reqwest::Client::builder()
                 .timeout(std::time::Duration::from_secs(args.timeout_seconds))
                 .build()?;
             let status = http
-                .get(args.url.clone())
+                .get(url.clone())
                 .send()
                 .await
                 .context("probe failed")?
                 .status();
-            anyhow::ensure!(status.is_success(), "{} answered {status}", args.url);
+            anyhow::ensure!(status.is_success(), "{url} answered {status}");
             Ok(())
         }
     }

@@ -3,21 +3,19 @@
 use super::{display_database_url, spawn_http};
 use crate::backends::{Database, QueueShards};
 use crate::config::{
-    CodeTtlArgs, DatabaseArgs, NumberApiArgs, QueueArgs, ServeArgs, SigningArgs, UpArgs,
-    VerifyArgs, WorkerArgs, WorkerTuning,
+    DatabaseArgs, NumberApiArgs, QueueArgs, ServeArgs, SigningArgs, UpArgs, VerifyArgs, WorkerArgs,
 };
 use crate::function_key::{FunctionKey, KeyError, KeySource};
 use crate::http::rate_limit::RateLimiter;
 use crate::http::{self, AppState, Verification};
 use crate::identity::AzureAuth;
-use crate::message::MessageEncoding;
 use crate::number_api::{self, NumberApiClient};
 use crate::ops::{Readiness, ops_router};
 use crate::secret::Secret;
 use crate::shutdown;
 use crate::signing::SigningKeys;
 use crate::verify::Verifier;
-use crate::worker::Worker;
+use crate::worker::{Worker, WorkerSettings};
 use anyhow::{Context, Result, bail};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -242,17 +240,15 @@ fn app_state(
 }
 
 fn worker_from(
-    tuning: &WorkerTuning,
-    ttl: &CodeTtlArgs,
+    settings: WorkerSettings,
     queues: &QueueShards,
     database: &Database,
-    encoding: MessageEncoding,
     signing: Option<SigningKeys>,
     deliverer: Option<Arc<crate::delivery::Deliverer>>,
 ) -> Arc<Worker> {
-    let settings = crate::worker::WorkerSettings {
+    let settings = WorkerSettings {
         signing,
-        ..tuning.settings(encoding, ttl)
+        ..settings
     };
     let worker = Worker::with_shards(queues.worker_shards(), database.store(), settings);
     Arc::new(match deliverer {
@@ -333,6 +329,8 @@ impl ProducerListeners {
 /// `codewatch serve`.
 pub async fn serve(args: ServeArgs) -> Result<()> {
     args.public_getcode()?;
+    args.number_api.one_key_source()?;
+    args.signing.one_key_source()?;
     let auth = AzureAuth::new(args.queue.azure_credential);
     let (endpoint, key) = configured_number_api(&args, &auth)
         .await?
@@ -382,6 +380,10 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
 
 /// `codewatch worker`.
 pub async fn worker(args: WorkerArgs) -> Result<()> {
+    let settings = args
+        .tuning
+        .settings(args.queue.message_encoding, &args.ttl)?;
+    args.signing.one_key_source()?;
     let auth = AzureAuth::new(args.queue.azure_credential);
     let (database, queues) =
         open_backends(&args.database, &args.queue, &auth, args.shutdown.startup()).await?;
@@ -407,15 +409,7 @@ pub async fn worker(args: WorkerArgs) -> Result<()> {
         args.shutdown.startup(),
     )
     .await?;
-    let worker = worker_from(
-        &args.tuning,
-        &args.ttl,
-        &queues,
-        &database,
-        args.queue.message_encoding,
-        signing,
-        deliverer,
-    );
+    let worker = worker_from(settings, &queues, &database, signing, deliverer);
     let ops = ops_router(
         Some(worker.heartbeat()),
         readiness(&database, &queues),
@@ -487,6 +481,11 @@ fn kept_verify_key(path: &std::path::Path) -> Result<Secret> {
 pub async fn up(args: UpArgs) -> Result<()> {
     let serve_args = &args.serve;
     let public_getcode = serve_args.public_getcode()?;
+    let settings = args
+        .tuning
+        .settings(serve_args.queue.message_encoding, &serve_args.ttl)?;
+    serve_args.number_api.one_key_source()?;
+    serve_args.signing.one_key_source()?;
     let cancel = shutdown::on_signal();
     let auth = AzureAuth::new(serve_args.queue.azure_credential);
     let (endpoint, key, stand_in) = match configured_number_api(serve_args, &auth).await? {
@@ -544,16 +543,7 @@ pub async fn up(args: UpArgs) -> Result<()> {
         deadline,
     )
     .await?;
-    let encoding = serve_args.queue.message_encoding;
-    let worker = worker_from(
-        &args.tuning,
-        &serve_args.ttl,
-        &queues,
-        &database,
-        encoding,
-        signing,
-        deliverer,
-    );
+    let worker = worker_from(settings, &queues, &database, signing, deliverer);
     let ops = ops_router(
         Some(worker.heartbeat()),
         readiness(&database, &queues),

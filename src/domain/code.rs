@@ -7,6 +7,29 @@ const LETTERS: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
 /// The longest number part accepted from a message or a request.
 const MAX_DIGITS: usize = 6;
 
+/// The number in a code's middle: at most [`MAX_DIGITS`] digits, so that every code built around it
+/// parses. The number API's answer becomes one of these or is refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CodeNumber(u32);
+
+impl CodeNumber {
+    /// The largest number a code can hold.
+    pub const MAX: u32 = 999_999;
+
+    /// `number` if a code can hold it.
+    pub fn new(number: u64) -> Option<Self> {
+        u32::try_from(number)
+            .ok()
+            .filter(|n| *n <= Self::MAX)
+            .map(Self)
+    }
+
+    /// The number.
+    pub fn get(self) -> u32 {
+        self.0
+    }
+}
+
 /// A well-formed code. Built only by [`Code::parse`] or [`Code::generate`]; compared case-sensitively.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Code(String);
@@ -37,11 +60,11 @@ impl Code {
     }
 
     /// Builds a code around `number` with six letters drawn from a cryptographically secure RNG.
-    pub fn generate<R: CryptoRng + ?Sized>(number: u32, rng: &mut R) -> Self {
+    pub fn generate<R: CryptoRng + ?Sized>(number: CodeNumber, rng: &mut R) -> Self {
         let mut letter = || char::from(LETTERS[rng.random_range(0..LETTERS.len())]);
         let head: String = (0..3).map(|_| letter()).collect();
         let tail: String = (0..3).map(|_| letter()).collect();
-        Self(format!("{head}-{number}-{tail}"))
+        Self(format!("{head}-{}-{tail}", number.get()))
     }
 
     /// The code as text.
@@ -90,8 +113,8 @@ mod tests {
     #[test]
     fn generated_codes_parse_and_keep_the_number() {
         let mut rng = rand::rngs::StdRng::seed_from_u64(7);
-        for number in [1, 161, 1000] {
-            let code = Code::generate(number, &mut rng);
+        for number in [0, 1, 161, 1000, 999_999] {
+            let code = Code::generate(CodeNumber::new(number).unwrap(), &mut rng);
             assert_eq!(Code::parse(code.as_str()).as_ref(), Ok(&code));
             assert_eq!(
                 code.as_str().split('-').nth(1),
@@ -101,10 +124,23 @@ mod tests {
     }
 
     #[test]
+    fn a_number_with_more_digits_than_a_code_holds_is_no_code_number() {
+        assert_eq!(CodeNumber::new(999_999).map(CodeNumber::get), Some(999_999));
+        for too_big in [
+            1_000_000,
+            u64::from(u32::MAX),
+            u64::from(u32::MAX) + 1,
+            u64::MAX,
+        ] {
+            assert_eq!(CodeNumber::new(too_big), None, "{too_big}");
+        }
+    }
+
+    #[test]
     fn generated_letters_cover_both_cases() {
         let mut rng = rand::rngs::StdRng::seed_from_u64(11);
         let all: String = (0..200)
-            .map(|_| Code::generate(5, &mut rng).to_string())
+            .map(|_| Code::generate(CodeNumber::new(5).unwrap(), &mut rng).to_string())
             .collect();
         assert!(all.bytes().any(|b| b.is_ascii_uppercase()));
         assert!(all.bytes().any(|b| b.is_ascii_lowercase()));
@@ -127,7 +163,7 @@ mod properties {
         #[test]
         fn every_generated_code_parses_back_to_itself(number in 0u32..=999_999, seed in any::<u64>()) {
             let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(seed);
-            let code = Code::generate(number, &mut rng);
+            let code = Code::generate(CodeNumber::new(number.into()).unwrap(), &mut rng);
             prop_assert_eq!(Code::parse(code.as_str()), Ok(code.clone()));
             let digits = number.to_string();
             prop_assert_eq!(code.as_str().split('-').nth(1), Some(digits.as_str()));

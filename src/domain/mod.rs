@@ -9,7 +9,7 @@ mod issuance;
 mod state;
 mod subject;
 
-pub use code::{Code, InvalidCode};
+pub use code::{Code, CodeNumber, InvalidCode};
 pub use destination::{Destination, InvalidDestination};
 pub use idempotency::{IdempotencyKey, InvalidIdempotencyKey, fingerprint};
 pub use issuance::{ExpiryError, InvalidIssuanceId, Issuance, IssuanceId, MAX_ID_CHARS};

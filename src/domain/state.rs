@@ -3,7 +3,7 @@
 use chrono::{DateTime, Utc};
 
 /// A code issuance's state at a moment. The one validity rule: valid while before its expiry and
-/// neither redeemed nor revoked. The stores' SQL says the same in one place (`store::sql::VALID`), and
+/// neither redeemed nor revoked. The stores' SQL says the same in one place (`store/sql.rs`, `valid!`), and
 /// the `active_codes` view of each migration set spells it for operators.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CodeState {

@@ -80,18 +80,19 @@ pub(super) async fn issue_code(
         issued_at: state.clock.now().trunc_subsecs(6),
         subject,
     };
-    let message = CodeMessage::Activate(issuance.clone());
+    let body = CodeMessage::Activate(issuance.clone())
+        .encode_traced(
+            state.encoding,
+            state.signing.as_ref(),
+            crate::telemetry::current_context().as_ref(),
+        )
+        .map_err(|e| {
+            tracing::error!(error = %e, "activation message not written; no code issued");
+            ApiError::Internal
+        })?;
     state
         .queue
-        .send(
-            issuance.id.as_str(),
-            &message.encode_traced(
-                state.encoding,
-                state.signing.as_ref(),
-                crate::telemetry::current_context().as_ref(),
-            ),
-            Duration::ZERO,
-        )
+        .send(issuance.id.as_str(), &body, Duration::ZERO)
         .await?;
     tracing::debug!(issuance = %issuance.id, "code issued");
     Ok(issuance)

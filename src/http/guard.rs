@@ -3,7 +3,6 @@
 //! sign-in service's budget.
 
 use super::{ApiError, AppState};
-use crate::secret::constant_time_eq;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::header::AUTHORIZATION;
 use axum::middleware::Next;
@@ -28,10 +27,7 @@ pub async fn verification_guard(
         .and_then(|v| v.to_str().ok())
         .and_then(bearer_token)
         .unwrap_or_default();
-    if !constant_time_eq(
-        presented.as_bytes(),
-        verification.api_key.expose().as_bytes(),
-    ) {
+    if !verification.api_key.matches(presented.as_bytes()) {
         return Err(ApiError::Unauthorized);
     }
     verification

@@ -1,14 +1,13 @@
 //! Calls the random-number API with its function key, with a timeout.
 
 use super::KEY_HEADER;
+use crate::domain::CodeNumber;
 use crate::function_key::FunctionKey;
 use reqwest::StatusCode;
 use serde::Deserialize;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// The largest number accepted from the API, so a code stays within the code format.
-const MAX_NUMBER: u64 = 999_999;
 /// The largest answer read from the API; `{"value": 161}` is a dozen bytes.
 pub const MAX_BODY_BYTES: usize = 4096;
 
@@ -83,7 +82,7 @@ impl NumberApiClient {
     /// Asks for one random number, as the sample does: `GET` with the key and `Content-Type: application/json`.
     /// A 401 or 403 means the key may have been rotated: the key is read again (at most once per its
     /// interval) and, if it changed, the request is tried once more.
-    pub async fn random_number(&self) -> Result<u32, NumberApiError> {
+    pub async fn random_number(&self) -> Result<CodeNumber, NumberApiError> {
         use tracing::Instrument as _;
         // A client span of OpenTelemetry's HTTP conventions; never the URL (a query may hold a key).
         let span = tracing::info_span!(
@@ -103,7 +102,7 @@ impl NumberApiClient {
     }
 
     /// [`NumberApiClient::random_number`], uncounted.
-    async fn ask(&self) -> Result<u32, NumberApiError> {
+    async fn ask(&self) -> Result<CodeNumber, NumberApiError> {
         let mut response = self.call().await?;
         if matches!(
             response.status(),
@@ -122,10 +121,10 @@ impl NumberApiClient {
         let bytes = self.read_capped(response).await?;
         let body: NumberBody =
             serde_json::from_slice(&bytes).map_err(|_| NumberApiError::Garbage)?;
+        // Only a number a code can hold: larger ones, negatives and fractions are refused.
         body.value
             .as_u64()
-            .filter(|n| *n <= MAX_NUMBER)
-            .and_then(|n| u32::try_from(n).ok())
+            .and_then(CodeNumber::new)
             .ok_or(NumberApiError::Garbage)
     }
 

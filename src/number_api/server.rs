@@ -1,7 +1,7 @@
 //! The stand-in for the sample's `RandomNumber` Azure Function.
 
 use super::KEY_HEADER;
-use crate::secret::{Secret, constant_time_eq};
+use crate::secret::Secret;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -24,7 +24,7 @@ async fn random_number(State(key): State<Arc<Secret>>, headers: HeaderMap) -> Re
         .get(KEY_HEADER)
         .map(|v| v.as_bytes())
         .unwrap_or_default();
-    if !constant_time_eq(given, key.expose().as_bytes()) {
+    if !key.matches(given) {
         return StatusCode::UNAUTHORIZED.into_response();
     }
     let value: u32 = rand::rng().random_range(1..=1000);

@@ -93,12 +93,30 @@ pub enum QueueError {
          AZURE_STORAGE_CONNECTION_STRING"
     )]
     NoIdentity(String),
-    /// The service could not be reached or failed; worth retrying later.
+    /// The service could not be reached or failed; worth retrying later. The cause is kept as its
+    /// text, with SAS signatures removed, rather than as a source error: the SDK's errors can carry
+    /// the request's URL, and a source chain would print it wherever the error is shown.
     #[error("queue service unavailable: {0}")]
     Unavailable(String),
     /// The configuration cannot work (bad URL, bad connection string).
     #[error("queue configuration: {0}")]
     Config(String),
+}
+
+impl QueueError {
+    /// Whether trying the same call again later may succeed: a service that could not be reached,
+    /// failed (5xx) or throttled (408, 429). The others need something to change first: a receipt
+    /// that is over, a refusal of the request or of this app's identity, a configuration.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Self::Unavailable(_) => true,
+            Self::Refused { status, .. } => matches!(status, 408 | 429 | 500..=599),
+            Self::MessageGone
+            | Self::TokenRefused { .. }
+            | Self::NoIdentity(_)
+            | Self::Config(_) => false,
+        }
+    }
 }
 
 /// Sending: all the producer needs (Azure role: Storage Queue Data Message Sender).
@@ -175,4 +193,38 @@ pub fn poison_name(queue: &str) -> String {
 /// Clamps a delay to what the service accepts (0 s to 7 days).
 pub fn clamp_visibility(delay: Duration) -> Duration {
     delay.min(MAX_VISIBILITY)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::QueueError;
+
+    #[test]
+    fn only_what_may_heal_alone_is_retryable() {
+        let refused = |status| QueueError::Refused { status, code: None };
+        for retryable in [
+            QueueError::Unavailable("connection refused".into()),
+            refused(408),
+            refused(429),
+            refused(500),
+            refused(503),
+        ] {
+            assert!(retryable.is_retryable(), "{retryable}");
+        }
+        for fatal in [
+            QueueError::MessageGone,
+            refused(400),
+            refused(403),
+            refused(404),
+            QueueError::TokenRefused {
+                status: 403,
+                code: Some("AuthorizationPermissionMismatch".into()),
+                detail: None,
+            },
+            QueueError::NoIdentity("none".into()),
+            QueueError::Config("bad URL".into()),
+        ] {
+            assert!(!fatal.is_retryable(), "{fatal}");
+        }
+    }
 }

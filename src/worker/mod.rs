@@ -12,7 +12,7 @@ mod sort;
 mod stages;
 mod supervise;
 
-pub use backoff::Backoff;
+pub use backoff::{Backoff, InvalidBackoff};
 pub use report::{BatchReport, PollOutcome};
 
 use crate::message::MessageEncoding;
@@ -49,10 +49,8 @@ pub struct WorkerSettings {
     pub pollers: NonZeroUsize,
     /// Queue operations in flight at once within one batch.
     pub max_in_flight: NonZeroUsize,
-    /// The first wait after an empty receive.
-    pub min_poll_interval: Duration,
-    /// The longest wait between receives of an idle queue.
-    pub max_poll_interval: Duration,
+    /// The waits after empty receives: from the first to the longest between receives of an idle queue.
+    pub poll_backoff: Backoff,
     /// How expiry messages are written.
     pub encoding: MessageEncoding,
     /// How an activation becomes its expiry message.

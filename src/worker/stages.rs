@@ -125,11 +125,17 @@ impl Worker {
                     .then(|| CodeMessage::decode_traced(&message.body, message.inserted_at, None).ok())
                     .flatten()
                     .and_then(|(_, trace)| trace);
-                let body = follow_up.encode_traced(
+                let body = match follow_up.encode_traced(
                     self.settings.encoding,
                     self.settings.signing.as_ref(),
                     trace.as_ref(),
-                );
+                ) {
+                    Ok(body) => body,
+                    Err(e) => {
+                        tracing::error!(error = %e, issuance = %id, "expiry message not written; will retry");
+                        return Outcome::Failed;
+                    }
+                };
                 // Only a first delivery is updated: the expiry message keeps the activation's dequeue
                 // count, so one that came back after crashes is re-sent instead (a fresh count), and
                 // an expiry message is never set aside for its activation's tries.

@@ -1,7 +1,7 @@
 //! Supervision: the poll loops, the retention sweeper, the metrics sampler and the delivery stage, each restarted after
 //! a backoff if it ends unexpectedly (a panic), until shutdown.
 
-use super::{Backoff, PollOutcome, Worker};
+use super::{Backoff, PollOutcome, Worker, WorkerError};
 use crate::ops::metrics as m;
 use chrono::Utc;
 use std::sync::Arc;
@@ -16,8 +16,10 @@ const REST_MAX: Duration = Duration::from_secs(30);
 const SAMPLE_INTERVAL: Duration = Duration::from_secs(15);
 
 /// The first and the longest wait before a loop that ended unexpectedly is started again.
-const RESTART_MIN: Duration = Duration::from_millis(200);
-const RESTART_MAX: Duration = Duration::from_secs(30);
+const RESTART: Backoff = match Backoff::new(Duration::from_millis(200), Duration::from_secs(30)) {
+    Ok(backoff) => backoff,
+    Err(_) => panic!("the restart backoff's minimum is above its maximum"),
+};
 
 /// The worker's long-running loops, for supervision.
 #[derive(Clone, Copy, Debug)]
@@ -60,7 +62,7 @@ impl Worker {
         for (index, kind) in kinds.iter().enumerate() {
             let handle = tasks.spawn(self.clone().run_loop(*kind, Duration::ZERO, cancel.clone()));
             loops.insert(handle.id(), index);
-            restarts.push(Backoff::new(RESTART_MIN, RESTART_MAX));
+            restarts.push(RESTART);
         }
         while let Some(joined) = tasks.join_next_with_id().await {
             let (id, panic) = match joined {
@@ -125,10 +127,7 @@ impl Worker {
         if shards == 0 {
             return cancel.cancelled().await;
         }
-        let mut backoff = Backoff::new(
-            self.settings.min_poll_interval,
-            self.settings.max_poll_interval,
-        );
+        let mut backoff = self.settings.poll_backoff.clone();
         let mut failing = false;
         let mut next = poller % shards;
         // Shards found empty in a row since the last batch.
@@ -162,8 +161,15 @@ impl Worker {
                     }
                 }
                 Err(e) => {
-                    if !failing {
+                    let heals = match &e {
+                        WorkerError::Queue(queue) => queue.is_retryable(),
+                        WorkerError::Store(_) => true,
+                    };
+                    if !failing && heals {
                         tracing::warn!(poller, queue = shard.main.name(), error = %e, "receive failed; backing off");
+                    } else if !failing {
+                        // Polling goes on (the setting may be fixed while it runs), but say it will not heal alone.
+                        tracing::error!(poller, queue = shard.main.name(), error = %e, "receive refused: a setting or a role must change; backing off");
                     }
                     failing = true;
                     backoff.next_delay()

@@ -33,6 +33,8 @@ pub struct FaultQueue {
     sent: Mutex<Vec<String>>,
     /// Every receive call, empty ones included.
     receive_calls: AtomicUsize,
+    /// The task that made each receive call (a worker's poll loops are tasks of their own).
+    receivers: Mutex<Vec<Option<tokio::task::Id>>>,
 }
 
 fn index(op: Op) -> usize {
@@ -53,6 +55,7 @@ impl FaultQueue {
             dead: AtomicBool::new(false),
             sent: Mutex::new(Vec::new()),
             receive_calls: AtomicUsize::new(0),
+            receivers: Mutex::new(Vec::new()),
         })
     }
 
@@ -79,6 +82,17 @@ impl FaultQueue {
     /// How many receives were asked for, empty ones included.
     pub fn receive_calls(&self) -> usize {
         self.receive_calls.load(Ordering::SeqCst)
+    }
+
+    /// How many receive calls each task made, most first.
+    pub fn receives_per_task(&self) -> Vec<usize> {
+        let mut per_task = std::collections::HashMap::new();
+        for id in self.receivers.lock().unwrap().iter() {
+            *per_task.entry(*id).or_insert(0) += 1;
+        }
+        let mut counts: Vec<usize> = per_task.into_values().collect();
+        counts.sort_unstable_by(|a, b| b.cmp(a));
+        counts
     }
 
     /// Every body sent through this wrapper (once per send call).
@@ -122,6 +136,7 @@ impl QueueSender for FaultQueue {
 impl QueueConsumer for FaultQueue {
     async fn receive(&self, max: u32, lease: Duration) -> Result<Vec<ReceivedMessage>, QueueError> {
         self.receive_calls.fetch_add(1, Ordering::SeqCst);
+        self.receivers.lock().unwrap().push(tokio::task::try_id());
         if self.crashed() {
             return Err(QueueError::Unavailable("crashed".into()));
         }

@@ -18,7 +18,7 @@ use codewatch::delivery::{Channel, Deliverer, DeliverySettings};
 use codewatch::domain::Code;
 use codewatch::secret::Secret;
 use codewatch::store::{CodeRecord, SharedStore};
-use codewatch::worker::{Worker, WorkerSettings};
+use codewatch::worker::{Backoff, Worker, WorkerSettings};
 use common::smtp::SmtpSink;
 use common::{Server, TestDb};
 use std::sync::{Arc, Mutex};
@@ -116,8 +116,7 @@ async fn rig(
     let deliverer = Arc::new(Deliverer::new(store.clone(), channel, quick()));
     let settings = WorkerSettings {
         code_ttl: ttl,
-        min_poll_interval: Duration::from_millis(20),
-        max_poll_interval: Duration::from_millis(100),
+        poll_backoff: Backoff::new(Duration::from_millis(20), Duration::from_millis(100)).unwrap(),
         ..WorkerSettings::default()
     };
     let worker = Worker::new(queues.main, queues.poison, store.clone(), settings)

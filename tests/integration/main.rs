@@ -5,6 +5,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod connections;
 mod delivery;
 mod getcode;
 mod queue_contract;

@@ -168,7 +168,9 @@ async fn queue_stats_peek_clear_and_requeue_poison_on_azurite() {
         issued_at: Utc::now(),
         subject: None,
     };
-    let body = CodeMessage::Activate(issuance).encode(MessageEncoding::Base64);
+    let body = CodeMessage::Activate(issuance)
+        .encode(MessageEncoding::Base64)
+        .unwrap();
     for b in [body.as_str(), "garbage"] {
         queues
             .main
@@ -390,6 +392,31 @@ fn start_up_errors_name_what_failed_and_where() {
         err.contains("cannot open SQLite database /no/such/folder/codes.db"),
         "{err}"
     );
+
+    // A function key from both a literal and Key Vault is refused before anything is contacted,
+    // naming both settings and neither value.
+    let both_keys = common::process::run(
+        dir.path(),
+        &["serve"],
+        &[
+            (
+                "THIRD_PARTY_API_ENDPOINT",
+                "http://127.0.0.1:1/api/RandomNumber".to_owned(),
+            ),
+            ("THIRD_PARTY_API_KEY", "literal-key-hunter2".to_owned()),
+            ("KEY_VAULT_URL", "https://v.vault.azure.net/".to_owned()),
+        ],
+        "",
+    );
+    let err = String::from_utf8_lossy(&both_keys.stderr);
+    assert!(!both_keys.status.success());
+    assert!(
+        err.contains(
+            "the function key is given by more than one source (THIRD_PARTY_API_KEY, KEY_VAULT_URL)"
+        ),
+        "{err}"
+    );
+    assert!(!err.contains("hunter2"), "{err}");
 
     let azurite_missing = common::process::run(
         dir.path(),

@@ -32,7 +32,9 @@ fn activation(i: usize) -> String {
         issued_at: Utc::now(),
         subject: None,
     };
-    CodeMessage::Activate(issuance).encode(MessageEncoding::Text)
+    CodeMessage::Activate(issuance)
+        .encode(MessageEncoding::Text)
+        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -439,15 +441,20 @@ where
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_signal_exits_at_once_without_waiting_for_the_grace_period() {
     use axum::routing::get;
-    // A number API that answers only after a long time keeps a request in flight in `serve`.
-    let slow = axum::Router::new().route(
+    // A number API that says when getcode's call reached it and never answers: the request is in
+    // flight in `serve` from that moment on, however slow the machine.
+    let (reached, mut called) = tokio::sync::mpsc::channel::<()>(1);
+    let never = axum::Router::new().route(
         "/n",
-        get(|| async {
-            tokio::time::sleep(Duration::from_secs(60)).await;
-            "{\"value\": 1}"
+        get(move || {
+            let reached = reached.clone();
+            async move {
+                let _ = reached.send(()).await;
+                std::future::pending::<&'static str>().await
+            }
         }),
     );
-    let api = common::Server::start(slow).await;
+    let api = common::Server::start(never).await;
     let dir = tempfile::tempdir().unwrap();
     let (mut serve, port, _) = spawn_serve(
         dir.path(),
@@ -469,7 +476,9 @@ async fn a_second_signal_exits_at_once_without_waiting_for_the_grace_period() {
     let in_flight = tokio::spawn(reqwest::get(format!(
         "http://127.0.0.1:{port}/api/v1/getcode"
     )));
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    tokio::time::timeout(Duration::from_secs(20), called.recv())
+        .await
+        .expect("getcode calls the number API");
 
     serve.signal();
     assert!(
