@@ -207,6 +207,25 @@ fn kubernetes_manifests_match_the_binary_and_harden_the_pods() {
         let command = container["args"][0].as_str().unwrap();
         assert!(subcommands.contains(command));
         roles.insert(command.to_owned());
+        if command == "serve" {
+            // Load balancers drop the pod before its listeners close, and replicas spread out.
+            let pause = container["lifecycle"]["preStop"]["sleep"]["seconds"]
+                .as_u64()
+                .expect("serve pauses before SIGTERM");
+            assert!(
+                pause > 0 && pause + grace < pod["terminationGracePeriodSeconds"].as_u64().unwrap()
+            );
+            let spread: Vec<&str> = pod["topologySpreadConstraints"]
+                .as_sequence()
+                .expect("serve spreads its replicas")
+                .iter()
+                .map(|c| c["topologyKey"].as_str().unwrap())
+                .collect();
+            assert_eq!(
+                spread,
+                ["kubernetes.io/hostname", "topology.kubernetes.io/zone"]
+            );
+        }
         let env = container["env"].as_sequence().unwrap();
         let names = env.iter().map(|e| e["name"].as_str().unwrap().to_owned());
         assert_known("k8s Deployment", names);
@@ -429,6 +448,35 @@ fn the_dockerfile_builds_locked_runs_as_non_root_and_sets_only_real_settings() {
         "a numeric user, for runAsNonRoot"
     );
     assert!(dockerfile.contains(r#"ENTRYPOINT ["codewatch"]"#));
+    // Every base image pinned by its digest, not only by a tag that can move.
+    let bases: Vec<&str> = dockerfile
+        .lines()
+        .filter_map(|l| l.strip_prefix("FROM "))
+        .collect();
+    assert_eq!(bases.len(), 2, "{bases:?}");
+    for base in bases {
+        let image = base.split_whitespace().next().unwrap();
+        let digest = image.split_once("@sha256:").map(|(_, d)| d).unwrap_or("");
+        assert!(
+            digest.len() == 64 && digest.bytes().all(|b| b.is_ascii_hexdigit()),
+            "{image} is not pinned by digest"
+        );
+    }
+    // The health check probes the admin listener ADMIN_LISTEN_ADDR names, with no port of its own.
+    let healthcheck = dockerfile.replace("\\\n", " ");
+    let healthcheck = healthcheck
+        .lines()
+        .find(|l| l.starts_with("HEALTHCHECK"))
+        .unwrap();
+    assert!(
+        healthcheck.contains(r#"CMD ["codewatch", "probe", "--timeout-seconds", "4"]"#),
+        "{healthcheck}"
+    );
+    assert!(!healthcheck.contains("9090"), "{healthcheck}");
+    assert!(
+        !dockerfile.contains("benches"),
+        "no stub for a bench: building the binary never reads it"
+    );
     let env_block = dockerfile
         .split("ENV ")
         .nth(1)
@@ -492,10 +540,10 @@ fn copy_into(from: &std::path::Path, to: &std::path::Path, rel: &str, ignore: &[
 /// Builds the image's build stage without Docker: a folder holding exactly what its `COPY` lines take
 /// from the context (less `.dockerignore`), then its `RUN` commands in order, so a file the build needs
 /// but the Dockerfile does not copy fails here. The commands run offline with the dev profile and the
-/// repository's target folder (a cold release build would take most of CI's time); the test command runs
-/// this after the suite, since it rebuilds `target/debug/codewatch`.
+/// repository's target folder (a cold release build would take most of CI's time); `scripts/test.sh slow`
+/// runs it apart from the suite, since it rebuilds `target/debug/codewatch`.
 #[test]
-#[ignore = "run by scripts/test.sh after the suite: it rebuilds the binary the other tests run"]
+#[ignore = "run by `scripts/test.sh slow`: it rebuilds the binary the other tests run"]
 fn the_image_builds_from_exactly_its_build_context() {
     let dockerfile = read("deploy/Dockerfile");
     let ignore: Vec<String> = read(".dockerignore")
