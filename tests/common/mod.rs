@@ -629,13 +629,38 @@ impl TestDb {
     }
 }
 
-/// The fenced block in `lang` of README.md that follows the line containing `after`.
+/// README.md and every page of `docs/`, each with its text.
+pub fn documentation() -> Vec<(PathBuf, String)> {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let mut pages = vec![root.join("README.md")];
+    let mut docs: Vec<PathBuf> = std::fs::read_dir(root.join("docs"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "md"))
+        .collect();
+    docs.sort();
+    pages.extend(docs);
+    pages
+        .into_iter()
+        .map(|p| {
+            let text = std::fs::read_to_string(&p).unwrap();
+            (p, text)
+        })
+        .collect()
+}
+
+/// The fenced block in `lang` that follows the line containing `after`, in the README or a page of
+/// `docs/` (the one page that contains `after`).
 pub fn readme_block(after: &str, lang: &str) -> String {
-    let readme =
-        std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md"))
-            .unwrap();
-    let from = readme.find(after).expect("the README names the snippet");
-    let block = &readme[from..];
+    let pages: Vec<String> = documentation()
+        .into_iter()
+        .filter(|(_, text)| text.contains(after))
+        .map(|(_, text)| text)
+        .collect();
+    assert_eq!(pages.len(), 1, "one page names the snippet {after:?}");
+    let page = &pages[0];
+    let from = page.find(after).unwrap();
+    let block = &page[from..];
     let fence = format!("```{lang}\n");
     let start = block.find(&fence).unwrap() + fence.len();
     let end = block[start..].find("```").unwrap();

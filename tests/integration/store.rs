@@ -847,15 +847,9 @@ async fn postgresql_is_reached_over_tls_when_the_url_requires_it() {
     database.store().ping().await.unwrap();
 }
 
-/// The statements of the fenced `sql` block of README.md that follows the line containing `after`.
+/// The statements of the fenced `sql` block of the documentation that follows the line containing `after`.
 fn readme_sql(after: &str) -> Vec<String> {
-    let readme =
-        std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md"))
-            .unwrap();
-    let block = &readme[readme.find(after).expect("the README has the block")..];
-    let start = block.find("```sql\n").unwrap() + "```sql\n".len();
-    let end = block[start..].find("```").unwrap();
-    block[start..start + end]
+    common::readme_block(after, "sql")
         .lines()
         .filter(|l| !l.trim_start().starts_with("--"))
         .collect::<Vec<_>>()

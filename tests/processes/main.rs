@@ -9,6 +9,7 @@ mod cli;
 mod daemon;
 mod delivery;
 mod deploy;
+mod docs;
 mod keyless;
 mod replicas;
 mod signin;

@@ -600,10 +600,10 @@ async fn the_readmes_postgresql_setup_runs_as_pasted() {
         .unwrap();
 }
 
-/// The README's benchmark command, as pasted but in the test build's profile (the release build would
+/// The benchmark command of docs/performance.md, as pasted but in the test build's profile (the release build would
 /// take minutes) and at a small scale: every part prints its rows, and the JSON and the chart are written.
 #[tokio::test]
-#[ignore = "runs cargo: scripts/test.sh runs it after the suite"]
+#[ignore = "runs cargo: `scripts/test.sh slow` runs it"]
 async fn the_readmes_benchmark_runs_as_pasted() {
     let snippet = readme_snippet("Benchmark (not part of the tests");
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
