@@ -599,9 +599,14 @@ pub async fn up(args: UpArgs) -> Result<()> {
     // A closed stdout must not stop the service.
     let _ = std::io::Write::write_all(&mut std::io::stdout(), banner.as_bytes());
 
+    // One grace period for both: each stops within it, together, not one after the other's.
+    let both = tokio::spawn(async move {
+        let worker = async { worker.await.context("the worker") };
+        let producer = async { anyhow::Ok(producer.await.context("the producer")??) };
+        tokio::try_join!(producer, worker)
+    });
     let grace = serve_args.shutdown.grace();
-    until_stopped("the producer", producer, &cancel, grace).await??;
-    until_stopped("the worker", worker, &cancel, grace).await?;
+    until_stopped("the producer and the worker", both, &cancel, grace).await??;
     if let Some(task) = stand_in {
         task.await??;
     }
