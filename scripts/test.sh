@@ -170,6 +170,9 @@ if [ "$mode" = chaos ]; then
   phase "chaos run"
   env -u CODEWATCH_TEST_AZURITE_QUEUE_ENDPOINT \
     cargo test --locked --test guarantees -- --ignored --nocapture chaos
+  phase "the quarantined scenarios"
+  env -u CODEWATCH_TEST_AZURITE_QUEUE_ENDPOINT \
+    cargo test --locked --test guarantees -- --ignored --nocapture postgres_quarantined
   phase "replica soak"
   CODEWATCH_REPLICAS_CODES="${CODEWATCH_REPLICAS_CODES:-3000}" cargo test --locked --test processes -- --nocapture replicas::
   exit
