@@ -309,10 +309,10 @@ pub struct NumberApiClientArgs {
     /// The function key sent in `x-functions-key`.
     #[arg(long, env = "THIRD_PARTY_API_KEY", hide_env_values = true)]
     pub third_party_api_key: Option<Secret>,
-    /// A file holding the function key, such as a mounted secret (used when THIRD_PARTY_API_KEY is unset).
+    /// A file holding the function key, such as a mounted secret (instead of THIRD_PARTY_API_KEY: one source only).
     #[arg(long, env = "THIRD_PARTY_API_KEY_FILE")]
     pub third_party_api_key_file: Option<std::path::PathBuf>,
-    /// Key Vault holding the function key, e.g. `https://my-vault.vault.azure.net/` (used when neither of the above is set).
+    /// Key Vault holding the function key, e.g. `https://my-vault.vault.azure.net/` (instead of either of the above).
     #[arg(long, env = "KEY_VAULT_URL")]
     pub key_vault_url: Option<url::Url>,
     /// Name of the Key Vault secret holding the function key.
@@ -407,12 +407,12 @@ pub struct SigningArgs {
     /// The previous key, still accepted during a rotation.
     #[arg(long, env = "MESSAGE_SIGNING_KEY_PREVIOUS", hide_env_values = true)]
     pub message_signing_key_previous: Option<Secret>,
-    /// A file holding the current key, and optionally the previous one on the next line (used when
-    /// MESSAGE_SIGNING_KEY is unset).
+    /// A file holding the current key, and optionally the previous one on the next line (instead of
+    /// MESSAGE_SIGNING_KEY: one source only).
     #[arg(long, env = "MESSAGE_SIGNING_KEY_FILE")]
     pub message_signing_key_file: Option<std::path::PathBuf>,
     /// Key Vault holding the keys as one secret (current, optionally a newline and the previous one),
-    /// read with the app's identity (used when neither of the above is set).
+    /// read with the app's identity (instead of either of the above).
     #[arg(long, env = "MESSAGE_SIGNING_KEY_VAULT_URL")]
     pub message_signing_key_vault_url: Option<url::Url>,
     /// Name of that Key Vault secret.
@@ -527,6 +527,15 @@ pub struct ServeArgs {
 }
 
 impl ServeArgs {
+    /// Refuses settings that contradict each other, before anything starts; answers whether the
+    /// public getcode is served.
+    pub fn check(&self) -> Result<bool, ConfigError> {
+        self.number_api.one_key_source()?;
+        self.signing.one_key_source()?;
+        self.delivery.one_secret_source()?;
+        self.public_getcode()
+    }
+
     /// Whether the public getcode is served: as asked, or by default unless codes are delivered.
     pub fn public_getcode(&self) -> Result<bool, ConfigError> {
         match (self.public_getcode, self.delivery.delivery) {
@@ -650,7 +659,7 @@ pub struct DeliveryArgs {
     /// The SMTP password (or SMTP_PASSWORD_FILE, or the Key Vault secret below).
     #[arg(long, env = "SMTP_PASSWORD", hide_env_values = true)]
     pub smtp_password: Option<Secret>,
-    /// A file holding the SMTP password (owner-only; used when SMTP_PASSWORD is unset).
+    /// A file holding the SMTP password (owner-only; instead of SMTP_PASSWORD: one source only).
     #[arg(long, env = "SMTP_PASSWORD_FILE")]
     pub smtp_password_file: Option<std::path::PathBuf>,
     /// Key Vault holding the SMTP password or the webhook secret, read with the app's identity (used
@@ -684,7 +693,7 @@ pub struct DeliveryArgs {
     /// The secret the webhook's `Codewatch-Signature` is made with (at least 32 characters).
     #[arg(long, env = "DELIVERY_WEBHOOK_SECRET", hide_env_values = true)]
     pub delivery_webhook_secret: Option<Secret>,
-    /// A file holding that secret (owner-only; used when DELIVERY_WEBHOOK_SECRET is unset).
+    /// A file holding that secret (owner-only; instead of DELIVERY_WEBHOOK_SECRET: one source only).
     #[arg(long, env = "DELIVERY_WEBHOOK_SECRET_FILE")]
     pub delivery_webhook_secret_file: Option<std::path::PathBuf>,
     /// Name of the Key Vault secret holding the webhook secret.
@@ -706,6 +715,36 @@ pub struct DeliveryArgs {
 }
 
 impl DeliveryArgs {
+    /// Refuses the chosen channel's secret given by more than one source (value, file, Key Vault).
+    pub fn one_secret_source(&self) -> Result<(), ConfigError> {
+        let vault = self.delivery_key_vault_url.is_some();
+        match self.delivery {
+            DeliveryChannel::None => Ok(()),
+            DeliveryChannel::Smtp => at_most_one_source(
+                "the SMTP password",
+                &[
+                    ("SMTP_PASSWORD", self.smtp_password.is_some()),
+                    ("SMTP_PASSWORD_FILE", self.smtp_password_file.is_some()),
+                    ("DELIVERY_KEY_VAULT_URL", vault),
+                ],
+            ),
+            DeliveryChannel::Webhook => at_most_one_source(
+                "the webhook secret",
+                &[
+                    (
+                        "DELIVERY_WEBHOOK_SECRET",
+                        self.delivery_webhook_secret.is_some(),
+                    ),
+                    (
+                        "DELIVERY_WEBHOOK_SECRET_FILE",
+                        self.delivery_webhook_secret_file.is_some(),
+                    ),
+                    ("DELIVERY_KEY_VAULT_URL", vault),
+                ],
+            ),
+        }
+    }
+
     /// The delivery stage's settings.
     pub fn settings(&self) -> crate::delivery::DeliverySettings {
         crate::delivery::DeliverySettings {
@@ -1093,6 +1132,31 @@ mod tests {
         ] {
             assert_eq!(serve(one).number_api.one_key_source(), Ok(()), "{one:?}");
         }
+        let webhook = serve(&[
+            "--delivery",
+            "webhook",
+            "--delivery-webhook-secret-file",
+            "/run/hook",
+            "--delivery-key-vault-url",
+            "https://v.vault.azure.net/",
+        ]);
+        assert_eq!(
+            webhook.check(),
+            Err(ConfigError::ConflictingSources {
+                what: "the webhook secret",
+                given: "DELIVERY_WEBHOOK_SECRET_FILE, DELIVERY_KEY_VAULT_URL".into()
+            })
+        );
+        // The vault may hold the other channel's secret: only the chosen channel's sources count.
+        let smtp = serve(&[
+            "--delivery",
+            "smtp",
+            "--delivery-webhook-secret-file",
+            "/run/hook",
+            "--delivery-key-vault-url",
+            "https://v.vault.azure.net/",
+        ]);
+        assert_eq!(smtp.delivery.one_secret_source(), Ok(()));
         let signing = serve(&[
             "--message-signing-key-file",
             "/run/signing",

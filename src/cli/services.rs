@@ -114,7 +114,8 @@ async fn startup_step<T>(
     }
 }
 
-/// Where the function key comes from, in order: THIRD_PARTY_API_KEY, THIRD_PARTY_API_KEY_FILE, Key Vault.
+/// Where the function key comes from: THIRD_PARTY_API_KEY, THIRD_PARTY_API_KEY_FILE or Key Vault (one
+/// only, `ServeArgs::check`).
 fn key_source(args: &ServeArgs, auth: &AzureAuth) -> Result<KeySource, KeyError> {
     let n = &args.number_api;
     if let Some(key) = &n.third_party_api_key {
@@ -174,7 +175,7 @@ fn verification(
 }
 
 /// The message signing keys, if configured: MESSAGE_SIGNING_KEY (with _PREVIOUS), the key file, or
-/// Key Vault, in that order.
+/// Key Vault (one source only, `SigningArgs::one_key_source`).
 async fn signing_keys(args: &SigningArgs, auth: &AzureAuth) -> Result<Option<SigningKeys>> {
     let keys = if let Some(current) = &args.message_signing_key {
         SigningKeys::new(current.clone(), args.message_signing_key_previous.clone())?
@@ -328,9 +329,7 @@ impl ProducerListeners {
 
 /// `codewatch serve`.
 pub async fn serve(args: ServeArgs) -> Result<()> {
-    args.public_getcode()?;
-    args.number_api.one_key_source()?;
-    args.signing.one_key_source()?;
+    args.check()?;
     let auth = AzureAuth::new(args.queue.azure_credential);
     let (endpoint, key) = configured_number_api(&args, &auth)
         .await?
@@ -384,6 +383,7 @@ pub async fn worker(args: WorkerArgs) -> Result<()> {
         .tuning
         .settings(args.queue.message_encoding, &args.ttl)?;
     args.signing.one_key_source()?;
+    args.delivery.one_secret_source()?;
     let auth = AzureAuth::new(args.queue.azure_credential);
     let (database, queues) =
         open_backends(&args.database, &args.queue, &auth, args.shutdown.startup()).await?;
@@ -480,12 +480,10 @@ fn kept_verify_key(path: &std::path::Path) -> Result<Secret> {
 /// `codewatch up`: the number API stand-in (unless an endpoint is configured), the producer and the worker.
 pub async fn up(args: UpArgs) -> Result<()> {
     let serve_args = &args.serve;
-    let public_getcode = serve_args.public_getcode()?;
+    let public_getcode = serve_args.check()?;
     let settings = args
         .tuning
         .settings(serve_args.queue.message_encoding, &serve_args.ttl)?;
-    serve_args.number_api.one_key_source()?;
-    serve_args.signing.one_key_source()?;
     let cancel = shutdown::on_signal();
     let auth = AzureAuth::new(serve_args.queue.azure_credential);
     let (endpoint, key, stand_in) = match configured_number_api(serve_args, &auth).await? {
