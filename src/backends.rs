@@ -7,8 +7,8 @@ use crate::queue::connection_string::ConnectionString;
 use crate::queue::embedded::EmbeddedQueue;
 use crate::queue::shards::{MAX_SHARDS, Shard, Spread, next_shard, shard_names};
 use crate::queue::{QueueAdmin, QueueError, QueueSender, SharedQueue, poison_name};
+use crate::sqlite::{self as sqlite_file, SqlitePools};
 use crate::store::postgres::{self, PostgresStore};
-use crate::store::sqlite::SqlitePools;
 use crate::store::sqlite::{self, SqliteStore};
 use crate::store::{SharedStore, StoreError};
 use sqlx::PgPool;
@@ -64,9 +64,8 @@ impl Database {
                 .split('?')
                 .next()
                 .unwrap_or(path);
-            let pool = sqlite::connect(url, create)
-                .await
-                .map_err(|e| StoreError::SqliteOpen {
+            let pool = sqlite_file::connect(url, create).await.map_err(|e| {
+                StoreError::SqliteOpen {
                     path: path.to_owned(),
                     cause: if !create && !std::path::Path::new(path).exists() {
                         "no such file: start `codewatch up` or `codewatch migrate` there first, or \
@@ -75,7 +74,8 @@ impl Database {
                     } else {
                         e.to_string()
                     },
-                })?;
+                }
+            })?;
             // A SQLite file has one owner: the schema is always brought up to date.
             sqlite::migrate(&pool.write).await?;
             Ok(Self::Sqlite(pool))

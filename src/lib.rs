@@ -37,6 +37,7 @@ pub mod config;
 pub mod identity;
 pub mod ops;
 pub mod shutdown;
+pub mod sqlite;
 pub mod telemetry;
 
 // --- Shared helpers: secrets, outside text made safe to log, the sample's timestamp format. ---

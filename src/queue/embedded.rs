@@ -9,7 +9,7 @@ use super::{
     PeekedMessage, QueueAdmin, QueueConsumer, QueueError, QueueSender, Receipt, ReceivedMessage,
     clamp_visibility,
 };
-use crate::store::sqlite::SqlitePools;
+use crate::sqlite::SqlitePools;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::Row;

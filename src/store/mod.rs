@@ -1,8 +1,11 @@
 //! The valid-codes table behind one trait; one implementation per database ([`sqlite`], [`postgres`]).
 
+mod dialect;
 mod migrations;
 pub mod postgres;
+mod shared;
 mod sql;
+mod statement;
 pub use sql::PURGE_BATCH;
 pub mod sqlite;
 

@@ -1,14 +1,13 @@
-//! What both dialects share: the statements (written once, with `?` placeholders, numbered `$n` for
-//! PostgreSQL), the validity rule in SQL, the mapping of a row to a [`CodeRecord`], and the methods
-//! whose SQL is the same in both ([`shared_queries!`]). Each dialect file keeps only what differs:
-//! how times are stored (sortable UTC text in SQLite, `timestamptz` in PostgreSQL), batch `IN (…)`
-//! lists against `= ANY($n)`, and PostgreSQL's table locks.
+//! Every statement both dialects run, each a function that binds its own values beside its text
+//! (numbered `$n`, each value bound once), and the mapping of a row to a [`CodeRecord`]. The validity
+//! rule is spelled once ([`valid!`]), as [`CodeState::at`](crate::domain::CodeState::at) says it in
+//! Rust; the `active_codes` view of each migration set spells it for operators.
 
-use super::{CodeRecord, StoreError, subject_from};
-use crate::domain::{Code, IssuanceId};
+use super::statement::{Param, Statement};
+use super::{Activation, CodeRecord, Gate, RedeemKey, StoreError, subject_from};
+use crate::domain::{Code, IssuanceId, Subject};
 use chrono::{DateTime, Utc};
 use sqlx::{ColumnIndex, Decode, Row, Type};
-use std::sync::OnceLock;
 
 /// Begins a transaction on `pool` in a task of its own, so that a caller that stops waiting (a client
 /// gone, a request past its deadline, a worker stopping) cannot cut the `BEGIN` in half. sqlx 0.9's
@@ -35,242 +34,384 @@ macro_rules! columns {
     };
 }
 
-/// The one validity rule in SQL (bind: now), as [`CodeState::at`](crate::domain::CodeState::at)
-/// says it in Rust. The `active_codes` view of each migration set spells it for operators.
+/// The one validity rule in SQL, at the time `$now` names.
 macro_rules! valid {
-    () => {
-        "expires_at > ? AND redeemed_at IS NULL AND revoked_at IS NULL"
+    ($now:literal) => {
+        concat!(
+            "expires_at > ",
+            $now,
+            " AND redeemed_at IS NULL AND revoked_at IS NULL"
+        )
     };
 }
 
-/// A valid issuance of a code for a subject or for none (bind: code, subject, now).
+/// What [`find_valid`], [`check`] and [`redeem`] look for: a valid issuance of the code `$1` for the
+/// subject `$2` (or for none) at `$3`.
 macro_rules! valid_for {
     () => {
-        concat!("code = ? AND subject IS NOT DISTINCT FROM ? AND ", valid!())
+        concat!(
+            "code = $1 AND subject IS NOT DISTINCT FROM $2 AND ",
+            valid!("$3")
+        )
     };
 }
 
-/// The subject has reached the cap in its window (bind: subject, window start, cap).
+/// The subject `$2` has reached the cap `$5` in its window, which started after `$4`.
 macro_rules! locked {
     () => {
-        "EXISTS (SELECT 1 FROM subject_failures WHERE subject = ? AND window_started_at > ? AND failures >= ?)"
+        "EXISTS (SELECT 1 FROM subject_failures WHERE subject = $2 AND window_started_at > $4 AND failures >= $5)"
     };
 }
 
-/// A statement written once with `?` placeholders; PostgreSQL's `$1, $2, …` text is made on first use.
-pub(super) struct Statement {
-    text: &'static str,
-    numbered: OnceLock<String>,
+/// A valid issuance of a code for a subject, or for none.
+pub(super) fn find_valid<'a>(
+    code: &'a Code,
+    subject: Option<&'a Subject>,
+    now: DateTime<Utc>,
+) -> Statement<'a> {
+    Statement::new(concat!(
+        "SELECT ",
+        columns!(),
+        " FROM valid_codes WHERE ",
+        valid_for!(),
+        " ORDER BY expires_at LIMIT 1"
+    ))
+    .text(code.as_str())
+    .optional_text(subject.map(Subject::as_str))
+    .time(now)
 }
 
-impl Statement {
-    const fn new(text: &'static str) -> Self {
-        Self {
-            text,
-            numbered: OnceLock::new(),
-        }
-    }
-
-    /// The text for SQLite.
-    pub(super) fn sqlite(&self) -> &'static str {
-        self.text
-    }
-
-    /// The text for PostgreSQL: each `?` numbered in order (no statement here has a `?` in a literal).
-    pub(super) fn postgres(&self) -> &str {
-        self.numbered.get_or_init(|| {
-            let mut out = String::with_capacity(self.text.len() + 16);
-            let mut n = 0;
-            for c in self.text.chars() {
-                if c == '?' {
-                    n += 1;
-                    out.push('$');
-                    out.push_str(&n.to_string());
-                } else {
-                    out.push(c);
-                }
-            }
-            out
-        })
-    }
+/// A valid issuance of a code for a subject that is not locked, with the subject's failures in its
+/// window (`prior_failures`).
+pub(super) fn check<'a>(
+    code: &'a Code,
+    subject: &'a Subject,
+    now: DateTime<Utc>,
+    gate: &Gate,
+) -> Statement<'a> {
+    Statement::new(concat!(
+        "SELECT ",
+        columns!(),
+        ", (SELECT CAST(failures AS BIGINT) FROM subject_failures WHERE subject = valid_codes.subject \
+         AND window_started_at > $4) AS prior_failures FROM valid_codes WHERE ",
+        valid_for!(),
+        " AND NOT ",
+        locked!(),
+        " ORDER BY expires_at LIMIT 1"
+    ))
+    .text(code.as_str())
+    .text(subject.as_str())
+    .time(now)
+    .time(gate.window_start)
+    .integer(gate.max_failures)
 }
 
-/// A valid issuance of a code (bind: code, subject, now).
-pub(super) static FIND_VALID: Statement = Statement::new(concat!(
-    "SELECT ",
-    columns!(),
-    " FROM valid_codes WHERE ",
-    valid_for!(),
-    " ORDER BY expires_at LIMIT 1"
-));
-
-/// A valid issuance of a code for a subject that is not locked, with the subject's failure count
-/// (bind: window start, code, subject, now, subject, window start, cap).
-pub(super) static CHECK: Statement = Statement::new(concat!(
-    "SELECT ",
-    columns!(),
-    ", (SELECT failures FROM subject_failures WHERE subject = valid_codes.subject \
-     AND window_started_at > ?) AS prior_failures FROM valid_codes WHERE ",
-    valid_for!(),
-    " AND NOT ",
-    locked!(),
-    " ORDER BY expires_at LIMIT 1"
-));
-
-/// Consumes a valid issuance, in one statement so that of concurrent redeems exactly one gets it
-/// (bind: now, code, subject, now, subject, window start, cap).
-pub(super) static REDEEM: Statement = Statement::new(concat!(
-    "UPDATE valid_codes SET redeemed_at = ? WHERE redeemed_at IS NULL AND issuance_id = \
-     (SELECT issuance_id FROM valid_codes WHERE ",
-    valid_for!(),
-    " AND NOT ",
-    locked!(),
-    " ORDER BY expires_at LIMIT 1) RETURNING ",
-    columns!()
-));
+/// Consumes a valid issuance, in one statement so that of concurrent redeems exactly one gets it.
+/// Without a gate no subject is locked.
+pub(super) fn redeem<'a>(
+    code: &'a Code,
+    subject: Option<&'a Subject>,
+    now: DateTime<Utc>,
+    gate: Option<&Gate>,
+) -> Statement<'a> {
+    let (window_start, cap) = gate
+        .map(|g| (g.window_start, i64::from(g.max_failures)))
+        .unwrap_or((now, i64::MAX));
+    Statement::new(concat!(
+        "UPDATE valid_codes SET redeemed_at = $3 WHERE redeemed_at IS NULL AND issuance_id = \
+         (SELECT issuance_id FROM valid_codes WHERE ",
+        valid_for!(),
+        " AND NOT ",
+        locked!(),
+        " ORDER BY expires_at LIMIT 1) RETURNING ",
+        columns!()
+    ))
+    .text(code.as_str())
+    .optional_text(subject.map(Subject::as_str))
+    .time(now)
+    .time(window_start)
+    .integer(cap)
+}
 
 /// Claims an idempotency key for a redeem, or takes over one that is forgotten (past its
-/// `expires_at`); returns a row only if this call now holds the key (bind: key, fingerprint,
-/// remember until, now). In PostgreSQL a concurrent claim of the same key waits for the first
-/// transaction to end.
-pub(super) static CLAIM_REDEEM_KEY: Statement = Statement::new(
-    "INSERT INTO redeem_requests (idempotency_key, fingerprint, issuance_id, expires_at) \
-     VALUES (?, ?, NULL, ?) \
-     ON CONFLICT (idempotency_key) DO UPDATE SET fingerprint = excluded.fingerprint, \
-       issuance_id = NULL, expires_at = excluded.expires_at \
-     WHERE redeem_requests.expires_at <= ? \
-     RETURNING idempotency_key",
-);
+/// `expires_at`); returns a row only if this call now holds the key. In PostgreSQL a concurrent claim
+/// of the same key waits for the first transaction to end.
+pub(super) fn claim_redeem_key<'a>(key: &RedeemKey<'a>, now: DateTime<Utc>) -> Statement<'a> {
+    Statement::new(
+        "INSERT INTO redeem_requests (idempotency_key, fingerprint, issuance_id, expires_at) \
+         VALUES ($1, $2, NULL, $3) \
+         ON CONFLICT (idempotency_key) DO UPDATE SET fingerprint = excluded.fingerprint, \
+           issuance_id = NULL, expires_at = excluded.expires_at \
+         WHERE redeem_requests.expires_at <= $4 \
+         RETURNING idempotency_key",
+    )
+    .text(key.key.as_str())
+    .text(key.fingerprint)
+    .time(key.keep_failure_until)
+    .time(now)
+}
 
-/// What a held idempotency key remembers (bind: key).
-pub(super) static REDEEM_KEY_ANSWER: Statement = Statement::new(
-    "SELECT fingerprint, issuance_id FROM redeem_requests WHERE idempotency_key = ?",
-);
+/// What a held idempotency key remembers: `fingerprint`, `issuance_id`.
+pub(super) fn redeem_key_answer<'a>(key: &RedeemKey<'a>) -> Statement<'a> {
+    Statement::new(
+        "SELECT fingerprint, issuance_id FROM redeem_requests WHERE idempotency_key = $1",
+    )
+    .text(key.key.as_str())
+}
 
-/// Remembers a redeem's success under its key until the code's expiry (bind: issuance id, expiry, key).
-pub(super) static REMEMBER_REDEEMED: Statement = Statement::new(
-    "UPDATE redeem_requests SET issuance_id = ?, expires_at = ? WHERE idempotency_key = ?",
-);
+/// Remembers a redeem's success under its key until the code's expiry.
+pub(super) fn remember_redeemed<'a>(
+    key: &RedeemKey<'a>,
+    redeemed: &'a CodeRecord,
+) -> Statement<'a> {
+    Statement::new(
+        "UPDATE redeem_requests SET issuance_id = $1, expires_at = $2 WHERE idempotency_key = $3",
+    )
+    .text(redeemed.issuance_id.as_str())
+    .time(redeemed.expires_at)
+    .text(key.key.as_str())
+}
 
-/// One issuance (bind: issuance id).
-pub(super) static RECORD_BY_ID: Statement = Statement::new(concat!(
-    "SELECT ",
-    columns!(),
-    " FROM valid_codes WHERE issuance_id = ?"
-));
+/// One issuance.
+pub(super) fn record_by_id(id: &str) -> Statement<'_> {
+    Statement::new(concat!(
+        "SELECT ",
+        columns!(),
+        " FROM valid_codes WHERE issuance_id = $1"
+    ))
+    .text(id)
+}
 
-/// Every issuance of a code, newest first (bind: code).
-pub(super) static RECORDS: Statement = Statement::new(concat!(
-    "SELECT ",
-    columns!(),
-    " FROM valid_codes WHERE code = ? ORDER BY issued_at DESC"
-));
+/// Every issuance of a code, newest first.
+pub(super) fn records(code: &Code) -> Statement<'_> {
+    Statement::new(concat!(
+        "SELECT ",
+        columns!(),
+        " FROM valid_codes WHERE code = $1 ORDER BY issued_at DESC"
+    ))
+    .text(code.as_str())
+}
 
-/// Every row, newest first (bind: limit).
-pub(super) static LIST_ALL: Statement = Statement::new(concat!(
-    "SELECT ",
-    columns!(),
-    " FROM valid_codes ORDER BY issued_at DESC LIMIT ?"
-));
+/// Every row, newest first.
+pub(super) fn list_all(limit: u32) -> Statement<'static> {
+    Statement::new(concat!(
+        "SELECT ",
+        columns!(),
+        " FROM valid_codes ORDER BY issued_at DESC LIMIT $1"
+    ))
+    .integer(limit)
+}
 
-/// The valid rows, soonest expiry first (bind: now, limit).
-pub(super) static LIST_VALID: Statement = Statement::new(concat!(
-    "SELECT ",
-    columns!(),
-    " FROM valid_codes WHERE ",
-    valid!(),
-    " ORDER BY expires_at LIMIT ?"
-));
+/// The valid rows, soonest expiry first.
+pub(super) fn list_valid(now: DateTime<Utc>, limit: u32) -> Statement<'static> {
+    Statement::new(concat!(
+        "SELECT ",
+        columns!(),
+        " FROM valid_codes WHERE ",
+        valid!("$1"),
+        " ORDER BY expires_at LIMIT $2"
+    ))
+    .time(now)
+    .integer(limit)
+}
 
-/// How many rows are valid (bind: now).
-pub(super) static COUNT_VALID: Statement =
-    Statement::new(concat!("SELECT COUNT(*) FROM valid_codes WHERE ", valid!()));
+/// How many rows are valid (`count`).
+pub(super) fn count_valid(now: DateTime<Utc>) -> Statement<'static> {
+    Statement::new(concat!(
+        "SELECT COUNT(*) AS count FROM valid_codes WHERE ",
+        valid!("$1")
+    ))
+    .time(now)
+}
 
-/// A subject's failures in its current window (bind: subject, window start).
-pub(super) static FAILURES: Statement = Statement::new(
-    "SELECT failures FROM subject_failures WHERE subject = ? AND window_started_at > ?",
-);
+/// A subject's failures in its current window (`failures`).
+pub(super) fn failures(subject: &Subject, window_start: DateTime<Utc>) -> Statement<'_> {
+    Statement::new(
+        "SELECT CAST(failures AS BIGINT) AS failures FROM subject_failures \
+         WHERE subject = $1 AND window_started_at > $2",
+    )
+    .text(subject.as_str())
+    .time(window_start)
+}
 
-/// Counts one failure, never past the cap; a window that has ended starts again now
-/// (bind: subject, now, window start, cap, window start).
-pub(super) static COUNT_FAILURE: Statement = Statement::new(
-    "INSERT INTO subject_failures (subject, failures, window_started_at) VALUES (?, 1, ?) \
-     ON CONFLICT (subject) DO UPDATE SET \
-       failures = CASE WHEN subject_failures.window_started_at <= ? THEN 1 \
-                       WHEN subject_failures.failures >= ? THEN subject_failures.failures \
-                       ELSE subject_failures.failures + 1 END, \
-       window_started_at = CASE WHEN subject_failures.window_started_at <= ? \
-                           THEN excluded.window_started_at ELSE subject_failures.window_started_at END \
-     RETURNING failures",
-);
+/// Counts one failure, never past the cap; a window that has ended starts again now. Returns the
+/// count (`failures`). The upsert locks the subject's row, so concurrent failures count one after
+/// another.
+pub(super) fn count_failure<'a>(
+    subject: &'a Subject,
+    now: DateTime<Utc>,
+    gate: &Gate,
+) -> Statement<'a> {
+    Statement::new(
+        "INSERT INTO subject_failures (subject, failures, window_started_at) VALUES ($1, 1, $2) \
+         ON CONFLICT (subject) DO UPDATE SET \
+           failures = CASE WHEN subject_failures.window_started_at <= $3 THEN 1 \
+                           WHEN subject_failures.failures >= $4 THEN subject_failures.failures \
+                           ELSE subject_failures.failures + 1 END, \
+           window_started_at = CASE WHEN subject_failures.window_started_at <= $3 \
+                               THEN excluded.window_started_at ELSE subject_failures.window_started_at END \
+         RETURNING CAST(failures AS BIGINT) AS failures",
+    )
+    .text(subject.as_str())
+    .time(now)
+    .time(gate.window_start)
+    .integer(gate.max_failures)
+}
 
-/// Counts a wrong check on each of the subject's valid codes, burning those that reach the cap
-/// (bind: cap, now, subject, now).
-pub(super) static COUNT_WRONG_CHECK: Statement = Statement::new(concat!(
-    "UPDATE valid_codes SET wrong_checks = wrong_checks + 1, \
-       revoked_at = CASE WHEN wrong_checks + 1 >= ? THEN ? ELSE revoked_at END \
-     WHERE subject = ? AND ",
-    valid!()
-));
+/// Counts a wrong check on each of the subject's valid codes, burning those that reach the cap.
+pub(super) fn count_wrong_check<'a>(
+    subject: &'a Subject,
+    now: DateTime<Utc>,
+    gate: &Gate,
+) -> Statement<'a> {
+    Statement::new(concat!(
+        "UPDATE valid_codes SET wrong_checks = wrong_checks + 1, \
+           revoked_at = CASE WHEN wrong_checks + 1 >= $1 THEN $2 ELSE revoked_at END \
+         WHERE subject = $3 AND ",
+        valid!("$2")
+    ))
+    .integer(gate.max_wrong_per_code)
+    .time(now)
+    .text(subject.as_str())
+}
 
-/// Forgets a subject's failures (bind: subject).
-pub(super) static RESET_FAILURES: Statement =
-    Statement::new("DELETE FROM subject_failures WHERE subject = ?");
+/// Forgets a subject's failures.
+pub(super) fn reset_failures(subject: &Subject) -> Statement<'_> {
+    Statement::new("DELETE FROM subject_failures WHERE subject = $1").text(subject.as_str())
+}
 
-/// Remembers a revocation for activations still to come (bind: code, now).
-pub(super) static RECORD_REVOCATION: Statement =
-    Statement::new("INSERT INTO code_revocations (code, revoked_at) VALUES (?, ?)");
+/// Remembers a revocation for activations still to come.
+pub(super) fn record_revocation(code: &Code, now: DateTime<Utc>) -> Statement<'_> {
+    Statement::new("INSERT INTO code_revocations (code, revoked_at) VALUES ($1, $2)")
+        .text(code.as_str())
+        .time(now)
+}
 
-/// Revokes the recorded issuances of a code still before their expiry (bind: now, code, now).
-pub(super) static REVOKE: Statement = Statement::new(
-    "UPDATE valid_codes SET revoked_at = ? WHERE code = ? AND revoked_at IS NULL AND expires_at > ?",
-);
+/// Revokes the recorded issuances of a code still before their expiry.
+pub(super) fn revoke(code: &Code, now: DateTime<Utc>) -> Statement<'_> {
+    Statement::new(
+        "UPDATE valid_codes SET revoked_at = $2 \
+         WHERE code = $1 AND revoked_at IS NULL AND expires_at > $2",
+    )
+    .text(code.as_str())
+    .time(now)
+}
 
 /// Rows one purge statement deletes at most on SQLite: each batch is its own short transaction, so a
 /// purge of many rows never holds SQLite's one writer for long (the benchmark's retention part: the
 /// longest wait of a write during a purge of 100k rows, 249–336 ms with one DELETE, 19–34 ms in
-/// batches).
+/// batches). PostgreSQL purges each table in one statement: under MVCC it blocks no writer (a write's
+/// longest wait during a purge of 100k rows 1–9 ms either way), and it was 14 times faster than
+/// batches, whose index scans walk the rows the batches before them left dead.
 pub const PURGE_BATCH: u32 = 1000;
 
-/// The statements of a purge, and the rows each may delete at once (`None`: all in one statement).
-pub(super) struct Purge {
-    /// Rows past their retention (bind: cutoff[, batch]).
-    pub codes: Statement,
-    /// Revocations past their retention (bind: cutoff[, batch]); the table has no key, so a batch
-    /// is chosen by its rows' values (equal rows go together).
-    pub revocations: Statement,
-    /// Redeem keys past their time (bind: cutoff[, batch]).
-    pub redeem_keys: Statement,
-    /// The rows one statement deletes at most.
-    pub batch: Option<u32>,
+/// A table a purge empties of what is past its time.
+#[derive(Clone, Copy, Debug)]
+pub(super) enum Purged {
+    /// Rows past their retention.
+    Codes,
+    /// Revocations past their retention; the table has no key, so a batch is chosen by its rows'
+    /// values (equal rows go together).
+    Revocations,
+    /// Redeem keys past their time.
+    RedeemKeys,
 }
 
-/// SQLite's purge: batches of [`PURGE_BATCH`], so that queued writers go between them.
-pub(super) static PURGE_IN_BATCHES: Purge = Purge {
-    codes: Statement::new(
-        "DELETE FROM valid_codes WHERE issuance_id IN \
-         (SELECT issuance_id FROM valid_codes WHERE expires_at <= ? LIMIT ?)",
-    ),
-    revocations: Statement::new(
-        "DELETE FROM code_revocations WHERE (code, revoked_at) IN \
-         (SELECT code, revoked_at FROM code_revocations WHERE revoked_at <= ? LIMIT ?)",
-    ),
-    redeem_keys: Statement::new(
-        "DELETE FROM redeem_requests WHERE idempotency_key IN \
-         (SELECT idempotency_key FROM redeem_requests WHERE expires_at <= ? LIMIT ?)",
-    ),
-    batch: Some(PURGE_BATCH),
-};
+/// Deletes a table's rows whose time is at or before `before`: at most `batch` of them, or all.
+pub(super) fn purge(
+    table: Purged,
+    before: DateTime<Utc>,
+    batch: Option<u32>,
+) -> Statement<'static> {
+    let text = match (table, batch) {
+        (Purged::Codes, None) => "DELETE FROM valid_codes WHERE expires_at <= $1",
+        (Purged::Codes, Some(_)) => {
+            "DELETE FROM valid_codes WHERE issuance_id IN \
+             (SELECT issuance_id FROM valid_codes WHERE expires_at <= $1 LIMIT $2)"
+        }
+        (Purged::Revocations, None) => "DELETE FROM code_revocations WHERE revoked_at <= $1",
+        (Purged::Revocations, Some(_)) => {
+            "DELETE FROM code_revocations WHERE (code, revoked_at) IN \
+             (SELECT code, revoked_at FROM code_revocations WHERE revoked_at <= $1 LIMIT $2)"
+        }
+        (Purged::RedeemKeys, None) => "DELETE FROM redeem_requests WHERE expires_at <= $1",
+        (Purged::RedeemKeys, Some(_)) => {
+            "DELETE FROM redeem_requests WHERE idempotency_key IN \
+             (SELECT idempotency_key FROM redeem_requests WHERE expires_at <= $1 LIMIT $2)"
+        }
+    };
+    let statement = Statement::new(text).time(before);
+    match batch {
+        Some(batch) => statement.integer(batch),
+        None => statement,
+    }
+}
 
-/// PostgreSQL's purge: one statement per table. Under MVCC it blocks no writer (the benchmark: a
-/// write's longest wait during a purge of 100k rows 1–9 ms either way), and it was 14 times faster
-/// than batches, whose index scans walk the rows the batches before them left dead.
-pub(super) static PURGE_AT_ONCE: Purge = Purge {
-    codes: Statement::new("DELETE FROM valid_codes WHERE expires_at <= ?"),
-    revocations: Statement::new("DELETE FROM code_revocations WHERE revoked_at <= ?"),
-    redeem_keys: Statement::new("DELETE FROM redeem_requests WHERE expires_at <= ?"),
-    batch: None,
-};
+/// Inserts live activations, skipping ids already recorded. Each row's `revoked_at` is the latest
+/// revocation of its code at or after its announcement, looked up in the same statement, so the
+/// lookup and the insert see the same database (an operator may have revoked the code while the
+/// activation was on its way). `now` is bound once for every row.
+pub(super) fn insert_activations<'a>(live: &[&'a Activation], now: DateTime<Utc>) -> Statement<'a> {
+    let mut statement = Statement::new(
+        "INSERT INTO valid_codes (issuance_id, code, subject, destination, delivery_due_at, \
+         issued_at, expires_at, activated_at, revoked_at) VALUES ",
+    );
+    let now = statement.bind(Param::Time(Some(now)));
+    for (i, a) in live.iter().enumerate() {
+        let issuance = &a.issuance;
+        let id = statement.bind(Param::Text(Some(issuance.id.as_str())));
+        let code = statement.bind(Param::Text(Some(issuance.code.as_str())));
+        let subject = statement.bind(Param::Text(issuance.subject.as_ref().map(|s| s.as_str())));
+        let destination = statement.bind(Param::Text(
+            issuance.destination.as_ref().map(|d| d.as_str()),
+        ));
+        let issued = statement.bind(Param::Time(Some(issuance.issued_at)));
+        let expires = statement.bind(Param::Time(Some(a.expires_at)));
+        let announced = statement.bind(Param::Time(Some(a.announced_at)));
+        // A delivery is due now if the code has somewhere to go.
+        let due = match issuance.destination {
+            Some(_) => now.to_string(),
+            None => "NULL".to_owned(),
+        };
+        statement.push_sql(&format!(
+            "{}({id}, {code}, {subject}, {destination}, {due}, {issued}, {expires}, {now}, \
+             (SELECT max(revoked_at) FROM code_revocations WHERE code = {code} AND revoked_at >= {announced}))",
+            if i == 0 { "" } else { ", " }
+        ));
+    }
+    statement.push_sql(" ON CONFLICT (issuance_id) DO NOTHING");
+    statement
+}
+
+/// ` IN ($k, …)` for a list of ids, bound into `statement`.
+fn push_ids<'a>(statement: &mut Statement<'a>, ids: &[&'a str]) {
+    let list: Vec<String> = ids
+        .iter()
+        .map(|id| statement.bind(Param::Text(Some(id))).to_string())
+        .collect();
+    statement.push_sql(" IN (");
+    statement.push_sql(&list.join(", "));
+    statement.push_sql(")");
+}
+
+/// The code each of the ids is recorded for (`issuance_id`, `code`).
+pub(super) fn recorded_codes<'a>(ids: &[&'a str]) -> Statement<'a> {
+    let mut statement =
+        Statement::new("SELECT issuance_id, code FROM valid_codes WHERE issuance_id");
+    push_ids(&mut statement, ids);
+    statement
+}
+
+/// Marks the rows of the ids expired, if they are past their expiry and not marked yet.
+pub(super) fn mark_expired<'a>(ids: &[&'a str], now: DateTime<Utc>) -> Statement<'a> {
+    let mut statement = Statement::new(
+        "UPDATE valid_codes SET expired_at = $1 \
+         WHERE expired_at IS NULL AND expires_at <= $1 AND issuance_id",
+    )
+    .time(now);
+    push_ids(&mut statement, ids);
+    statement
+}
 
 /// The columns a claimed delivery is read from ([`pending_delivery`]).
 macro_rules! delivery_columns {
@@ -280,57 +421,97 @@ macro_rules! delivery_columns {
 }
 
 /// Claims deliveries due at `now` whose code is still valid, oldest due first, until a lease's end,
-/// counting the attempt (bind: lease end, now, now, limit); `$lock` is the dialect's row lock.
-macro_rules! claim_deliveries {
-    ($lock:literal) => {
-        Statement::new(concat!(
-            "UPDATE valid_codes SET delivery_due_at = ?, delivery_attempts = delivery_attempts + 1 \
-             WHERE issuance_id IN (SELECT issuance_id FROM valid_codes WHERE delivery_due_at <= ? AND ",
-            valid!(),
-            " ORDER BY delivery_due_at LIMIT ?",
-            $lock,
-            ") RETURNING ",
-            delivery_columns!()
-        ))
+/// counting the attempt. `skip_locked` (PostgreSQL) locks the due rows and skips those another
+/// claimer holds, so concurrent claims never share a delivery; in SQLite the statement runs on the
+/// one write connection, so a second claimer sees the first one's lease.
+pub(super) fn claim_deliveries(
+    now: DateTime<Utc>,
+    lease_until: DateTime<Utc>,
+    limit: u32,
+    skip_locked: bool,
+) -> Statement<'static> {
+    const SELECT_DUE: &str = concat!(
+        "UPDATE valid_codes SET delivery_due_at = $1, delivery_attempts = delivery_attempts + 1 \
+         WHERE issuance_id IN (SELECT issuance_id FROM valid_codes WHERE delivery_due_at <= $2 AND ",
+        valid!("$2"),
+        " ORDER BY delivery_due_at LIMIT $3"
+    );
+    const RETURNING: &str = concat!(") RETURNING ", delivery_columns!());
+    let lock = if skip_locked {
+        " FOR UPDATE SKIP LOCKED"
+    } else {
+        ""
     };
+    Statement::new(format!("{SELECT_DUE}{lock}{RETURNING}"))
+        .time(lease_until)
+        .time(now)
+        .integer(limit)
 }
 
-/// [`claim_deliveries!`] for SQLite: one statement on the one write connection, so a second claimer
-/// sees the first one's lease.
-pub(super) static CLAIM_DELIVERIES_SQLITE: Statement = claim_deliveries!("");
+/// Records a delivery as made.
+pub(super) fn delivered(id: &IssuanceId, now: DateTime<Utc>) -> Statement<'_> {
+    Statement::new(
+        "UPDATE valid_codes SET delivered_at = $1, delivery_due_at = NULL, \
+         delivery_failed_at = NULL, delivery_error = NULL \
+         WHERE issuance_id = $2 AND delivered_at IS NULL",
+    )
+    .time(now)
+    .text(id.as_str())
+}
 
-/// [`claim_deliveries!`] for PostgreSQL: the due rows are locked, and those another claimer holds are
-/// skipped, so concurrent claims never share a delivery.
-pub(super) static CLAIM_DELIVERIES_POSTGRES: Statement =
-    claim_deliveries!(" FOR UPDATE SKIP LOCKED");
+/// Schedules the next attempt of a delivery that failed for now.
+pub(super) fn delivery_retry<'a>(
+    id: &'a IssuanceId,
+    due: DateTime<Utc>,
+    reason: &'a str,
+) -> Statement<'a> {
+    Statement::new(
+        "UPDATE valid_codes SET delivery_due_at = $1, delivery_error = $2 \
+         WHERE issuance_id = $3 AND delivered_at IS NULL AND delivery_failed_at IS NULL",
+    )
+    .time(due)
+    .text(reason)
+    .text(id.as_str())
+}
 
-/// Records a delivery as made (bind: now, issuance id).
-pub(super) static DELIVERED: Statement = Statement::new(
-    "UPDATE valid_codes SET delivered_at = ?, delivery_due_at = NULL, delivery_failed_at = NULL,      delivery_error = NULL WHERE issuance_id = ? AND delivered_at IS NULL",
-);
+/// Records a delivery as failed for good.
+pub(super) fn delivery_failed<'a>(
+    id: &'a IssuanceId,
+    now: DateTime<Utc>,
+    reason: &'a str,
+) -> Statement<'a> {
+    Statement::new(
+        "UPDATE valid_codes SET delivery_failed_at = $1, delivery_error = $2, delivery_due_at = NULL \
+         WHERE issuance_id = $3 AND delivered_at IS NULL",
+    )
+    .time(now)
+    .text(reason)
+    .text(id.as_str())
+}
 
-/// Schedules the next attempt of a delivery that failed for now (bind: due, reason, issuance id).
-pub(super) static DELIVERY_RETRY: Statement = Statement::new(
-    "UPDATE valid_codes SET delivery_due_at = ?, delivery_error = ?      WHERE issuance_id = ? AND delivered_at IS NULL AND delivery_failed_at IS NULL",
-);
+/// Ends the pending deliveries of codes that can no longer be used, saying why.
+pub(super) fn end_undeliverable(now: DateTime<Utc>) -> Statement<'static> {
+    Statement::new(
+        "UPDATE valid_codes SET delivery_due_at = NULL, delivery_failed_at = $1, delivery_error = \
+           CASE WHEN redeemed_at IS NOT NULL THEN 'redeemed before delivery' \
+                WHEN revoked_at IS NOT NULL THEN 'revoked before delivery' \
+                ELSE 'expired before delivery' || COALESCE(' (last attempt: ' || delivery_error || ')', '') END \
+         WHERE delivery_due_at IS NOT NULL AND delivered_at IS NULL \
+           AND (expires_at <= $1 OR redeemed_at IS NOT NULL OR revoked_at IS NOT NULL)",
+    )
+    .time(now)
+}
 
-/// Records a delivery as failed for good (bind: now, reason, issuance id).
-pub(super) static DELIVERY_FAILED: Statement = Statement::new(
-    "UPDATE valid_codes SET delivery_failed_at = ?, delivery_error = ?, delivery_due_at = NULL      WHERE issuance_id = ? AND delivered_at IS NULL",
-);
-
-/// Ends the pending deliveries of codes that can no longer be used, saying why (bind: now, now).
-pub(super) static END_UNDELIVERABLE: Statement = Statement::new(
-    "UPDATE valid_codes SET delivery_due_at = NULL, delivery_failed_at = ?, delivery_error =        CASE WHEN redeemed_at IS NOT NULL THEN 'redeemed before delivery'             WHEN revoked_at IS NOT NULL THEN 'revoked before delivery'             ELSE 'expired before delivery' || COALESCE(' (last attempt: ' || delivery_error || ')', '') END      WHERE delivery_due_at IS NOT NULL AND delivered_at IS NULL        AND (expires_at <= ? OR redeemed_at IS NOT NULL OR revoked_at IS NOT NULL)",
-);
-
-/// A claimed delivery that may still be sent (bind: issuance id, now).
-pub(super) static STILL_DELIVERABLE: Statement = Statement::new(concat!(
-    "SELECT 1 FROM valid_codes WHERE issuance_id = ? AND delivered_at IS NULL \
-     AND delivery_failed_at IS NULL AND ",
-    valid!()
-));
-
+/// A claimed delivery that may still be sent.
+pub(super) fn still_deliverable(id: &IssuanceId, now: DateTime<Utc>) -> Statement<'_> {
+    Statement::new(concat!(
+        "SELECT 1 FROM valid_codes WHERE issuance_id = $1 AND delivered_at IS NULL \
+         AND delivery_failed_at IS NULL AND ",
+        valid!("$2")
+    ))
+    .text(id.as_str())
+    .time(now)
+}
 /// Reads a [`PendingDelivery`](super::PendingDelivery) from a row of `delivery_columns!`, with `time`
 /// reading a time column.
 pub(super) fn pending_delivery<'r, R>(
@@ -358,19 +539,6 @@ where
         attempt: u32::try_from(attempts).map_err(|_| StoreError::Corrupt("delivery_attempts"))?,
     })
 }
-
-/// The start of an activation insert; each row's `revoked_at` is the latest revocation of its code
-/// at or after its announcement, looked up in the same statement.
-pub(super) const INSERT_ACTIVATIONS: &str = "INSERT INTO valid_codes \
-     (issuance_id, code, subject, destination, delivery_due_at, issued_at, expires_at, activated_at, \
-      revoked_at) ";
-
-/// A row's `revoked_at` in [`INSERT_ACTIVATIONS`]: before the code, then between it and the time.
-pub(super) const REVOKED_SINCE: [&str; 3] = [
-    "(SELECT max(revoked_at) FROM code_revocations WHERE code = ",
-    " AND revoked_at >= ",
-    ")",
-];
 
 /// Reads a [`CodeRecord`] from a row of [`columns!`], with `time` reading a time column (the one
 /// thing the dialects store differently).
@@ -414,336 +582,100 @@ where
     })
 }
 
-/// A count bound for an `integer` column.
-pub(super) fn int(n: u32) -> i32 {
-    i32::try_from(n).unwrap_or(i32::MAX)
-}
-
-/// A count read from an `integer` column.
-pub(super) fn count(n: Option<i32>) -> u32 {
-    n.unwrap_or(0).max(0) as u32
-}
-
-/// Implements, for a dialect's store, the methods whose SQL both dialects share: all of
-/// verification's, listing, revoking (after `$revoke_lock`, if any), purging (as `$purge` says), and the health check. The store
-/// has a `pool`; `$db` is the sqlx database; the dialect file has `record(&Row)` and `t(DateTime<Utc>)`, the bound form of a time;
-/// `$dialect` (`sqlite` or `postgres`) picks each statement's text.
-macro_rules! shared_queries {
-    ($store:ty, $db:ty, $dialect:ident, revoke_lock: $revoke_lock:expr, purge: $purge:expr) => {
-        #[async_trait::async_trait]
-        impl $crate::store::VerificationStore for $store {
-            fn db_system(&self) -> &'static str {
-                $crate::store::ActivationStore::db_system(self)
-            }
-
-            async fn find_valid(
-                &self,
-                code: &Code,
-                subject: Option<&Subject>,
-                now: DateTime<Utc>,
-            ) -> Result<Option<CodeRecord>, StoreError> {
-                let row = sqlx::query(sql::FIND_VALID.$dialect())
-                    .bind(code.as_str())
-                    .bind(subject.map(Subject::as_str))
-                    .bind(t(now))
-                    .fetch_optional(self.reads())
-                    .await?;
-                row.as_ref().map(record).transpose()
-            }
-
-            async fn check(
-                &self,
-                code: &Code,
-                subject: &Subject,
-                now: DateTime<Utc>,
-                gate: &Gate,
-            ) -> Result<Option<(CodeRecord, u32)>, StoreError> {
-                let row = sqlx::query(sql::CHECK.$dialect())
-                    .bind(t(gate.window_start))
-                    .bind(code.as_str())
-                    .bind(subject.as_str())
-                    .bind(t(now))
-                    .bind(subject.as_str())
-                    .bind(t(gate.window_start))
-                    .bind(sql::int(gate.max_failures))
-                    .fetch_optional(self.reads())
-                    .await?;
-                row.map(|row| {
-                    let prior: Option<i32> = row.try_get("prior_failures")?;
-                    Ok((record(&row)?, sql::count(prior)))
-                })
-                .transpose()
-            }
-
-            async fn redeem(
-                &self,
-                code: &Code,
-                subject: Option<&Subject>,
-                now: DateTime<Utc>,
-                gate: Option<&Gate>,
-            ) -> Result<Option<CodeRecord>, StoreError> {
-                Self::redeem_on(self.writes(), code, subject, now, gate).await
-            }
-
-            async fn redeem_keyed(
-                &self,
-                key: $crate::store::RedeemKey<'_>,
-                code: &Code,
-                subject: Option<&Subject>,
-                now: DateTime<Utc>,
-                gate: Option<&Gate>,
-            ) -> Result<$crate::store::KeyedRedeem, StoreError> {
-                use $crate::store::KeyedRedeem;
-                let mut tx = sql::begin(self.writes()).await?;
-                let claimed = sqlx::query(sql::CLAIM_REDEEM_KEY.$dialect())
-                    .bind(key.key.as_str())
-                    .bind(key.fingerprint)
-                    .bind(t(key.keep_failure_until))
-                    .bind(t(now))
-                    .fetch_optional(&mut *tx)
-                    .await?
-                    .is_some();
-                if !claimed {
-                    // Held by an earlier request (committed: a concurrent claim waited for it).
-                    let row = sqlx::query(sql::REDEEM_KEY_ANSWER.$dialect())
-                        .bind(key.key.as_str())
-                        .fetch_one(&mut *tx)
-                        .await?;
-                    let fingerprint: String = row.try_get("fingerprint")?;
-                    if fingerprint != key.fingerprint {
-                        return Ok(KeyedRedeem::Reused);
-                    }
-                    let issuance: Option<String> = row.try_get("issuance_id")?;
-                    let Some(issuance) = issuance else {
-                        return Ok(KeyedRedeem::Repeat(None));
-                    };
-                    let row = sqlx::query(sql::RECORD_BY_ID.$dialect())
-                        .bind(issuance)
-                        .fetch_optional(&mut *tx)
-                        .await?;
-                    return Ok(KeyedRedeem::Repeat(row.as_ref().map(record).transpose()?));
-                }
-                let redeemed = Self::redeem_on(&mut *tx, code, subject, now, gate).await?;
-                if let Some(record) = &redeemed {
-                    sqlx::query(sql::REMEMBER_REDEEMED.$dialect())
-                        .bind(record.issuance_id.as_str())
-                        .bind(t(record.expires_at))
-                        .bind(key.key.as_str())
-                        .execute(&mut *tx)
-                        .await?;
-                }
-                tx.commit().await?;
-                Ok(KeyedRedeem::First(redeemed))
-            }
-
-            async fn records(&self, code: &Code) -> Result<Vec<CodeRecord>, StoreError> {
-                let rows = sqlx::query(sql::RECORDS.$dialect())
-                    .bind(code.as_str())
-                    .fetch_all(self.reads())
-                    .await?;
-                rows.iter().map(record).collect()
-            }
-
-            async fn failures(
-                &self,
-                subject: &Subject,
-                window_start: DateTime<Utc>,
-            ) -> Result<u32, StoreError> {
-                let n: Option<i32> = sqlx::query_scalar(sql::FAILURES.$dialect())
-                    .bind(subject.as_str())
-                    .bind(t(window_start))
-                    .fetch_optional(self.reads())
-                    .await?;
-                Ok(sql::count(n))
-            }
-
-            async fn record_failure(
-                &self,
-                subject: &Subject,
-                now: DateTime<Utc>,
-                gate: &Gate,
-            ) -> Result<u32, StoreError> {
-                let mut tx = sql::begin(self.writes()).await?;
-                // The upsert locks the subject's row, so concurrent failures count one after another.
-                let n: i32 = sqlx::query_scalar(sql::COUNT_FAILURE.$dialect())
-                    .bind(subject.as_str())
-                    .bind(t(now))
-                    .bind(t(gate.window_start))
-                    .bind(sql::int(gate.max_failures))
-                    .bind(t(gate.window_start))
-                    .fetch_one(&mut *tx)
-                    .await?;
-                sqlx::query(sql::COUNT_WRONG_CHECK.$dialect())
-                    .bind(sql::int(gate.max_wrong_per_code))
-                    .bind(t(now))
-                    .bind(subject.as_str())
-                    .bind(t(now))
-                    .execute(&mut *tx)
-                    .await?;
-                tx.commit().await?;
-                Ok(sql::count(Some(n)))
-            }
-
-            async fn reset_failures(&self, subject: &Subject) -> Result<(), StoreError> {
-                sqlx::query(sql::RESET_FAILURES.$dialect())
-                    .bind(subject.as_str())
-                    .execute(self.writes())
-                    .await?;
-                Ok(())
-            }
-        }
-
-        #[async_trait::async_trait]
-        impl $crate::store::OperatorStore for $store {
-            async fn list(
-                &self,
-                all: bool,
-                now: DateTime<Utc>,
-                limit: u32,
-            ) -> Result<Vec<CodeRecord>, StoreError> {
-                let rows = if all {
-                    sqlx::query(sql::LIST_ALL.$dialect())
-                        .bind(i64::from(limit))
-                        .fetch_all(self.reads())
-                        .await?
-                } else {
-                    sqlx::query(sql::LIST_VALID.$dialect())
-                        .bind(t(now))
-                        .bind(i64::from(limit))
-                        .fetch_all(self.reads())
-                        .await?
-                };
-                rows.iter().map(record).collect()
-            }
-
-            async fn count_valid(&self, now: DateTime<Utc>) -> Result<u64, StoreError> {
-                let (count,): (i64,) = sqlx::query_as(sql::COUNT_VALID.$dialect())
-                    .bind(t(now))
-                    .fetch_one(self.reads())
-                    .await?;
-                Ok(u64::try_from(count).unwrap_or(0))
-            }
-
-            async fn revoke(&self, code: &Code, now: DateTime<Utc>) -> Result<u64, StoreError> {
-                let mut tx = sql::begin(self.writes()).await?;
-                let lock: Option<&str> = $revoke_lock;
-                if let Some(lock) = lock {
-                    sqlx::query(lock).execute(&mut *tx).await?;
-                }
-                sqlx::query(sql::RECORD_REVOCATION.$dialect())
-                    .bind(code.as_str())
-                    .bind(t(now))
-                    .execute(&mut *tx)
-                    .await?;
-                let revoked = sqlx::query(sql::REVOKE.$dialect())
-                    .bind(t(now))
-                    .bind(code.as_str())
-                    .bind(t(now))
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected();
-                tx.commit().await?;
-                Ok(revoked)
-            }
-        }
-
-        #[async_trait::async_trait]
-        impl $crate::store::CodeStore for $store {
-            async fn ping(&self) -> Result<(), StoreError> {
-                sqlx::query("SELECT 1").execute(self.reads()).await?;
-                Ok(())
-            }
-        }
-
-        impl $store {
-            /// Consumes a valid issuance in one statement on `executor` (a pool or a transaction).
-            /// SQLite runs one writer at a time; in PostgreSQL a concurrent redeem of the same row waits
-            /// for the first to commit, then re-checks `redeemed_at IS NULL` and misses.
-            async fn redeem_on<'c, E: sqlx::Executor<'c, Database = $db>>(
-                executor: E,
-                code: &Code,
-                subject: Option<&Subject>,
-                now: DateTime<Utc>,
-                gate: Option<&Gate>,
-            ) -> Result<Option<CodeRecord>, StoreError> {
-                let (window_start, max_failures) = gate
-                    .map(|g| (g.window_start, sql::int(g.max_failures)))
-                    .unwrap_or((now, i32::MAX));
-                let row = sqlx::query(sql::REDEEM.$dialect())
-                    .bind(t(now))
-                    .bind(code.as_str())
-                    .bind(subject.map(Subject::as_str))
-                    .bind(t(now))
-                    .bind(subject.map(Subject::as_str))
-                    .bind(t(window_start))
-                    .bind(max_failures)
-                    .fetch_optional(executor)
-                    .await?;
-                row.as_ref().map(record).transpose()
-            }
-
-            /// Whether the issuance `id` has a row.
-            async fn is_recorded(&self, id: &IssuanceId) -> Result<bool, StoreError> {
-                let row = sqlx::query(sql::RECORD_BY_ID.$dialect())
-                    .bind(id.as_str())
-                    .fetch_optional(self.reads())
-                    .await?;
-                Ok(row.is_some())
-            }
-
-            /// Deletes rows (and revocations, and redeem keys) whose time is at or before `before`,
-            /// as the dialect's [`sql::Purge`] says; the number of code rows deleted. Each table's
-            /// purge is independent of the others' (a revocation outlives every activation it may
-            /// meet by the retention's floor of one TTL), so a failure half-way leaves nothing wrong.
-            async fn purge_before(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {
-                let purge: &'static sql::Purge = $purge;
-                let rows = self.purge_table(&purge.codes, purge.batch, before).await?;
-                self.purge_table(&purge.revocations, purge.batch, before)
-                    .await?;
-                self.purge_table(&purge.redeem_keys, purge.batch, before)
-                    .await?;
-                Ok(rows)
-            }
-
-            /// Runs one purge statement, again while a whole batch comes back; the rows deleted.
-            /// Between batches the task yields, so that queued writers take the writer first.
-            async fn purge_table(
-                &self,
-                statement: &'static sql::Statement,
-                batch: Option<u32>,
-                before: DateTime<Utc>,
-            ) -> Result<u64, StoreError> {
-                let mut deleted = 0;
-                loop {
-                    let mut query = sqlx::query(statement.$dialect()).bind(t(before));
-                    if let Some(batch) = batch {
-                        query = query.bind(i64::from(batch));
-                    }
-                    let done = query.execute(self.writes()).await?.rows_affected();
-                    deleted += done;
-                    match batch {
-                        Some(batch) if done >= u64::from(batch) => tokio::task::yield_now().await,
-                        _ => return Ok(deleted),
-                    }
-                }
-            }
-        }
-    };
-}
-pub(super) use shared_queries;
-
 #[cfg(test)]
 mod tests {
+    use super::super::statement::placeholders;
     use super::*;
+    use crate::domain::{Destination, IdempotencyKey, Issuance};
+
+    /// Every value a statement binds is used by its text, and the text uses no placeholder it does
+    /// not bind: `$1` … `$n` for n values, each at least once.
+    fn assert_numbered(name: &str, statement: &Statement<'_>) {
+        let mut used = placeholders(statement.sql());
+        used.sort_unstable();
+        used.dedup();
+        let bound: Vec<usize> = (1..=statement.params().len()).collect();
+        assert_eq!(used, bound, "{name}: {}", statement.sql());
+        assert!(!statement.sql().contains('?'), "{name}");
+    }
 
     #[test]
-    fn postgres_text_numbers_each_placeholder_in_order() {
-        static S: Statement = Statement::new("a = ? AND b IS NOT DISTINCT FROM ? LIMIT ?");
-        assert_eq!(S.sqlite(), "a = ? AND b IS NOT DISTINCT FROM ? LIMIT ?");
-        assert_eq!(
-            S.postgres(),
-            "a = $1 AND b IS NOT DISTINCT FROM $2 LIMIT $3"
-        );
-        assert!(!CHECK.postgres().contains('?'));
+    fn each_statement_binds_exactly_the_values_its_text_numbers() {
+        let now = Utc::now();
+        let code = Code::parse("abC-123-xYz").unwrap();
+        let subject = Subject::parse("user-1").unwrap();
+        let id = IssuanceId::from_string("id-1".into());
+        let gate = Gate {
+            window_start: now,
+            max_failures: 5,
+            max_wrong_per_code: 3,
+        };
+        let key_value = IdempotencyKey::parse("key-1").unwrap();
+        let key = RedeemKey {
+            key: &key_value,
+            fingerprint: "f",
+            keep_failure_until: now,
+        };
+        let record = CodeRecord {
+            issuance_id: id.clone(),
+            code: code.clone(),
+            subject: None,
+            issued_at: now,
+            expires_at: now,
+            activated_at: now,
+            redeemed_at: None,
+            revoked_at: None,
+            expired_at: None,
+            delivery: None,
+        };
+        let mut issuance = Issuance {
+            id: id.clone(),
+            code: code.clone(),
+            issued_at: now,
+            subject: Some(subject.clone()),
+            destination: Some(Destination::parse("a@example.com").unwrap()),
+        };
+        let with_destination = Activation::new(issuance.clone(), now);
+        issuance.destination = None;
+        let without = Activation::new(issuance, now);
+        let statements = [
+            ("find_valid", find_valid(&code, Some(&subject), now)),
+            ("check", check(&code, &subject, now, &gate)),
+            ("redeem", redeem(&code, None, now, Some(&gate))),
+            ("redeem without gate", redeem(&code, None, now, None)),
+            ("claim_redeem_key", claim_redeem_key(&key, now)),
+            ("redeem_key_answer", redeem_key_answer(&key)),
+            ("remember_redeemed", remember_redeemed(&key, &record)),
+            ("record_by_id", record_by_id("id")),
+            ("records", records(&code)),
+            ("list_all", list_all(5)),
+            ("list_valid", list_valid(now, 5)),
+            ("count_valid", count_valid(now)),
+            ("failures", failures(&subject, now)),
+            ("count_failure", count_failure(&subject, now, &gate)),
+            ("count_wrong_check", count_wrong_check(&subject, now, &gate)),
+            ("reset_failures", reset_failures(&subject)),
+            ("record_revocation", record_revocation(&code, now)),
+            ("revoke", revoke(&code, now)),
+            (
+                "insert_activations",
+                insert_activations(&[&with_destination, &without], now),
+            ),
+            ("recorded_codes", recorded_codes(&["a", "b"])),
+            ("mark_expired", mark_expired(&["a", "b", "c"], now)),
+            ("claim_deliveries", claim_deliveries(now, now, 3, true)),
+            ("delivered", delivered(&id, now)),
+            ("delivery_retry", delivery_retry(&id, now, "r")),
+            ("delivery_failed", delivery_failed(&id, now, "r")),
+            ("end_undeliverable", end_undeliverable(now)),
+            ("still_deliverable", still_deliverable(&id, now)),
+        ];
+        for (name, statement) in &statements {
+            assert_numbered(name, statement);
+        }
+        for table in [Purged::Codes, Purged::Revocations, Purged::RedeemKeys] {
+            assert_numbered("purge", &purge(table, now, None));
+            assert_numbered("purge in batches", &purge(table, now, Some(10)));
+        }
     }
 }

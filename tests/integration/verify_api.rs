@@ -1065,7 +1065,7 @@ async fn a_successful_check_writes_nothing_when_there_is_nothing_to_reset() {
         .unwrap()
         .read_only(true);
     let read_only = sqlx::SqlitePool::connect_with(options).await.unwrap();
-    let pools = codewatch::store::sqlite::SqlitePools {
+    let pools = codewatch::sqlite::SqlitePools {
         read: read_only.clone(),
         write: read_only,
     };
