@@ -3,6 +3,7 @@
 //! leaves it to be claimed, and sent, once more after the lease: the only way a code is sent twice.
 
 use super::{Channel, DeliveryError};
+use crate::clock::Clock;
 use crate::ops::metrics as m;
 use crate::store::{DeliveryOutcome, DeliveryStore, PendingDelivery, StoreError};
 use crate::untrusted::escaped;
@@ -83,6 +84,9 @@ pub struct Deliverer {
     store: Arc<dyn DeliveryStore>,
     channel: Arc<dyn Channel>,
     settings: DeliverySettings,
+    /// What "now" is for each step: when a claim starts, how much time a code has left before an
+    /// attempt, when a retry is due.
+    clock: Clock,
     wake: tokio::sync::Notify,
 }
 
@@ -97,8 +101,14 @@ impl Deliverer {
             store,
             channel,
             settings,
+            clock: Clock::system(),
             wake: tokio::sync::Notify::new(),
         }
+    }
+
+    /// The same stage reading the time from `clock` (a test's stopped clock).
+    pub fn with_clock(self, clock: Clock) -> Self {
+        Self { clock, ..self }
     }
 
     /// Starts a round now (the worker activated codes).
@@ -110,7 +120,7 @@ impl Deliverer {
     pub async fn run(&self, cancel: CancellationToken) {
         let mut failing = false;
         while !cancel.is_cancelled() {
-            match self.deliver_due(Utc::now()).await {
+            match self.deliver_due(self.clock.now()).await {
                 Ok(report) => {
                     failing = false;
                     // A full batch: more may be due at once.
@@ -172,7 +182,7 @@ impl Deliverer {
             }
         }
         if skipped {
-            report.ended += self.end_undeliverable(Utc::now()).await?;
+            report.ended += self.end_undeliverable(self.clock.now()).await?;
         }
         Ok(report)
     }
@@ -199,12 +209,12 @@ impl Deliverer {
     ) -> Result<Option<DeliveryOutcome>, StoreError> {
         if !self
             .store
-            .still_deliverable(&delivery.issuance_id, Utc::now())
+            .still_deliverable(&delivery.issuance_id, self.clock.now())
             .await?
         {
             return Ok(None);
         }
-        let left = (delivery.expires_at - Utc::now())
+        let left = (delivery.expires_at - self.clock.now())
             .to_std()
             .unwrap_or_default();
         // An attempt must end half of MIN_LEFT before the expiry; with less left, none starts.
@@ -218,7 +228,7 @@ impl Deliverer {
             )
             .await
             .unwrap_or_else(|_| Err(DeliveryError::Transient("no answer in time".into())));
-            let now = Utc::now();
+            let now = self.clock.now();
             match sent {
                 Ok(()) => DeliveryOutcome::Delivered,
                 Err(DeliveryError::Permanent(reason)) => {
@@ -242,7 +252,7 @@ impl Deliverer {
             }
         };
         self.store
-            .record_delivery(&delivery.issuance_id, &outcome, Utc::now())
+            .record_delivery(&delivery.issuance_id, &outcome, self.clock.now())
             .await?;
         self.report(&delivery, &outcome);
         Ok(Some(outcome))

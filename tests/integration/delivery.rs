@@ -549,17 +549,18 @@ async fn a_code_claimed_with_under_half_a_second_left_is_given_up_unsent() {
         issued_at: now,
     };
     let id = issuance.id.clone();
-    // Just under half a second (the window is 0–500 ms left at the attempt): the most time this test
-    // can leave a loaded machine before the code expires outright (then it is ended, not failed).
+    // A quarter of a second left (an attempt needs half a second), on a stopped clock: the attempt
+    // sees exactly that much left however long the machine takes to get there.
     let activation =
-        codewatch::store::Activation::new(issuance, now + chrono::Duration::milliseconds(495));
+        codewatch::store::Activation::new(issuance, now + chrono::Duration::milliseconds(250));
     store.activate(&[activation], now).await.unwrap();
-    let deliverer = Deliverer::new(store.clone(), webhook(&hook), quick());
+    let deliverer = Deliverer::new(store.clone(), webhook(&hook), quick())
+        .with_clock(codewatch::clock::Clock::stopped(now));
     let report = deliverer.deliver_due(now).await.unwrap();
     assert_eq!((report.delivered, report.failed), (0, 1), "{report:?}");
     assert!(receiver.calls.lock().unwrap().is_empty());
     let record = store
-        .list(true, Utc::now(), 10)
+        .list(true, now, 10)
         .await
         .unwrap()
         .into_iter()
