@@ -194,10 +194,7 @@ impl Queues {
 
     /// The pair as the worker takes it.
     pub fn shard(&self) -> Shard {
-        Shard {
-            main: self.main.clone(),
-            poison: self.poison.clone(),
-        }
+        Shard::new(self.main.clone(), self.poison.clone())
     }
 }
 

@@ -18,12 +18,16 @@ macro_rules! say_part {
     }};
 }
 
+mod app;
 mod codes;
 mod delivery;
 pub mod progress;
 mod queue;
 mod services;
 mod smoke;
+mod wiring;
+
+pub use app::{Application, Ports, Settings};
 
 use crate::backends::Database;
 use crate::config::{Cli, Command, LogFormat};
@@ -181,7 +185,7 @@ pub async fn run(cli: Cli) -> Result<()> {
 
 /// Serves `router` on `listener` with `limits` (each client's address available to handlers) until
 /// `cancel` fires, then lets requests in flight finish.
-pub fn spawn_http(
+pub(crate) fn spawn_http(
     listener: TcpListener,
     router: Router,
     limits: crate::http::HttpLimits,

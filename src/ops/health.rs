@@ -2,7 +2,7 @@
 //! reachable), plus `/metrics` and the `/status` page, as one router: the admin listener's.
 
 use crate::queue::{QueueAdmin, QueueError};
-use crate::store::SharedStore;
+use crate::store::StoreStatus;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -78,7 +78,7 @@ impl Heartbeat {
 #[derive(Clone)]
 pub struct Readiness {
     /// The database, if this process uses one.
-    pub store: Option<SharedStore>,
+    pub store: Option<Arc<dyn StoreStatus>>,
     /// The queues (one per shard).
     pub queues: Vec<Arc<dyn QueueAdmin>>,
     /// For a worker: the queue one past its shards; messages there are codes no worker of this shard

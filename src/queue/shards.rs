@@ -1,20 +1,34 @@
 //! Several queues as one: codes are spread over shards by issuance id, each shard with its own
 //! poison queue, so that throughput is not capped by one queue's rate (about 2,000 messages/s on Azure).
 
-use super::{QueueError, QueueSender, SharedQueue};
+use super::{QueueAdmin, QueueConsumer, QueueError, QueueSender, SharedQueue};
 use std::sync::Arc;
 use std::time::Duration;
 
 /// The most shards one deployment may name.
 pub const MAX_SHARDS: usize = 64;
 
-/// One shard: a queue and the poison queue its malformed messages are set aside on.
+/// One shard as the worker takes it: a queue it consumes and re-arms on, the poison queue it sets
+/// malformed messages aside on (sending only), and both as its sampler reads their depths.
 #[derive(Clone)]
 pub struct Shard {
-    /// Where codes are announced and re-armed.
-    pub main: SharedQueue,
+    /// Where codes are received from and re-armed on.
+    pub main: Arc<dyn QueueConsumer>,
     /// Where unusable messages from `main` are set aside.
-    pub poison: SharedQueue,
+    pub poison: Arc<dyn QueueSender>,
+    /// `main` and `poison`, for the sampler's depth and age gauges.
+    pub depths: [Arc<dyn QueueAdmin>; 2],
+}
+
+impl Shard {
+    /// The shard of `main` and its `poison` queue.
+    pub fn new(main: SharedQueue, poison: SharedQueue) -> Self {
+        Self {
+            main: main.clone(),
+            poison: poison.clone(),
+            depths: [main, poison],
+        }
+    }
 }
 
 /// The queue names of `count` shards of `base`: `base` itself first (so a deployment that grows from

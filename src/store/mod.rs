@@ -371,9 +371,20 @@ pub trait VerificationStore: Send + Sync + 'static {
     async fn reset_failures(&self, subject: &Subject) -> Result<(), StoreError>;
 }
 
-/// What operators need beyond verification's reads: list codes and revoke them.
+/// What readiness and the status page ask of the database: that it answers, and how many codes are
+/// valid.
 #[async_trait]
-pub trait OperatorStore: VerificationStore {
+pub trait StoreStatus: Send + Sync + 'static {
+    /// Checks that the database answers.
+    async fn ping(&self) -> Result<(), StoreError>;
+
+    /// How many codes are valid at `now` (the status page's "active codes").
+    async fn count_valid(&self, now: DateTime<Utc>) -> Result<u64, StoreError>;
+}
+
+/// What operators need beyond verification's reads: list codes and revoke them (and the status).
+#[async_trait]
+pub trait OperatorStore: VerificationStore + StoreStatus {
     /// The valid codes at `now` (soonest expiry first), or with `all` every row (newest first).
     async fn list(
         &self,
@@ -382,21 +393,16 @@ pub trait OperatorStore: VerificationStore {
         limit: u32,
     ) -> Result<Vec<CodeRecord>, StoreError>;
 
-    /// How many codes are valid at `now` (the status page's "active codes").
-    async fn count_valid(&self, now: DateTime<Utc>) -> Result<u64, StoreError>;
-
     /// Revokes every recorded issuance of `code`, whatever its dates, and every activation still to come
     /// that was announced at or before `now`. Idempotent; returns how many valid issuances it revoked now.
     async fn revoke(&self, code: &Code, now: DateTime<Utc>) -> Result<u64, StoreError>;
 }
 
-/// The whole valid-codes table: what each caller needs, and a health check. Issuance (`getcode`)
-/// needs nothing from it: a code is announced on the queue, never written by the producer.
-#[async_trait]
-pub trait CodeStore: ActivationStore + OperatorStore + DeliveryStore {
-    /// Checks that the database answers.
-    async fn ping(&self) -> Result<(), StoreError>;
-}
+/// The whole valid-codes table: what each caller needs. Issuance (`getcode`) needs nothing from it:
+/// a code is announced on the queue, never written by the producer.
+pub trait CodeStore: ActivationStore + OperatorStore + DeliveryStore {}
+
+impl<T: ActivationStore + OperatorStore + DeliveryStore> CodeStore for T {}
 
 /// A shared store handle.
 pub type SharedStore = Arc<dyn CodeStore>;

@@ -5,8 +5,8 @@ use super::dialect::Dialect;
 use super::sql::{self, Purged};
 use super::statement::Statement;
 use super::{
-    ActivateReport, Activation, ActivationStore, CodeRecord, CodeStore, DeliveryOutcome,
-    DeliveryStore, Gate, KeyedRedeem, OperatorStore, PendingDelivery, RedeemKey, StoreError,
+    ActivateReport, Activation, ActivationStore, CodeRecord, DeliveryOutcome, DeliveryStore, Gate,
+    KeyedRedeem, OperatorStore, PendingDelivery, RedeemKey, StoreError, StoreStatus,
     VerificationStore,
 };
 use crate::domain::{Code, IssuanceId, Subject};
@@ -328,13 +328,6 @@ where
         .await
     }
 
-    async fn count_valid(&self, now: DateTime<Utc>) -> Result<u64, StoreError> {
-        let row = D::query(sql::count_valid(now))
-            .fetch_one(&self.reads)
-            .await?;
-        Ok(D::integer(&row, "count")?.map_or(0, |n| u64::try_from(n).unwrap_or(0)))
-    }
-
     async fn revoke(&self, code: &Code, now: DateTime<Utc>) -> Result<u64, StoreError> {
         let mut tx = sql::begin(&self.writes).await?;
         if let Some(lock) = D::REVOCATION_LOCK {
@@ -395,13 +388,20 @@ where
 }
 
 #[async_trait]
-impl<D: Dialect> CodeStore for SqlStore<D>
+impl<D: Dialect> StoreStatus for SqlStore<D>
 where
     for<'c> &'c mut D::Connection: Executor<'c, Database = D>,
 {
     async fn ping(&self) -> Result<(), StoreError> {
         self.reads.execute("SELECT 1").await?;
         Ok(())
+    }
+
+    async fn count_valid(&self, now: DateTime<Utc>) -> Result<u64, StoreError> {
+        let row = D::query(sql::count_valid(now))
+            .fetch_one(&self.reads)
+            .await?;
+        Ok(D::integer(&row, "count")?.map_or(0, |n| u64::try_from(n).unwrap_or(0)))
     }
 }
 

@@ -114,14 +114,7 @@ impl Worker {
         store: Arc<dyn ActivationStore>,
         settings: WorkerSettings,
     ) -> Self {
-        Self::with_shards(
-            vec![Shard {
-                main: queue,
-                poison,
-            }],
-            store,
-            settings,
-        )
+        Self::with_shards(vec![Shard::new(queue, poison)], store, settings)
     }
 
     /// A worker polling every one of `shards` (at least one: with none it polls nothing).

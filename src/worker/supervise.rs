@@ -196,17 +196,18 @@ impl Worker {
     async fn sample_loop(&self, cancel: CancellationToken) {
         loop {
             for shard in &self.shards {
-                for queue in [&shard.main, &shard.poison] {
+                let [main, poison] = &shard.depths;
+                for queue in [main, poison] {
                     if let Ok(len) = queue.approximate_len().await {
                         metrics::gauge!(m::QUEUE_LENGTH, "queue" => queue.name().to_owned())
                             .set(len as f64);
                     }
                 }
-                if let Ok(peeked) = shard.main.peek(1).await {
+                if let Ok(peeked) = main.peek(1).await {
                     let age = peeked.first().map_or(0.0, |p| {
                         (Utc::now() - p.inserted_at).num_milliseconds().max(0) as f64 / 1000.0
                     });
-                    metrics::gauge!(m::OLDEST_VISIBLE_AGE, "queue" => shard.main.name().to_owned())
+                    metrics::gauge!(m::OLDEST_VISIBLE_AGE, "queue" => main.name().to_owned())
                         .set(age);
                 }
             }

@@ -262,7 +262,12 @@ impl Server {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let cancel = CancellationToken::new();
-        codewatch::cli::spawn_http(listener, router, limits, cancel.clone());
+        tokio::spawn(codewatch::http::server::serve(
+            listener,
+            router,
+            limits,
+            cancel.clone(),
+        ));
         Self { addr, cancel }
     }
 

@@ -5,6 +5,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod app;
 mod connections;
 mod delivery;
 mod getcode;

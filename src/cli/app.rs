@@ -1,0 +1,448 @@
+//! One way to build the app: `serve`, `worker` and `up` (and the tests) build an [`Application`] from
+//! their [`Settings`]. Building opens what the role uses and binds every listener, so the ports are
+//! known before anything is served; running serves and works until cancelled, then gives everything
+//! one grace period together.
+
+use super::spawn_http;
+use super::wiring::{
+    ProducerListeners, bind, configured_number_api, kept_verify_key, open_backends, readiness,
+    signing_keys, startup_step, verify_key_path, worker_from,
+};
+use crate::backends::{Database, QueueShards};
+use crate::config::{
+    CodeTtlArgs, DatabaseArgs, DeliveryArgs, HttpArgs, LifecycleArgs, QueueArgs, ServeArgs,
+    SigningArgs, UpArgs, WorkerArgs,
+};
+use crate::function_key::FunctionKey;
+use crate::http::HttpLimits;
+use crate::identity::AzureAuth;
+use crate::number_api;
+use crate::ops::metrics::{self as role_metrics, Role};
+use crate::ops::{Readiness, ops_router};
+use crate::secret::Secret;
+use crate::worker::{Worker, WorkerSettings};
+use anyhow::{Context, Result, bail};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// What a process runs, with its flags.
+#[derive(Debug)]
+pub enum Settings {
+    /// `serve`: the producer (getcode and the sign-in API).
+    Serve(ServeArgs),
+    /// `worker`: activates, expires and delivers codes.
+    Worker(WorkerArgs),
+    /// `up`: both, and the number API stand-in unless an endpoint is configured.
+    Up(UpArgs),
+}
+
+/// The flags every role has.
+struct Common<'a> {
+    database: &'a DatabaseArgs,
+    queue: &'a QueueArgs,
+    signing: &'a SigningArgs,
+    delivery: &'a DeliveryArgs,
+    lifecycle: &'a LifecycleArgs,
+    http: &'a HttpArgs,
+    ttl: &'a CodeTtlArgs,
+}
+
+impl<'a> Common<'a> {
+    fn of_producer(a: &'a ServeArgs) -> Self {
+        Self {
+            database: &a.database,
+            queue: &a.queue,
+            signing: &a.signing,
+            delivery: &a.delivery,
+            lifecycle: &a.shutdown,
+            http: &a.http,
+            ttl: &a.ttl,
+        }
+    }
+}
+
+impl Settings {
+    /// The producer's flags (`serve`, `up`).
+    fn serve(&self) -> Option<&ServeArgs> {
+        match self {
+            Self::Serve(args) => Some(args),
+            Self::Up(args) => Some(&args.serve),
+            Self::Worker(_) => None,
+        }
+    }
+
+    /// The flags every role has.
+    fn common(&self) -> Common<'_> {
+        match self {
+            Self::Serve(args) => Common::of_producer(args),
+            Self::Up(args) => Common::of_producer(&args.serve),
+            Self::Worker(a) => Common {
+                database: &a.database,
+                queue: &a.queue,
+                signing: &a.signing,
+                delivery: &a.delivery,
+                lifecycle: &a.shutdown,
+                http: &a.http,
+                ttl: &a.ttl,
+            },
+        }
+    }
+
+    /// Which metrics and which readiness it has.
+    fn role(&self) -> Role {
+        match self {
+            Self::Serve(_) => Role::Producer,
+            Self::Worker(_) => Role::Worker,
+            Self::Up(_) => Role::Both,
+        }
+    }
+
+    /// Refuses every contradiction before anything connects; the worker's settings, if it has one.
+    fn check(&self) -> Result<Option<WorkerSettings>> {
+        Ok(match self {
+            Self::Serve(args) => {
+                args.check()?;
+                None
+            }
+            Self::Worker(args) => {
+                args.signing.one_key_source()?;
+                args.delivery.one_secret_source()?;
+                Some(
+                    args.tuning
+                        .settings(args.queue.message_encoding, &args.ttl)?,
+                )
+            }
+            Self::Up(args) => {
+                args.serve.check()?;
+                Some(
+                    args.tuning
+                        .settings(args.serve.queue.message_encoding, &args.serve.ttl)?,
+                )
+            }
+        })
+    }
+}
+
+/// Where a built application listens, and what it calls.
+#[derive(Clone, Debug)]
+pub struct Ports {
+    /// getcode (and the sign-in API unless it is apart); none for a worker.
+    pub public: Option<SocketAddr>,
+    /// The sign-in API; none for a worker.
+    pub verification: Option<SocketAddr>,
+    /// Health, readiness, metrics and the status page.
+    pub admin: SocketAddr,
+    /// The number API the producer calls (`up`'s stand-in when no endpoint is configured).
+    pub number_api: Option<url::Url>,
+}
+
+/// What is served: the producer's listeners (with admin), or a worker's admin listener alone.
+enum Listeners {
+    Producer {
+        listeners: ProducerListeners,
+        state: Box<crate::http::AppState>,
+    },
+    Admin(TcpListener),
+}
+
+/// A process built from its settings: everything opened, every listener bound, nothing served yet.
+pub struct Application {
+    ports: Ports,
+    cancel: CancellationToken,
+    grace: Duration,
+    database: Database,
+    queues: QueueShards,
+    listeners: Listeners,
+    ops: axum::Router,
+    limits: HttpLimits,
+    worker: Option<Arc<Worker>>,
+    role: Role,
+    ttl_s: u64,
+    stand_in: Option<JoinHandle<std::io::Result<()>>>,
+    kept_verify_key: Option<(Secret, PathBuf)>,
+}
+
+impl Application {
+    /// Builds the process `settings` describe: refuses contradictory settings before anything
+    /// starts, then opens the number API's key, the database, the queue and the signing keys (each
+    /// Azure step within the start-up deadline), and binds every listener. `cancel` stops it,
+    /// during start-up too.
+    pub async fn build(settings: Settings, cancel: CancellationToken) -> Result<Self> {
+        tokio::select! {
+            biased;
+            _ = cancel.cancelled() => bail!("stopped during start-up"),
+            built = Self::build_parts(settings, cancel.clone()) => built,
+        }
+    }
+
+    async fn build_parts(settings: Settings, cancel: CancellationToken) -> Result<Self> {
+        let worker_settings = settings.check()?;
+        let Common {
+            database: database_args,
+            queue: queue_args,
+            signing: signing_args,
+            delivery: delivery_args,
+            lifecycle,
+            http,
+            ttl,
+        } = settings.common();
+        let auth = AzureAuth::new(queue_args.azure_credential);
+        let deadline = lifecycle.startup();
+
+        // The number API: serve needs one configured; up starts its stand-in when none is.
+        let mut stand_in = None;
+        let number_api = match &settings {
+            Settings::Worker(_) => None,
+            Settings::Serve(args) => Some(
+                configured_number_api(args, &auth)
+                    .await?
+                    .context("THIRD_PARTY_API_ENDPOINT is not set")?,
+            ),
+            Settings::Up(args) => Some(match configured_number_api(&args.serve, &auth).await? {
+                Some(configured) => configured,
+                None => {
+                    let (endpoint, key, task) = start_stand_in(http.limits(), &cancel).await?;
+                    stand_in = Some(task);
+                    (endpoint, key)
+                }
+            }),
+        };
+        // `up` keeps a generated verify key beside its database, so that the banner's key keeps
+        // working after a restart.
+        let kept_verify_key = match &settings {
+            Settings::Up(args) if args.serve.verify.verify_api_key.is_none() => {
+                let path = verify_key_path(args.serve.database.database_url.expose());
+                Some((kept_verify_key(&path)?, path))
+            }
+            _ => None,
+        };
+        if let Settings::Serve(args) = &settings
+            && args.verify.verify_api_key.is_none()
+        {
+            tracing::warn!("VERIFY_API_KEY is not set: the verification endpoints are off");
+        }
+
+        let (database, queues) = open_backends(database_args, queue_args, &auth, deadline).await?;
+        let signing = startup_step(
+            deadline,
+            "reading the message signing keys",
+            signing_keys(signing_args, &auth),
+        )
+        .await?;
+
+        let worker = match worker_settings {
+            Some(settings) => {
+                let deliverer = super::delivery::deliverer(
+                    delivery_args,
+                    &database,
+                    &queues,
+                    signing.is_some(),
+                    &auth,
+                    deadline,
+                )
+                .await?;
+                Some(worker_from(
+                    settings,
+                    &queues,
+                    &database,
+                    signing.clone(),
+                    deliverer,
+                ))
+            }
+            None => None,
+        };
+        let role = settings.role();
+        let ops = ops_router(
+            worker.as_ref().map(|w| w.heartbeat()),
+            match &worker {
+                Some(_) => readiness(&database, &queues),
+                // Ready means getcode can work: the queue. The verification API's database shows in
+                // its own answers (503 database_unavailable), so a database outage never takes code
+                // issuing offline.
+                None => Readiness {
+                    store: None,
+                    queues: queues.mains(),
+                    unpolled: None,
+                },
+            },
+            role_metrics::install_for(role),
+        );
+
+        let (listeners, ports, limits) = match settings.serve() {
+            Some(args) => {
+                let (endpoint, key) = number_api.context("a producer always has a number API")?;
+                let verify_key = match &kept_verify_key {
+                    Some((key, _)) => Some(key.clone()),
+                    None => args.verify.verify_api_key.clone(),
+                };
+                let state = super::wiring::app_state(
+                    args,
+                    endpoint.clone(),
+                    key,
+                    verify_key,
+                    &database,
+                    &queues,
+                    signing,
+                )?;
+                let listeners = ProducerListeners::bind(args).await?;
+                let (public, verification, admin) = listeners.addrs()?;
+                tracing::info!(addr = %public, %verification, %admin, queues = %queues.names(), backend = queues.backend(), "producer listening");
+                let ports = Ports {
+                    public: Some(public),
+                    verification: Some(verification),
+                    admin,
+                    number_api: Some(endpoint),
+                };
+                let limits = args.http.limits().trusting(args.getcode_limit.proxies());
+                let state = Box::new(state);
+                (Listeners::Producer { listeners, state }, ports, limits)
+            }
+            None => {
+                let admin_listen = match &settings {
+                    Settings::Worker(args) => args.admin_listen,
+                    _ => bail!("only a worker serves its admin listener alone"),
+                };
+                let admin = bind(admin_listen, "admin listener", "ADMIN_LISTEN_ADDR").await?;
+                let ports = Ports {
+                    public: None,
+                    verification: None,
+                    admin: admin.local_addr()?,
+                    number_api: None,
+                };
+                tracing::info!(admin = %ports.admin, "admin listener on /healthz, /readyz, /metrics, /status");
+                (Listeners::Admin(admin), ports, http.limits())
+            }
+        };
+        Ok(Self {
+            ports,
+            cancel,
+            grace: lifecycle.grace(),
+            database,
+            queues,
+            listeners,
+            ops,
+            limits,
+            worker,
+            role,
+            ttl_s: ttl.code_ttl_seconds,
+            stand_in,
+            kept_verify_key,
+        })
+    }
+
+    /// Where it listens.
+    pub fn ports(&self) -> &Ports {
+        &self.ports
+    }
+
+    /// The queues it uses.
+    pub fn queues(&self) -> &QueueShards {
+        &self.queues
+    }
+
+    /// The verify key `up` generated (or kept from an earlier start), and the file it is kept in.
+    pub fn kept_verify_key(&self) -> Option<&(Secret, PathBuf)> {
+        self.kept_verify_key.as_ref()
+    }
+
+    /// Whether the number API is `up`'s stand-in.
+    pub fn number_api_is_stand_in(&self) -> bool {
+        self.stand_in.is_some()
+    }
+
+    /// Serves and works until cancelled; then everything stops within one grace period, together,
+    /// and the database is closed.
+    pub async fn run_until_stopped(self) -> Result<()> {
+        let cancel = self.cancel.clone();
+        let servers = match self.listeners {
+            Listeners::Producer { listeners, state } => {
+                listeners.spawn(*state, self.ops, self.limits, &cancel)
+            }
+            Listeners::Admin(admin) => spawn_http(admin, self.ops, self.limits, cancel.clone()),
+        };
+        let worker = self.worker.map(|worker| {
+            tracing::info!(
+                queues = %self.queues.names(),
+                backend = self.queues.backend(),
+                ttl_s = self.ttl_s,
+                "worker started"
+            );
+            tokio::spawn(worker.run(cancel.clone()))
+        });
+        let what = match self.role {
+            Role::Producer => "the producer",
+            Role::Worker => "the worker",
+            Role::Both => "the producer and the worker",
+        };
+        let all = tokio::spawn(async move {
+            let servers = async { anyhow::Ok(servers.await.context("the HTTP servers")??) };
+            let worker = async {
+                match worker {
+                    Some(worker) => worker.await.context("the worker"),
+                    None => Ok(()),
+                }
+            };
+            tokio::try_join!(servers, worker)
+        });
+        until_stopped(what, all, &cancel, self.grace).await??;
+        if let Some(task) = self.stand_in {
+            task.await??;
+        }
+        self.database.close().await;
+        match self.role {
+            Role::Producer => tracing::info!("producer stopped"),
+            Role::Worker => tracing::info!("worker stopped"),
+            Role::Both => tracing::info!("producer and worker stopped"),
+        }
+        Ok(())
+    }
+}
+
+/// `up`'s in-process number API, on a free port with a random key.
+async fn start_stand_in(
+    limits: HttpLimits,
+    cancel: &CancellationToken,
+) -> Result<(url::Url, Arc<FunctionKey>, JoinHandle<std::io::Result<()>>)> {
+    let key = Secret::new(uuid::Uuid::new_v4().simple().to_string());
+    let listener = bind(
+        SocketAddr::from(([127, 0, 0, 1], 0)),
+        "number API",
+        "a free port",
+    )
+    .await?;
+    let addr = listener.local_addr()?;
+    let task = spawn_http(
+        listener,
+        number_api::router(key.clone()),
+        limits,
+        cancel.clone(),
+    );
+    let endpoint = url::Url::parse(&format!("http://{addr}/api/RandomNumber"))?;
+    Ok((endpoint, FunctionKey::fixed(key), task))
+}
+
+/// Waits for `task`; once `cancel` fires, gives it `grace` to finish, then gives up on it.
+async fn until_stopped<T>(
+    what: &str,
+    mut task: JoinHandle<T>,
+    cancel: &CancellationToken,
+    grace: Duration,
+) -> Result<T> {
+    tokio::select! {
+        result = &mut task => return Ok(result?),
+        _ = cancel.cancelled() => {}
+    }
+    match tokio::time::timeout(grace, task).await {
+        Ok(result) => Ok(result?),
+        Err(_) => bail!(
+            "{what} did not finish within the {} s grace period; its unfinished messages reappear when \
+             their lease ends",
+            grace.as_secs()
+        ),
+    }
+}
