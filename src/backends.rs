@@ -5,7 +5,7 @@ use crate::identity::AzureAuth;
 use crate::queue::azure::AzureQueueFactory;
 use crate::queue::connection_string::ConnectionString;
 use crate::queue::embedded::EmbeddedQueue;
-use crate::queue::shards::{MAX_SHARDS, Shard, Spread, next_shard, shard_names};
+use crate::queue::shards::{Shard, Spread, next_shard, shard_names};
 use crate::queue::{QueueAdmin, QueueError, QueueSender, SharedQueue, poison_name};
 use crate::sqlite::{self as sqlite_file, SqlitePools};
 use crate::store::postgres::{self, PostgresStore};
@@ -221,35 +221,8 @@ impl QueueShards {
         let mut shards = Vec::with_capacity(count);
         let mut next: Option<SharedQueue> = None;
         if let Some(urls) = &args.storage_queue_url {
-            let urls: Vec<&str> = urls
-                .expose()
-                .split(',')
-                .map(str::trim)
-                .filter(|u| !u.is_empty())
-                .collect();
-            if urls.len() > MAX_SHARDS {
-                return Err(QueueError::Config(format!(
-                    "STORAGE_QUEUE_URL lists {} queues; at most {MAX_SHARDS} shards are supported",
-                    urls.len()
-                ))
-                .into());
-            }
-            let mut seen = std::collections::HashSet::new();
-            for url in &urls {
-                // Without the query, so that a SAS never reaches the message.
-                let queue = url
-                    .split('?')
-                    .next()
-                    .unwrap_or_default()
-                    .trim_end_matches('/');
-                if !seen.insert(queue) {
-                    // Polled twice and sent to twice as often: a slip in the list, refused.
-                    return Err(QueueError::Config(format!(
-                        "STORAGE_QUEUE_URL names the queue {queue} twice"
-                    ))
-                    .into());
-                }
-            }
+            // The list itself was checked when the flags were read (`QueueUrls`).
+            let urls: Vec<&str> = urls.expose().collect();
             if urls.len() > 1 && count != 1 && count != urls.len() {
                 return Err(QueueError::Config(format!(
                     "STORAGE_QUEUE_URL lists {} queues but STORAGE_QUEUE_SHARDS is {count}: list one URL per \
@@ -279,9 +252,6 @@ impl QueueShards {
                             .await?,
                     );
                 }
-            }
-            if shards.is_empty() {
-                return Err(QueueError::Config("STORAGE_QUEUE_URL names no queue".into()).into());
             }
         } else if let Some(cs) = &args.storage_connection_string {
             let factory =

@@ -3,6 +3,7 @@
 
 use crate::identity::CredentialChoice;
 use crate::message::MessageEncoding;
+use crate::queue::urls::QueueUrls;
 use crate::secret::Secret;
 use crate::worker::{Backoff, Rearm, WorkerSettings};
 use clap::builder::TypedValueParser as _;
@@ -32,6 +33,34 @@ macro_rules! nonzero_count {
                 .ok_or("out of range")
         })
     };
+}
+
+/// Reads `STORAGE_QUEUE_URL` as [`QueueUrls`]. A refusal says what is wrong and never repeats the
+/// value (clap's own errors would: the value may hold a SAS).
+#[derive(Clone)]
+struct QueueUrlsParser;
+
+impl clap::builder::TypedValueParser for QueueUrlsParser {
+    type Value = QueueUrls;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        _arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<QueueUrls, clap::Error> {
+        let refused = |reason: String| {
+            clap::Error::raw(
+                clap::error::ErrorKind::ValueValidation,
+                format!("STORAGE_QUEUE_URL {reason} (the value is not shown: it may hold a SAS)\n"),
+            )
+            .with_cmd(cmd)
+        };
+        let text = value
+            .to_str()
+            .ok_or_else(|| refused("is not UTF-8".into()))?;
+        QueueUrls::parse(text).map_err(|e| refused(e.to_string()))
+    }
 }
 
 /// codewatch: short-lived two-factor codes on Azure Queue Storage.
@@ -269,9 +298,10 @@ pub struct QueueArgs {
         env = "STORAGE_QUEUE_URL",
         hide_env_values = true,
         conflicts_with = "storage_connection_string",
+        value_parser = QueueUrlsParser,
         global = true
     )]
-    pub storage_queue_url: Option<Secret>,
+    pub storage_queue_url: Option<QueueUrls>,
     /// Storage connection string (`UseDevelopmentStorage=true` for Azurite on its default port).
     #[arg(
         long,

@@ -6,6 +6,7 @@ pub mod connection_string;
 pub mod embedded;
 pub mod sas;
 pub mod shards;
+pub mod urls;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
