@@ -6,6 +6,7 @@ use crate::queue::azure::AzureQueueFactory;
 use crate::queue::connection_string::ConnectionString;
 use crate::queue::embedded::EmbeddedQueue;
 use crate::queue::shards::{Shard, Spread, next_shard, shard_names};
+use crate::queue::urls::QueueUrls;
 use crate::queue::{QueueAdmin, QueueError, QueueSender, SharedQueue, poison_name};
 use crate::sqlite::{self as sqlite_file, SqlitePools};
 use crate::store::postgres::{self, PostgresStore};
@@ -217,71 +218,83 @@ impl QueueShards {
         database: Option<&Database>,
         auth: &AzureAuth,
     ) -> Result<Self, StartupError> {
-        let count = args.queue_shards.get();
-        let mut shards = Vec::with_capacity(count);
-        let mut next: Option<SharedQueue> = None;
         if let Some(urls) = &args.storage_queue_url {
-            // The list itself was checked when the flags were read (`QueueUrls`).
-            let urls: Vec<&str> = urls.expose().collect();
-            if urls.len() > 1 && count != 1 && count != urls.len() {
-                return Err(QueueError::Config(format!(
-                    "STORAGE_QUEUE_URL lists {} queues but STORAGE_QUEUE_SHARDS is {count}: list one URL per \
-                     shard, or give one URL and a count",
-                    urls.len()
-                ))
-                .into());
-            }
-            for url in &urls {
-                let factory = AzureQueueFactory::from_queue_url(url, || {
-                    auth.credential()
-                        .map_err(|e| QueueError::NoIdentity(e.to_string()))
-                })?;
-                let base = factory
-                    .default_queue()
-                    .unwrap_or(&args.queue_name)
-                    .to_owned();
-                let names = shard_names(&base, if urls.len() == 1 { count } else { 1 });
-                if urls.len() == 1 {
-                    next = Some(Arc::new(factory.queue(&next_shard(&base, count))?));
-                }
-                for name in names {
-                    let main: SharedQueue = Arc::new(factory.queue(&name)?);
-                    let poison: SharedQueue = Arc::new(factory.queue(&poison_name(&name))?);
-                    shards.push(
-                        Queues::created(main, poison, "azure-url", Some(factory.endpoint()))
-                            .await?,
-                    );
-                }
-            }
+            Self::open_urls(urls, args, auth).await
         } else if let Some(cs) = &args.storage_connection_string {
             let factory =
                 AzureQueueFactory::from_connection_string(&ConnectionString::parse(cs.expose())?)?;
-            next = Some(Arc::new(
-                factory.queue(&next_shard(&args.queue_name, count))?,
-            ));
-            for name in shard_names(&args.queue_name, count) {
-                let main: SharedQueue = Arc::new(factory.queue(&name)?);
-                let poison: SharedQueue = Arc::new(factory.queue(&poison_name(&name))?);
-                shards.push(
-                    Queues::created(
-                        main,
-                        poison,
-                        "azure-connection-string",
-                        Some(factory.endpoint()),
-                    )
-                    .await?,
-                );
-            }
+            Self::open_named(
+                args,
+                "azure-connection-string",
+                |name| Ok(Arc::new(factory.queue(name)?) as SharedQueue),
+                Some(factory.endpoint()),
+            )
+            .await
         } else {
             let database = database.ok_or_else(|| {
                 QueueError::Config("the embedded queue needs the SQLite database".into())
             })?;
-            next = Some(database.embedded_queue(&next_shard(&args.queue_name, count))?);
-            for name in shard_names(&args.queue_name, count) {
-                let main = database.embedded_queue(&name)?;
-                let poison = database.embedded_queue(&poison_name(&name))?;
-                shards.push(Queues::created(main, poison, "embedded", None).await?);
+            Self::open_named(args, "embedded", |name| database.embedded_queue(name), None).await
+        }
+    }
+
+    /// The queues `STORAGE_QUEUE_URL` lists (checked when the flags were read, `QueueUrls`): one URL
+    /// and `STORAGE_QUEUE_SHARDS` copies of its queue, or one shard per URL.
+    async fn open_urls(
+        urls: &QueueUrls,
+        args: &QueueArgs,
+        auth: &AzureAuth,
+    ) -> Result<Self, StartupError> {
+        let count = args.queue_shards.get();
+        if urls.len() > 1 && count != 1 && count != urls.len() {
+            return Err(QueueError::Config(format!(
+                "STORAGE_QUEUE_URL lists {} queues but STORAGE_QUEUE_SHARDS is {count}: list one URL per \
+                 shard, or give one URL and a count",
+                urls.len()
+            ))
+            .into());
+        }
+        let mut shards = Vec::with_capacity(count.max(urls.len()));
+        let mut next: Option<SharedQueue> = None;
+        for url in urls.expose() {
+            let factory = AzureQueueFactory::from_queue_url(url, || {
+                auth.credential()
+                    .map_err(|e| QueueError::NoIdentity(e.to_string()))
+            })?;
+            let base = factory
+                .default_queue()
+                .unwrap_or(&args.queue_name)
+                .to_owned();
+            let names = shard_names(&base, if urls.len() == 1 { count } else { 1 });
+            if urls.len() == 1 {
+                next = Some(Arc::new(factory.queue(&next_shard(&base, count))?));
             }
+            for name in names {
+                let main: SharedQueue = Arc::new(factory.queue(&name)?);
+                let poison: SharedQueue = Arc::new(factory.queue(&poison_name(&name))?);
+                shards.push(
+                    Queues::created(main, poison, "azure-url", Some(factory.endpoint())).await?,
+                );
+            }
+        }
+        Ok(Self { shards, next })
+    }
+
+    /// `STORAGE_QUEUE_SHARDS` queues named from `STORAGE_QUEUE_NAME` (`<queue>`, `<queue>-1`, …), each
+    /// with its poison queue, made by `queue` on `backend` at `endpoint`.
+    async fn open_named(
+        args: &QueueArgs,
+        backend: &'static str,
+        queue: impl Fn(&str) -> Result<SharedQueue, QueueError>,
+        endpoint: Option<&str>,
+    ) -> Result<Self, StartupError> {
+        let count = args.queue_shards.get();
+        let next = Some(queue(&next_shard(&args.queue_name, count))?);
+        let mut shards = Vec::with_capacity(count);
+        for name in shard_names(&args.queue_name, count) {
+            let main = queue(&name)?;
+            let poison = queue(&poison_name(&name))?;
+            shards.push(Queues::created(main, poison, backend, endpoint).await?);
         }
         Ok(Self { shards, next })
     }

@@ -5,8 +5,8 @@
 
 use super::spawn_http;
 use super::wiring::{
-    ProducerListeners, bind, configured_number_api, kept_verify_key, open_backends, readiness,
-    signing_keys, startup_step, verify_key_path, worker_from,
+    ProducerListeners, app_state, bind, configured_number_api, kept_verify_key, open_backends,
+    readiness, signing_keys, startup_step, verify_key_path, worker_from,
 };
 use crate::backends::{Database, QueueShards};
 use crate::config::{
@@ -14,7 +14,7 @@ use crate::config::{
     SigningArgs, UpArgs, WorkerArgs,
 };
 use crate::function_key::FunctionKey;
-use crate::http::HttpLimits;
+use crate::http::{AppState, HttpLimits};
 use crate::identity::AzureAuth;
 use crate::number_api;
 use crate::ops::metrics::{self as role_metrics, Role};
@@ -93,6 +93,22 @@ impl Settings {
         }
     }
 
+    /// The verify key `up` keeps beside its database when none is configured, so that the banner's
+    /// key keeps working after a restart (and `serve`'s warning when the sign-in API has no key).
+    fn verify_key_to_keep(&self) -> Result<Option<(Secret, PathBuf)>> {
+        match self {
+            Self::Up(args) if args.serve.verify.verify_api_key.is_none() => {
+                let path = verify_key_path(args.serve.database.database_url.expose());
+                Ok(Some((kept_verify_key(&path)?, path)))
+            }
+            Self::Serve(args) if args.verify.verify_api_key.is_none() => {
+                tracing::warn!("VERIFY_API_KEY is not set: the verification endpoints are off");
+                Ok(None)
+            }
+            _ => Ok(None),
+        }
+    }
+
     /// Which metrics and which readiness it has.
     fn role(&self) -> Role {
         match self {
@@ -141,11 +157,14 @@ pub struct Ports {
     pub number_api: Option<url::Url>,
 }
 
+/// A number API's endpoint and the key its calls carry.
+type NumberApi = (url::Url, Arc<FunctionKey>);
+
 /// What is served: the producer's listeners (with admin), or a worker's admin listener alone.
 enum Listeners {
     Producer {
         listeners: ProducerListeners,
-        state: Box<crate::http::AppState>,
+        state: Box<AppState>,
     },
     Admin(TcpListener),
 }
@@ -194,38 +213,8 @@ impl Application {
         let auth = AzureAuth::new(queue_args.azure_credential);
         let deadline = lifecycle.startup();
 
-        // The number API: serve needs one configured; up starts its stand-in when none is.
-        let mut stand_in = None;
-        let number_api = match &settings {
-            Settings::Worker(_) => None,
-            Settings::Serve(args) => Some(
-                configured_number_api(args, &auth)
-                    .await?
-                    .context("THIRD_PARTY_API_ENDPOINT is not set")?,
-            ),
-            Settings::Up(args) => Some(match configured_number_api(&args.serve, &auth).await? {
-                Some(configured) => configured,
-                None => {
-                    let (endpoint, key, task) = start_stand_in(http.limits(), &cancel).await?;
-                    stand_in = Some(task);
-                    (endpoint, key)
-                }
-            }),
-        };
-        // `up` keeps a generated verify key beside its database, so that the banner's key keeps
-        // working after a restart.
-        let kept_verify_key = match &settings {
-            Settings::Up(args) if args.serve.verify.verify_api_key.is_none() => {
-                let path = verify_key_path(args.serve.database.database_url.expose());
-                Some((kept_verify_key(&path)?, path))
-            }
-            _ => None,
-        };
-        if let Settings::Serve(args) = &settings
-            && args.verify.verify_api_key.is_none()
-        {
-            tracing::warn!("VERIFY_API_KEY is not set: the verification endpoints are off");
-        }
+        let (number_api, stand_in) = number_api(&settings, &auth, http.limits(), &cancel).await?;
+        let kept_verify_key = settings.verify_key_to_keep()?;
 
         let (database, queues) = open_backends(database_args, queue_args, &auth, deadline).await?;
         let signing = startup_step(
@@ -246,12 +235,9 @@ impl Application {
                     deadline,
                 )
                 .await?;
+                let signing = signing.clone();
                 Some(worker_from(
-                    settings,
-                    &queues,
-                    &database,
-                    signing.clone(),
-                    deliverer,
+                    settings, &queues, &database, signing, deliverer,
                 ))
             }
             None => None,
@@ -273,51 +259,19 @@ impl Application {
             role_metrics::install_for(role),
         );
 
-        let (listeners, ports, limits) = match settings.serve() {
-            Some(args) => {
-                let (endpoint, key) = number_api.context("a producer always has a number API")?;
+        let producer = match (settings.serve(), number_api) {
+            (Some(args), Some((endpoint, key))) => {
                 let verify_key = match &kept_verify_key {
                     Some((key, _)) => Some(key.clone()),
                     None => args.verify.verify_api_key.clone(),
                 };
-                let state = super::wiring::app_state(
-                    args,
-                    endpoint.clone(),
-                    key,
-                    verify_key,
-                    &database,
-                    &queues,
-                    signing,
-                )?;
-                let listeners = ProducerListeners::bind(args).await?;
-                let (public, verification, admin) = listeners.addrs()?;
-                tracing::info!(addr = %public, %verification, %admin, queues = %queues.names(), backend = queues.backend(), "producer listening");
-                let ports = Ports {
-                    public: Some(public),
-                    verification: Some(verification),
-                    admin,
-                    number_api: Some(endpoint),
-                };
-                let limits = args.http.limits().trusting(args.getcode_limit.proxies());
-                let state = Box::new(state);
-                (Listeners::Producer { listeners, state }, ports, limits)
+                let state =
+                    app_state(args, endpoint, key, verify_key, &database, &queues, signing)?;
+                Some((args, state))
             }
-            None => {
-                let admin_listen = match &settings {
-                    Settings::Worker(args) => args.admin_listen,
-                    _ => bail!("only a worker serves its admin listener alone"),
-                };
-                let admin = bind(admin_listen, "admin listener", "ADMIN_LISTEN_ADDR").await?;
-                let ports = Ports {
-                    public: None,
-                    verification: None,
-                    admin: admin.local_addr()?,
-                    number_api: None,
-                };
-                tracing::info!(admin = %ports.admin, "admin listener on /healthz, /readyz, /metrics, /status");
-                (Listeners::Admin(admin), ports, http.limits())
-            }
+            _ => None,
         };
+        let (listeners, ports, limits) = listen(&settings, producer, &queues, http).await?;
         Ok(Self {
             ports,
             cancel,
@@ -401,6 +355,68 @@ impl Application {
         }
         Ok(())
     }
+}
+
+/// The number API a producer calls, and `up`'s stand-in task when it serves one: `serve` needs an
+/// endpoint configured; `up` starts its stand-in when none is; a worker calls none.
+async fn number_api(
+    settings: &Settings,
+    auth: &AzureAuth,
+    limits: HttpLimits,
+    cancel: &CancellationToken,
+) -> Result<(Option<NumberApi>, Option<JoinHandle<std::io::Result<()>>>)> {
+    Ok(match settings {
+        Settings::Worker(_) => (None, None),
+        Settings::Serve(args) => {
+            let configured = configured_number_api(args, auth)
+                .await?
+                .context("THIRD_PARTY_API_ENDPOINT is not set")?;
+            (Some(configured), None)
+        }
+        Settings::Up(args) => match configured_number_api(&args.serve, auth).await? {
+            Some(configured) => (Some(configured), None),
+            None => {
+                let (endpoint, key, task) = start_stand_in(limits, cancel).await?;
+                (Some((endpoint, key)), Some(task))
+            }
+        },
+    })
+}
+
+/// Binds what `settings` serve: the producer's listeners (with admin) around its state, or a
+/// worker's admin listener alone; with where each listens and the limits it serves with.
+async fn listen(
+    settings: &Settings,
+    producer: Option<(&ServeArgs, AppState)>,
+    queues: &QueueShards,
+    http: &HttpArgs,
+) -> Result<(Listeners, Ports, HttpLimits)> {
+    if let Some((args, state)) = producer {
+        let listeners = ProducerListeners::bind(args).await?;
+        let (public, verification, admin) = listeners.addrs()?;
+        tracing::info!(addr = %public, %verification, %admin, queues = %queues.names(), backend = queues.backend(), "producer listening");
+        let ports = Ports {
+            public: Some(public),
+            verification: Some(verification),
+            admin,
+            number_api: Some(state.number_api.endpoint().clone()),
+        };
+        let limits = args.http.limits().trusting(args.getcode_limit.proxies());
+        let state = Box::new(state);
+        return Ok((Listeners::Producer { listeners, state }, ports, limits));
+    }
+    let Settings::Worker(args) = settings else {
+        bail!("a producer is built with its number API");
+    };
+    let admin = bind(args.admin_listen, "admin listener", "ADMIN_LISTEN_ADDR").await?;
+    let ports = Ports {
+        public: None,
+        verification: None,
+        admin: admin.local_addr()?,
+        number_api: None,
+    };
+    tracing::info!(admin = %ports.admin, "admin listener on /healthz, /readyz, /metrics, /status");
+    Ok((Listeners::Admin(admin), ports, http.limits()))
 }
 
 /// `up`'s in-process number API, on a free port with a random key.

@@ -79,6 +79,11 @@ impl NumberApiClient {
         }
     }
 
+    /// The endpoint it calls (its path and query are not secret; the key travels in a header).
+    pub fn endpoint(&self) -> &url::Url {
+        &self.endpoint
+    }
+
     /// Asks for one random number, as the sample does: `GET` with the key and `Content-Type: application/json`.
     /// A 401 or 403 means the key may have been rotated: the key is read again (at most once per its
     /// interval) and, if it changed, the request is tried once more.
