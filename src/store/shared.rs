@@ -362,12 +362,7 @@ where
         outcome: &DeliveryOutcome,
         now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
-        self.write(match outcome {
-            DeliveryOutcome::Delivered => sql::delivered(id, now),
-            DeliveryOutcome::RetryAt(due, reason) => sql::delivery_retry(id, *due, reason),
-            DeliveryOutcome::Failed(reason) => sql::delivery_failed(id, now, reason),
-        })
-        .await?;
+        self.write(sql::record_delivery(id, outcome, now)).await?;
         Ok(())
     }
 

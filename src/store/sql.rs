@@ -4,7 +4,7 @@
 //! Rust; the `active_codes` view of each migration set spells it for operators.
 
 use super::statement::{Param, Statement};
-use super::{Activation, CodeRecord, Gate, RedeemKey, StoreError, subject_from};
+use super::{Activation, CodeRecord, DeliveryOutcome, Gate, RedeemKey, StoreError, subject_from};
 use crate::domain::{Code, IssuanceId, Subject};
 use chrono::{DateTime, Utc};
 use sqlx::{ColumnIndex, Decode, Row, Type};
@@ -448,45 +448,37 @@ pub(super) fn claim_deliveries(
         .integer(limit)
 }
 
-/// Records a delivery as made.
-pub(super) fn delivered(id: &IssuanceId, now: DateTime<Utc>) -> Statement<'_> {
-    Statement::new(
-        "UPDATE valid_codes SET delivered_at = $1, delivery_due_at = NULL, \
-         delivery_failed_at = NULL, delivery_error = NULL \
-         WHERE issuance_id = $2 AND delivered_at IS NULL",
-    )
-    .time(now)
-    .text(id.as_str())
-}
-
-/// Schedules the next attempt of a delivery that failed for now.
-pub(super) fn delivery_retry<'a>(
+/// Records what became of a delivery attempt: made; failed for now, the next attempt due at the
+/// time it names; or failed for good. Each binds the time, the reason (none once made), the id.
+pub(super) fn record_delivery<'a>(
     id: &'a IssuanceId,
-    due: DateTime<Utc>,
-    reason: &'a str,
-) -> Statement<'a> {
-    Statement::new(
-        "UPDATE valid_codes SET delivery_due_at = $1, delivery_error = $2 \
-         WHERE issuance_id = $3 AND delivered_at IS NULL AND delivery_failed_at IS NULL",
-    )
-    .time(due)
-    .text(reason)
-    .text(id.as_str())
-}
-
-/// Records a delivery as failed for good.
-pub(super) fn delivery_failed<'a>(
-    id: &'a IssuanceId,
+    outcome: &'a DeliveryOutcome,
     now: DateTime<Utc>,
-    reason: &'a str,
 ) -> Statement<'a> {
-    Statement::new(
-        "UPDATE valid_codes SET delivery_failed_at = $1, delivery_error = $2, delivery_due_at = NULL \
-         WHERE issuance_id = $3 AND delivered_at IS NULL",
-    )
-    .time(now)
-    .text(reason)
-    .text(id.as_str())
+    let (text, at, reason) = match outcome {
+        DeliveryOutcome::Delivered => (
+            "UPDATE valid_codes SET delivered_at = $1, delivery_error = $2, delivery_due_at = NULL, \
+             delivery_failed_at = NULL WHERE issuance_id = $3 AND delivered_at IS NULL",
+            now,
+            None,
+        ),
+        DeliveryOutcome::RetryAt(due, reason) => (
+            "UPDATE valid_codes SET delivery_due_at = $1, delivery_error = $2 \
+             WHERE issuance_id = $3 AND delivered_at IS NULL AND delivery_failed_at IS NULL",
+            *due,
+            Some(reason.as_str()),
+        ),
+        DeliveryOutcome::Failed(reason) => (
+            "UPDATE valid_codes SET delivery_failed_at = $1, delivery_error = $2, \
+             delivery_due_at = NULL WHERE issuance_id = $3 AND delivered_at IS NULL",
+            now,
+            Some(reason.as_str()),
+        ),
+    };
+    Statement::new(text)
+        .time(at)
+        .optional_text(reason)
+        .text(id.as_str())
 }
 
 /// Ends the pending deliveries of codes that can no longer be used, saying why.
@@ -638,6 +630,11 @@ mod tests {
         let with_destination = Activation::new(issuance.clone(), now);
         issuance.destination = None;
         let without = Activation::new(issuance, now);
+        let (delivered, retry, failed) = (
+            DeliveryOutcome::Delivered,
+            DeliveryOutcome::RetryAt(now, "r".into()),
+            DeliveryOutcome::Failed("r".into()),
+        );
         let statements = [
             ("find_valid", find_valid(&code, Some(&subject), now)),
             ("check", check(&code, &subject, now, &gate)),
@@ -664,9 +661,9 @@ mod tests {
             ("recorded_codes", recorded_codes(&["a", "b"])),
             ("mark_expired", mark_expired(&["a", "b", "c"], now)),
             ("claim_deliveries", claim_deliveries(now, now, 3, true)),
-            ("delivered", delivered(&id, now)),
-            ("delivery_retry", delivery_retry(&id, now, "r")),
-            ("delivery_failed", delivery_failed(&id, now, "r")),
+            ("delivered", record_delivery(&id, &delivered, now)),
+            ("delivery_retry", record_delivery(&id, &retry, now)),
+            ("delivery_failed", record_delivery(&id, &failed, now)),
             ("end_undeliverable", end_undeliverable(now)),
             ("still_deliverable", still_deliverable(&id, now)),
         ];
