@@ -369,9 +369,9 @@ pub(super) fn insert_activations<'a>(live: &[&'a Activation], now: DateTime<Utc>
         let expires = statement.bind(Param::Time(Some(a.expires_at)));
         let announced = statement.bind(Param::Time(Some(a.announced_at)));
         // A delivery is due now if the code has somewhere to go.
-        let due = match issuance.destination {
-            Some(_) => now.to_string(),
-            None => "NULL".to_owned(),
+        let due: &dyn std::fmt::Display = match issuance.destination {
+            Some(_) => &now,
+            None => &"NULL",
         };
         statement.push_sql(&format!(
             "{}({id}, {code}, {subject}, {destination}, {due}, {issued}, {expires}, {now}, \
@@ -430,19 +430,27 @@ pub(super) fn claim_deliveries(
     limit: u32,
     skip_locked: bool,
 ) -> Statement<'static> {
-    const SELECT_DUE: &str = concat!(
-        "UPDATE valid_codes SET delivery_due_at = $1, delivery_attempts = delivery_attempts + 1 \
-         WHERE issuance_id IN (SELECT issuance_id FROM valid_codes WHERE delivery_due_at <= $2 AND ",
-        valid!("$2"),
-        " ORDER BY delivery_due_at LIMIT $3"
-    );
-    const RETURNING: &str = concat!(") RETURNING ", delivery_columns!());
-    let lock = if skip_locked {
-        " FOR UPDATE SKIP LOCKED"
+    /// The claim, with the row lock `$lock` (a literal) after its subquery's `LIMIT`.
+    macro_rules! claim {
+        ($lock:literal) => {
+            concat!(
+                "UPDATE valid_codes SET delivery_due_at = $1, delivery_attempts = delivery_attempts + 1 \
+                 WHERE issuance_id IN (SELECT issuance_id FROM valid_codes WHERE delivery_due_at <= $2 AND ",
+                valid!("$2"),
+                " ORDER BY delivery_due_at LIMIT $3",
+                $lock,
+                ") RETURNING ",
+                delivery_columns!()
+            )
+        };
+    }
+    // Both texts are constants: a claim runs every round of every worker's delivery stage.
+    let text = if skip_locked {
+        claim!(" FOR UPDATE SKIP LOCKED")
     } else {
-        ""
+        claim!("")
     };
-    Statement::new(format!("{SELECT_DUE}{lock}{RETURNING}"))
+    Statement::new(text)
         .time(lease_until)
         .time(now)
         .integer(limit)
