@@ -500,6 +500,32 @@ impl LifecycleArgs {
     }
 }
 
+/// The flags every long-running role has: `serve`, `worker`, and `up` (through `serve`'s).
+#[derive(Clone, Debug, Args)]
+pub struct RoleArgs {
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub database: DatabaseArgs,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub queue: QueueArgs,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub signing: SigningArgs,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub delivery: DeliveryArgs,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub shutdown: LifecycleArgs,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub http: HttpArgs,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub ttl: CodeTtlArgs,
+}
+
 /// `codewatch serve`.
 #[derive(Clone, Debug, Args)]
 pub struct ServeArgs {
@@ -526,34 +552,16 @@ pub struct ServeArgs {
     pub public_getcode: Option<bool>,
     #[command(flatten)]
     #[allow(missing_docs)]
-    pub ttl: CodeTtlArgs,
-    #[command(flatten)]
-    #[allow(missing_docs)]
-    pub delivery: DeliveryArgs,
-    #[command(flatten)]
-    #[allow(missing_docs)]
-    pub http: HttpArgs,
-    #[command(flatten)]
-    #[allow(missing_docs)]
-    pub shutdown: LifecycleArgs,
+    pub role: RoleArgs,
     #[command(flatten)]
     #[allow(missing_docs)]
     pub number_api: NumberApiClientArgs,
-    #[command(flatten)]
-    #[allow(missing_docs)]
-    pub queue: QueueArgs,
-    #[command(flatten)]
-    #[allow(missing_docs)]
-    pub database: DatabaseArgs,
     #[command(flatten)]
     #[allow(missing_docs)]
     pub verify: VerifyArgs,
     #[command(flatten)]
     #[allow(missing_docs)]
     pub getcode_limit: GetcodeLimitArgs,
-    #[command(flatten)]
-    #[allow(missing_docs)]
-    pub signing: SigningArgs,
 }
 
 impl ServeArgs {
@@ -561,14 +569,14 @@ impl ServeArgs {
     /// public getcode is served.
     pub fn check(&self) -> Result<bool, ConfigError> {
         self.number_api.one_key_source()?;
-        self.signing.one_key_source()?;
-        self.delivery.one_secret_source()?;
+        self.role.signing.one_key_source()?;
+        self.role.delivery.one_secret_source()?;
         self.public_getcode()
     }
 
     /// Whether the public getcode is served: as asked, or by default unless codes are delivered.
     pub fn public_getcode(&self) -> Result<bool, ConfigError> {
-        match (self.public_getcode, self.delivery.delivery) {
+        match (self.public_getcode, self.role.delivery.delivery) {
             (Some(true), channel) if channel != DeliveryChannel::None => {
                 Err(ConfigError::GetcodeWithDelivery)
             }
@@ -1016,28 +1024,10 @@ pub struct WorkerArgs {
     pub admin_listen: SocketAddr,
     #[command(flatten)]
     #[allow(missing_docs)]
-    pub http: HttpArgs,
-    #[command(flatten)]
-    #[allow(missing_docs)]
-    pub shutdown: LifecycleArgs,
+    pub role: RoleArgs,
     #[command(flatten)]
     #[allow(missing_docs)]
     pub tuning: WorkerTuning,
-    #[command(flatten)]
-    #[allow(missing_docs)]
-    pub ttl: CodeTtlArgs,
-    #[command(flatten)]
-    #[allow(missing_docs)]
-    pub delivery: DeliveryArgs,
-    #[command(flatten)]
-    #[allow(missing_docs)]
-    pub queue: QueueArgs,
-    #[command(flatten)]
-    #[allow(missing_docs)]
-    pub database: DatabaseArgs,
-    #[command(flatten)]
-    #[allow(missing_docs)]
-    pub signing: SigningArgs,
 }
 
 /// `codewatch number-api`.
@@ -1186,7 +1176,7 @@ mod tests {
             "--delivery-key-vault-url",
             "https://v.vault.azure.net/",
         ]);
-        assert_eq!(smtp.delivery.one_secret_source(), Ok(()));
+        assert_eq!(smtp.role.delivery.one_secret_source(), Ok(()));
         let signing = serve(&[
             "--message-signing-key-file",
             "/run/signing",
@@ -1194,7 +1184,7 @@ mod tests {
             "https://v.vault.azure.net/",
         ]);
         assert_eq!(
-            signing.signing.one_key_source(),
+            signing.role.signing.one_key_source(),
             Err(ConfigError::ConflictingSources {
                 what: "the message signing key",
                 given: "MESSAGE_SIGNING_KEY_FILE, MESSAGE_SIGNING_KEY_VAULT_URL".into()
@@ -1219,7 +1209,7 @@ mod tests {
         };
         let refused = worker
             .tuning
-            .settings(MessageEncoding::Text, &worker.ttl)
+            .settings(MessageEncoding::Text, &worker.role.ttl)
             .unwrap_err();
         assert_eq!(
             refused,

@@ -9,10 +9,7 @@ use super::wiring::{
     readiness, signing_keys, startup_step, verify_key_path, worker_from,
 };
 use crate::backends::{Database, QueueShards};
-use crate::config::{
-    CodeTtlArgs, DatabaseArgs, DeliveryArgs, HttpArgs, LifecycleArgs, QueueArgs, ServeArgs,
-    SigningArgs, UpArgs, WorkerArgs,
-};
+use crate::config::{HttpArgs, RoleArgs, ServeArgs, UpArgs, WorkerArgs};
 use crate::function_key::FunctionKey;
 use crate::http::{AppState, HttpLimits};
 use crate::identity::AzureAuth;
@@ -41,31 +38,6 @@ pub enum Settings {
     Up(UpArgs),
 }
 
-/// The flags every role has.
-struct Common<'a> {
-    database: &'a DatabaseArgs,
-    queue: &'a QueueArgs,
-    signing: &'a SigningArgs,
-    delivery: &'a DeliveryArgs,
-    lifecycle: &'a LifecycleArgs,
-    http: &'a HttpArgs,
-    ttl: &'a CodeTtlArgs,
-}
-
-impl<'a> Common<'a> {
-    fn of_producer(a: &'a ServeArgs) -> Self {
-        Self {
-            database: &a.database,
-            queue: &a.queue,
-            signing: &a.signing,
-            delivery: &a.delivery,
-            lifecycle: &a.shutdown,
-            http: &a.http,
-            ttl: &a.ttl,
-        }
-    }
-}
-
 impl Settings {
     /// The producer's flags (`serve`, `up`).
     fn serve(&self) -> Option<&ServeArgs> {
@@ -77,19 +49,11 @@ impl Settings {
     }
 
     /// The flags every role has.
-    fn common(&self) -> Common<'_> {
+    fn common(&self) -> &RoleArgs {
         match self {
-            Self::Serve(args) => Common::of_producer(args),
-            Self::Up(args) => Common::of_producer(&args.serve),
-            Self::Worker(a) => Common {
-                database: &a.database,
-                queue: &a.queue,
-                signing: &a.signing,
-                delivery: &a.delivery,
-                lifecycle: &a.shutdown,
-                http: &a.http,
-                ttl: &a.ttl,
-            },
+            Self::Serve(args) => &args.role,
+            Self::Up(args) => &args.serve.role,
+            Self::Worker(args) => &args.role,
         }
     }
 
@@ -98,7 +62,7 @@ impl Settings {
     fn verify_key_to_keep(&self) -> Result<Option<(Secret, PathBuf)>> {
         match self {
             Self::Up(args) if args.serve.verify.verify_api_key.is_none() => {
-                let path = verify_key_path(args.serve.database.database_url.expose());
+                let path = verify_key_path(args.serve.role.database.database_url.expose());
                 Ok(Some((kept_verify_key(&path)?, path)))
             }
             Self::Serve(args) if args.verify.verify_api_key.is_none() => {
@@ -126,18 +90,18 @@ impl Settings {
                 None
             }
             Self::Worker(args) => {
-                args.signing.one_key_source()?;
-                args.delivery.one_secret_source()?;
+                args.role.signing.one_key_source()?;
+                args.role.delivery.one_secret_source()?;
                 Some(
                     args.tuning
-                        .settings(args.queue.message_encoding, &args.ttl)?,
+                        .settings(args.role.queue.message_encoding, &args.role.ttl)?,
                 )
             }
             Self::Up(args) => {
                 args.serve.check()?;
                 Some(
                     args.tuning
-                        .settings(args.serve.queue.message_encoding, &args.serve.ttl)?,
+                        .settings(args.serve.role.queue.message_encoding, &args.serve.role.ttl)?,
                 )
             }
         })
@@ -201,12 +165,12 @@ impl Application {
 
     async fn build_parts(settings: Settings, cancel: CancellationToken) -> Result<Self> {
         let worker_settings = settings.check()?;
-        let Common {
+        let RoleArgs {
             database: database_args,
             queue: queue_args,
             signing: signing_args,
             delivery: delivery_args,
-            lifecycle,
+            shutdown: lifecycle,
             http,
             ttl,
         } = settings.common();
@@ -401,7 +365,11 @@ async fn listen(
             admin,
             number_api: Some(state.number_api.endpoint().clone()),
         };
-        let limits = args.http.limits().trusting(args.getcode_limit.proxies());
+        let limits = args
+            .role
+            .http
+            .limits()
+            .trusting(args.getcode_limit.proxies());
         let state = Box::new(state);
         return Ok((Listeners::Producer { listeners, state }, ports, limits));
     }

@@ -39,9 +39,9 @@ pub async fn number_api(args: NumberApiArgs) -> Result<()> {
 /// worker, and a banner saying where each is.
 pub async fn up(args: UpArgs) -> Result<()> {
     let public_getcode = args.serve.public_getcode()?;
-    let ttl_s = args.serve.ttl.code_ttl_seconds;
-    let delivery = args.serve.delivery.delivery.name();
-    let database = display_database_url(args.serve.database.database_url.expose());
+    let ttl_s = args.serve.role.ttl.code_ttl_seconds;
+    let delivery = args.serve.role.delivery.delivery.name();
+    let database = display_database_url(args.serve.role.database.database_url.expose());
     let app = Application::build(Settings::Up(args), shutdown::on_signal()).await?;
     let ports = app.ports();
     let stand_in_note = if app.number_api_is_stand_in() {

@@ -126,7 +126,7 @@ pub(super) async fn configured_number_api(
     let interval = Duration::from_secs(args.number_api.third_party_api_key_refresh_seconds);
     let source = key_source(args, auth)?;
     let what = format!("reading the function key from {}", source.describe());
-    let key = startup_step(args.shutdown.startup(), &what, async {
+    let key = startup_step(args.role.shutdown.startup(), &what, async {
         FunctionKey::load(source, interval)
             .await
             .context("reading the function key")
@@ -200,7 +200,7 @@ pub(super) fn app_state(
     Ok(AppState {
         number_api: NumberApiClient::new(endpoint, key, timeout),
         queue: queues.spread(),
-        encoding: args.queue.message_encoding,
+        encoding: args.role.queue.message_encoding,
         verification: verification(
             &args.verify,
             verify_key,
@@ -219,8 +219,8 @@ pub(super) fn app_state(
         clock: crate::clock::Clock::system(),
         public_getcode: args.public_getcode()?,
         issuing: http::Issuing {
-            code_ttl: args.ttl.ttl(),
-            delivery: args.delivery.delivery,
+            code_ttl: args.role.ttl.ttl(),
+            delivery: args.role.delivery.delivery,
         },
     })
 }
