@@ -2,7 +2,8 @@
 # codewatch's test command. Installs what the tests need (Azurite pinned in tools/azurite, PostgreSQL and
 # promtool from Debian, the deploy linters and the OpenAPI tools in venvs) in the background while the code is
 # checked and built, starts Azurite and PostgreSQL on loopback ports, runs the whole test suite (the
-# guarantees scenarios and the deploy checks beside the other test binaries), and stops everything after.
+# guarantees scenarios and the deploy checks beside the other test binaries, several tests at a time: they
+# wait more than they compute), and stops everything after.
 # Modes: `scripts/test.sh chaos` runs only the long runs; `scripts/test.sh bench` only the benchmark
 # (benches/codewatch: it starts its own Azurite and PostgreSQL); `scripts/test.sh slow` the two checks that
 # run cargo themselves (the README's benchmark command as pasted, the image's build-context build).
@@ -72,10 +73,10 @@ install_tools() {
   # The deploy checks' tools: Python packages pinned in tools/deploy-checks, in a venv; promtool.
   if ! "$venv/bin/python" -c 'import sys' 2>/dev/null; then mkdir -p "$(dirname "$venv")"; python3 -m venv "$venv"; fi
   echo "== installing the deploy checks (hadolint, kubernetes-validate, checkov)"
-  "$venv/bin/pip" install --quiet --disable-pip-version-check -r tools/deploy-checks/requirements.txt
+  "$venv/bin/pip" install --quiet --no-compile --disable-pip-version-check -r tools/deploy-checks/requirements.txt
   echo "== installing the OpenAPI tools (openapi-spec-validator, openapi-python-client)"
   if ! "$CODEWATCH_OPENAPI_VENV/bin/python" -c 'import sys' 2>/dev/null; then python3 -m venv "$CODEWATCH_OPENAPI_VENV"; fi
-  "$CODEWATCH_OPENAPI_VENV/bin/pip" install --quiet --disable-pip-version-check -r tools/openapi/requirements.txt
+  "$CODEWATCH_OPENAPI_VENV/bin/pip" install --quiet --no-compile --disable-pip-version-check -r tools/openapi/requirements.txt
   if ! command -v promtool >/dev/null; then
     echo "== installing promtool (Debian's prometheus)"
     apt_install prometheus
@@ -194,7 +195,7 @@ fi
 phase "guarantees and deploy checks (in the background)"
 ( set +e
   env -u CODEWATCH_TEST_AZURITE_QUEUE_ENDPOINT \
-    cargo test --locked --test guarantees -- --nocapture >"$work/guarantees.log" 2>&1
+    cargo test --locked --test guarantees -- --nocapture --test-threads "${CODEWATCH_GUARANTEES_THREADS:-4}" >"$work/guarantees.log" 2>&1
   echo $? >"$work/guarantees.rc" ) &
 guarantees_pid=$!
 deploy_checks() {
@@ -210,7 +211,7 @@ deploy_pid=$!
 pids+=("$guarantees_pid" "$deploy_pid")
 
 phase "cargo test (the unit tests, the integration and processes binaries)"
-cargo test --locked --lib --test integration --test processes 2>&1 | tee "$work/test.log"
+cargo test --locked --lib --test integration --test processes -- --test-threads "${CODEWATCH_TEST_THREADS:-3}" 2>&1 | tee "$work/test.log"
 
 phase "waiting for the guarantees (the checker's numbers per scenario) and the deploy checks"
 wait "$guarantees_pid" || true

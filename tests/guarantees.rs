@@ -1106,7 +1106,8 @@ async fn a_postgresql_restart_under_load_delays_codes_and_loses_none() {
 /// over `q`, `q-1` and `q-2` by issuance id, two workers poll every shard, a malformed message on the
 /// third shard goes to that shard's poison queue. Every code valid in its window then expired.
 async fn three_shards(db: TestDb) -> Verdict {
-    let mut rig = rig(db, Duration::from_secs(4)).await;
+    // 45 codes are issued before any worker runs: their TTL must outlast that under a loaded machine.
+    let mut rig = rig(db, Duration::from_secs(8)).await;
     let base = common::queue_name();
     let args = codewatch::config::QueueArgs {
         storage_queue_url: None,
@@ -1422,7 +1423,8 @@ mod processes {
     /// codes are issued, each restarted at once; then the survivors are stopped with SIGTERM (exit 0).
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn three_workers_killed_at_random_under_load_lose_nothing() {
-        let rig = rig(common::postgres().await, Duration::from_secs(6)).await;
+        // Restarted workers take seconds to catch up on a loaded machine: the codes outlive that.
+        let rig = rig(common::postgres().await, Duration::from_secs(10)).await;
         let producer = rig.producer(rig.queues.main.clone()).await;
         let _prober = rig
             .checker
