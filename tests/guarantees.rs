@@ -318,7 +318,7 @@ fn codes(answers: &[Answer]) -> Vec<String> {
 
 /// A steady issue rate, one worker, nothing injected.
 async fn steady_issue_rate(db: TestDb, kind: Kind) -> Verdict {
-    let rig = rig(db, Duration::from_secs(3)).await;
+    let rig = rig(db, Duration::from_secs(5)).await;
     let producer = rig.producer(rig.queues.main.clone()).await;
     let _prober = rig
         .checker
@@ -335,7 +335,9 @@ async fn steady_issue_rate(db: TestDb, kind: Kind) -> Verdict {
 /// are redeemed three times at once and three others revoked; then every activation is replayed after
 /// the redeems and revocations, and every message ever sent is replayed again after the codes expired.
 async fn duplicated_and_replayed_deliveries(db: TestDb, kind: Kind) -> Verdict {
-    let rig = rig(db, Duration::from_secs(4)).await;
+    // The bound codes are redeemed after all five are seen valid, one after another: on a loaded
+    // machine that takes seconds, and each must still be before its expiry.
+    let rig = rig(db, Duration::from_secs(8)).await;
     let to_producer = FaultQueue::duplicating(rig.queues.main.clone(), 2, 3);
     let to_workers = FaultQueue::duplicating(rig.queues.main.clone(), 2, 3);
     let producer = rig.producer(to_producer.clone()).await;

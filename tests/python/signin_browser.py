@@ -6,8 +6,10 @@ is saved as a PNG under --screenshots.
 """
 
 import argparse
+import atexit
 import json
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -38,12 +40,15 @@ def start_example(codewatch, workdir, ttl):
 
 
 def browser():
+    # A throwaway profile, removed when the script ends (after the driver has quit).
+    profile = tempfile.mkdtemp(prefix="chromium-")
+    atexit.register(shutil.rmtree, profile, ignore_errors=True)
     options = webdriver.ChromeOptions()
     options.binary_location = "/usr/bin/chromium"
     for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
                  "--disable-dev-shm-usage", "--window-size=900,700",
-                 f"--user-data-dir={tempfile.mkdtemp(prefix='chromium-')}"):
+                 f"--user-data-dir={profile}"):
         options.add_argument(flag)
     return webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
 

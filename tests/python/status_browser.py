@@ -7,8 +7,10 @@ same moment (read before and after the page). Saves the page as a PNG.
 """
 
 import argparse
+import atexit
 import json
 import re
+import shutil
 import sys
 import tempfile
 import urllib.request
@@ -46,12 +48,15 @@ def issued(series):
 
 
 def browser():
+    # A throwaway profile, removed when the script ends (after the driver has quit).
+    profile = tempfile.mkdtemp(prefix="chromium-")
+    atexit.register(shutil.rmtree, profile, ignore_errors=True)
     options = webdriver.ChromeOptions()
     options.binary_location = "/usr/bin/chromium"
     for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
                  "--disable-dev-shm-usage", "--window-size=1000,1100",
-                 f"--user-data-dir={tempfile.mkdtemp(prefix='chromium-')}"):
+                 f"--user-data-dir={profile}"):
         options.add_argument(flag)
     return webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
 
