@@ -2,8 +2,7 @@
 # codewatch's test command. Installs what the tests need (Azurite pinned in tools/azurite, PostgreSQL and
 # promtool from Debian, the deploy linters and the OpenAPI tools in venvs) in the background while the code is
 # checked and built, starts Azurite and PostgreSQL on loopback ports, runs the whole test suite (the
-# guarantees scenarios and the deploy checks beside the other test binaries, several tests at a time: they
-# wait more than they compute), and stops everything after.
+# guarantees scenarios and the deploy checks beside the other test binaries), and stops everything after.
 # Modes: `scripts/test.sh chaos` runs only the long runs; `scripts/test.sh bench` only the benchmark
 # (benches/codewatch: it starts its own Azurite and PostgreSQL); `scripts/test.sh slow` the two checks that
 # run cargo themselves (the README's benchmark command as pasted, the image's build-context build).
@@ -195,7 +194,7 @@ fi
 phase "guarantees and deploy checks (in the background)"
 ( set +e
   env -u CODEWATCH_TEST_AZURITE_QUEUE_ENDPOINT \
-    cargo test --locked --test guarantees -- --nocapture --test-threads "${CODEWATCH_GUARANTEES_THREADS:-4}" >"$work/guarantees.log" 2>&1
+    cargo test --locked --test guarantees -- --nocapture --test-threads "${CODEWATCH_GUARANTEES_THREADS:-2}" >"$work/guarantees.log" 2>&1
   echo $? >"$work/guarantees.rc" ) &
 guarantees_pid=$!
 deploy_checks() {
