@@ -190,11 +190,11 @@ fi
 # --- tests ---
 # The guarantees scenarios wait out real TTLs and the deploy linters are Python: both run beside the
 # other test binaries. The guarantees on an Azurite of their own (started by the tests): Azurite slows
-# with every message stored in it.
+# with every message stored in it. Four scenarios at a time: they wait far more than they compute.
 phase "guarantees and deploy checks (in the background)"
 ( set +e
   env -u CODEWATCH_TEST_AZURITE_QUEUE_ENDPOINT \
-    cargo test --locked --test guarantees -- --nocapture --test-threads "${CODEWATCH_GUARANTEES_THREADS:-2}" >"$work/guarantees.log" 2>&1
+    cargo test --locked --test guarantees -- --nocapture --test-threads "${CODEWATCH_GUARANTEES_THREADS:-4}" >"$work/guarantees.log" 2>&1
   echo $? >"$work/guarantees.rc" ) &
 guarantees_pid=$!
 deploy_checks() {
