@@ -430,7 +430,11 @@ async fn duplicated_and_replayed_deliveries(db: TestDb, kind: Kind) -> Verdict {
 /// follow-up send (instead of the delete); in the activation phase and again when the expiry messages
 /// return.
 async fn a_worker_killed_at_each_step(db: TestDb, kind: Kind) -> Verdict {
-    let rig = rig(db, Duration::from_secs(9)).await;
+    // The activation phase must end before the first expiry message returns, or no expiry phase is
+    // left to crash in: four of its five steps each wait out a 2 s lease, then a clean worker runs
+    // 1.5 s, so it takes 10 s and more on a loaded machine (a clean run of the suite once saw 9 s
+    // pass before it ended, and no expiry-phase crash happened).
+    let rig = rig(db, Duration::from_secs(15)).await;
     let producer = rig.producer(rig.queues.main.clone()).await;
     let _prober = rig
         .checker
