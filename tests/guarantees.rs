@@ -367,24 +367,14 @@ async fn duplicated_and_replayed_deliveries(db: TestDb, kind: Kind) -> Verdict {
     for (i, code) in bound.iter().enumerate() {
         let subject = format!("subject-{i}");
         if kind == Kind::Codewatch {
-            let url = format!("{base}/api/v1/codes/check");
-            let body = serde_json::json!({ "code": code, "subject": subject });
-            let client = reqwest::Client::new();
             common::eventually(
                 "the bound code to be valid",
                 Duration::from_secs(10),
                 || {
-                    let (url, body, client) = (url.clone(), body.clone(), client.clone());
-                    async move {
-                        let r = client
-                            .post(url)
-                            .bearer_auth(VERIFY_KEY)
-                            .json(&body)
-                            .send()
-                            .await
-                            .ok()?;
-                        (r.status() == 200).then_some(())
-                    }
+                    let valid =
+                        rig.checker
+                            .is_valid(&base, VERIFY_KEY, code, Some(subject.as_str()));
+                    async move { (valid.await == Some(true)).then_some(()) }
                 },
             )
             .await;

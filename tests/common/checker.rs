@@ -559,38 +559,47 @@ impl Checker {
             .min()
     }
 
+    /// Whether the verification API at `base` says `code` (bound to `subject`, if any) is valid now:
+    /// `None` when it gave no answer either way.
+    pub async fn is_valid(
+        &self,
+        base: &str,
+        key: &str,
+        code: &str,
+        subject: Option<&str>,
+    ) -> Option<bool> {
+        let body = match subject {
+            Some(s) => serde_json::json!({ "code": code, "subject": s }),
+            None => serde_json::json!({ "code": code }),
+        };
+        let response = self
+            .http
+            .post(format!("{base}/api/v1/codes/check"))
+            .bearer_auth(key)
+            .json(&body)
+            .send()
+            .await
+            .ok()?;
+        match response.status().as_u16() {
+            200 => Some(true),
+            404 => Some(false),
+            _ => None,
+        }
+    }
+
     /// Checks every known code once through the verification API at `base` (no code checked twice at
     /// once, so each code's probes are ordered).
     pub async fn probe_all(&self, base: &str, key: &str) {
         let codes = self.codes();
         let probes: Vec<Probe> = futures::stream::iter(codes)
             .map(|(code, subject)| async move {
-                let body = match &subject {
-                    Some(s) => serde_json::json!({ "code": code, "subject": s }),
-                    None => serde_json::json!({ "code": code }),
-                };
                 let started = Utc::now();
-                let response = self
-                    .http
-                    .post(format!("{base}/api/v1/codes/check"))
-                    .bearer_auth(key)
-                    .json(&body)
-                    .send()
-                    .await
-                    .ok()?;
-                match response.status().as_u16() {
-                    200 => Some(Probe {
-                        code,
-                        started,
-                        valid: true,
-                    }),
-                    404 => Some(Probe {
-                        code,
-                        started,
-                        valid: false,
-                    }),
-                    _ => None,
-                }
+                let valid = self.is_valid(base, key, &code, subject.as_deref()).await?;
+                Some(Probe {
+                    code,
+                    started,
+                    valid,
+                })
             })
             .buffer_unordered(4)
             .filter_map(|p| async move { p })
