@@ -5,6 +5,7 @@
 
 use chrono::{DateTime, NaiveDateTime, Utc};
 use codewatch::backends::Queues;
+use codewatch::queue::SharedQueue;
 use futures::StreamExt;
 use std::collections::{HashMap, HashSet};
 use std::fmt;
@@ -259,7 +260,9 @@ pub struct Verdict {
     pub double_redeem: usize,
     /// Visible messages left on the main queue when the scenario ended.
     pub visible_left: usize,
-    /// Messages on the poison queue, and how many bad ones were injected.
+    /// Messages on the poison queues (each counted once, however many copies: a message set aside
+    /// whose lease ran out before its delete is set aside again, as at-least-once delivery allows),
+    /// and how many bad ones were injected.
     pub poisoned: usize,
     pub bad_injected: usize,
     /// Issuances answered "delivery pending" that were never delivered.
@@ -676,12 +679,24 @@ impl Checker {
         let visible_left = self.visible_left(shards).await;
         let mut poisoned = 0usize;
         for queues in shards {
-            let len = queues.poison.approximate_len().await.unwrap_or(u64::MAX);
-            poisoned = poisoned.saturating_add(len as usize);
+            poisoned = poisoned.saturating_add(poisoned_messages(&queues.poison).await);
         }
         let changes = self.db.changes().await;
         let record = self.record.lock().unwrap();
         judge(&record, &changes, self.ttl, visible_left, poisoned)
+    }
+}
+
+/// The distinct messages on a poison queue: copies of one body count once (every bad message a
+/// scenario injects has a body of its own). More than a peek's 32 copies counts as too many.
+pub async fn poisoned_messages(poison: &SharedQueue) -> usize {
+    match poison.peek(32).await {
+        Ok(peeked) if peeked.len() < 32 => peeked
+            .iter()
+            .map(|m| m.body.as_str())
+            .collect::<HashSet<_>>()
+            .len(),
+        _ => usize::MAX,
     }
 }
 
