@@ -690,13 +690,38 @@ impl Checker {
 /// The distinct messages on a poison queue: copies of one body count once (every bad message a
 /// scenario injects has a body of its own). More than a peek's 32 copies counts as too many.
 pub async fn poisoned_messages(poison: &SharedQueue) -> usize {
-    match poison.peek(32).await {
-        Ok(peeked) if peeked.len() < 32 => peeked
-            .iter()
-            .map(|m| m.body.as_str())
-            .collect::<HashSet<_>>()
-            .len(),
-        _ => usize::MAX,
+    if retried(poison, || poison.approximate_len()).await == 0 {
+        return 0;
+    }
+    let peeked = retried(poison, || poison.peek(32)).await;
+    if peeked.len() >= 32 {
+        return usize::MAX;
+    }
+    peeked
+        .iter()
+        .map(|m| m.body.as_str())
+        .collect::<HashSet<_>>()
+        .len()
+}
+
+/// A call to `queue` tried up to six times, half a second apart (Azurite shared by four scenarios has
+/// failed a peek once); one that keeps failing panics with its error.
+async fn retried<T, F, Fut>(queue: &SharedQueue, call: F) -> T
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<T, codewatch::queue::QueueError>>,
+{
+    let mut tries = 0;
+    loop {
+        match call().await {
+            Ok(value) => return value,
+            Err(e) if tries < 5 => {
+                eprintln!("{}: a call failed, trying again: {e}", queue.name());
+                tries += 1;
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => panic!("{}: a call failed six times: {e}", queue.name()),
+        }
     }
 }
 
