@@ -691,8 +691,9 @@ async fn a_failing_number_api(db: TestDb) -> Verdict {
 /// hides its messages for their 2 s lease), and the worker activates it in the first batch after. So
 /// the outage is bounded in time: the down phase is two getcodes (about 3 s each: every one of the
 /// SDK's tries is refused), the throttled and dropping phases last 2 s each. Codes waited up to 6.2 s
-/// (14 copies, 6 and 8 at once beside 4 and 6 busy loops); the TTL is 15 s. (With the down phase last and the other two
-/// counted in codes, a throttled phase had lasted 16 s, and a code had waited 15 s of a 20 s TTL.)
+/// (14 copies, 6 and 8 at once beside 4 and 6 busy loops); the TTL is 15 s. (With the down phase last
+/// and the other two counted in codes, a throttled phase had lasted 16 s, and a code had waited 15 s
+/// of a 20 s TTL.)
 async fn a_failing_queue(db: TestDb) -> Verdict {
     let rig = rig(db, Duration::from_secs(15)).await;
     let upstream = common::azurite_endpoint().trim_end_matches("/devstoreaccount1");

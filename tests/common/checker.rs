@@ -688,12 +688,22 @@ impl Checker {
 }
 
 /// The distinct messages on a poison queue: copies of one body count once (every bad message a
-/// scenario injects has a body of its own). More than a peek's 32 copies counts as too many.
+/// scenario injects has a body of its own). More than a peek's 32 copies counts as too many. A call
+/// that fails is tried again for a few seconds (Azurite shared by four scenarios has failed a peek
+/// once), each error printed.
 pub async fn poisoned_messages(poison: &SharedQueue) -> usize {
-    if retried(poison, || poison.approximate_len()).await == 0 {
+    let limit = Duration::from_secs(3);
+    let len = super::eventually("the poison queue's length", limit, || async {
+        answered(poison, poison.approximate_len().await)
+    })
+    .await;
+    if len == 0 {
         return 0;
     }
-    let peeked = retried(poison, || poison.peek(32)).await;
+    let peeked = super::eventually("the poison queue's messages", limit, || async {
+        answered(poison, poison.peek(32).await)
+    })
+    .await;
     if peeked.len() >= 32 {
         return usize::MAX;
     }
@@ -704,25 +714,11 @@ pub async fn poisoned_messages(poison: &SharedQueue) -> usize {
         .len()
 }
 
-/// A call to `queue` tried up to six times, half a second apart (Azurite shared by four scenarios has
-/// failed a peek once); one that keeps failing panics with its error.
-async fn retried<T, F, Fut>(queue: &SharedQueue, call: F) -> T
-where
-    F: Fn() -> Fut,
-    Fut: std::future::Future<Output = Result<T, codewatch::queue::QueueError>>,
-{
-    let mut tries = 0;
-    loop {
-        match call().await {
-            Ok(value) => return value,
-            Err(e) if tries < 5 => {
-                eprintln!("{}: a call failed, trying again: {e}", queue.name());
-                tries += 1;
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-            Err(e) => panic!("{}: a call failed six times: {e}", queue.name()),
-        }
-    }
+/// The value of a call to `queue`, or `None` after printing its error.
+fn answered<T>(queue: &SharedQueue, result: Result<T, codewatch::queue::QueueError>) -> Option<T> {
+    result
+        .inspect_err(|e| eprintln!("{}: {e}; trying again", queue.name()))
+        .ok()
 }
 
 /// Stops the prober when dropped.
