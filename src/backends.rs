@@ -14,6 +14,7 @@ use crate::store::sqlite::{self, SqliteStore};
 use crate::store::{SharedStore, StoreError};
 use sqlx::PgPool;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// A failure to start; the texts never hold a secret.
 #[derive(Debug, thiserror::Error)]
@@ -81,7 +82,12 @@ impl Database {
             sqlite::migrate(&pool.write).await?;
             Ok(Self::Sqlite(pool))
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            let pool = postgres::connect(url).await.map_err(|e| match e {
+            let pool = postgres::connect(
+                url,
+                Duration::from_secs(args.database_acquire_timeout_seconds),
+            )
+            .await
+            .map_err(|e| match e {
                 StoreError::Database(
                     sqlx::Error::Io(_) | sqlx::Error::Tls(_) | sqlx::Error::PoolTimedOut,
                 ) => {

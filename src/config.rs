@@ -271,6 +271,10 @@ pub struct DatabaseArgs {
     /// process then only checks they were applied, by `codewatch migrate` with the migration role).
     #[arg(long, env = "MIGRATE_ON_START", default_value_t = true, action = clap::ArgAction::Set, global = true)]
     pub migrate_on_start: bool,
+    /// Seconds a start, a batch or a request waits for a PostgreSQL connection (an unreachable server
+    /// is tried again until then) before it fails.
+    #[arg(long, env = "DATABASE_ACQUIRE_TIMEOUT_SECONDS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=600), global = true)]
+    pub database_acquire_timeout_seconds: u64,
     /// Set by `codewatch migrate`, which always migrates.
     #[arg(skip)]
     pub force_migrate: bool,
@@ -281,8 +285,7 @@ impl DatabaseArgs {
     pub fn at(url: impl Into<String>) -> Self {
         Self {
             database_url: Secret::new(url),
-            migrate_on_start: true,
-            force_migrate: false,
+            ..clap_defaults()
         }
     }
 }
@@ -1083,6 +1086,9 @@ mod tests {
         assert_eq!(throttle.max_failures, 100);
         assert_eq!(throttle.window, Duration::from_secs(3600));
         assert_eq!(throttle.max_wrong_per_code, 5);
+        let database = DatabaseArgs::at("sqlite:x.db");
+        assert!(database.migrate_on_start && !database.force_migrate);
+        assert_eq!(database.database_acquire_timeout_seconds, 10);
         let limits = crate::http::HttpLimits::default();
         assert_eq!(limits.max_connections.get(), 1024);
         assert_eq!(limits.request_timeout, Duration::from_secs(15));
@@ -1285,6 +1291,7 @@ mod tests {
             ("--pollers", "65"),
             ("--max-in-flight", "0"),
             ("--http-max-connections", "0"),
+            ("--database-acquire-timeout-seconds", "0"),
         ] {
             let arg = format!("{flag}={value}");
             let err = Cli::try_parse_from(["codewatch", "worker", &arg]).unwrap_err();
@@ -1308,12 +1315,15 @@ mod tests {
             "list",
             "--database-url",
             "sqlite:elsewhere.db",
+            "--database-acquire-timeout-seconds",
+            "2",
         ])
         .unwrap();
         let Command::Codes(args) = cli.command else {
             panic!()
         };
         assert_eq!(args.database.database_url.expose(), "sqlite:elsewhere.db");
+        assert_eq!(args.database.database_acquire_timeout_seconds, 2);
         assert!(Cli::try_parse_from(["codewatch", "queue", "stats", "--queue-name", "q"]).is_ok());
     }
 }

@@ -14,11 +14,11 @@ use std::time::Duration;
 /// so replicas starting together are safe.
 pub use super::migrations::POSTGRES_MIGRATOR as MIGRATOR;
 
-/// Connects to PostgreSQL.
-pub async fn connect(url: &str) -> Result<PgPool, StoreError> {
+/// Connects to PostgreSQL; a connection is waited for up to `acquire_timeout`, at start and after.
+pub async fn connect(url: &str, acquire_timeout: Duration) -> Result<PgPool, StoreError> {
     Ok(PgPoolOptions::new()
         .max_connections(10)
-        .acquire_timeout(Duration::from_secs(10))
+        .acquire_timeout(acquire_timeout)
         .connect(url)
         .await?)
 }

@@ -333,9 +333,17 @@ async fn smoke_gets_a_code_from_a_running_serve_and_sees_it_become_valid() {
 #[test]
 fn errors_capture_no_backtrace_even_under_rust_backtrace() {
     let dir = tempfile::tempdir().unwrap();
+    // An unreachable server is tried again until the acquire timeout: 1 s instead of 10.
+    let unreachable = [
+        "migrate",
+        "--database-url",
+        "postgres://u@127.0.0.1:1/db",
+        "--database-acquire-timeout-seconds",
+        "1",
+    ];
     let failed = run(
         dir.path(),
-        &["migrate", "--database-url", "postgres://u@127.0.0.1:1/db"],
+        &unreachable,
         &[("RUST_BACKTRACE", "1".to_owned())],
         "",
     );
@@ -345,7 +353,7 @@ fn errors_capture_no_backtrace_even_under_rust_backtrace() {
     assert!(!err.contains("Stack backtrace"), "{err}");
     let chosen = run(
         dir.path(),
-        &["migrate", "--database-url", "postgres://u@127.0.0.1:1/db"],
+        &unreachable,
         &[
             ("RUST_BACKTRACE", "1".to_owned()),
             ("RUST_LIB_BACKTRACE", "1".to_owned()),
@@ -368,6 +376,8 @@ fn start_up_errors_name_what_failed_and_where() {
             "migrate",
             "--database-url",
             "postgres://u:hunter2@127.0.0.1:1/db",
+            "--database-acquire-timeout-seconds",
+            "1",
         ],
         &[],
         "",
