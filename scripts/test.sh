@@ -54,7 +54,20 @@ venv="${CODEWATCH_VENV:-target/deploy-checks-venv}"
 # client imports), apart from the deploy linters so that their pins never have to agree.
 export CODEWATCH_OPENAPI_VENV="${CODEWATCH_OPENAPI_VENV:-$PWD/target/openapi-venv}"
 
-# Everything the tests need that may be missing. Network and disk bound: it runs while cargo compiles.
+# The venv `venv` with the packages pinned in `requirements`; nothing to do when it was installed from
+# exactly that file (a copy is kept in it).
+venv_install() { # venv requirements what
+  local installed="$1/installed-requirements.txt"
+  if "$1/bin/python" -c 'import sys' 2>/dev/null && cmp -s "$2" "$installed"; then return 0; fi
+  echo "== installing $3"
+  if ! "$1/bin/python" -c 'import sys' 2>/dev/null; then mkdir -p "$(dirname "$1")"; python3 -m venv "$1"; fi
+  "$1/bin/pip" install --quiet --no-compile --disable-pip-version-check -r "$2"
+  cp "$2" "$installed"
+}
+
+# Everything the tests need that may be missing. Network and disk bound: it runs while cargo compiles,
+# at the lowest CPU priority, so that it takes only what the build leaves idle (the build is the cold
+# run's floor).
 install_tools() {
   local pinned installed
   pinned=$(python3 -c 'import json; print(json.load(open("tools/azurite/package.json"))["dependencies"]["azurite"])')
@@ -69,13 +82,10 @@ install_tools() {
   fi
   command -v openssl >/dev/null || apt_install openssl
   [ "$mode" = chaos ] || [ "$mode" = bench ] && return 0
-  # The deploy checks' tools: Python packages pinned in tools/deploy-checks, in a venv; promtool.
-  if ! "$venv/bin/python" -c 'import sys' 2>/dev/null; then mkdir -p "$(dirname "$venv")"; python3 -m venv "$venv"; fi
-  echo "== installing the deploy checks (hadolint, kubernetes-validate, checkov)"
-  "$venv/bin/pip" install --quiet --no-compile --disable-pip-version-check -r tools/deploy-checks/requirements.txt
-  echo "== installing the OpenAPI tools (openapi-spec-validator, openapi-python-client)"
-  if ! "$CODEWATCH_OPENAPI_VENV/bin/python" -c 'import sys' 2>/dev/null; then python3 -m venv "$CODEWATCH_OPENAPI_VENV"; fi
-  "$CODEWATCH_OPENAPI_VENV/bin/pip" install --quiet --no-compile --disable-pip-version-check -r tools/openapi/requirements.txt
+  # The deploy checks' tools and the OpenAPI tools: Python packages pinned in tools/, in venvs; promtool.
+  venv_install "$venv" tools/deploy-checks/requirements.txt "the deploy checks (hadolint, kubernetes-validate, checkov)"
+  venv_install "$CODEWATCH_OPENAPI_VENV" tools/openapi/requirements.txt \
+    "the OpenAPI tools (openapi-spec-validator, openapi-python-client)"
   if ! command -v promtool >/dev/null; then
     echo "== installing promtool (Debian's prometheus)"
     apt_install prometheus
@@ -88,7 +98,7 @@ install_tools() {
 }
 
 phase "installing what the tests need, in the background"
-install_tools >"$work/install.log" 2>&1 &
+( renice -n 19 -p "$BASHPID" >/dev/null; install_tools ) >"$work/install.log" 2>&1 &
 install_pid=$!
 
 # --- checks and the build, meanwhile ---
