@@ -65,9 +65,7 @@ venv_install() { # venv requirements what
   cp "$2" "$installed"
 }
 
-# Everything the tests need that may be missing. Network and disk bound: it runs while cargo compiles,
-# at the lowest CPU priority, so that it takes only what the build leaves idle (the build is the cold
-# run's floor).
+# Everything the tests need that may be missing. Network and disk bound: it runs while cargo compiles.
 install_tools() {
   local pinned installed
   pinned=$(python3 -c 'import json; print(json.load(open("tools/azurite/package.json"))["dependencies"]["azurite"])')
@@ -98,7 +96,7 @@ install_tools() {
 }
 
 phase "installing what the tests need, in the background"
-( renice -n 19 -p "$BASHPID" >/dev/null; install_tools ) >"$work/install.log" 2>&1 &
+install_tools >"$work/install.log" 2>&1 &
 install_pid=$!
 
 # --- checks and the build, meanwhile ---

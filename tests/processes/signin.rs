@@ -12,6 +12,7 @@ use crate::common;
 use common::process::spawn_up_with_verify;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::sync::Mutex;
 
 const KEY: &str = "signin-contract-key";
 
@@ -30,17 +31,46 @@ fn succeed(command: &mut Command, what: &str) -> String {
     out.into_owned()
 }
 
-/// Fetches the document a listener serves and writes it to `dir/<name>.json`.
-async fn document(base: &str, dir: &Path, name: &str) -> PathBuf {
-    let text = reqwest::get(format!("{base}/api/openapi.json"))
+/// The document a listener serves.
+async fn document(base: &str) -> String {
+    reqwest::get(format!("{base}/api/openapi.json"))
         .await
         .unwrap()
         .text()
         .await
-        .unwrap();
-    let path = dir.join(format!("{name}.json"));
-    std::fs::write(&path, text).unwrap();
-    path
+        .unwrap()
+}
+
+/// The two served documents, validated, and the Python packages generated from them: done once per
+/// test process for each pair of documents (the SQLite and PostgreSQL runs serve the same ones, and
+/// generating is the slowest step); the folder to put on `PYTHONPATH`.
+fn validated_clients(venv: &Path, public_doc: String, signin_doc: String) -> PathBuf {
+    static DONE: Mutex<Vec<([String; 2], PathBuf)>> = Mutex::new(Vec::new());
+    let mut done = DONE.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let docs = [public_doc, signin_doc];
+    if let Some((_, clients)) = done.iter().find(|(seen, _)| *seen == docs) {
+        return clients.clone();
+    }
+    let clients = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!(
+        "signin-clients-{}-{}",
+        std::process::id(),
+        done.len()
+    ));
+    let _ = std::fs::remove_dir_all(&clients);
+    std::fs::create_dir_all(&clients).unwrap();
+    let [public, signin] = ["public", "signin"].map(|name| clients.join(format!("{name}.json")));
+    std::fs::write(&public, &docs[0]).unwrap();
+    std::fs::write(&signin, &docs[1]).unwrap();
+    succeed(
+        Command::new(venv.join("bin/openapi-spec-validator"))
+            .arg(&public)
+            .arg(&signin),
+        "openapi-spec-validator",
+    );
+    generate(venv, &public, &clients, "codewatch_public");
+    generate(venv, &signin, &clients, "codewatch_signin");
+    done.push((docs, clients.clone()));
+    clients
 }
 
 /// Generates the Python package `package` from the document at `spec`, in `dir`.
@@ -94,18 +124,7 @@ async fn signin_contract(db: common::TestDb, queue: Vec<(&'static str, String)>)
     ];
     env.extend(queue);
     let (mut up, public, admin, signin) = spawn_up_with_verify(dir.path(), &env);
-    let clients = dir.path().join("clients");
-    std::fs::create_dir(&clients).unwrap();
-    let public_doc = document(&public, &clients, "public").await;
-    let signin_doc = document(&signin, &clients, "signin").await;
-    succeed(
-        Command::new(venv.join("bin/openapi-spec-validator"))
-            .arg(&public_doc)
-            .arg(&signin_doc),
-        "openapi-spec-validator",
-    );
-    generate(&venv, &public_doc, &clients, "codewatch_public");
-    generate(&venv, &signin_doc, &clients, "codewatch_signin");
+    let clients = validated_clients(&venv, document(&public).await, document(&signin).await);
 
     let python = |script: &Path, what: &str| {
         succeed(
