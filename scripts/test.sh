@@ -74,25 +74,24 @@ install_tools() {
     echo "== installing Azurite $pinned"
     npm ci --prefix tools/azurite --no-audit --no-fund --loglevel=error
   fi
-  if ! ls -d /usr/lib/postgresql/*/bin >/dev/null 2>&1; then
-    echo "== installing PostgreSQL from Debian"
-    apt_install postgresql
+  # Debian's packages in one apt-get run, so that dpkg's triggers (man-db and others) run once.
+  local debs=()
+  ls -d /usr/lib/postgresql/*/bin >/dev/null 2>&1 || debs+=(postgresql)
+  command -v openssl >/dev/null || debs+=(openssl)
+  if [ "$mode" != chaos ] && [ "$mode" != bench ]; then
+    command -v promtool >/dev/null || debs+=(prometheus) # promtool, for the alert rules
+    # The sign-in example's browser test: Debian's Chromium and its WebDriver.
+    [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ] || debs+=(chromium chromium-driver)
   fi
-  command -v openssl >/dev/null || apt_install openssl
+  if [ "${#debs[@]}" -gt 0 ]; then
+    echo "== installing from Debian: ${debs[*]}"
+    apt_install "${debs[@]}"
+  fi
   [ "$mode" = chaos ] || [ "$mode" = bench ] && return 0
-  # The deploy checks' tools and the OpenAPI tools: Python packages pinned in tools/, in venvs; promtool.
+  # The deploy checks' tools and the OpenAPI tools: Python packages pinned in tools/, in venvs.
   venv_install "$venv" tools/deploy-checks/requirements.txt "the deploy checks (hadolint, kubernetes-validate, checkov)"
   venv_install "$CODEWATCH_OPENAPI_VENV" tools/openapi/requirements.txt \
     "the OpenAPI tools (openapi-spec-validator, openapi-python-client)"
-  if ! command -v promtool >/dev/null; then
-    echo "== installing promtool (Debian's prometheus)"
-    apt_install prometheus
-  fi
-  # The sign-in example's browser test: Debian's Chromium and its WebDriver.
-  if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then
-    echo "== installing Chromium and ChromeDriver (Debian's chromium, chromium-driver)"
-    apt_install chromium chromium-driver
-  fi
 }
 
 phase "installing what the tests need, in the background"
