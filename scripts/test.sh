@@ -58,9 +58,13 @@ export CODEWATCH_OPENAPI_VENV="${CODEWATCH_OPENAPI_VENV:-$PWD/target/openapi-ven
 # exactly that file (a copy is kept in it).
 venv_install() { # venv requirements what
   local installed="$1/installed-requirements.txt"
-  if "$1/bin/python" -c 'import sys' 2>/dev/null && cmp -s "$2" "$installed"; then return 0; fi
+  if "$1/bin/python" -c 'import sys' 2>/dev/null; then
+    cmp -s "$2" "$installed" && return 0
+  else
+    mkdir -p "$(dirname "$1")"
+    python3 -m venv "$1"
+  fi
   echo "== installing $3"
-  if ! "$1/bin/python" -c 'import sys' 2>/dev/null; then mkdir -p "$(dirname "$1")"; python3 -m venv "$1"; fi
   "$1/bin/pip" install --quiet --no-compile --disable-pip-version-check -r "$2"
   cp "$2" "$installed"
 }
